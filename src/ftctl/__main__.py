@@ -1,0 +1,3 @@
+from ftctl.cli.app import main
+
+main()
