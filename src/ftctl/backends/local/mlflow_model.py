@@ -1,0 +1,192 @@
+"""The MLflow pyfunc wrapper around a merged Hugging Face chat model.
+
+`save_mlflow_model(hf_dir, out_dir)` writes an MLflow model folder: MLmodel at the top and the Hugging
+Face folder copied to out_dir/artifacts/hf_model (the layout `ftctl.models.layout.resolve_hf_dir`
+reads). `mlflow models serve -m out_dir --env-manager local` serves it; `ChatModel.predict` takes
+chat conversations and returns the assistant's reply for each.
+
+Accepted inputs (each conversation is a list of {"role", "content"} dicts):
+  - a DataFrame with a "messages" column (one conversation per row): what the scoring server builds
+    from {"dataframe_records": [{"messages": [...]}]} or {"inputs": {"messages": [[...]]}};
+  - a list of conversations, one conversation, {"messages": conversation}, or a plain prompt string.
+Generation parameters (params): max_new_tokens, temperature, top_p, do_sample.
+
+Importing this module imports mlflow (ChatModel subclasses mlflow.pyfunc.PythonModel): import it lazily.
+torch and transformers are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ftctl.models.layout import MLFLOW_HF_ARTIFACT
+
+DEFAULT_GENERATION = {"max_new_tokens": 128, "temperature": 0.0, "top_p": 1.0, "do_sample": False}
+
+
+def _pyfunc_base() -> type:
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.PythonModel
+
+
+def _to_conversations(model_input: Any) -> list[list[dict[str, str]]]:
+    """Normalise every accepted input shape to a list of conversations."""
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas comes with mlflow
+        pd = None
+    if pd is not None and isinstance(model_input, pd.DataFrame):
+        if "messages" in model_input.columns:
+            rows = list(model_input["messages"])
+        elif {"role", "content"} <= set(model_input.columns):
+            rows = [model_input[["role", "content"]].to_dict("records")]
+        elif len(model_input.columns) == 1:
+            rows = list(model_input.iloc[:, 0])
+        else:
+            raise ValueError("expected a 'messages' column (one conversation per row)")
+        return [_one_conversation(r) for r in rows]
+    if isinstance(model_input, str):
+        return [[{"role": "user", "content": model_input}]]
+    if isinstance(model_input, dict):
+        if "messages" in model_input:
+            msgs = model_input["messages"]
+            # {"messages": [[...], [...]]} (column-oriented) or {"messages": [...]} (one conversation)
+            if msgs and isinstance(msgs, list) and all(_is_conversation(m) for m in msgs):
+                return [_one_conversation(m) for m in msgs]
+            return [_one_conversation(msgs)]
+        if "role" in model_input and "content" in model_input:
+            return [[_message(model_input)]]
+        raise ValueError("expected {'messages': [...]}")
+    if isinstance(model_input, (list, tuple)):
+        items = list(model_input)
+        if items and all(isinstance(m, dict) and "role" in m for m in items):
+            return [_one_conversation(items)]
+        return [_one_conversation(m["messages"] if isinstance(m, dict) else m) for m in items]
+    raise ValueError(f"unsupported input type {type(model_input).__name__}")
+
+
+def _is_conversation(value: Any) -> bool:
+    return hasattr(value, "__len__") and not isinstance(value, (str, dict)) and (
+        len(value) == 0 or all(isinstance(m, dict) for m in value)
+    )
+
+
+def _message(m: Any) -> dict[str, str]:
+    if not isinstance(m, dict) or "role" not in m or "content" not in m:
+        raise ValueError(f"a message must be an object with 'role' and 'content', got {m!r}")
+    return {"role": str(m["role"]), "content": str(m["content"])}
+
+
+def _one_conversation(conv: Any) -> list[dict[str, str]]:
+    if isinstance(conv, str):
+        return [{"role": "user", "content": conv}]
+    if hasattr(conv, "tolist"):  # numpy arrays from the scoring server
+        conv = conv.tolist()
+    if not isinstance(conv, (list, tuple)) or not conv:
+        raise ValueError("a conversation must be a non-empty list of messages")
+    return [_message(m) for m in conv]
+
+
+def generate_replies(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]],
+                     params: dict[str, Any] | None = None) -> list[str]:
+    """Generate one assistant reply per conversation (greedy unless do_sample/temperature say so)."""
+    import torch
+
+    cfg = dict(DEFAULT_GENERATION)
+    cfg.update({k: v for k, v in (params or {}).items() if k in DEFAULT_GENERATION and v is not None})
+    temperature = float(cfg["temperature"])
+    do_sample = bool(cfg["do_sample"]) or temperature > 0
+    gen_kwargs: dict[str, Any] = {"max_new_tokens": int(cfg["max_new_tokens"]), "do_sample": do_sample}
+    if do_sample:
+        gen_kwargs["temperature"] = temperature if temperature > 0 else 1.0
+        gen_kwargs["top_p"] = float(cfg["top_p"])
+    if tokenizer.pad_token_id is not None:
+        gen_kwargs["pad_token_id"] = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    replies = []
+    for conv in conversations:
+        prompt = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        enc = {k: v.to(device) for k, v in enc.items()}
+        with torch.no_grad():
+            out = model.generate(**enc, **gen_kwargs)
+        new_tokens = out[0, enc["input_ids"].shape[1]:]
+        replies.append(tokenizer.decode(new_tokens, skip_special_tokens=True).strip())
+    return replies
+
+
+class ChatModel(_pyfunc_base()):  # type: ignore[misc]
+    """pyfunc model: loads artifacts["hf_model"] and answers chat conversations."""
+
+    def load_context(self, context: Any) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        hf_dir = context.artifacts[MLFLOW_HF_ARTIFACT]
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(hf_dir).to(device)
+        self.model.eval()
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
+        return generate_replies(self.model, self.tokenizer, _to_conversations(model_input), params)
+
+
+def _signature() -> Any:
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, Property, Schema
+
+    message = Object([Property("role", "string"), Property("content", "string")])
+    return ModelSignature(
+        inputs=Schema([ColSpec(Array(message), "messages")]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([
+            ParamSpec("max_new_tokens", "long", DEFAULT_GENERATION["max_new_tokens"]),
+            ParamSpec("temperature", "double", DEFAULT_GENERATION["temperature"]),
+            ParamSpec("top_p", "double", DEFAULT_GENERATION["top_p"]),
+            ParamSpec("do_sample", "boolean", DEFAULT_GENERATION["do_sample"]),
+        ]),
+    )
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "accelerate", "pandas"):
+        try:
+            reqs.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            reqs.append(pkg)
+    return reqs
+
+
+def save_mlflow_model(hf_dir: Path, out_dir: Path) -> Path:
+    """Write an MLflow pyfunc model folder at out_dir wrapping the Hugging Face folder hf_dir.
+
+    The Hugging Face files land at out_dir/artifacts/hf_model. out_dir must not exist yet.
+    Returns out_dir.
+    """
+    import shutil
+    import tempfile
+
+    import mlflow.pyfunc
+
+    hf_dir = Path(hf_dir)
+    out_dir = Path(out_dir)
+    # MLflow copies an artifact folder under its own base name; stage it as "hf_model" when needed.
+    with tempfile.TemporaryDirectory(prefix="ftctl-mlflow-") as tmp:
+        src = hf_dir
+        if hf_dir.name != MLFLOW_HF_ARTIFACT:
+            src = Path(tmp) / MLFLOW_HF_ARTIFACT
+            shutil.copytree(hf_dir, src)
+        mlflow.pyfunc.save_model(
+            path=str(out_dir),
+            python_model=ChatModel(),
+            artifacts={MLFLOW_HF_ARTIFACT: str(src)},
+            signature=_signature(),
+            pip_requirements=_pip_requirements(),
+        )
+    return out_dir

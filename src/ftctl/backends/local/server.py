@@ -1,0 +1,616 @@
+"""The local scoring endpoint: Azure ML's online-endpoint scoring contract, served by FastAPI + uvicorn.
+
+Run it as::
+
+    python -m ftctl.backends.local.server --model-dir DIR --key-file FILE [--fd N | --port N]
+        [--host 127.0.0.1] [--request-timeout-ms 90000] [--device cpu] [--max-batch-size 8]
+
+Routes:
+  GET  /health/live   200 {"status": "alive"} as soon as the server runs (no auth)
+  GET  /health/ready  200 {"status": "ready", "model": ...} once the model is loaded, else 503 (no auth)
+  POST /score         `Authorization: Bearer <key>`; body as in the notebook's sample_score.json.
+                      One conversation -> {"output": "<text>"}; several -> {"output": ["<text>", ...]}.
+                      Errors -> {"error": "..."} with 400 (bad body), 401 (key), 413 (body too large),
+                      503 (not loaded yet), 504 (timed out) or 500.
+
+The key is read from a file (never argv or the environment) and never logged. With `--fd N` uvicorn
+serves on an already-bound listening socket inherited from the parent process: that is how the deploy
+stage starts it (bind 127.0.0.1:0, learn the port, pass the descriptor with `pass_fds`, close its own
+copy). Module import is cheap: fastapi, torch and transformers are imported only where needed, so the
+deploy stage can import `wait_until_ready` and `port_is_open` from here for free.
+
+Deliberately no `from __future__ import annotations` here: FastAPI reads the route handlers'
+annotations at runtime, and `Request` is imported inside `create_app`.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ftctl.errors import FtctlError, StageFailed
+from ftctl.models.layout import resolve_hf_dir
+from ftctl.scoring import DEFAULT_PARAMETERS, extract_conversations
+
+if TYPE_CHECKING:  # pragma: no cover
+    import fastapi
+
+log = logging.getLogger("ftctl.server")
+
+END_TOKEN = "<|end|>"
+MAX_BODY_BYTES = 8 * 1024 * 1024
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+
+# name -> (kind, check, what the check means). Kinds: "bool", "int" (bools rejected), "number".
+_PARAMETERS: dict[str, tuple[str, Any, str]] = {
+    "temperature": ("number", lambda v: v >= 0, ">= 0"),
+    "top_p": ("number", lambda v: 0 < v <= 1, "in (0, 1]"),
+    "do_sample": ("bool", lambda v: True, ""),
+    "max_new_tokens": ("int", lambda v: v >= 1, ">= 1"),
+    "top_k": ("int", lambda v: v >= 0, ">= 0"),
+    "repetition_penalty": ("number", lambda v: v > 0, "> 0"),
+    "seed": ("int", lambda v: v >= 0, ">= 0"),
+}
+
+
+class BadRequest(ValueError):
+    """The request is well-formed JSON but cannot be served as asked (answered with 400)."""
+
+
+class GenerationTimeout(TimeoutError):
+    """Generation was stopped because the request's deadline passed (answered with 504)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Request parsing (standard library only)
+
+
+def _check_parameter(name: str, value: Any) -> Any:
+    kind, check, meaning = _PARAMETERS[name]
+    if kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok:
+        expected = {"bool": "true or false", "int": "an integer", "number": "a number"}[kind]
+        raise BadRequest(f"parameter {name} must be {expected} (got {json.dumps(value)})")
+    if not check(value):
+        raise BadRequest(f"parameter {name} must be {meaning} (got {json.dumps(value)})")
+    return value
+
+
+def normalize_parameters(parameters: Any, params: Any = None) -> dict[str, Any]:
+    """Generation settings for a request: DEFAULT_PARAMETERS overridden by `parameters`.
+
+    Unknown names raise BadRequest naming them. A `seed` may come from `parameters` or from the
+    top-level `params` (other keys of `params` are ignored, as Azure's containers do).
+    """
+    if parameters is None:
+        parameters = {}
+    if not isinstance(parameters, dict):
+        raise BadRequest('"input_data.parameters" must be an object')
+    unknown = sorted(set(parameters) - set(_PARAMETERS))
+    if unknown:
+        raise BadRequest(
+            f"unknown parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
+            f"(supported: {', '.join(_PARAMETERS)})"
+        )
+    merged = dict(DEFAULT_PARAMETERS)
+    for name, value in parameters.items():
+        merged[name] = _check_parameter(name, value)
+    if "seed" not in merged and isinstance(params, dict) and params.get("seed") is not None:
+        merged["seed"] = _check_parameter("seed", params["seed"])
+    return merged
+
+
+def parse_score_body(body: Any) -> tuple[list[list[dict]], dict[str, Any], bool]:
+    """(conversations, generation settings, whether input_string held several conversations)."""
+    if not isinstance(body, dict):
+        raise BadRequest('the request body must be a JSON object with "input_data"')
+    if "input_data" not in body:
+        raise BadRequest('the request body has no "input_data"')
+    input_data = body["input_data"]
+    params = body.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise BadRequest('"params" must be an object')
+    try:
+        conversations = extract_conversations(input_data)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+    several = all(isinstance(item, list) for item in input_data["input_string"]) and len(conversations) > 1
+    settings = normalize_parameters(input_data.get("parameters"), params)
+    return conversations, settings, several
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation
+
+
+class Generator:
+    """Loads a causal LM + tokenizer and turns conversations into replies.
+
+    `generate` is thread-safe: calls are serialized with a lock. It is the seam for a later
+    improvement that gathers concurrent requests into one `model.generate` call; within one call
+    the conversations are already generated in left-padded batches of at most `max_batch_size`.
+    """
+
+    def __init__(self, model_dir: Path, *, device: str = "cpu", max_batch_size: int = 8) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self.model_dir = Path(model_dir)
+        self.device = device
+        self.max_batch_size = max_batch_size
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.eos_token_ids: list[int] = []
+        self.pad_token_id: int | None = None
+        self.max_positions: int | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._criterion_class: Any = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # no progress bars in the server log
+        hf_dir = resolve_hf_dir(self.model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+        dtype = torch.float32 if self.device == "cpu" else "auto"
+        model: Any = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype)
+        model.to(self.device)
+        model.eval()
+
+        eos: list[int] = []
+
+        def add(ids: Any) -> None:
+            for token_id in ids if isinstance(ids, (list, tuple)) else [ids]:
+                if isinstance(token_id, int) and token_id not in eos:
+                    eos.append(token_id)
+
+        add(tokenizer.get_vocab().get(END_TOKEN))
+        add(tokenizer.eos_token_id)
+        add(getattr(model.generation_config, "eos_token_id", None))
+        if not eos:
+            raise FtctlError(f"{hf_dir}: the tokenizer has no end-of-turn ({END_TOKEN}) or eos token")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(eos[0])
+        tokenizer.padding_side = "left"
+        if not getattr(tokenizer, "chat_template", None):
+            raise FtctlError(f"{hf_dir}: the tokenizer has no chat template")
+
+        class _Deadline(StoppingCriteria):
+            """Stops generation when the request's deadline passes or it is cancelled."""
+
+            def __init__(self, deadline: float | None, events: list[threading.Event]) -> None:
+                self.deadline = deadline
+                self.events = events
+                self.fired = False
+
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                if (self.deadline is not None and time.monotonic() >= self.deadline) or any(
+                    e.is_set() for e in self.events
+                ):
+                    self.fired = True
+                return torch.full(
+                    (input_ids.shape[0],), self.fired, dtype=torch.bool, device=input_ids.device
+                )
+
+        self._criterion_class = _Deadline
+        self.eos_token_ids = eos
+        self.pad_token_id = tokenizer.pad_token_id
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self.tokenizer = tokenizer
+        self.model = model  # last: `loaded` turns true only when everything above is in place
+
+    def stop(self) -> None:
+        """Make any generation in progress stop at its next token (server shutdown)."""
+        self._stopping.set()
+
+    def _generation_config(self, settings: dict[str, Any]) -> Any:
+        from transformers import GenerationConfig
+
+        do_sample = bool(settings.get("do_sample", False))
+        if do_sample and settings.get("temperature") == 0:
+            do_sample = False  # temperature 0 means greedy, as most serving stacks read it
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": settings["max_new_tokens"],
+            "do_sample": do_sample,
+            "eos_token_id": list(self.eos_token_ids),
+            "pad_token_id": self.pad_token_id,
+        }
+        if do_sample:
+            for name in ("temperature", "top_p", "top_k"):
+                if settings.get(name) is not None:
+                    kwargs[name] = settings[name]
+        if settings.get("repetition_penalty") is not None:
+            kwargs["repetition_penalty"] = settings["repetition_penalty"]
+        return GenerationConfig(**kwargs)
+
+    def generate(
+        self,
+        conversations: list[list[dict]],
+        params: dict[str, Any],
+        *,
+        deadline: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[str]:
+        """One reply per conversation. `params` are normalized settings (see normalize_parameters).
+
+        `deadline` is a time.monotonic() value; past it (or once `cancel` is set) generation stops and
+        GenerationTimeout is raised. Raises BadRequest when a prompt does not fit the model.
+        """
+        if not self.loaded:
+            raise RuntimeError("the model is not loaded")
+        import torch
+
+        events = [self._stopping] + ([cancel] if cancel is not None else [])
+        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(timeout=wait):
+            raise GenerationTimeout("timed out waiting for the model")
+        try:
+            prompts = [
+                self.tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+                for conv in conversations
+            ]
+            generation_config = self._generation_config(params)
+            if params.get("seed") is not None:
+                torch.manual_seed(params["seed"])
+            replies: list[str] = []
+            with torch.inference_mode():
+                for start in range(0, len(prompts), self.max_batch_size):
+                    batch = prompts[start : start + self.max_batch_size]
+                    encoded = self.tokenizer(
+                        batch, return_tensors="pt", padding=True, add_special_tokens=False
+                    )
+                    prompt_len = encoded["input_ids"].shape[1]
+                    if self.max_positions and prompt_len >= self.max_positions:
+                        raise BadRequest(
+                            f"the prompt is {prompt_len} tokens; this model takes at most "
+                            f"{self.max_positions - 1} before it generates"
+                        )
+                    criterion = self._criterion_class(deadline, events)
+                    from transformers import StoppingCriteriaList
+
+                    output = self.model.generate(
+                        **{k: v.to(self.device) for k, v in encoded.items()},
+                        generation_config=generation_config,
+                        stopping_criteria=StoppingCriteriaList([criterion]),
+                    )
+                    if criterion.fired:
+                        raise GenerationTimeout("generation stopped: deadline passed or cancelled")
+                    replies.extend(
+                        self.tokenizer.batch_decode(output[:, prompt_len:], skip_special_tokens=True)
+                    )
+            return replies
+        finally:
+            self._lock.release()
+
+
+# --------------------------------------------------------------------------------------------------
+# The app
+
+
+def _error(status: int, message: str) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _authorized(header: str | None, key: bytes) -> bool:
+    if not header:
+        return False
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(token.strip().encode("utf-8"), key)
+
+
+def create_app(
+    model_dir: Path,
+    *,
+    key: str,
+    request_timeout_s: float = 90.0,
+    device: str = "cpu",
+    max_batch_size: int = 8,
+    generator: Generator | None = None,
+) -> "fastapi.FastAPI":
+    """The scoring app. The model loads in a background thread when the app starts (lifespan), so
+    /health/live answers at once and /health/ready turns 200 when loading is done.
+
+    `app.state.generator` is the Generator; `app.state.load_error` holds the message if loading
+    failed, and `app.state.on_load_failure` (a no-argument callable, None by default) is called then:
+    `main` uses it to stop the server so the process exits non-zero.
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    if not key:
+        raise ValueError("the endpoint key must not be empty")
+    if request_timeout_s <= 0:
+        raise ValueError("request_timeout_s must be positive")
+    key_bytes = key.encode("utf-8")
+    model_dir = Path(model_dir)
+    gen = generator or Generator(model_dir, device=device, max_batch_size=max_batch_size)
+    timeout_ms = round(request_timeout_s * 1000)
+
+    def _load() -> None:
+        started = time.monotonic()
+        log.info("loading the model from %s (device %s)", model_dir, device)
+        try:
+            gen.load()
+        except Exception as exc:  # reported by /health/ready and by the process exit code
+            message = str(exc) if isinstance(exc, FtctlError) else f"{type(exc).__name__}: {exc}"
+            app.state.load_error = message
+            log.error("could not load the model: %s", message)
+            if app.state.on_load_failure is not None:
+                app.state.on_load_failure()
+            return
+        log.info("model loaded in %.1f s; ready", time.monotonic() - started)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any):  # type: ignore[no-untyped-def]
+        gen._stopping.clear()  # a generator handed over from an app that has shut down
+        if not gen.loaded:
+            threading.Thread(target=_load, name="ftctl-model-load", daemon=True).start()
+        yield
+        gen.stop()
+
+    app = FastAPI(
+        title="ftctl local endpoint", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.generator = gen
+    app.state.load_error = None
+    app.state.on_load_failure = None
+
+    @app.middleware("http")
+    async def log_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            log.info("%s %s %d %.0fms", request.method, request.url.path, status, elapsed_ms)
+        deployment = request.headers.get(DEPLOYMENT_HEADER)
+        if deployment is not None:
+            response.headers[DEPLOYMENT_HEADER] = deployment
+        return response
+
+    @app.get("/health/live")
+    async def live() -> Any:
+        return {"status": "alive"}
+
+    @app.get("/health/ready")
+    async def ready() -> Any:
+        if gen.loaded:
+            return {"status": "ready", "model": str(model_dir)}
+        if app.state.load_error:
+            return JSONResponse({"status": "failed", "error": app.state.load_error}, status_code=503)
+        return JSONResponse({"status": "loading"}, status_code=503)
+
+    @app.post("/score")
+    async def score(request: Request) -> Any:
+        if not _authorized(request.headers.get("authorization"), key_bytes):
+            return _error(401, "missing or invalid key: send the header `Authorization: Bearer <key>`")
+        if not gen.loaded:
+            if app.state.load_error:
+                return _error(503, f"the model failed to load: {app.state.load_error}")
+            return _error(503, "the model is still loading; retry when /health/ready answers 200")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return _error(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            return _error(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return _error(400, f"the request body is not valid JSON: {exc}")
+        try:
+            conversations, settings, several = parse_score_body(body)
+        except BadRequest as exc:
+            return _error(400, str(exc))
+
+        cancel = threading.Event()
+        deadline = time.monotonic() + request_timeout_s
+        try:
+            replies = await asyncio.wait_for(
+                asyncio.to_thread(gen.generate, conversations, settings, deadline=deadline, cancel=cancel),
+                timeout=request_timeout_s,
+            )
+        except (asyncio.TimeoutError, GenerationTimeout):
+            cancel.set()
+            return _error(504, f"request timed out after {timeout_ms} ms")
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        except Exception as exc:
+            log.exception("generation failed")
+            return _error(500, f"generation failed: {type(exc).__name__}: {exc}")
+        if several:
+            return {"output": replies}
+        return {"output": replies[0]}
+
+    return app
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers for the deploy stage (standard library only)
+
+
+def port_is_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until_ready(url: str, timeout_s: float, proc: Any = None) -> None:
+    """Poll `<url>/health/ready` until it answers 200.
+
+    `url` is the endpoint's base URL (http://127.0.0.1:PORT; a URL already ending in /health/ready
+    or /score is accepted too). If `proc` (a subprocess.Popen) exits first, or the server reports that
+    the model failed to load, or `timeout_s` passes, raises StageFailed. Proxies are bypassed.
+    """
+    base = url.rstrip("/")
+    for suffix in ("/health/ready", "/score"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    ready_url = base + "/health/ready"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    last = "no answer yet"
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise StageFailed(
+                f"the scoring server exited with code {proc.returncode} before it was ready ({last})",
+                hint="its log (stderr) says why",
+            )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise StageFailed(
+                f"the scoring server at {base} was not ready after {timeout_s:g} s ({last})",
+                hint="loading a large model on CPU takes a while; raise the deploy timeout",
+            )
+        try:
+            with opener.open(ready_url, timeout=max(0.1, min(2.0, remaining))) as response:
+                if response.status == 200:
+                    return
+                last = f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+            try:
+                payload = json.loads(exc.read() or b"{}")
+            except (ValueError, OSError):
+                payload = {}
+            if isinstance(payload, dict) and payload.get("status") == "failed":
+                raise StageFailed(
+                    f"the scoring server could not load the model: {payload.get('error')}"
+                ) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            last = f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ftctl.backends.local.server",
+        description="Serve a chat model with Azure ML's scoring contract (POST /score).",
+    )
+    parser.add_argument(
+        "--model-dir", required=True, type=Path, help="a Hugging Face model folder or an MLflow model folder"
+    )
+    parser.add_argument(
+        "--key-file",
+        required=True,
+        type=Path,
+        help="a file holding the endpoint key (callers send `Authorization: Bearer <key>`)",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--fd", type=int, help="serve on this inherited, already-bound listening socket")
+    where.add_argument("--port", type=int, default=5001, help="bind this port (default 5001)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind this address (default 127.0.0.1)")
+    parser.add_argument(
+        "--request-timeout-ms",
+        type=int,
+        default=90000,
+        help="answer 504 when a request takes longer (default 90000)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=8, help="conversations per generate call (default 8)"
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.request_timeout_ms <= 0:
+        log.error("--request-timeout-ms must be positive")
+        return 2
+    if args.max_batch_size < 1:
+        log.error("--max-batch-size must be >= 1")
+        return 2
+    try:
+        key = args.key_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        log.error("cannot read the key file %s: %s", args.key_file, exc)
+        return 2
+    if not key:
+        log.error("the key file %s is empty", args.key_file)
+        return 2
+    try:
+        resolve_hf_dir(args.model_dir)
+    except FtctlError as exc:
+        log.error("%s", exc)
+        return 2
+
+    import uvicorn
+
+    app = create_app(
+        args.model_dir,
+        key=key,
+        request_timeout_s=args.request_timeout_ms / 1000,
+        device=args.device,
+        max_batch_size=args.max_batch_size,
+    )
+    if args.fd is not None:
+        config = uvicorn.Config(
+            app, fd=args.fd, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=5
+        )
+    else:
+        config = uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    server = uvicorn.Server(config)
+
+    def _stop() -> None:
+        server.should_exit = True
+
+    app.state.on_load_failure = _stop
+    server.run()
+    if app.state.load_error:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

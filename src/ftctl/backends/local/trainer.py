@@ -1,0 +1,678 @@
+"""The local fine-tuning job: LoRA (peft) or full fine-tuning with the plain transformers Trainer.
+
+`train(spec, job_dir, on_event)` runs one job in-process; `python -m ftctl.backends.local.trainer JOB_DIR`
+reads JOB_DIR/spec.json, appends events to JOB_DIR/events.jsonl (one JSON object a line) and writes the
+result to JOB_DIR/result.json (atomically). Under a multi-process launch (torchrun, see launch.py) every
+rank trains, and only rank 0 writes events, the result, the model folders and the MLflow run.
+
+Outputs (job_dir/outputs):
+  hf_model/      the complete (merged) Hugging Face model + tokenizer
+  mlflow_model/  an MLflow pyfunc model folder (MLmodel; the HF folder under artifacts/hf_model)
+  adapter/       the LoRA adapter as trained (LoRA runs only)
+
+Events (dicts passed to on_event), by "type":
+  start     train_examples, dropped_examples, eval_examples, max_steps, device, apply_lora, trainable_params
+  progress  step, max_steps, epoch, loss, learning_rate, tokens_per_second
+  eval      eval_loss, perplexity
+  warning   message
+  done      the result dict's fields
+
+Heavy imports (torch, transformers, peft, mlflow) happen inside functions only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from ftctl.errors import DataError, FtctlError, UsageError
+
+IGNORE_INDEX = -100
+PHI3_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+DEEPSPEED_CONFIG_NAME = "deepspeed_config.json"
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 8,
+    "learning_rate": 2e-4,
+    "lr_scheduler_type": "linear",
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+    "apply_lora": True,
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "lora_target_modules": None,
+    "max_seq_length": 256,
+    "gradient_accumulation_steps": 1,
+    "precision": "32",
+    "seed": 42,
+    "max_steps": -1,
+    "max_eval_samples": -1,
+    "merge_lora_weights": True,
+    "logging_steps": 10,
+}
+
+Event = dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenisation and masking
+# --------------------------------------------------------------------------------------------------
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _common_prefix_len(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+    """Render the conversation and return (text, [(start, end)]) character spans of assistant turns.
+
+    A span starts where render(messages[:i], add_generation_prompt=True) ends (the generation prompt is
+    a prefix of the rendered turn) and ends where the rendering of messages[:i+1] stops agreeing with
+    the full rendering, less trailing whitespace: the reply and the end-of-turn marker (`<|end|>` for
+    Phi-3; plus the eos token where a template appends one after the last turn).
+    """
+    full = _render(tokenizer, messages)
+    spans: list[tuple[int, int]] = []
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else None
+        if prompt is None:
+            # An assistant turn first: the generation prompt of an empty conversation.
+            try:
+                prompt = _render(tokenizer, [], add_generation_prompt=True)
+            except Exception:  # noqa: BLE001 - some templates refuse an empty conversation
+                prompt = ""
+        if not full.startswith(prompt):
+            # The template renders earlier turns differently once more follow (rare); locate the reply.
+            start = full.find(str(message.get("content", "")), spans[-1][1] if spans else 0)
+            if start < 0:
+                continue
+        else:
+            start = len(prompt)
+        upto = _render(tokenizer, messages[: i + 1])
+        end = _common_prefix_len(upto, full)
+        while end > start and full[end - 1].isspace():
+            end -= 1
+        if end > start:
+            spans.append((start, end))
+    return full, spans
+
+
+def _token_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    raise TypeError("tokenize_conversation needs a fast tokenizer (offset mappings)")
+
+
+def tokenize_conversation(
+    tokenizer: Any, messages: list[dict[str, str]], max_seq_length: int
+) -> tuple[list[int], list[int]] | None:
+    """Tokenise a conversation with its chat template; labels are -100 except on assistant replies.
+
+    Trainable tokens: each assistant turn's content and the end-of-turn token closing it. Returns
+    (input_ids, labels) truncated to max_seq_length, or None when no trainable token is left.
+    """
+    text, spans = assistant_spans(tokenizer, messages)
+    if not spans:
+        return None
+    if getattr(tokenizer, "is_fast", False):
+        ids, offsets = _token_offsets(tokenizer, text)
+        labels = [IGNORE_INDEX] * len(ids)
+        k = 0
+        for t, (s, e) in enumerate(offsets):
+            while k < len(spans) and spans[k][1] <= s:
+                k += 1
+            if k >= len(spans):
+                break
+            if e > s and s < spans[k][1] and e > spans[k][0]:
+                labels[t] = ids[t]
+    else:
+        # Slow tokenizers have no offsets: tokenise the pieces between span boundaries.
+        ids, labels = [], []
+        cursor = 0
+        for s, e in spans:
+            for piece, trainable in ((text[cursor:s], False), (text[s:e], True)):
+                if piece:
+                    p = tokenizer(piece, add_special_tokens=False)["input_ids"]
+                    ids += p
+                    labels += p if trainable else [IGNORE_INDEX] * len(p)
+            cursor = e
+        if cursor < len(text):
+            p = tokenizer(text[cursor:], add_special_tokens=False)["input_ids"]
+            ids += p
+            labels += [IGNORE_INDEX] * len(p)
+    ids, labels = ids[:max_seq_length], labels[:max_seq_length]
+    if all(x == IGNORE_INDEX for x in labels):
+        return None
+    return ids, labels
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------
+
+
+def read_conversations(path: Path) -> Iterable[tuple[int, list[dict[str, str]]]]:
+    """Yield (line number, messages) from a jsonl file of {"messages": [{role, content}, ...]}."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            messages = record.get("messages") if isinstance(record, dict) else None
+            if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            ):
+                raise DataError(f"{path}:{lineno}: expected {{\"messages\": [{{\"role\", \"content\"}}, ...]}}")
+            yield lineno, [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def load_examples(tokenizer: Any, path: Path, max_seq_length: int, limit: int = -1) -> tuple[list[dict], int]:
+    """Tokenise a jsonl file; returns (examples, dropped) where dropped have no trainable token."""
+    examples: list[dict] = []
+    dropped = 0
+    for lineno, messages in read_conversations(path):
+        if 0 <= limit <= len(examples):
+            break
+        try:
+            tokenized = tokenize_conversation(tokenizer, messages, max_seq_length)
+        except Exception as exc:  # noqa: BLE001 - template errors (unknown role...) name the line
+            raise DataError(f"{path}:{lineno}: cannot render with the chat template: {exc}") from None
+        if tokenized is None:
+            dropped += 1
+            continue
+        examples.append({"input_ids": tokenized[0], "labels": tokenized[1]})
+    return examples, dropped
+
+
+class PadCollator:
+    """Pad a batch to its longest example: input_ids with pad_id, labels with -100."""
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_id = pad_id
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        longest = max(len(x["input_ids"]) for x in batch)
+        if self.multiple:
+            longest = -(-longest // self.multiple) * self.multiple
+        ids, labels, mask = [], [], []
+        for x in batch:
+            n = len(x["input_ids"])
+            pad = longest - n
+            ids.append(list(x["input_ids"]) + [self.pad_id] * pad)
+            labels.append(list(x["labels"]) + [IGNORE_INDEX] * pad)
+            mask.append([1] * n + [0] * pad)
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "attention_mask": torch.tensor(mask, dtype=torch.long),
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _params(spec: dict) -> dict[str, Any]:
+    params = dict(DEFAULT_PARAMS)
+    params.update({k: v for k, v in (spec.get("params") or {}).items() if v is not None})
+    if str(params["precision"]) not in {"32", "16", "bf16"}:
+        raise UsageError(f"params.precision must be one of 32, 16, bf16 (got {params['precision']!r})")
+    params["precision"] = str(params["precision"])
+    return params
+
+
+def _flat_params(params: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, (list, tuple)):
+            v = ",".join(map(str, v))
+        out[k] = "null" if v is None else str(v)[:500]
+    return out
+
+
+def _default_artifact_location(tracking_uri: str) -> str | None:
+    """For a sqlite store, keep run artifacts next to the database (MLflow defaults to ./mlruns)."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def _start_mlflow_run(cfg: dict) -> Any:
+    import mlflow
+
+    uri = cfg.get("tracking_uri")
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    name = cfg.get("experiment") or "ftctl"
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        location = cfg.get("artifact_location") or (_default_artifact_location(uri) if uri else None)
+        try:
+            exp_id = client.create_experiment(name, artifact_location=location)
+        except Exception:  # noqa: BLE001 - created concurrently by another job
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
+    else:
+        exp_id = exp.experiment_id
+    return mlflow.start_run(experiment_id=exp_id, run_name=cfg.get("run_name"))
+
+
+def _make_callback(emit: Callable[[Event], None], log_metrics: Callable[[dict, int], None]) -> Any:
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):
+        """Turns the Trainer's logs into progress events and MLflow metrics (rank 0 only)."""
+
+        def __init__(self) -> None:
+            self.last_time = time.perf_counter()
+            self.last_tokens = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            self.last_time = time.perf_counter()
+            self.last_tokens = state.num_input_tokens_seen or 0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+            if not state.is_world_process_zero or not logs or "loss" not in logs:
+                return
+            now = time.perf_counter()
+            tokens = state.num_input_tokens_seen or 0
+            elapsed = now - self.last_time
+            tps = (tokens - self.last_tokens) / elapsed if elapsed > 0 else 0.0
+            self.last_time, self.last_tokens = now, tokens
+            event = {
+                "type": "progress",
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+                "epoch": round(float(state.epoch or 0.0), 4),
+                "loss": float(logs["loss"]),
+                "learning_rate": float(logs.get("learning_rate", 0.0)),
+                "tokens_per_second": round(tps, 1),
+            }
+            emit(event)
+            log_metrics(
+                {k: event[k] for k in ("epoch", "loss", "learning_rate", "tokens_per_second")}, state.global_step
+            )
+
+    return ProgressCallback()
+
+
+def _from_pretrained_kwargs(dtype: Any) -> dict[str, Any]:
+    import transformers
+    from packaging.version import Version
+
+    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return {key: dtype}
+
+
+def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[str, Any]:
+    """Run one fine-tuning job described by spec; return the result dict (see the module docstring)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+
+    job_dir = Path(job_dir)
+    is_main = _rank() == 0
+    p = _params(spec)
+
+    def emit(event: Event) -> None:
+        if is_main:
+            on_event(event)
+
+    device = str(spec.get("device") or "cpu")
+    if device not in {"cpu", "cuda"}:
+        raise UsageError(f"device must be cpu or cuda (got {device!r})")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FtctlError("device is cuda but torch sees no CUDA device", hint="set the compute to cpu")
+    fp16 = bf16 = False
+    if device == "cuda":
+        fp16, bf16 = p["precision"] == "16", p["precision"] == "bf16"
+    elif p["precision"] == "16":
+        emit({"type": "warning", "message": "precision 16 is not supported on cpu: training in float32"})
+    elif p["precision"] == "bf16":
+        bf16 = True
+
+    model_path = Path(spec["model_path"])
+    set_seed(int(p["seed"]))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise UsageError(f"{model_path}: the tokenizer has no chat_template")
+
+    max_len = int(p["max_seq_length"])
+    train_examples, dropped = load_examples(tokenizer, Path(spec["train_file"]), max_len)
+    if not train_examples:
+        raise DataError(f"{spec['train_file']}: no conversation has an assistant reply to train on")
+    eval_examples: list[dict] = []
+    if spec.get("eval_file"):
+        eval_examples, _ = load_examples(
+            tokenizer, Path(spec["eval_file"]), max_len, limit=int(p["max_eval_samples"])
+        )
+
+    # Frozen base weights may stay in 16 bits on a GPU under LoRA; everything else trains in float32
+    # (the Trainer's amp flags then do the mixed precision).
+    load_dtype = torch.float32
+    if device == "cuda" and p["apply_lora"] and (fp16 or bf16):
+        load_dtype = torch.bfloat16 if bf16 else torch.float16
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), **_from_pretrained_kwargs(load_dtype))
+    model.config.use_cache = False  # no KV cache while training; turned back on before saving
+
+    if p["apply_lora"]:
+        from peft import LoraConfig, get_peft_model
+
+        targets = p["lora_target_modules"]
+        if isinstance(targets, str):
+            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        if not targets:
+            targets = PHI3_LORA_TARGETS if model.config.model_type == "phi3" else None
+        lora = LoraConfig(
+            r=int(p["lora_r"]),
+            lora_alpha=int(p["lora_alpha"]),
+            lora_dropout=float(p["lora_dropout"]),
+            target_modules=targets,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+
+    ds_config = job_dir / DEEPSPEED_CONFIG_NAME
+    use_deepspeed = _world_size() > 1 and ds_config.is_file()
+    args_kwargs: dict[str, Any] = dict(
+        output_dir=str(job_dir / "checkpoints"),
+        num_train_epochs=float(p["num_train_epochs"]),
+        max_steps=int(p["max_steps"]),
+        per_device_train_batch_size=int(p["per_device_train_batch_size"]),
+        per_device_eval_batch_size=int(p["per_device_eval_batch_size"]),
+        gradient_accumulation_steps=int(p["gradient_accumulation_steps"]),
+        learning_rate=float(p["learning_rate"]),
+        lr_scheduler_type=str(p["lr_scheduler_type"]),
+        warmup_steps=int(p["warmup_steps"]),
+        weight_decay=float(p["weight_decay"]),
+        logging_steps=max(1, int(p["logging_steps"])),
+        logging_first_step=True,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=int(p["seed"]),
+        data_seed=int(p["seed"]),
+        fp16=fp16,
+        bf16=bf16,
+        use_cpu=device == "cpu",
+        remove_unused_columns=False,
+        dataloader_pin_memory=device == "cuda",
+        include_num_input_tokens_seen="non_padding",
+        gradient_checkpointing=False,
+        deepspeed=str(ds_config) if use_deepspeed else None,
+    )
+    if device == "cuda" and _world_size() > 1 and not use_deepspeed and p["apply_lora"]:
+        args_kwargs["ddp_find_unused_parameters"] = False
+    args = TrainingArguments(**args_kwargs)
+
+    run = None
+    mlflow_cfg = spec.get("mlflow") or None
+    if is_main and mlflow_cfg:
+        import mlflow
+
+        run = _start_mlflow_run(mlflow_cfg)
+        mlflow.log_params(_flat_params({**p, "model_path": str(model_path), "device": device}))
+
+    def log_metrics(metrics: dict, step: int) -> None:
+        if run is not None:
+            import mlflow
+
+            mlflow.log_metrics(metrics, step=step)
+
+    try:
+        result = _train_and_save(
+            spec, job_dir, p, model, tokenizer, args, train_examples, eval_examples, dropped, trainable,
+            device, use_deepspeed, emit, log_metrics, Trainer, run,
+        )
+    except BaseException:
+        if run is not None:
+            import mlflow
+
+            mlflow.end_run(status="FAILED")
+        raise
+    if run is not None:
+        import mlflow
+
+        mlflow.end_run()
+    if is_main:
+        emit({"type": "done", **result})
+    return result
+
+
+def _train_and_save(spec, job_dir, p, model, tokenizer, args, train_examples, eval_examples, dropped,  # noqa: ANN001, PLR0913
+                    trainable, device, use_deepspeed, emit, log_metrics, Trainer, run) -> dict[str, Any]:  # noqa: N803
+    is_main = _rank() == 0
+    collator = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
+    callback = _make_callback(emit, log_metrics)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_examples,
+        eval_dataset=eval_examples or None,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    emit({
+        "type": "start",
+        "train_examples": len(train_examples),
+        "dropped_examples": dropped,
+        "eval_examples": len(eval_examples),
+        "max_steps": _planned_steps(args, len(train_examples)),
+        "device": device,
+        "apply_lora": bool(p["apply_lora"]),
+        "trainable_params": trainable,
+    })
+    if dropped:
+        emit({"type": "warning",
+              "message": f"dropped {dropped} training conversation(s) with no assistant token "
+                         f"within max_seq_length={p['max_seq_length']}"})
+
+    started = time.perf_counter()
+    train_output = trainer.train()
+    runtime = time.perf_counter() - started
+    steps = int(trainer.state.global_step)
+    train_loss = float(train_output.training_loss)
+    train_tokens = int(trainer.state.num_input_tokens_seen or 0)
+    tokens_per_second = train_tokens / runtime if runtime > 0 else 0.0
+
+    eval_loss = perplexity = None
+    if eval_examples:
+        metrics = trainer.evaluate()
+        eval_loss = float(metrics["eval_loss"])
+        perplexity = math.exp(eval_loss) if eval_loss < 700 else float("inf")
+        emit({"type": "eval", "eval_loss": eval_loss, "perplexity": perplexity})
+
+    base = trainer.accelerator.unwrap_model(trainer.model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    base.config.use_cache = True  # the saved model is for inference
+
+    outputs = job_dir / "outputs"
+    hf_dir = outputs / "hf_model"
+    adapter_dir = outputs / "adapter"
+    if p["apply_lora"]:
+        trainer.save_model(str(adapter_dir))  # every rank: gathers ZeRO-3 shards
+    else:
+        trainer.save_model(str(hf_dir))
+    trainer.accelerator.wait_for_everyone()
+    if not is_main:
+        return {}
+
+    if p["apply_lora"]:
+        if not p["merge_lora_weights"]:
+            emit({"type": "warning",
+                  "message": "merge_lora_weights is false: the adapter alone is in outputs/adapter; "
+                             "outputs/hf_model holds the merged model the later stages need"})
+        merged = _merged_model(trainer, spec, adapter_dir, use_deepspeed)
+        merged.save_pretrained(str(hf_dir))
+        tokenizer.save_pretrained(str(hf_dir))
+        del merged
+    else:
+        tokenizer.save_pretrained(str(hf_dir))
+
+    from ftctl.backends.local.mlflow_model import save_mlflow_model
+
+    model_dir = outputs / "mlflow_model"
+    if model_dir.exists():
+        import shutil
+
+        shutil.rmtree(model_dir)
+    save_mlflow_model(hf_dir, model_dir)
+
+    result: dict[str, Any] = {
+        "mlflow_run_id": run.info.run_id if run is not None else None,
+        "train_loss": train_loss,
+        "eval_loss": eval_loss,
+        "perplexity": perplexity,
+        "train_tokens": train_tokens,
+        "tokens_per_second": round(tokens_per_second, 1),
+        "train_runtime_s": round(runtime, 3),
+        "steps": steps,
+        "train_examples": len(train_examples),
+        "dropped_examples": dropped,
+        "model_dir": str(model_dir),
+        "hf_model_dir": str(hf_dir),
+    }
+    if p["apply_lora"]:
+        result["adapter_dir"] = str(adapter_dir)
+    if run is not None:
+        import mlflow
+
+        final = {k: result[k] for k in ("train_loss", "train_tokens", "tokens_per_second", "train_runtime_s")}
+        if eval_loss is not None:
+            final.update(eval_loss=eval_loss, perplexity=min(perplexity, 1e30))
+        final["dropped_examples"] = dropped
+        final["train_examples"] = len(train_examples)
+        mlflow.log_metrics({k: float(v) for k, v in final.items()}, step=steps)
+        mlflow.log_artifacts(str(model_dir), artifact_path="mlflow_model")
+    return result
+
+
+def _planned_steps(args: Any, n_examples: int) -> int:
+    if args.max_steps and args.max_steps > 0:
+        return int(args.max_steps)
+    per_step = args.per_device_train_batch_size * max(1, _world_size())
+    batches = -(-n_examples // per_step)
+    updates = -(-batches // max(1, args.gradient_accumulation_steps))
+    return int(math.ceil(updates * float(args.num_train_epochs)))
+
+
+def _merged_model(trainer: Any, spec: dict, adapter_dir: Path, use_deepspeed: bool) -> Any:
+    """The base model with the LoRA weights merged in, in float32 on the CPU-or-current device."""
+    import torch
+
+    if not use_deepspeed:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        merged = model.merge_and_unload()
+        if merged.dtype != torch.float32 and str(spec.get("device")) == "cpu":
+            merged = merged.to(torch.float32)
+        return merged
+    # ZeRO shards the live weights: rebuild from the saved adapter on the CPU.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(spec["model_path"], **_from_pretrained_kwargs(torch.float32))
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+
+
+# --------------------------------------------------------------------------------------------------
+# Job entry point: python -m ftctl.backends.local.trainer JOB_DIR
+# --------------------------------------------------------------------------------------------------
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_job(job_dir: Path) -> dict[str, Any]:
+    """Read job_dir/spec.json, train, append events to events.jsonl, write result.json (rank 0)."""
+    job_dir = Path(job_dir)
+    spec = json.loads((job_dir / "spec.json").read_text(encoding="utf-8"))
+    events_path = job_dir / "events.jsonl"
+    is_main = _rank() == 0
+
+    def on_event(event: Event) -> None:
+        if not is_main:
+            return
+        record = {"time": round(time.time(), 3), **event}
+        with events_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+            fh.flush()
+
+    try:
+        result = train(spec, job_dir, on_event)
+    except BaseException as exc:
+        on_event({"type": "error", "message": str(exc) or type(exc).__name__,
+                  "error_type": type(exc).__name__, "hint": getattr(exc, "hint", None)})
+        raise
+    if is_main:
+        _write_json_atomic(job_dir / "result.json", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) != 1:
+        print("usage: python -m ftctl.backends.local.trainer JOB_DIR", file=sys.stderr)
+        return 2
+    try:
+        run_job(Path(argv[0]))
+    except FtctlError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

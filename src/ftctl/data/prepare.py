@@ -1,0 +1,514 @@
+"""Download (or copy) a chat dataset into `<download_dir>/<split>.jsonl` files, validating every record.
+
+This is the notebook's download-dataset.py step: for every split of the dataset, take the first
+`split_pc` percent of its rows and write them as JSON lines. Sources:
+
+- ``ftctl:ultrachat-sample``: the sample shipped with ftctl (a hub-layout folder, see ftctl.data.sample);
+- a local folder laid out like a hub dataset repo (``data/<split>-*.parquet``), loaded through
+  ``datasets.load_dataset`` exactly as a hub dataset would be;
+- a local folder of ``<split>.jsonl`` files, read line by line so bad lines are reported by number;
+- a Hugging Face hub id such as ``HuggingFaceH4/ultrachat_200k``.
+
+Invalid records are dropped and reported (see ftctl.data.ultrachat.check_record). Output files are
+written to temporary files first and moved into place only once every split succeeded.
+
+`datasets` and pyarrow are imported inside functions: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ftctl.data.ultrachat import check_record
+from ftctl.errors import DataError
+
+SAMPLE_DATASET = "ftctl:ultrachat-sample"
+
+SOURCE_SAMPLE = "sample"
+SOURCE_HUB_LAYOUT = "hub-layout"
+SOURCE_JSONL_DIR = "jsonl-dir"
+SOURCE_HUB = "hub"
+
+# owner/name or name, as the hub allows them.
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+# Split names become file names: <split>.jsonl.
+_SPLIT_NAME_RE = re.compile(r"^\w[\w.-]*$")
+
+
+@dataclass
+class Dropped:
+    """A record left out: `line` is the 1-based line in the source .jsonl, or row in the split."""
+
+    line: int
+    reason: str
+
+
+@dataclass
+class SplitReport:
+    name: str
+    path: Path
+    rows_read: int
+    rows_written: int
+    dropped: list[Dropped]
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class PrepareReport:
+    dataset: str
+    source_kind: str  # "sample" | "hub-layout" | "jsonl-dir" | "hub"
+    splits: list[SplitReport] = field(default_factory=list)
+
+    def split(self, name: str) -> SplitReport:
+        for report in self.splits:
+            if report.name == name:
+                return report
+        raise KeyError(name)
+
+
+def sample_dataset_dir() -> Path:
+    """The folder of the sample dataset shipped with ftctl (hub layout)."""
+    from ftctl.data.sample import default_output_dir
+
+    return default_output_dir()
+
+
+def _hub_layout_files(folder: Path) -> list[Path]:
+    data = folder / "data"
+    return sorted(data.glob("*.parquet")) if data.is_dir() else []
+
+
+def _jsonl_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.jsonl") if p.is_file())
+
+
+def _looks_like_path(dataset: str) -> bool:
+    """True for names that cannot be hub ids (./x, ~/x, a/b/c, x.jsonl...): a missing local path."""
+    return (
+        not _HUB_ID_RE.match(dataset)
+        or dataset.startswith((".", "~"))
+        or dataset.endswith((".jsonl", ".json", ".parquet", ".csv"))
+    )
+
+
+def source_kind(dataset: str) -> str:
+    """Which kind of source `dataset` names: "sample", "hub-layout", "jsonl-dir" or "hub".
+
+    Raises DataError for a local path that does not exist or holds no dataset.
+    """
+    if dataset == SAMPLE_DATASET:
+        return SOURCE_SAMPLE
+    if not dataset or not dataset.strip():
+        raise DataError("no dataset given", hint=f"name a hub dataset, a local folder or {SAMPLE_DATASET}")
+    path = Path(dataset).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise DataError(
+                f"{path}: is a file, not a dataset folder",
+                hint="point at the folder holding <split>.jsonl files or a hub-layout data/ folder",
+            )
+        if _hub_layout_files(path):
+            return SOURCE_HUB_LAYOUT
+        if _jsonl_files(path):
+            return SOURCE_JSONL_DIR
+        raise DataError(
+            f"{path}: no dataset found there (expected <split>.jsonl files, or data/<split>-*.parquet "
+            "as in a Hugging Face dataset repo)",
+            hint=f"use {SAMPLE_DATASET} for the shipped sample",
+        )
+    if dataset.startswith("ftctl:"):
+        raise DataError(f"unknown built-in dataset {dataset!r}", hint=f"the built-in one is {SAMPLE_DATASET}")
+    if _looks_like_path(dataset):
+        raise DataError(
+            f"{dataset}: no such folder",
+            hint="give an existing local folder, a Hugging Face hub id (owner/name) or " + SAMPLE_DATASET,
+        )
+    return SOURCE_HUB
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+
+
+class _SplitWriter:
+    """Writes one split's valid records to a temp file in download_dir, hashing as it goes."""
+
+    def __init__(self, download_dir: Path, split: str) -> None:
+        self.split = split
+        self.target = download_dir / f"{split}.jsonl"
+        # Not tempfile.mkstemp: its files are 0600; these get the usual umask-based mode.
+        self.tmp = download_dir / f".{split}.jsonl.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        self._fh: IO[bytes] = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.bytes = 0
+        self.rows_read = 0
+        self.rows_written = 0
+        self.dropped: list[Dropped] = []
+
+    def add(self, number: int, record: Any) -> None:
+        self.rows_read += 1
+        reason = check_record(record)
+        if reason is not None:
+            self.dropped.append(Dropped(number, reason))
+            return
+        try:
+            text = json.dumps(record, ensure_ascii=False, default=_json_default)
+        except (TypeError, ValueError) as exc:
+            self.dropped.append(Dropped(number, f"cannot be written as JSON: {exc}"))
+            return
+        data = (text + "\n").encode("utf-8")
+        self._fh.write(data)
+        self._hash.update(data)
+        self.bytes += len(data)
+        self.rows_written += 1
+
+    def drop(self, number: int, reason: str) -> None:
+        self.rows_read += 1
+        self.dropped.append(Dropped(number, reason))
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._fh.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+    def report(self) -> SplitReport:
+        return SplitReport(
+            name=self.split,
+            path=self.target,
+            rows_read=self.rows_read,
+            rows_written=self.rows_written,
+            dropped=self.dropped,
+            sha256=self._hash.hexdigest(),
+            bytes=self.bytes,
+        )
+
+
+def _json_default(value: Any) -> Any:
+    # Columns from parquet/arrow may hold dates, decimals or bytes: keep them, as text.
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Readers: each yields (1-based line or row number, record) or (number, _Bad(reason))
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Bad:
+    reason: str
+
+
+def _take_count(total: int, split_pc: float) -> int:
+    """How many of `total` rows `[0%:pc%]` selects: the same closest rounding as `datasets`."""
+    return int(round(split_pc * total / 100.0))
+
+
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) for every non-blank line."""
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if raw.strip():
+                yield number, raw
+
+
+def _read_jsonl(path: Path, split_pc: float) -> Iterator[tuple[int, Any]]:
+    limit: int | None = None
+    if split_pc < 100:
+        total = sum(1 for _ in _jsonl_lines(path))
+        limit = _take_count(total, split_pc)
+    taken = 0
+    for number, raw in _jsonl_lines(path):
+        if limit is not None and taken >= limit:
+            break
+        taken += 1
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield number, _Bad(f"not valid UTF-8: {exc.reason} at byte {exc.start}")
+            continue
+        try:
+            yield number, json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield number, _Bad(f"invalid JSON: {exc.msg} (column {exc.colno})")
+        except RecursionError:
+            yield number, _Bad("invalid JSON: nested too deeply")
+
+
+def _split_spec(split: str, split_pc: float) -> Any:
+    if split_pc >= 100:
+        return split
+    if float(split_pc).is_integer():
+        return f"{split}[0%:{int(split_pc)}%]"
+    import datasets
+
+    return datasets.ReadInstruction(split, from_=0, to=split_pc, unit="%", rounding="closest")
+
+
+def _iter_dataset_rows(ds: Any, batch_size: int = 1000) -> Iterator[tuple[int, Any]]:
+    number = 0
+    for batch in ds.iter(batch_size=batch_size):
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns), strict=True):
+            number += 1
+            yield number, dict(zip(columns, values, strict=True))
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No progress bars from `datasets` while we work (ftctl prints its own progress lines)."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    if was_enabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _Source:
+    """Split names and row readers for one dataset."""
+
+    def __init__(self, dataset: str, kind: str, subset: str | None, revision: str | None) -> None:
+        self.dataset = dataset
+        self.kind = kind
+        self.subset = subset
+        self.revision = revision
+        if kind == SOURCE_SAMPLE:
+            self.location = str(sample_dataset_dir())
+        elif kind in (SOURCE_HUB_LAYOUT, SOURCE_JSONL_DIR):
+            self.location = str(Path(dataset).expanduser())
+        else:
+            self.location = dataset
+        if kind != SOURCE_HUB and subset not in (None, "", "default"):
+            raise DataError(
+                f"data.subset is {subset!r}, but {dataset} is a local dataset with a single (default) "
+                "configuration",
+                hint="leave data.subset unset for local folders and the sample",
+            )
+
+    def label(self) -> str:
+        return self.dataset if self.kind != SOURCE_SAMPLE else f"{self.dataset} ({self.location})"
+
+    def _fail(self, exc: Exception, what: str) -> DataError:
+        if self.kind == SOURCE_HUB:
+            what += f"; there is no local folder {self.dataset} either"
+            offline = isinstance(exc, (ConnectionError, OSError, TimeoutError)) or any(
+                word in str(exc) for word in ("Couldn't reach", "offline", "Offline", "resolve")
+            )
+            if offline:
+                return DataError(
+                    f"cannot load {self.dataset} from the Hugging Face hub ({what}): the hub is "
+                    f"unreachable or the dataset does not exist ({_short(exc)})",
+                    hint=f"without network access use a local folder (<split>.jsonl files or a "
+                    f"downloaded hub repo) or the shipped sample, {SAMPLE_DATASET}",
+                )
+            return DataError(
+                f"cannot load {self.dataset} from the Hugging Face hub ({what}): {_short(exc)}",
+                hint="check the dataset id, data.subset and revision",
+            )
+        return DataError(f"{self.location}: cannot load the dataset ({what}): {_short(exc)}")
+
+    def split_names(self) -> list[str]:
+        if self.kind == SOURCE_JSONL_DIR:
+            return [p.stem for p in _jsonl_files(Path(self.location))]
+        import datasets
+
+        try:
+            with _quiet_datasets():
+                if self.kind == SOURCE_HUB:
+                    names = datasets.get_dataset_split_names(
+                        self.location, self.subset, revision=self.revision
+                    )
+                else:
+                    names = datasets.get_dataset_split_names(self.location)
+        except DataError:
+            raise
+        except Exception as exc:  # datasets raises many kinds (connection, not found, bad files)
+            raise self._fail(exc, "listing splits") from None
+        return [str(n) for n in names]
+
+    def rows(self, split: str, split_pc: float) -> Iterator[tuple[int, Any]]:
+        if self.kind == SOURCE_JSONL_DIR:
+            yield from _read_jsonl(Path(self.location) / f"{split}.jsonl", split_pc)
+            return
+        import datasets
+
+        spec = _split_spec(split, split_pc)
+        try:
+            with _quiet_datasets():
+                if self.kind == SOURCE_HUB:
+                    ds = datasets.load_dataset(self.location, self.subset, split=spec, revision=self.revision)
+                else:
+                    ds = datasets.load_dataset(self.location, split=spec)
+        except DataError:
+            raise
+        except ValueError as exc:
+            if "corresponds to no data" in str(exc):
+                return  # split_pc selects no row of a small split: like the jsonl reader, zero rows
+            raise self._fail(exc, f"split {split}") from None
+        except Exception as exc:
+            raise self._fail(exc, f"split {split}") from None
+        yield from _iter_dataset_rows(ds)
+
+
+# --------------------------------------------------------------------------------------------------
+# prepare()
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_split_pc(split_pc: float) -> float:
+    try:
+        value = float(split_pc)
+    except (TypeError, ValueError):
+        raise DataError(f"data.split_pc must be a number in (0, 100], got {split_pc!r}") from None
+    if not (0 < value <= 100):  # also false for NaN
+        raise DataError(
+            f"data.split_pc must be in (0, 100], got {split_pc!r}",
+            hint="it is the percentage of each split to keep, e.g. 5 for the first 5%",
+        )
+    return value
+
+
+def prepare(
+    dataset: str,
+    download_dir: Path,
+    *,
+    subset: str | None = None,
+    split_pc: float = 100.0,
+    splits: Sequence[str] | None = None,
+    train_split: str = "train_sft",
+    min_train_rows: int = 10,
+    revision: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PrepareReport:
+    """Write `<download_dir>/<split>.jsonl` for every split of `dataset` (or those in `splits`).
+
+    Takes the first `split_pc` percent of each split, drops invalid records (reported in the result),
+    and replaces the output files only once all splits were read and the train split has at least
+    `min_train_rows` valid rows. Raises DataError for unusable input; nothing is written then.
+    """
+    pc = _check_split_pc(split_pc)
+    kind = source_kind(dataset)
+    source = _Source(dataset, kind, subset, revision)
+    say = progress or (lambda _line: None)
+
+    if kind == SOURCE_HUB:
+        say(f"loading {dataset} from the Hugging Face hub...")
+    available = source.split_names()
+    if not available:
+        raise DataError(f"{source.label()}: the dataset has no splits")
+    if splits is not None:
+        wanted = list(dict.fromkeys(splits))
+        unknown = [s for s in wanted if s not in available]
+        if unknown:
+            raise DataError(
+                f"{source.label()}: no split named {', '.join(unknown)}; splits found: {', '.join(available)}"
+            )
+    else:
+        wanted = available
+    for name in wanted:
+        if not _SPLIT_NAME_RE.match(name):
+            raise DataError(f"{source.label()}: split name {name!r} cannot be used as a file name")
+    if train_split not in wanted:
+        raise DataError(
+            f"{source.label()}: the train split {train_split!r} is not among the splits "
+            f"({', '.join(wanted)})",
+            hint="set data.train_split to one of them" if wanted else None,
+        )
+
+    download_dir = Path(download_dir)
+    created_dir = not download_dir.exists()
+    try:
+        download_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{download_dir}: cannot create the download folder ({_short(exc)})") from None
+
+    writers: list[_SplitWriter] = []
+    try:
+        for split in wanted:
+            writer = _SplitWriter(download_dir, split)
+            writers.append(writer)
+            _fill(writer, source.rows(split, pc))
+            writer.close()
+            say(f"{split}: {writer.rows_written} rows, {len(writer.dropped)} dropped")
+        train = next(w for w in writers if w.split == train_split)
+        if train.rows_written < min_train_rows:
+            where = (
+                str(Path(source.location) / f"{train_split}.jsonl")
+                if kind == SOURCE_JSONL_DIR
+                else f"{source.label()} split {train_split}"
+            )
+            raise DataError(
+                f"{where}: only {train.rows_written} valid training rows "
+                f"({train.rows_read} read, {len(train.dropped)} dropped); at least {min_train_rows} needed",
+                hint="fix or replace the dropped records, or raise data.split_pc",
+            )
+        for writer in writers:
+            os.replace(writer.tmp, writer.target)
+    except BaseException:
+        for writer in writers:
+            writer.discard()
+        if created_dir:
+            with contextlib.suppress(OSError):
+                download_dir.rmdir()  # only if still empty
+        raise
+    return PrepareReport(dataset=dataset, source_kind=kind, splits=[w.report() for w in writers])
+
+
+def _fill(writer: _SplitWriter, rows: Iterable[tuple[int, Any]]) -> None:
+    for number, record in rows:
+        if isinstance(record, _Bad):
+            writer.drop(number, record.reason)
+        else:
+            writer.add(number, record)
+
+
+def format_dropped(report: PrepareReport, limit: int = 10) -> list[str]:
+    """Lines like `train_sft.jsonl:17: fewer than 2 messages (1)`, at most `limit`, then "... and N more"."""
+    lines: list[str] = []
+    total = 0
+    for split in report.splits:
+        where = f"{split.name}.jsonl" if report.source_kind == SOURCE_JSONL_DIR else split.name
+        for dropped in split.dropped:
+            total += 1
+            if len(lines) < limit:
+                lines.append(f"{where}:{dropped.line}: {dropped.reason}")
+    if total > len(lines):
+        lines.append(f"... and {total - len(lines)} more")
+    return lines

@@ -1,0 +1,34 @@
+"""auth: connect to the backend. Local: create the workspace and its MLflow tracking + registry store."""
+
+from __future__ import annotations
+
+import getpass
+import platform
+import socket
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ftctl.context import Context
+
+
+def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    ws = ctx.require_local("auth")
+    ws.create()
+    ctx.ui.info(f"  workspace {ws.root}")
+    mlflow = ws.mlflow
+    client = mlflow.MlflowClient()
+    client.search_experiments(max_results=1)  # creates and migrates the SQLite store on first use
+    ctx.ui.info(f"  MLflow tracking + model registry: {ws.tracking_uri}")
+    return {
+        "user": getpass.getuser(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(terse=True),
+        "workspace": str(ws.root),
+        "tracking_uri": ws.tracking_uri,
+        "registry_uri": ws.tracking_uri,
+        "mlflow_version": mlflow.__version__,
+    }
+
+
+def summary(outputs: dict[str, Any]) -> str:
+    return f"{outputs.get('user')}@{outputs.get('host')}"

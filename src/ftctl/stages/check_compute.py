@@ -1,0 +1,91 @@
+"""check-compute: find the devices, choose device and precision, apply the allow/deny lists.
+
+The notebook checks the cluster's VM size against the model's finetune allow-list (case-insensitive)
+and, when the model has none, against a deny list of old GPU sizes. Locally the "size" is the device
+name: the GPU's name (e.g. "NVIDIA H100 80GB HBM3") or "cpu".
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from ftctl.errors import UsageError
+
+if TYPE_CHECKING:
+    from ftctl.context import Context
+
+
+def detect() -> dict[str, Any]:
+    import torch
+
+    gpus = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            gpus.append(
+                {
+                    "index": index,
+                    "name": props.name,
+                    "memory_gib": round(props.total_memory / 2**30, 1),
+                    "bf16": bool(torch.cuda.is_bf16_supported()),
+                }
+            )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"gpus": gpus, "cpu_cores": cores, "ram_gib": round(ram, 1), "torch_version": torch.__version__}
+
+
+def check_lists(size: str, allow_list: list[str] | None, deny_list: list[str], source: str) -> None:
+    """The notebook's semantics: an allow-list wins; without one, the deny list applies."""
+    if allow_list:
+        if size.lower() not in {s.lower() for s in allow_list}:
+            raise UsageError(
+                f"compute {size!r} is not in the allow-list ({source}): {', '.join(allow_list)}",
+                hint="use a device/size from the list, or set compute.allow_list",
+            )
+    elif size.lower() in {s.lower() for s in deny_list}:
+        raise UsageError(
+            f"compute {size!r} is in the deny list (compute.deny_list)",
+            hint="choose another size, or edit compute.deny_list",
+        )
+
+
+def choose(found: dict[str, Any], device: str, num_gpus: int | None, precision: str) -> dict[str, Any]:
+    gpus = found["gpus"]
+    if device == "cuda" and not gpus:
+        raise UsageError("compute.device is cuda, but no CUDA device is visible", hint="set compute.device=cpu")
+    use_gpu = bool(gpus) and device != "cpu"
+    if use_gpu:
+        if num_gpus is not None and num_gpus > len(gpus):
+            raise UsageError(f"compute.num_gpus is {num_gpus}, but only {len(gpus)} GPUs are visible")
+        count = len(gpus) if num_gpus is None else max(num_gpus, 1)
+        if precision == "auto":
+            precision = "bf16" if all(g["bf16"] for g in gpus[:count]) else "16"
+        return {"device": "cuda", "size": gpus[0]["name"], "gpus_per_node": count, "precision": precision}
+    if precision in ("16", "bf16"):
+        raise UsageError(f"finetune.precision {precision} needs a GPU; on CPU use 32 (or auto)")
+    return {"device": "cpu", "size": "cpu", "gpus_per_node": 0, "precision": "32"}
+
+
+def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    ctx.require_local("check-compute")
+    cfg = ctx.cfg
+    found = detect()
+    chosen = choose(found, cfg.compute.device, cfg.compute.num_gpus, cfg.finetune.precision)
+    model = ctx.outputs("pick-model")
+    allow, source = cfg.compute.allow_list, "compute.allow_list"
+    if not allow and model.get("finetune_compute_allow_list"):
+        allow, source = model["finetune_compute_allow_list"], "the model's finetune_compute_allow_list"
+    check_lists(chosen["size"], allow, cfg.compute.deny_list, source)
+    if found["gpus"]:
+        for gpu in found["gpus"]:
+            ctx.ui.info(f"  GPU {gpu['index']}: {gpu['name']}, {gpu['memory_gib']} GiB")
+    else:
+        ctx.ui.info(f"  no GPU; {found['cpu_cores']} CPU cores, {found['ram_gib']} GiB RAM")
+    ctx.ui.info(f"  using {chosen['device']} ({chosen['gpus_per_node']} GPUs), precision {chosen['precision']}")
+    return {**chosen, **found, "allow_list": allow, "name": cfg.compute.name}
+
+
+def summary(outputs: dict[str, Any]) -> str:
+    return f"{outputs.get('device')} x{outputs.get('gpus_per_node')} {outputs.get('precision')}"

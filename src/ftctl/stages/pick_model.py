@@ -1,0 +1,132 @@
+"""pick-model: resolve the base model and record what the later stages need from it.
+
+Local: the built-in tiny Phi-3 chat model, a local Hugging Face folder, or a hub id (downloaded with
+huggingface_hub when the hub is reachable). Nothing heavy is loaded: config.json, the tokenizer config
+and the safetensors headers carry everything recorded here.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from math import prod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ftctl.config import TINY_MODEL
+from ftctl.errors import UsageError
+from ftctl.state import file_signature
+
+if TYPE_CHECKING:
+    from ftctl.context import Context
+
+METADATA_FILE = "ftctl_model.json"  # the notebook's Azure model tags, for local models
+
+
+def shipped_model_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "resources" / "tiny-phi3"
+
+
+def resolve_model_dir(name: str, revision: str | None) -> tuple[Path, str]:
+    """(folder, source kind) for a model name: built-in, local folder, or hub id."""
+    if name == TINY_MODEL:
+        return shipped_model_dir(), "built-in"
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"model.name: {path} has no config.json; it is not a Hugging Face model folder")
+        return path.resolve(), "local"
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise UsageError(f"model.name: {name!r} is neither an existing folder nor a hub id like org/model")
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id=name, revision=revision)
+    except Exception as exc:  # the hub client raises many kinds; all mean "could not fetch"
+        raise UsageError(
+            f"model.name: cannot fetch {name} from the Hugging Face hub ({type(exc).__name__}: {exc})",
+            hint="download it elsewhere and set model.name to the local folder",
+        ) from None
+    return Path(folder), "hub"
+
+
+def count_parameters(folder: Path) -> int | None:
+    """Sum of tensor sizes from the safetensors headers (no weights are read)."""
+    total = 0
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    for file in files:
+        with open(file, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size))
+        total += sum(prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    return total
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def describe(folder: Path) -> dict[str, Any]:
+    config = _read_json(folder / "config.json")
+    tok_config = _read_json(folder / "tokenizer_config.json")
+    has_template = bool(tok_config.get("chat_template")) or any(
+        (folder / name).is_file() for name in ("chat_template.jinja", "chat_template.json")
+    )
+    meta = _read_json(folder / METADATA_FILE)
+    return {
+        "architecture": (config.get("architectures") or [config.get("model_type")])[0],
+        "model_type": config.get("model_type"),
+        "context_length": config.get("max_position_embeddings"),
+        "parameters": count_parameters(folder),
+        "chat_template": has_template,
+        "finetune_compute_allow_list": meta.get("finetune_compute_allow_list"),
+        "inference_compute_allow_list": meta.get("inference_compute_allow_list"),
+        "model_specific_defaults": meta.get("model_specific_defaults") or {},
+    }
+
+
+def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    ctx.require_local("pick-model")
+    name, revision = ctx.cfg.model.name, ctx.cfg.model.revision
+    folder, kind = resolve_model_dir(name, revision)
+    info = describe(folder)
+    if not info["chat_template"]:
+        raise UsageError(
+            f"model.name: {name} has no chat template (tokenizer_config.json chat_template)",
+            hint="pick a chat/instruct model; ftctl trains on chat-formatted conversations",
+        )
+    content = file_signature(folder)
+    ctx.ui.info(
+        f"  {name} ({kind}): {info['architecture']}, {info['parameters'] or '?'} parameters, "
+        f"context {info['context_length']}"
+    )
+    if info["model_specific_defaults"]:
+        ctx.ui.info(f"  model-specific finetune defaults: {info['model_specific_defaults']}")
+    return {
+        "name": name,
+        "source": kind,
+        "path": str(folder),
+        "revision": revision or (folder.name if kind == "hub" else None),
+        "content_hash": content,
+        **info,
+    }
+
+
+def inputs(ctx: Context, state: dict[str, Any]) -> dict[str, Path]:
+    name = ctx.cfg.model.name
+    if name == TINY_MODEL:
+        return {"model": shipped_model_dir()}
+    path = Path(name).expanduser()
+    return {"model": path} if path.exists() else {}
+
+
+def summary(outputs: dict[str, Any]) -> str:
+    return f"{outputs.get('name')} ({outputs.get('parameters')} params)"

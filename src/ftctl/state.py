@@ -1,0 +1,288 @@
+"""The stage-state file (<workspace>/state.json) and the workspace lock.
+
+Writes are atomic: a temp file in the same folder, fsync, then os.replace, with the previous version
+kept as state.json.bak. One lock per workspace (fcntl.flock on <workspace>/lock) whose file holds the
+owner record (pid, host, command, started_at); the kernel drops a flock when its process dies, so a dead
+owner's lock is simply taken over (with a message naming the dead owner).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ftctl.errors import LockTimeout, StateError
+
+SCHEMA_VERSION = 1
+STATE_FILE = "state.json"
+BACKUP_SUFFIX = ".bak"
+LOCK_FILE = "lock"
+
+PENDING, RUNNING, SUCCEEDED, FAILED = "pending", "running", "succeeded", "failed"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+
+def empty_record() -> dict[str, Any]:
+    return {
+        "status": PENDING,
+        "attempt": 0,
+        "started_at": None,
+        "ended_at": None,
+        "fingerprint": None,
+        "outputs": {},
+        "error": None,
+    }
+
+
+def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write `text` to `path` so that readers see the old or the new file, never a partial one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class StateStore:
+    """Reads and writes <workspace>/state.json."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
+        self.path = workspace / STATE_FILE
+        self.backup = workspace / (STATE_FILE + BACKUP_SUFFIX)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self) -> dict[str, Any]:
+        """The current state; a fresh one if the workspace has none yet."""
+        if not self.path.exists():
+            return {"schema_version": SCHEMA_VERSION, "backend": None, "run_id": None, "stages": {}}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._corrupt(f"cannot be parsed ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
+            raise self._corrupt("does not hold a stage-state object")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path} has schema version {version!r}; this ftctl reads version {SCHEMA_VERSION}",
+                hint="use the ftctl version that wrote it, or start over with `ftctl reset --all`",
+            )
+        return data
+
+    def _corrupt(self, why: str) -> StateError:
+        if self.backup.exists():
+            hint = (
+                f"restore the previous version with `ftctl reset --restore-backup` "
+                f"(copies {self.backup.name} over {self.path.name}), or start over with `ftctl reset --all`"
+            )
+        else:
+            hint = "start over with `ftctl reset --all` (no backup exists)"
+        return StateError(f"state file {self.path} {why}", hint=hint)
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(state, indent=2, sort_keys=False) + "\n"
+        if self.path.exists():
+            try:
+                json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                pass  # never let a corrupt file overwrite the good backup
+            else:
+                os.replace(self.path, self.backup)
+        atomic_write_text(self.path, text)
+
+    def restore_backup(self) -> None:
+        if not self.backup.exists():
+            raise StateError(f"no backup to restore: {self.backup} does not exist")
+        try:
+            json.loads(self.backup.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StateError(f"the backup {self.backup} is unreadable too ({exc})") from None
+        atomic_write_text(self.path, self.backup.read_text(encoding="utf-8"))
+
+
+def record(state: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The record of `stage` in `state` (created pending if missing)."""
+    stages = state.setdefault("stages", {})
+    if stage not in stages:
+        stages[stage] = empty_record()
+    return stages[stage]
+
+
+def snapshot(state: dict[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(state)
+
+
+# --- fingerprints ---------------------------------------------------------------------------------
+
+HASH_LIMIT = 64 * 1024 * 1024  # files above this are fingerprinted by size + mtime, not content
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def file_signature(path: Path) -> str:
+    """A content hash for ordinary files, size+mtime for huge ones; 'missing' when absent."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return "missing"
+    if path.is_dir():
+        parts = [
+            f"{p.relative_to(path)}={file_signature(p)}" for p in sorted(path.rglob("*")) if p.is_file()
+        ]
+        return "tree:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    if st.st_size > HASH_LIMIT:
+        return f"stat:{st.st_size}:{st.st_mtime_ns}"
+    return file_digest(path)
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --- the workspace lock ---------------------------------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe_owner(owner: dict[str, Any]) -> str:
+    return (
+        f"pid {owner.get('pid')} on {owner.get('host')}, `{owner.get('command')}`, "
+        f"started {owner.get('started_at')}"
+    )
+
+
+class WorkspaceLock:
+    """Exclusive lock on a workspace; use as a context manager."""
+
+    def __init__(
+        self,
+        workspace: Path,
+        command: str,
+        timeout_s: float,
+        notify: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+    ) -> None:
+        self.path = workspace / LOCK_FILE
+        self.command = command
+        self.timeout_s = timeout_s
+        self.notify = notify
+        self._fd: int | None = None
+
+    def read_owner(self) -> dict[str, Any] | None:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+            owner = json.loads(text) if text.strip() else None
+        except (OSError, ValueError):
+            return None
+        return owner if isinstance(owner, dict) else None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.timeout_s
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                owner = self.read_owner() or {}
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LockTimeout(
+                        f"workspace {self.path.parent} is locked by another ftctl ({describe_owner(owner)})",
+                        hint="wait for it to finish, or wait longer with `--set lock_timeout_s=SECONDS`",
+                    ) from None
+                if not told:
+                    self.notify(
+                        f"waiting up to {self.timeout_s:g}s for the workspace lock held by "
+                        f"{describe_owner(owner)}"
+                    )
+                    told = True
+                time.sleep(0.1)
+        previous = self.read_owner()
+        if previous and previous.get("pid") != os.getpid():
+            self.notify(f"taking over the workspace lock left by a dead ftctl ({describe_owner(previous)})")
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": self.command,
+            "started_at": now_iso(),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(owner).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> WorkspaceLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@contextlib.contextmanager
+def locked(workspace: Path, command: str, timeout_s: float) -> Iterator[WorkspaceLock]:
+    with WorkspaceLock(workspace, command, timeout_s) as lock:
+        yield lock

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ftctl.errors import LockTimeout, StateError
+from ftctl.state import StateStore, WorkspaceLock, file_signature
+
+
+def test_save_keeps_previous_version_as_backup(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    first = store.load()
+    first["run_id"] = "one"
+    store.save(first)
+    second = store.load()
+    second["run_id"] = "two"
+    store.save(second)
+    assert store.load()["run_id"] == "two"
+    assert json.loads(store.backup.read_text())["run_id"] == "one"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_corrupt_state_names_the_file_and_the_way_back(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    state = store.load()
+    state["run_id"] = "good"
+    store.save(state)
+    store.save(state)
+    store.path.write_text('{"schema_version": 1, "stag')
+    with pytest.raises(StateError) as info:
+        store.load()
+    assert str(store.path) in info.value.message
+    assert "ftctl reset --restore-backup" in (info.value.hint or "")
+    store.restore_backup()
+    assert store.load()["run_id"] == "good"
+
+
+def test_corrupt_file_never_replaces_the_backup(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    state = store.load()
+    state["run_id"] = "good"
+    store.save(state)
+    store.save(state)
+    store.path.write_text("garbage")
+    state["run_id"] = "new"
+    store.save(state)
+    assert json.loads(store.backup.read_text())["run_id"] == "good"
+
+
+def test_unknown_schema_version(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text(json.dumps({"schema_version": 99, "stages": {}}))
+    with pytest.raises(StateError, match="schema version 99"):
+        StateStore(tmp_path).load()
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from ftctl.state import WorkspaceLock
+    with WorkspaceLock(Path(sys.argv[1]), "ftctl submit", 5):
+        print("locked", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def test_second_process_times_out_naming_the_owner(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        messages: list[str] = []
+        with pytest.raises(LockTimeout) as info:
+            WorkspaceLock(tmp_path, "ftctl run", 0.3, notify=messages.append).acquire()
+        assert f"pid {holder.pid}" in info.value.message
+        assert "`ftctl submit`" in info.value.message
+        assert messages and "waiting up to 0.3s" in messages[0]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_dead_owner_lock_is_taken_over_with_a_message(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    holder.kill()  # kill -9: no cleanup, the owner record stays behind
+    holder.wait()
+    messages: list[str] = []
+    lock = WorkspaceLock(tmp_path, "ftctl run", 1, notify=messages.append)
+    lock.acquire()
+    try:
+        assert any("taking over" in m and f"pid {holder.pid}" in m for m in messages)
+        assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
+    finally:
+        lock.release()
+
+
+def test_file_signature_tracks_content(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text("one\n")
+    first = file_signature(path)
+    path.write_text("two\n")
+    assert file_signature(path) != first
+    assert file_signature(tmp_path / "missing") == "missing"
+    assert file_signature(tmp_path).startswith("tree:")
