@@ -62,7 +62,7 @@ def test_edited_input_file_makes_the_stage_stale(prepared) -> None:
     sample.mkdir()
     rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]} for i in range(12)]
     (sample / "train_sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    prepared("prepare-data", "--dataset", str(sample), "--set", "data.dataset=" + str(sample))
+    prepared("--set", f"data.dataset={sample}", "prepare-data")
     (sample / "train_sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:11]))
     status = {s["name"]: s for s in prepared.json("--set", f"data.dataset={sample}", "status")["stages"]}
     assert status["prepare-data"]["stale_reason"] == "dataset changed"

@@ -127,6 +127,17 @@ class Job:
         return _read_json(self.result_path)
 
 
+def _failure_reason(job: Job, code: int) -> str:
+    """The trainer's own error event if it wrote one, else the log's last error-looking line."""
+    events, _ = job.read_events(0)
+    errors = [e for e in events if e.get("type") == "error"]
+    if errors:
+        return f"{errors[-1].get('error_type', 'Error')}: {errors[-1].get('message')}"
+    lines = [line.strip() for line in procs.tail(job.log_path, 40).splitlines() if line.strip()]
+    found = next((line for line in reversed(lines) if "rror" in line), None)
+    return found or (lines[-1] if lines else f"the job exited with code {code}")
+
+
 def _wrapper(job_dir: Path) -> int:
     job = Job(job_dir)
     command = job.spec().get("command")
@@ -146,10 +157,7 @@ def _wrapper(job_dir: Path) -> int:
     if code == 0 and job.result_path.exists():
         job.write_status(COMPLETED, exit_code=0, ended_at=now_iso())
         return 0
-    lines = [line for line in procs.tail(job.log_path, 40).splitlines() if line.strip()]
-    error = next((line for line in reversed(lines) if "Error" in line or "error" in line), None)
-    error = error or (lines[-1] if lines else f"exit code {code}")
-    job.write_status(FAILED, exit_code=code, error=error.strip(), ended_at=now_iso())
+    job.write_status(FAILED, exit_code=code, error=_failure_reason(job, code), ended_at=now_iso())
     return 1
 
 

@@ -1,0 +1,88 @@
+"""The whole local pipeline for real: train, register, serve over HTTP, score, tear down."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from ftctl.backends.local.server import port_is_open
+from ftctl.pipeline import ORDER
+
+pytestmark = pytest.mark.slow
+
+
+def _post(url: str, body: dict, key: str | None) -> tuple[int, str]:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_nine_local_stages_end_to_end(ftctl) -> None:
+    # Start training detached, then let `run` re-attach to the same job.
+    ftctl("run", "--to", "prepare-data")
+    ftctl("submit", "--no-wait")
+    submit = ftctl.state()["stages"]["submit"]
+    assert submit["status"] == "running"
+    job_id = submit["outputs"]["job_id"]
+
+    result = ftctl("run")
+    assert f"re-attaching to job {job_id}" in result.stderr
+    assert "output: " in result.stdout and "raw response: {\"output\": " in result.stdout
+    status = ftctl.status()
+    assert [status[name]["status"] for name in ORDER] == ["succeeded"] * len(ORDER)
+    assert [p.name for p in (ftctl.workspace / "jobs").iterdir()] == [job_id]
+    outputs = status["submit"]["outputs"]
+    assert outputs["train_loss"] > 0 and outputs["eval_loss"] > 0
+    assert status["register"]["outputs"]["model_uri"].startswith("models:/ftctl-tiny-phi3-chat-ultrachat-200k/")
+
+    # The endpoint is down after teardown: score refuses and names the command to run.
+    deploy = status["deploy"]["outputs"]
+    assert not port_is_open(deploy["host"], deploy["port"])
+    refused = ftctl("score", code=2)
+    assert "`ftctl deploy`" in refused.stderr
+
+    # Bring it back, score through ftctl and over plain HTTP.
+    ftctl("deploy")
+    deploy = ftctl.state()["stages"]["deploy"]["outputs"]
+    scored = ftctl("score")
+    assert scored.stdout.count("output: ") == 1
+    key = (ftctl.workspace / "secrets" / f"{deploy['endpoint_name']}.key").read_text().strip()
+    body = {"input_data": {"input_string": [[{"role": "user", "content": "What is 2 plus 3?"}]],
+                           "parameters": {"do_sample": False, "max_new_tokens": 16}}, "params": {}}
+    code, text = _post(deploy["scoring_uri"], body, key)
+    assert code == 200 and isinstance(json.loads(text)["output"], str)
+    assert _post(deploy["scoring_uri"], body, "wrong")[0] == 401
+    assert _post(deploy["scoring_uri"], body, None)[0] == 401
+    state_text = (ftctl.workspace / "state.json").read_text()
+    assert key not in state_text and key not in scored.stdout + scored.stderr
+
+    # Re-running deploy while it is up re-attaches instead of starting a second server.
+    again = ftctl("deploy")
+    assert "up to date" in again.stderr
+    assert ftctl.state()["stages"]["deploy"]["outputs"]["pid"] == deploy["pid"]
+
+    ftctl("teardown")
+    assert not port_is_open(deploy["host"], deploy["port"])
+    ftctl("teardown")  # idempotent
+
+    # Nothing changed: every stage is up to date and no training happens.
+    rerun = ftctl("run")
+    for name in ORDER:
+        assert f"- {name}: up to date" in rerun.stderr
+    assert len(list((ftctl.workspace / "jobs").iterdir())) == 1
+
+    # A new learning rate makes submit and everything downstream stale, with the reason.
+    stale = {s["name"]: s for s in ftctl.json("--set", "finetune.learning_rate=1e-4", "status")["stages"]}
+    assert [name for name in ORDER if stale[name]["stale"]] == ["submit", "register", "deploy", "score", "teardown"]
+    assert stale["submit"]["stale_reason"] == "finetune.learning_rate changed (0.002 -> 0.0001)"
+    assert stale["register"]["stale_reason"] == "submit is stale: finetune.learning_rate changed (0.002 -> 0.0001)"
