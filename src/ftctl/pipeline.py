@@ -108,6 +108,7 @@ class Evaluation:
     status: str
     stale: bool
     reason: str | None
+    cause: str | None = None  # the stage where the staleness starts ("submit is stale: ...")
 
 
 def _fmt(value: Any) -> str:
@@ -143,18 +144,21 @@ def evaluate(ctx: Context, state: dict[str, Any]) -> dict[str, Evaluation]:
         if status != st.SUCCEEDED:
             result[stage.name] = Evaluation(status, False, None)
             continue
-        reason = None
+        reason = cause = None
         for up in stage.upstream:
             up_eval = result[up]
             if up_eval.status != st.SUCCEEDED:
-                reason = f"{up} is {up_eval.status}"
+                reason, cause = f"{up} is {up_eval.status}", up
             elif up_eval.stale:
-                reason = f"{up} is stale: {up_eval.reason}"
+                reason, cause = up_eval.reason, up_eval.cause
             if reason:
                 break
         if reason is None:
             reason = explain_change(rec.get("fingerprint"), fingerprint(ctx, stage, state))
-        result[stage.name] = Evaluation(status, reason is not None, reason)
+            cause = stage.name if reason else None
+        if cause and cause != stage.name and not reason.startswith(f"{cause} is "):
+            reason = f"{cause} is stale: {reason}"
+        result[stage.name] = Evaluation(status, reason is not None, reason, cause)
     return result
 
 

@@ -37,7 +37,7 @@ def test_nine_local_stages_end_to_end(ftctl) -> None:
 
     result = ftctl("run")
     assert f"re-attaching to job {job_id}" in result.stderr
-    assert "output: " in result.stdout and "raw response: {\"output\": " in result.stdout
+    assert "output: " in result.stdout and "raw response: {\"output\":" in result.stdout
     status = ftctl.status()
     assert [status[name]["status"] for name in ORDER] == ["succeeded"] * len(ORDER)
     assert [p.name for p in (ftctl.workspace / "jobs").iterdir()] == [job_id]

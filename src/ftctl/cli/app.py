@@ -94,7 +94,7 @@ def build_context(tctx: typer.Context, extra: list[str] = ()) -> Any:  # -> ftct
         raise UsageError(f"--backend must be local or azureml (got {opts.backend!r})")
     loaded = load_config(opts.config, [*opts.overrides, *extra], backend=opts.backend)
     return Context(
-        workspace=opts.workspace.expanduser(),
+        workspace=opts.workspace.expanduser().absolute(),
         config=loaded,
         ui=UI(json_mode=opts.json),
         debug=opts.debug,
@@ -140,7 +140,10 @@ def runner_session(ctx: Any, check_backend: bool = True) -> Iterator[Any]:
         yield Runner(ctx, check_backend=check_backend)
 
 
-def _run_stage(tctx: typer.Context, name: str, force: bool, extra: list[str] = (), wait: bool = True) -> None:
+def _run_stage(
+    tctx: typer.Context, name: str, force: bool, as_json: bool, extra: list[str] = (), wait: bool = True
+) -> None:
+    _options(tctx).json |= as_json
     with _errors(tctx):
         ctx = build_context(tctx, list(extra))
         ctx.wait = wait
@@ -151,12 +154,13 @@ def _run_stage(tctx: typer.Context, name: str, force: bool, extra: list[str] = (
 
 
 FORCE = typer.Option(False, "--force", "-f", help="Run even if the stage is up to date.")
+JSON = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 
 
 @app.command()
-def auth(tctx: typer.Context, force: bool = FORCE) -> None:
+def auth(tctx: typer.Context, force: bool = FORCE, as_json: bool = JSON) -> None:
     """Connect to the backend (local: create the workspace and its MLflow stores)."""
-    _run_stage(tctx, "auth", force)
+    _run_stage(tctx, "auth", force, as_json)
 
 
 @app.command("pick-model")
@@ -164,15 +168,16 @@ def pick_model(
     tctx: typer.Context,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Hub id, local folder or registry name."),
     force: bool = FORCE,
+    as_json: bool = JSON,
 ) -> None:
     """Resolve the base model and record its metadata."""
-    _run_stage(tctx, "pick-model", force, [f"model.name={model}"] if model else [])
+    _run_stage(tctx, "pick-model", force, as_json, [f"model.name={model}"] if model else [])
 
 
 @app.command("check-compute")
-def check_compute(tctx: typer.Context, force: bool = FORCE) -> None:
+def check_compute(tctx: typer.Context, force: bool = FORCE, as_json: bool = JSON) -> None:
     """Detect devices (or the cluster), choose device and precision, apply allow/deny lists."""
-    _run_stage(tctx, "check-compute", force)
+    _run_stage(tctx, "check-compute", force, as_json)
 
 
 @app.command("prepare-data")
@@ -183,6 +188,7 @@ def prepare_data(
     download_dir: Optional[str] = typer.Option(None, "--download-dir", help="Where to write <split>.jsonl."),
     split_pc: Optional[float] = typer.Option(None, "--split-pc", help="Percent of each split to keep (0-100]."),
     force: bool = FORCE,
+    as_json: bool = JSON,
 ) -> None:
     """Download, validate and write the dataset splits as JSON lines."""
     extra = [
@@ -195,7 +201,7 @@ def prepare_data(
         )
         if value is not None
     ]
-    _run_stage(tctx, "prepare-data", force, extra)
+    _run_stage(tctx, "prepare-data", force, as_json, extra)
 
 
 @app.command()
@@ -203,33 +209,34 @@ def submit(
     tctx: typer.Context,
     no_wait: bool = typer.Option(False, "--no-wait", help="Return once the job id is recorded."),
     force: bool = FORCE,
+    as_json: bool = JSON,
 ) -> None:
     """Fine-tune the model as a job; streams progress (re-running re-attaches to a running job)."""
-    _run_stage(tctx, "submit", force, wait=not no_wait)
+    _run_stage(tctx, "submit", force, as_json, wait=not no_wait)
 
 
 @app.command()
-def register(tctx: typer.Context, force: bool = FORCE) -> None:
+def register(tctx: typer.Context, force: bool = FORCE, as_json: bool = JSON) -> None:
     """Register the fine-tuned model as a new version with lineage tags."""
-    _run_stage(tctx, "register", force)
+    _run_stage(tctx, "register", force, as_json)
 
 
 @app.command()
-def deploy(tctx: typer.Context, force: bool = FORCE) -> None:
+def deploy(tctx: typer.Context, force: bool = FORCE, as_json: bool = JSON) -> None:
     """Serve the registered model behind an endpoint (local: 127.0.0.1, key auth)."""
-    _run_stage(tctx, "deploy", force)
+    _run_stage(tctx, "deploy", force, as_json)
 
 
 @app.command()
-def score(tctx: typer.Context) -> None:
+def score(tctx: typer.Context, as_json: bool = JSON) -> None:
     """Score a seeded random test_gen conversation on the endpoint."""
-    _run_stage(tctx, "score", False)
+    _run_stage(tctx, "score", False, as_json)
 
 
 @app.command()
-def teardown(tctx: typer.Context) -> None:
+def teardown(tctx: typer.Context, as_json: bool = JSON) -> None:
     """Delete the endpoint (local: stop the server and check its port is closed)."""
-    _run_stage(tctx, "teardown", False)
+    _run_stage(tctx, "teardown", False, as_json)
 
 
 @app.command()
@@ -238,8 +245,10 @@ def run(
     from_: Optional[str] = typer.Option(None, "--from", help="First stage to consider."),
     to: Optional[str] = typer.Option(None, "--to", help="Last stage to consider."),
     force: bool = typer.Option(False, "--force", "-f", help="Re-run the stages even if up to date."),
+    as_json: bool = JSON,
 ) -> None:
     """Run the stages in order, skipping those that are up to date."""
+    _options(tctx).json |= as_json
     with _errors(tctx):
         ctx = build_context(tctx)
         with runner_session(ctx) as runner:
@@ -260,8 +269,9 @@ def _when(rec: dict[str, Any]) -> str:
 
 
 @app.command()
-def status(tctx: typer.Context) -> None:
+def status(tctx: typer.Context, as_json: bool = JSON) -> None:
     """Show each stage: status, when, key outputs, and whether it is stale (and why)."""
+    _options(tctx).json |= as_json
     with _errors(tctx):
         from ftctl import state as st
         from ftctl.pipeline import STAGES, evaluate, summary
@@ -317,8 +327,10 @@ def reset(
     restore_backup: bool = typer.Option(
         False, "--restore-backup", help="Replace the state file by its previous version (state.json.bak)."
     ),
+    as_json: bool = JSON,
 ) -> None:
     """Forget a stage and everything downstream, so they run again."""
+    _options(tctx).json |= as_json
     with _errors(tctx):
         from ftctl.errors import UsageError
 

@@ -46,7 +46,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
 
-ARCHITECTURE = {
+ARCHITECTURE: dict[str, Any] = {
     "hidden_size": 128,
     "intermediate_size": 256,
     "num_hidden_layers": 4,
@@ -230,6 +230,7 @@ def build(out_dir: Path, *, pretrain_steps: int = DEFAULT_PRETRAIN_STEPS, log: A
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -261,6 +262,10 @@ def build(out_dir: Path, *, pretrain_steps: int = DEFAULT_PRETRAIN_STEPS, log: A
         tokenizer.save_pretrained(str(out_dir))
         _portable_tokenizer_config(out_dir)
     finally:
+        if parallelism is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = parallelism
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
@@ -285,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir", nargs="?", default=None,
                         help=f"output folder (default: {shipped_model_dir()})")
     parser.add_argument("--pretrain-steps", type=int, default=DEFAULT_PRETRAIN_STEPS,
-                        help=f"full-parameter training steps on the sample (default {DEFAULT_PRETRAIN_STEPS})")
+                        help="full-parameter training steps on the sample "
+                             f"(default {DEFAULT_PRETRAIN_STEPS})")
     args = parser.parse_args(argv)
     out = Path(args.out_dir) if args.out_dir else shipped_model_dir()
     started = time.perf_counter()

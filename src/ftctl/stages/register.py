@@ -6,6 +6,8 @@ MLflow model registry, named like the notebook's `<model>-ultrachat-200k` ("/" r
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import TYPE_CHECKING, Any
 
 import ftctl
@@ -49,7 +51,8 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     name = model_name(ctx)
     tags = lineage_tags(ctx)
     source = f"runs:/{run_id}/mlflow_model"
-    version = mlflow.register_model(source, name, tags=tags)
+    with contextlib.redirect_stderr(io.StringIO()):  # mlflow prints its own "Successfully registered"
+        version = mlflow.register_model(source, name, tags=tags)
     client = mlflow.MlflowClient()
     client.update_model_version(
         name, version.version, description=f"Fine-tuned by ftctl job {job.get('job_id')} on ultrachat data"

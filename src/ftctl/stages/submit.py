@@ -165,8 +165,10 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
             hint=f"the whole log is in {job.log_path}",
         )
     result = job.result()
+    eval_loss = result.get("eval_loss")
     ctx.ui.info(
-        f"  done: train_loss {result.get('train_loss'):.4f}, eval_loss {result.get('eval_loss')}, "
+        f"  done: train_loss {result.get('train_loss'):.4f}, "
+        f"eval_loss {'n/a' if eval_loss is None else format(eval_loss, '.4f')}, "
         f"{result.get('tokens_per_second', 0):,.0f} tok/s; model in {result.get('model_dir')}"
     )
     return {

@@ -5,10 +5,14 @@ Face folder copied to out_dir/artifacts/hf_model (the layout `ftctl.models.layou
 reads). `mlflow models serve -m out_dir --env-manager local` serves it; `ChatModel.predict` takes
 chat conversations and returns the assistant's reply for each.
 
-Accepted inputs (each conversation is a list of {"role", "content"} dicts):
-  - a DataFrame with a "messages" column (one conversation per row): what the scoring server builds
-    from {"dataframe_records": [{"messages": [...]}]} or {"inputs": {"messages": [[...]]}};
-  - a list of conversations, one conversation, {"messages": conversation}, or a plain prompt string.
+Accepted inputs (a conversation is a list of {"role", "content"} dicts; the model signature declares
+one "messages" column):
+  - a DataFrame with a "messages" column, one conversation per row;
+  - a list of {"messages": conversation} records, or one {"messages": conversation}.
+Through `mlflow models serve` that is {"dataframe_records": [{"messages": [...]}, ...]},
+{"dataframe_split": {"columns": ["messages"], "data": [[[...]]]}}, {"inputs": [{"messages": [...]}]}
+or {"inputs": {"messages": [...]}}; the reply is {"predictions": ["...", ...]}, one per conversation.
+ChatModel.predict itself (no signature check) also takes a bare conversation or a prompt string.
 Generation parameters (params): max_new_tokens, temperature, top_p, do_sample.
 
 Importing this module imports mlflow (ChatModel subclasses mlflow.pyfunc.PythonModel): import it lazily.
@@ -17,11 +21,15 @@ torch and transformers are imported inside functions only.
 
 from __future__ import annotations
 
+import logging
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ftctl.models.layout import MLFLOW_HF_ARTIFACT
 
+_PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 DEFAULT_GENERATION = {"max_new_tokens": 128, "temperature": 0.0, "top_p": 1.0, "do_sample": False}
 
 
@@ -120,6 +128,10 @@ def generate_replies(model: Any, tokenizer: Any, conversations: list[list[dict[s
 class ChatModel(_pyfunc_base()):  # type: ignore[misc]
     """pyfunc model: loads artifacts["hf_model"] and answers chat conversations."""
 
+    # predict has no type hints (the signature describes the input): MLflow's type-hint wrapper
+    # would only warn about that, so skip it.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -127,10 +139,10 @@ class ChatModel(_pyfunc_base()):  # type: ignore[misc]
         hf_dir = context.artifacts[MLFLOW_HF_ARTIFACT]
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(hf_dir).to(device)
-        self.model.eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(hf_dir)
+        self.model = model.to(device).eval()
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         return generate_replies(self.model, self.tokenizer, _to_conversations(model_input), params)
 
 
@@ -182,11 +194,27 @@ def save_mlflow_model(hf_dir: Path, out_dir: Path) -> Path:
         if hf_dir.name != MLFLOW_HF_ARTIFACT:
             src = Path(tmp) / MLFLOW_HF_ARTIFACT
             shutil.copytree(hf_dir, src)
-        mlflow.pyfunc.save_model(
-            path=str(out_dir),
-            python_model=ChatModel(),
-            artifacts={MLFLOW_HF_ARTIFACT: str(src)},
-            signature=_signature(),
-            pip_requirements=_pip_requirements(),
-        )
+        # Quiet MLflow's advice (cloudpickle, input_example): ChatModel is pickled by reference to
+        # this module, and the signature documents the input.
+        mlflow_logger = logging.getLogger("mlflow.pyfunc")
+        level = mlflow_logger.level
+        mlflow_logger.setLevel(logging.ERROR)
+        progress_bar = os.environ.get(_PROGRESS_BAR_ENV)
+        os.environ[_PROGRESS_BAR_ENV] = "false"  # MLflow copies the artifacts with a progress bar
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                mlflow.pyfunc.save_model(
+                    path=str(out_dir),
+                    python_model=ChatModel(),
+                    artifacts={MLFLOW_HF_ARTIFACT: str(src)},
+                    signature=_signature(),
+                    pip_requirements=_pip_requirements(),
+                )
+        finally:
+            mlflow_logger.setLevel(level)
+            if progress_bar is None:
+                os.environ.pop(_PROGRESS_BAR_ENV, None)
+            else:
+                os.environ[_PROGRESS_BAR_ENV] = progress_bar
     return out_dir

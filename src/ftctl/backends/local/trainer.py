@@ -22,6 +22,7 @@ Heavy imports (torch, transformers, peft, mlflow) happen inside functions only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,11 +32,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ftctl.backends.local.launch import DEEPSPEED_CONFIG_NAME
 from ftctl.errors import DataError, FtctlError, UsageError
 
 IGNORE_INDEX = -100
 PHI3_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
-DEEPSPEED_CONFIG_NAME = "deepspeed_config.json"
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "num_train_epochs": 1,
@@ -69,10 +70,12 @@ Event = dict[str, Any]
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
 
 
-def _common_prefix_len(a: str, b: str) -> int:
+def _common_prefix_len(a: list[int] | str, b: list[int] | str) -> int:
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -80,47 +83,8 @@ def _common_prefix_len(a: str, b: str) -> int:
     return i
 
 
-def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
-    """Render the conversation and return (text, [(start, end)]) character spans of assistant turns.
-
-    A span starts where render(messages[:i], add_generation_prompt=True) ends (the generation prompt is
-    a prefix of the rendered turn) and ends where the rendering of messages[:i+1] stops agreeing with
-    the full rendering, less trailing whitespace: the reply and the end-of-turn marker (`<|end|>` for
-    Phi-3; plus the eos token where a template appends one after the last turn).
-    """
-    full = _render(tokenizer, messages)
-    spans: list[tuple[int, int]] = []
-    for i, message in enumerate(messages):
-        if message.get("role") != "assistant":
-            continue
-        prompt = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else None
-        if prompt is None:
-            # An assistant turn first: the generation prompt of an empty conversation.
-            try:
-                prompt = _render(tokenizer, [], add_generation_prompt=True)
-            except Exception:  # noqa: BLE001 - some templates refuse an empty conversation
-                prompt = ""
-        if not full.startswith(prompt):
-            # The template renders earlier turns differently once more follow (rare); locate the reply.
-            start = full.find(str(message.get("content", "")), spans[-1][1] if spans else 0)
-            if start < 0:
-                continue
-        else:
-            start = len(prompt)
-        upto = _render(tokenizer, messages[: i + 1])
-        end = _common_prefix_len(upto, full)
-        while end > start and full[end - 1].isspace():
-            end -= 1
-        if end > start:
-            spans.append((start, end))
-    return full, spans
-
-
-def _token_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-    raise TypeError("tokenize_conversation needs a fast tokenizer (offset mappings)")
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def tokenize_conversation(
@@ -128,38 +92,48 @@ def tokenize_conversation(
 ) -> tuple[list[int], list[int]] | None:
     """Tokenise a conversation with its chat template; labels are -100 except on assistant replies.
 
-    Trainable tokens: each assistant turn's content and the end-of-turn token closing it. Returns
+    Trainable tokens: each assistant turn's content and the end-of-turn token closing it (`<|end|>`
+    for Phi-3; plus the eos token where a template appends one after the last turn). Returns
     (input_ids, labels) truncated to max_seq_length, or None when no trainable token is left.
+
+    Works for any chat template: a reply starts where render(messages[:i], add_generation_prompt=True)
+    ends (that rendering is a prefix of the full one), and ends where the tokens of
+    render(messages[:i+1]) stop agreeing with the tokens of the full rendering, less trailing whitespace.
+    Comparing tokens rather than characters keeps a turn from ending inside the next turn's marker.
     """
-    text, spans = assistant_spans(tokenizer, messages)
-    if not spans:
-        return None
-    if getattr(tokenizer, "is_fast", False):
-        ids, offsets = _token_offsets(tokenizer, text)
-        labels = [IGNORE_INDEX] * len(ids)
-        k = 0
-        for t, (s, e) in enumerate(offsets):
-            while k < len(spans) and spans[k][1] <= s:
-                k += 1
-            if k >= len(spans):
-                break
-            if e > s and s < spans[k][1] and e > spans[k][0]:
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError("tokenize_conversation needs a fast tokenizer (it uses offset mappings)")
+    full = _render(tokenizer, messages)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    labels = [IGNORE_INDEX] * len(ids)
+    search_from = 0
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        try:
+            prompt = _render(tokenizer, messages[:i], add_generation_prompt=True)
+        except Exception:  # noqa: BLE001 - some templates refuse a conversation that starts here
+            prompt = None
+        if prompt is not None and full.startswith(prompt) and len(prompt) >= search_from:
+            start = len(prompt)
+        else:
+            # The template renders earlier turns differently once more follow (rare): find the reply.
+            start = full.find(str(message.get("content", "")), search_from)
+            if start < 0:
+                continue
+        common = _common_prefix_len(_encode(tokenizer, _render(tokenizer, messages[: i + 1])), ids)
+        end = offsets[common - 1][1] if common else 0
+        while end > start and full[end - 1].isspace():
+            end -= 1
+        if end <= start:
+            continue
+        search_from = end
+        for t in range(len(ids)):
+            s, e = offsets[t]
+            if e > s and s < end and e > start:
                 labels[t] = ids[t]
-    else:
-        # Slow tokenizers have no offsets: tokenise the pieces between span boundaries.
-        ids, labels = [], []
-        cursor = 0
-        for s, e in spans:
-            for piece, trainable in ((text[cursor:s], False), (text[s:e], True)):
-                if piece:
-                    p = tokenizer(piece, add_special_tokens=False)["input_ids"]
-                    ids += p
-                    labels += p if trainable else [IGNORE_INDEX] * len(p)
-            cursor = e
-        if cursor < len(text):
-            p = tokenizer(text[cursor:], add_special_tokens=False)["input_ids"]
-            ids += p
-            labels += [IGNORE_INDEX] * len(p)
     ids, labels = ids[:max_seq_length], labels[:max_seq_length]
     if all(x == IGNORE_INDEX for x in labels):
         return None
@@ -189,7 +163,9 @@ def read_conversations(path: Path) -> Iterable[tuple[int, list[dict[str, str]]]]
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                 for m in messages
             ):
-                raise DataError(f"{path}:{lineno}: expected {{\"messages\": [{{\"role\", \"content\"}}, ...]}}")
+                raise DataError(
+                    f'{path}:{lineno}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}'
+                )
             yield lineno, [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
@@ -314,6 +290,11 @@ def _make_callback(emit: Callable[[Event], None], log_metrics: Callable[[dict, i
             self.last_time = time.perf_counter()
             self.last_tokens = state.num_input_tokens_seen or 0
 
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+            if state.max_steps and state.global_step >= state.max_steps:
+                control.should_log = True  # always report the last step
+            return control
+
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
             if not state.is_world_process_zero or not logs or "loss" not in logs:
                 return
@@ -332,9 +313,8 @@ def _make_callback(emit: Callable[[Event], None], log_metrics: Callable[[dict, i
                 "tokens_per_second": round(tps, 1),
             }
             emit(event)
-            log_metrics(
-                {k: event[k] for k in ("epoch", "loss", "learning_rate", "tokens_per_second")}, state.global_step
-            )
+            metrics = {k: event[k] for k in ("epoch", "loss", "learning_rate", "tokens_per_second")}
+            log_metrics(metrics, state.global_step)
 
     return ProgressCallback()
 
@@ -351,7 +331,9 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
     """Run one fine-tuning job described by spec; return the result dict (see the module docstring)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # loading/saving bars; progress is reported through on_event
     job_dir = Path(job_dir)
     is_main = _rank() == 0
     p = _params(spec)
@@ -373,7 +355,12 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
     elif p["precision"] == "bf16":
         bf16 = True
 
-    model_path = Path(spec["model_path"])
+    from ftctl.models.layout import resolve_hf_dir
+
+    for key in ("model_path", "train_file"):
+        if not spec.get(key):
+            raise UsageError(f"the job spec has no {key}")
+    model_path = resolve_hf_dir(Path(spec["model_path"]))  # an HF folder or an MLflow model folder
     set_seed(int(p["seed"]))
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     if tokenizer.pad_token_id is None:
@@ -396,7 +383,7 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
     load_dtype = torch.float32
     if device == "cuda" and p["apply_lora"] and (fp16 or bf16):
         load_dtype = torch.bfloat16 if bf16 else torch.float16
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), **_from_pretrained_kwargs(load_dtype))
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_path), **_from_pretrained_kwargs(load_dtype))
     model.config.use_cache = False  # no KV cache while training; turned back on before saving
 
     if p["apply_lora"]:
@@ -420,6 +407,12 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
 
     ds_config = job_dir / DEEPSPEED_CONFIG_NAME
     use_deepspeed = _world_size() > 1 and ds_config.is_file()
+    if use_deepspeed:
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise FtctlError("apply_deepspeed is on but DeepSpeed is not installed",
+                             hint="pip install deepspeed, or turn apply_deepspeed off")
     args_kwargs: dict[str, Any] = dict(
         output_dir=str(job_dir / "checkpoints"),
         num_train_epochs=float(p["num_train_epochs"]),
@@ -445,11 +438,10 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
         remove_unused_columns=False,
         dataloader_pin_memory=device == "cuda",
         include_num_input_tokens_seen="non_padding",
-        gradient_checkpointing=False,
         deepspeed=str(ds_config) if use_deepspeed else None,
     )
-    if device == "cuda" and _world_size() > 1 and not use_deepspeed and p["apply_lora"]:
-        args_kwargs["ddp_find_unused_parameters"] = False
+    if _world_size() > 1 and not use_deepspeed:
+        args_kwargs["ddp_find_unused_parameters"] = False  # every trainable weight is used each step
     args = TrainingArguments(**args_kwargs)
 
     run = None
@@ -500,6 +492,9 @@ def _train_and_save(spec, job_dir, p, model, tokenizer, args, train_examples, ev
         processing_class=tokenizer,
         callbacks=[callback],
     )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # progress goes through on_event instead
     emit({
         "type": "start",
         "train_examples": len(train_examples),
@@ -544,6 +539,8 @@ def _train_and_save(spec, job_dir, p, model, tokenizer, args, train_examples, ev
     trainer.accelerator.wait_for_everyone()
     if not is_main:
         return {}
+    with contextlib.suppress(OSError):
+        (job_dir / "checkpoints").rmdir()  # the Trainer's output_dir; nothing is checkpointed there
 
     if p["apply_lora"]:
         if not p["merge_lora_weights"]:
@@ -587,7 +584,7 @@ def _train_and_save(spec, job_dir, p, model, tokenizer, args, train_examples, ev
 
         final = {k: result[k] for k in ("train_loss", "train_tokens", "tokens_per_second", "train_runtime_s")}
         if eval_loss is not None:
-            final.update(eval_loss=eval_loss, perplexity=min(perplexity, 1e30))
+            final.update(eval_loss=eval_loss, perplexity=min(float(perplexity or 0.0), 1e30))
         final["dropped_examples"] = dropped
         final["train_examples"] = len(train_examples)
         mlflow.log_metrics({k: float(v) for k, v in final.items()}, step=steps)
@@ -614,11 +611,23 @@ def _merged_model(trainer: Any, spec: dict, adapter_dir: Path, use_deepspeed: bo
         if merged.dtype != torch.float32 and str(spec.get("device")) == "cpu":
             merged = merged.to(torch.float32)
         return merged
-    # ZeRO shards the live weights: rebuild from the saved adapter on the CPU.
+    # ZeRO shards the live weights: rebuild from the saved adapter on the CPU, with the Trainer's
+    # DeepSpeed config switched off (else from_pretrained would partition, a collective call on rank 0).
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(spec["model_path"], **_from_pretrained_kwargs(torch.float32))
+    try:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+    except ImportError:  # pragma: no cover - older transformers
+        pass
+
+    from ftctl.models.layout import resolve_hf_dir
+
+    base = AutoModelForCausalLM.from_pretrained(
+        str(resolve_hf_dir(Path(spec["model_path"]))), **_from_pretrained_kwargs(torch.float32)
+    )
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 
@@ -633,10 +642,37 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def describe_event(event: Event) -> str:
+    """One human-readable log line for an event (the job's stdout)."""
+    kind = event.get("type")
+    if kind == "progress":
+        return (f"step {event['step']}/{event['max_steps']} epoch {event['epoch']:.2f} "
+                f"loss {event['loss']:.4f} lr {event['learning_rate']:.3g} "
+                f"{event['tokens_per_second']:.0f} tokens/s")
+    if kind == "start":
+        return (f"training on {event['train_examples']} conversations ({event['dropped_examples']} dropped), "
+                f"{event['eval_examples']} for evaluation, {event['max_steps']} steps on {event['device']}, "
+                f"{'LoRA' if event['apply_lora'] else 'full fine-tune'}: "
+                f"{event['trainable_params']:,} trainable parameters")
+    if kind == "eval":
+        return f"eval_loss {event['eval_loss']:.4f} perplexity {event['perplexity']:.2f}"
+    if kind == "done":
+        return (f"done: {event['steps']} steps in {event['train_runtime_s']:.1f}s, train_loss "
+                f"{event['train_loss']:.4f}, {event['train_tokens']} tokens "
+                f"({event['tokens_per_second']:.0f}/s), model at {event['model_dir']}")
+    if kind in ("warning", "error"):
+        return f"{kind}: {event.get('message')}"
+    return json.dumps(event, default=str)
+
+
 def run_job(job_dir: Path) -> dict[str, Any]:
     """Read job_dir/spec.json, train, append events to events.jsonl, write result.json (rank 0)."""
     job_dir = Path(job_dir)
-    spec = json.loads((job_dir / "spec.json").read_text(encoding="utf-8"))
+    spec_path = job_dir / "spec.json"
+    try:
+        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{spec_path}: cannot read the job spec ({exc})") from None
     events_path = job_dir / "events.jsonl"
     is_main = _rank() == 0
 
@@ -647,6 +683,7 @@ def run_job(job_dir: Path) -> dict[str, Any]:
         with events_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, default=str) + "\n")
             fh.flush()
+        print(describe_event(event), flush=True)
 
     try:
         result = train(spec, job_dir, on_event)
