@@ -60,7 +60,10 @@ def test_config_change_makes_the_stage_stale_with_the_reason(prepared) -> None:
 def test_edited_input_file_makes_the_stage_stale(prepared) -> None:
     sample = prepared.root / "my-data"
     sample.mkdir()
-    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]} for i in range(12)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+        for i in range(12)
+    ]
     (sample / "train_sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     prepared("--set", f"data.dataset={sample}", "prepare-data")
     (sample / "train_sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:11]))
@@ -136,7 +139,15 @@ def test_reset_all_with_unreadable_state(prepared) -> None:
 
 def test_reset_forgets_the_stage_and_downstream(prepared) -> None:
     result = prepared.json("reset", "pick-model")
-    assert result["reset"] == ["pick-model", "check-compute", "submit", "register", "deploy", "score", "teardown"]
+    assert result["reset"] == [
+        "pick-model",
+        "check-compute",
+        "submit",
+        "register",
+        "deploy",
+        "score",
+        "teardown",
+    ]
     status = prepared.status()
     assert status["auth"]["status"] == status["prepare-data"]["status"] == "succeeded"
     assert status["pick-model"]["status"] == "pending"

@@ -36,14 +36,19 @@ def test_precedence_file_then_env_then_set(tmp_path: Path) -> None:
 
 
 def test_set_accepts_exponent_floats() -> None:
-    assert load_config(None, ["finetune.learning_rate=1e-4"], environ={}).values.finetune.learning_rate == 1e-4
+    assert (
+        load_config(None, ["finetune.learning_rate=1e-4"], environ={}).values.finetune.learning_rate == 1e-4
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("finetune:\n  learnin_rate: 0.1\n", "c.yaml:2: finetune.learnin_rate: unknown key"),
-        ("finetune:\n  seed: 1\n  learning_rate: fast\n", "c.yaml:3: finetune.learning_rate: Input should be"),
+        (
+            "finetune:\n  seed: 1\n  learning_rate: fast\n",
+            "c.yaml:3: finetune.learning_rate: Input should be",
+        ),
         ("data:\n  split_pc: 0\n", "c.yaml:2: data.split_pc: Input should be greater than 0"),
         ("deploy:\n  port: 70000\n", "c.yaml:2: deploy.port"),
         ("bogus: 1\n", "c.yaml:1: bogus: unknown key"),

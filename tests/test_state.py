@@ -72,7 +72,9 @@ HOLDER = textwrap.dedent(
 
 
 def test_second_process_times_out_naming_the_owner(tmp_path: Path) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         messages: list[str] = []
@@ -87,7 +89,9 @@ def test_second_process_times_out_naming_the_owner(tmp_path: Path) -> None:
 
 
 def test_dead_owner_lock_is_taken_over_with_a_message(tmp_path: Path) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
     holder.kill()  # kill -9: no cleanup, the owner record stays behind
     holder.wait()

@@ -81,7 +81,7 @@ def test_the_model_answers_and_stops_at_end(tokenizer, model):
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=48, do_sample=False)
-    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    new = out[0, enc["input_ids"].shape[1] :].tolist()
     assert new[-1] == tokenizer.convert_tokens_to_ids("<|end|>")
     words = tokenizer.decode(new, skip_special_tokens=True).split()
     assert len(words) >= 2 and any(w.strip(".,!?").isalpha() for w in words)

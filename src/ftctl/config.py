@@ -30,7 +30,9 @@ class Section(BaseModel):
 
 class ModelSection(Section):
     name: str = Field(TINY_MODEL, description="Hugging Face id, local folder, or Azure registry model name")
-    revision: str | None = Field(None, description="hub revision (local) or pinned registry version (azureml)")
+    revision: str | None = Field(
+        None, description="hub revision (local) or pinned registry version (azureml)"
+    )
     label: str = "latest"
 
 

@@ -49,7 +49,8 @@ STAGES: tuple[Stage, ...] = (
         "check-compute",
         ("pick-model",),
         ("compute", "finetune.precision"),
-        "Find or create compute; check allow/deny lists."),
+        "Find or create compute; check allow/deny lists.",
+    ),
     Stage("prepare-data", ("auth",), ("data",), "Download, validate and write the ultrachat splits."),
     Stage("submit", ("check-compute", "prepare-data"), ("finetune",), "Fine-tune the model (a job)."),
     Stage("register", ("submit",), ("register",), "Register the fine-tuned model in the registry."),
@@ -156,7 +157,7 @@ def evaluate(ctx: Context, state: dict[str, Any]) -> dict[str, Evaluation]:
         if reason is None:
             reason = explain_change(rec.get("fingerprint"), fingerprint(ctx, stage, state))
             cause = stage.name if reason else None
-        if cause and cause != stage.name and not reason.startswith(f"{cause} is "):
+        if reason and cause and cause != stage.name and not reason.startswith(f"{cause} is "):
             reason = f"{cause} is stale: {reason}"
         result[stage.name] = Evaluation(status, reason is not None, reason, cause)
     return result
@@ -194,7 +195,7 @@ class Runner:
             raise StateError(
                 f"workspace {ctx.workspace} holds a {backend} run, but the backend is now "
                 f"{ctx.config.values.backend}",
-                hint=f"pass --backend {backend}, use another --workspace, or start over with `ftctl reset --all`",
+                hint=f"pass --backend {backend}, use another --workspace, or `ftctl reset --all`",
             )
         self.state["backend"] = ctx.config.values.backend
         self.state.setdefault("run_id", None)

@@ -168,9 +168,7 @@ def file_signature(path: Path) -> str:
     except FileNotFoundError:
         return "missing"
     if path.is_dir():
-        parts = [
-            f"{p.relative_to(path)}={file_signature(p)}" for p in sorted(path.rglob("*")) if p.is_file()
-        ]
+        parts = [f"{p.relative_to(path)}={file_signature(p)}" for p in sorted(path.rglob("*")) if p.is_file()]
         return "tree:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
     if st.st_size > HASH_LIMIT:
         return f"stat:{st.st_size}:{st.st_mtime_ns}"

@@ -37,13 +37,15 @@ def test_nine_local_stages_end_to_end(ftctl) -> None:
 
     result = ftctl("run")
     assert f"re-attaching to job {job_id}" in result.stderr
-    assert "output: " in result.stdout and "raw response: {\"output\":" in result.stdout
+    assert "output: " in result.stdout and 'raw response: {"output":' in result.stdout
     status = ftctl.status()
     assert [status[name]["status"] for name in ORDER] == ["succeeded"] * len(ORDER)
     assert [p.name for p in (ftctl.workspace / "jobs").iterdir()] == [job_id]
     outputs = status["submit"]["outputs"]
     assert outputs["train_loss"] > 0 and outputs["eval_loss"] > 0
-    assert status["register"]["outputs"]["model_uri"].startswith("models:/ftctl-tiny-phi3-chat-ultrachat-200k/")
+    assert status["register"]["outputs"]["model_uri"].startswith(
+        "models:/ftctl-tiny-phi3-chat-ultrachat-200k/"
+    )
 
     # The endpoint is down after teardown: score refuses and names the command to run.
     deploy = status["deploy"]["outputs"]
@@ -57,8 +59,13 @@ def test_nine_local_stages_end_to_end(ftctl) -> None:
     scored = ftctl("score")
     assert scored.stdout.count("output: ") == 1
     key = (ftctl.workspace / "secrets" / f"{deploy['endpoint_name']}.key").read_text().strip()
-    body = {"input_data": {"input_string": [[{"role": "user", "content": "What is 2 plus 3?"}]],
-                           "parameters": {"do_sample": False, "max_new_tokens": 16}}, "params": {}}
+    body = {
+        "input_data": {
+            "input_string": [[{"role": "user", "content": "What is 2 plus 3?"}]],
+            "parameters": {"do_sample": False, "max_new_tokens": 16},
+        },
+        "params": {},
+    }
     code, text = _post(deploy["scoring_uri"], body, key)
     assert code == 200 and isinstance(json.loads(text)["output"], str)
     assert _post(deploy["scoring_uri"], body, "wrong")[0] == 401
@@ -83,6 +90,15 @@ def test_nine_local_stages_end_to_end(ftctl) -> None:
 
     # A new learning rate makes submit and everything downstream stale, with the reason.
     stale = {s["name"]: s for s in ftctl.json("--set", "finetune.learning_rate=1e-4", "status")["stages"]}
-    assert [name for name in ORDER if stale[name]["stale"]] == ["submit", "register", "deploy", "score", "teardown"]
+    assert [name for name in ORDER if stale[name]["stale"]] == [
+        "submit",
+        "register",
+        "deploy",
+        "score",
+        "teardown",
+    ]
     assert stale["submit"]["stale_reason"] == "finetune.learning_rate changed (0.002 -> 0.0001)"
-    assert stale["register"]["stale_reason"] == "submit is stale: finetune.learning_rate changed (0.002 -> 0.0001)"
+    assert (
+        stale["register"]["stale_reason"]
+        == "submit is stale: finetune.learning_rate changed (0.002 -> 0.0001)"
+    )

@@ -19,27 +19,43 @@ from ftctl.errors import DataError  # noqa: E402
 from ftctl.models.tiny import shipped_model_dir  # noqa: E402
 
 CONVERSATIONS = [
-    [{"role": "user", "content": "What is the capital of France?"},
-     {"role": "assistant", "content": "The capital of France is Paris."}],
-    [{"role": "system", "content": "You are a helpful assistant."},
-     {"role": "user", "content": "What is 12 times 3?"},
-     {"role": "assistant", "content": "12 times 3 is 36."}],
-    [{"role": "user", "content": "Translate 'cat' into French."},
-     {"role": "assistant", "content": "In French, 'cat' is 'chat'."},
-     {"role": "user", "content": "And in Spanish?"},
-     {"role": "assistant", "content": "In Spanish it is 'gato'."}],
-    [{"role": "user", "content": "Which continent is Kenya in?"},
-     {"role": "assistant", "content": "Kenya is in Africa. Its capital is Nairobi."}],
-    [{"role": "user", "content": "How many minutes are in 3 hours?"},
-     {"role": "assistant", "content": "3 hours is 180 minutes."}],
-    [{"role": "user", "content": "What is the plural of 'mouse'?"},
-     {"role": "assistant", "content": "The plural of 'mouse' is 'mice'."}],
-    [{"role": "user", "content": "What letter comes after K?"},
-     {"role": "assistant", "content": "L comes after K."},
-     {"role": "user", "content": "And before it?"},
-     {"role": "assistant", "content": "J comes before K."}],
-    [{"role": "user", "content": "Name a synonym of 'rapid'."},
-     {"role": "assistant", "content": "A synonym of 'rapid' is 'quick'."}],
+    [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."},
+    ],
+    [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is 12 times 3?"},
+        {"role": "assistant", "content": "12 times 3 is 36."},
+    ],
+    [
+        {"role": "user", "content": "Translate 'cat' into French."},
+        {"role": "assistant", "content": "In French, 'cat' is 'chat'."},
+        {"role": "user", "content": "And in Spanish?"},
+        {"role": "assistant", "content": "In Spanish it is 'gato'."},
+    ],
+    [
+        {"role": "user", "content": "Which continent is Kenya in?"},
+        {"role": "assistant", "content": "Kenya is in Africa. Its capital is Nairobi."},
+    ],
+    [
+        {"role": "user", "content": "How many minutes are in 3 hours?"},
+        {"role": "assistant", "content": "3 hours is 180 minutes."},
+    ],
+    [
+        {"role": "user", "content": "What is the plural of 'mouse'?"},
+        {"role": "assistant", "content": "The plural of 'mouse' is 'mice'."},
+    ],
+    [
+        {"role": "user", "content": "What letter comes after K?"},
+        {"role": "assistant", "content": "L comes after K."},
+        {"role": "user", "content": "And before it?"},
+        {"role": "assistant", "content": "J comes before K."},
+    ],
+    [
+        {"role": "user", "content": "Name a synonym of 'rapid'."},
+        {"role": "assistant", "content": "A synonym of 'rapid' is 'quick'."},
+    ],
 ]
 
 
@@ -129,17 +145,21 @@ def test_bad_data_names_the_file_and_line(tmp_path, tokenizer):
     path.write_text(json.dumps({"messages": CONVERSATIONS[0]}) + "\n{not json\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"bad\.jsonl:2"):
         tr.load_examples(tokenizer, path, 128)
-    path.write_text(json.dumps({"messages": [{"role": "robot", "content": "x"},
-                                             {"role": "assistant", "content": "y"}]}) + "\n")
+    path.write_text(
+        json.dumps({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]})
+        + "\n"
+    )
     with pytest.raises(DataError, match=r"bad\.jsonl:1.*chat template"):
         tr.load_examples(tokenizer, path, 128)
 
 
 def test_collator_pads_to_the_longest_example():
-    batch = tr.PadCollator(pad_id=0)([
-        {"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
-        {"input_ids": [8], "labels": [8]},
-    ])
+    batch = tr.PadCollator(pad_id=0)(
+        [
+            {"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+            {"input_ids": [8], "labels": [8]},
+        ]
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
@@ -164,9 +184,18 @@ def test_a_short_job_writes_models_result_events_and_an_mlflow_run(tmp_path):
         "model_path": str(shipped_model_dir()),
         "train_file": str(_write_jsonl(tmp_path / "train.jsonl", CONVERSATIONS * 2)),
         "eval_file": str(_write_jsonl(tmp_path / "eval.jsonl", CONVERSATIONS[:4])),
-        "params": {"max_steps": 5, "per_device_train_batch_size": 4, "per_device_eval_batch_size": 4,
-                   "logging_steps": 2, "learning_rate": 1e-3, "max_seq_length": 128, "apply_lora": True,
-                   "lora_target_modules": None, "merge_lora_weights": True, "seed": 7},
+        "params": {
+            "max_steps": 5,
+            "per_device_train_batch_size": 4,
+            "per_device_eval_batch_size": 4,
+            "logging_steps": 2,
+            "learning_rate": 1e-3,
+            "max_seq_length": 128,
+            "apply_lora": True,
+            "lora_target_modules": None,
+            "merge_lora_weights": True,
+            "seed": 7,
+        },
         "device": "cpu",
         "mlflow": {"tracking_uri": f"sqlite:///{db}", "experiment": "ftctl-test", "run_name": "job-1"},
     }
@@ -174,9 +203,20 @@ def test_a_short_job_writes_models_result_events_and_an_mlflow_run(tmp_path):
     assert tr.main([str(job)]) == 0
 
     result = json.loads((job / "result.json").read_text())
-    for key in ("mlflow_run_id", "train_loss", "eval_loss", "perplexity", "train_tokens",
-                "tokens_per_second", "train_runtime_s", "steps", "train_examples", "dropped_examples",
-                "model_dir", "hf_model_dir"):
+    for key in (
+        "mlflow_run_id",
+        "train_loss",
+        "eval_loss",
+        "perplexity",
+        "train_tokens",
+        "tokens_per_second",
+        "train_runtime_s",
+        "steps",
+        "train_examples",
+        "dropped_examples",
+        "model_dir",
+        "hf_model_dir",
+    ):
         assert key in result, key
     assert result["steps"] == 5 and result["train_examples"] == 16 and result["dropped_examples"] == 0
     assert math.isfinite(result["train_loss"]) and math.isfinite(result["eval_loss"])
@@ -209,8 +249,10 @@ def test_a_short_job_writes_models_result_events_and_an_mlflow_run(tmp_path):
     version = mlflow.register_model(f"runs:/{result['mlflow_run_id']}/mlflow_model", "tiny-chat")
     assert str(version.version) == "1"
     loaded = mlflow.pyfunc.load_model(f"models:/tiny-chat/{version.version}")
-    reply = loaded.predict([{"messages": [{"role": "user", "content": "What is the capital of France?"}]}],
-                           params={"max_new_tokens": 8})
+    reply = loaded.predict(
+        [{"messages": [{"role": "user", "content": "What is the capital of France?"}]}],
+        params={"max_new_tokens": 8},
+    )
     assert isinstance(reply, list) and len(reply) == 1 and isinstance(reply[0], str)
 
 
@@ -231,9 +273,17 @@ def test_training_lowers_the_loss_and_the_merged_model_keeps_it(tmp_path, tokeni
         "model_path": str(shipped_model_dir()),
         "train_file": str(train_file),
         "eval_file": str(train_file),
-        "params": {"max_steps": 20, "per_device_train_batch_size": 4, "learning_rate": 1e-2,
-                   "lr_scheduler_type": "constant", "logging_steps": 1, "max_seq_length": 128,
-                   "lora_r": 8, "lora_alpha": 16, "seed": 3},
+        "params": {
+            "max_steps": 20,
+            "per_device_train_batch_size": 4,
+            "learning_rate": 1e-2,
+            "lr_scheduler_type": "constant",
+            "logging_steps": 1,
+            "max_seq_length": 128,
+            "lora_r": 8,
+            "lora_alpha": 16,
+            "seed": 3,
+        },
         "device": "cpu",
     }
     events: list[dict] = []
@@ -251,7 +301,11 @@ def test_training_lowers_the_loss_and_the_merged_model_keeps_it(tmp_path, tokeni
 
 
 def test_the_job_entry_point_reports_a_missing_spec(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "ftctl.backends.local.trainer", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftctl.backends.local.trainer", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "spec.json" in proc.stderr

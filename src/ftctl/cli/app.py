@@ -12,11 +12,11 @@ import os
 import shlex
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -41,8 +41,8 @@ class Options:
     """The global options; the Context is built from them on first use (so --help stays instant)."""
 
     workspace: Path
-    config: Optional[Path]
-    backend: Optional[str]
+    config: Path | None
+    backend: str | None
     overrides: list[str] = field(default_factory=list)
     json: bool = False
     debug: bool = False
@@ -58,12 +58,16 @@ def _version(value: bool) -> None:
 def root(
     ctx: typer.Context,
     workspace: Path = typer.Option(
-        Path(".ftctl"), "--workspace", "-w", envvar="FTCTL_WORKSPACE", help="Workspace folder (state, data, jobs)."
+        Path(".ftctl"),
+        "--workspace",
+        "-w",
+        envvar="FTCTL_WORKSPACE",
+        help="Workspace folder (state, data, jobs).",
     ),
-    config: Optional[Path] = typer.Option(
+    config: Path | None = typer.Option(
         None, "--config", "-c", envvar="FTCTL_CONFIG", help="Config YAML; default: the local quickstart."
     ),
-    backend: Optional[str] = typer.Option(
+    backend: str | None = typer.Option(
         None, "--backend", "-b", envvar="FTCTL_BACKEND", help="local (default) or azureml."
     ),
     overrides: list[str] = typer.Option(
@@ -71,7 +75,9 @@ def root(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON on stdout."),
     debug: bool = typer.Option(False, "--debug", envvar="FTCTL_DEBUG", help="Show tracebacks."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version."
+    ),
 ) -> None:
     ctx.obj = Options(workspace, config, backend, list(overrides), json_output, debug)
 
@@ -82,7 +88,7 @@ def _options(tctx: typer.Context) -> Options:
     return obj
 
 
-def build_context(tctx: typer.Context, extra: list[str] = ()) -> Any:  # -> ftctl.context.Context
+def build_context(tctx: typer.Context, extra: Sequence[str] = ()) -> Any:  # -> ftctl.context.Context
     from ftctl.config import load_config
     from ftctl.context import Context
     from ftctl.ui import UI
@@ -115,7 +121,9 @@ def _errors(tctx: typer.Context) -> Iterator[None]:
         if exc.hint:
             typer.echo(f"hint: {exc.hint}", err=True)
         if opts.json:
-            typer.echo(json.dumps({"error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}}))
+            typer.echo(
+                json.dumps({"error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}})
+            )
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -141,7 +149,7 @@ def runner_session(ctx: Any, check_backend: bool = True) -> Iterator[Any]:
 
 
 def _run_stage(
-    tctx: typer.Context, name: str, force: bool, as_json: bool, extra: list[str] = (), wait: bool = True
+    tctx: typer.Context, name: str, force: bool, as_json: bool, extra: Sequence[str] = (), wait: bool = True
 ) -> None:
     _options(tctx).json |= as_json
     with _errors(tctx):
@@ -166,7 +174,7 @@ def auth(tctx: typer.Context, force: bool = FORCE, as_json: bool = JSON) -> None
 @app.command("pick-model")
 def pick_model(
     tctx: typer.Context,
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Hub id, local folder or registry name."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Hub id, local folder or registry name."),
     force: bool = FORCE,
     as_json: bool = JSON,
 ) -> None:
@@ -183,10 +191,12 @@ def check_compute(tctx: typer.Context, force: bool = FORCE, as_json: bool = JSON
 @app.command("prepare-data")
 def prepare_data(
     tctx: typer.Context,
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Hub id, hub-layout folder or folder of <split>.jsonl."),
-    subset: Optional[str] = typer.Option(None, "--subset", help="Dataset config/subset name."),
-    download_dir: Optional[str] = typer.Option(None, "--download-dir", help="Where to write <split>.jsonl."),
-    split_pc: Optional[float] = typer.Option(None, "--split-pc", help="Percent of each split to keep (0-100]."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Hub id, hub-layout folder or folder of <split>.jsonl."
+    ),
+    subset: str | None = typer.Option(None, "--subset", help="Dataset config/subset name."),
+    download_dir: str | None = typer.Option(None, "--download-dir", help="Where to write <split>.jsonl."),
+    split_pc: float | None = typer.Option(None, "--split-pc", help="Percent of each split to keep (0-100]."),
     force: bool = FORCE,
     as_json: bool = JSON,
 ) -> None:
@@ -242,8 +252,8 @@ def teardown(tctx: typer.Context, as_json: bool = JSON) -> None:
 @app.command()
 def run(
     tctx: typer.Context,
-    from_: Optional[str] = typer.Option(None, "--from", help="First stage to consider."),
-    to: Optional[str] = typer.Option(None, "--to", help="Last stage to consider."),
+    from_: str | None = typer.Option(None, "--from", help="First stage to consider."),
+    to: str | None = typer.Option(None, "--to", help="Last stage to consider."),
     force: bool = typer.Option(False, "--force", "-f", help="Re-run the stages even if up to date."),
     as_json: bool = JSON,
 ) -> None:
@@ -315,14 +325,16 @@ def status(tctx: typer.Context, as_json: bool = JSON) -> None:
                 "stages": items,
             }
         )
-        ctx.ui.result(f"workspace {ctx.workspace} ({state.get('backend') or ctx.backend}, run {state.get('run_id')})")
+        ctx.ui.result(
+            f"workspace {ctx.workspace} ({state.get('backend') or ctx.backend}, run {state.get('run_id')})"
+        )
         ctx.ui.result(table(rows, ["STAGE", "STATUS", "WHEN", "OUTPUTS", "STALE"]))
 
 
 @app.command()
 def reset(
     tctx: typer.Context,
-    stage: Optional[str] = typer.Argument(None, help="Stage to forget (with everything downstream)."),
+    stage: str | None = typer.Argument(None, help="Stage to forget (with everything downstream)."),
     all_: bool = typer.Option(False, "--all", help="Forget every stage (files in the workspace stay)."),
     restore_backup: bool = typer.Option(
         False, "--restore-backup", help="Replace the state file by its previous version (state.json.bak)."

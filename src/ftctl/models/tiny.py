@@ -159,8 +159,9 @@ def _render(tokenizer: Any, conversation: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(conversation, tokenize=False)
 
 
-def _pretrain(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], steps: int,
-              log: Any) -> None:
+def _pretrain(
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], steps: int, log: Any
+) -> None:
     """Next-token training on the rendered conversations, packed into fixed-size blocks."""
     import torch
 
@@ -189,7 +190,7 @@ def _pretrain(model: Any, tokenizer: Any, conversations: list[list[dict[str, str
         if cursor + BATCH_SIZE > n_blocks:
             order = torch.randperm(n_blocks, generator=gen)
             cursor = 0
-        batch = data[order[cursor: cursor + BATCH_SIZE]]
+        batch = data[order[cursor : cursor + BATCH_SIZE]]
         cursor += BATCH_SIZE
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
@@ -198,8 +199,10 @@ def _pretrain(model: Any, tokenizer: Any, conversations: list[list[dict[str, str
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if log and (step % 50 == 0 or step == steps - 1):
-            log(f"pretrain step {step + 1}/{steps} loss {loss.item():.3f} "
-                f"({time.perf_counter() - started:.0f}s)")
+            log(
+                f"pretrain step {step + 1}/{steps} loss {loss.item():.3f} "
+                f"({time.perf_counter() - started:.0f}s)"
+            )
     model.eval()
 
 
@@ -275,23 +278,37 @@ def build(out_dir: Path, *, pretrain_steps: int = DEFAULT_PRETRAIN_STEPS, log: A
     (out_dir / METADATA_FILE).write_text(json.dumps(MODEL_METADATA, indent=2) + "\n", encoding="utf-8")
     params = sum(p.numel() for p in model.parameters())
     card = MODEL_CARD.format(
-        name=MODEL_NAME, params_k=round(params / 1000), layers=ARCHITECTURE["num_hidden_layers"],
-        hidden=ARCHITECTURE["hidden_size"], heads=ARCHITECTURE["num_attention_heads"],
-        intermediate=ARCHITECTURE["intermediate_size"], ctx=ARCHITECTURE["max_position_embeddings"],
-        vocab=len(tokenizer), seed=SEED, steps=pretrain_steps, block=BLOCK_SIZE, batch=BATCH_SIZE,
-        lr=PRETRAIN_LR, metadata=METADATA_FILE,
+        name=MODEL_NAME,
+        params_k=round(params / 1000),
+        layers=ARCHITECTURE["num_hidden_layers"],
+        hidden=ARCHITECTURE["hidden_size"],
+        heads=ARCHITECTURE["num_attention_heads"],
+        intermediate=ARCHITECTURE["intermediate_size"],
+        ctx=ARCHITECTURE["max_position_embeddings"],
+        vocab=len(tokenizer),
+        seed=SEED,
+        steps=pretrain_steps,
+        block=BLOCK_SIZE,
+        batch=BATCH_SIZE,
+        lr=PRETRAIN_LR,
+        metadata=METADATA_FILE,
     )
     (out_dir / "README.md").write_text(card, encoding="utf-8", newline="\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ftctl.models.tiny",
-                                     description="Build ftctl's tiny Phi-3 chat model.")
-    parser.add_argument("out_dir", nargs="?", default=None,
-                        help=f"output folder (default: {shipped_model_dir()})")
-    parser.add_argument("--pretrain-steps", type=int, default=DEFAULT_PRETRAIN_STEPS,
-                        help="full-parameter training steps on the sample "
-                             f"(default {DEFAULT_PRETRAIN_STEPS})")
+    parser = argparse.ArgumentParser(
+        prog="python -m ftctl.models.tiny", description="Build ftctl's tiny Phi-3 chat model."
+    )
+    parser.add_argument(
+        "out_dir", nargs="?", default=None, help=f"output folder (default: {shipped_model_dir()})"
+    )
+    parser.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=DEFAULT_PRETRAIN_STEPS,
+        help=f"full-parameter training steps on the sample (default {DEFAULT_PRETRAIN_STEPS})",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out_dir) if args.out_dir else shipped_model_dir()
     started = time.perf_counter()

@@ -54,7 +54,9 @@ def check_lists(size: str, allow_list: list[str] | None, deny_list: list[str], s
 def choose(found: dict[str, Any], device: str, num_gpus: int | None, precision: str) -> dict[str, Any]:
     gpus = found["gpus"]
     if device == "cuda" and not gpus:
-        raise UsageError("compute.device is cuda, but no CUDA device is visible", hint="set compute.device=cpu")
+        raise UsageError(
+            "compute.device is cuda, but no CUDA device is visible", hint="set compute.device=cpu"
+        )
     use_gpu = bool(gpus) and device != "cpu"
     if use_gpu:
         if num_gpus is not None and num_gpus > len(gpus):
@@ -83,7 +85,9 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
             ctx.ui.info(f"  GPU {gpu['index']}: {gpu['name']}, {gpu['memory_gib']} GiB")
     else:
         ctx.ui.info(f"  no GPU; {found['cpu_cores']} CPU cores, {found['ram_gib']} GiB RAM")
-    ctx.ui.info(f"  using {chosen['device']} ({chosen['gpus_per_node']} GPUs), precision {chosen['precision']}")
+    ctx.ui.info(
+        f"  using {chosen['device']} ({chosen['gpus_per_node']} GPUs), precision {chosen['precision']}"
+    )
     return {**chosen, **found, "allow_list": allow, "name": cfg.compute.name}
 
 

@@ -30,7 +30,9 @@ def registered_model_dir(ws: LocalWorkspace, name: str, version: str, dest: Path
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file") and Path(unquote(parsed.path)).is_dir():
         return Path(unquote(parsed.path))
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest)))
+    return Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dest))
+    )
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -76,7 +78,9 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     name = f"{cfg.endpoint_name_prefix}{int(time.time())}"
     endpoint_dir = ws.endpoints_dir / name
     endpoint_dir.mkdir(parents=True, exist_ok=True)
-    model_dir = registered_model_dir(ws, registered["model_name"], registered["version"], endpoint_dir / "model")
+    model_dir = registered_model_dir(
+        ws, registered["model_name"], registered["version"], endpoint_dir / "model"
+    )
     key_file = ws.write_secret(f"{name}.key", secrets.token_urlsafe(32))
     sock = _listen(cfg.host, cfg.port)
     port = sock.getsockname()[1]

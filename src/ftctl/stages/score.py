@@ -43,7 +43,9 @@ def invoke(url: str, key: str, body: bytes, deployment: str, timeout_s: float) -
         raise StageFailed(f"the endpoint answered HTTP {exc.code}: {text}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise StageFailed(f"the endpoint at {url} is unreachable ({reason})", hint="run `ftctl deploy`") from None
+        raise StageFailed(
+            f"the endpoint at {url} is unreachable ({reason})", hint="run `ftctl deploy`"
+        ) from None
 
 
 def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:

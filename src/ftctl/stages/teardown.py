@@ -20,7 +20,7 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     endpoint = ctx.outputs("deploy")
     name, pid = endpoint.get("endpoint_name"), endpoint.get("pid")
     host, port = endpoint.get("host", "127.0.0.1"), endpoint.get("port")
-    stopped = bool(pid) and procs.stop(pid)
+    stopped = procs.stop(pid) if pid else False
     if port and port_is_open(host, port):
         raise StageFailed(f"port {host}:{port} is still open after stopping endpoint {name} (pid {pid})")
     if endpoint.get("key_file"):

@@ -1,13 +1,15 @@
 """The command line that runs a local training job (detached by the job runner).
 
 One GPU or none: a single process, `python -m ftctl.backends.local.trainer JOB_DIR`.
-Several GPUs: torchrun (`python -m torch.distributed.run --standalone --nproc-per-node N -m
-ftctl.backends.local.trainer JOB_DIR`), one process per GPU with DistributedDataParallel; with
-DeepSpeed, launch_command also writes JOB_DIR/deepspeed_config.json (ZeRO stage 1, 2 or 3, batch sizes
-and precision left to the transformers Trainer as "auto"), which the trainer hands to the Trainer when
-it runs under more than one process. DeepSpeed itself must then be installed (`pip install deepspeed`).
+Several GPUs: torchrun, one process per GPU with DistributedDataParallel:
+`python -m torch.distributed.run --standalone --nproc-per-node N -m ftctl.backends.local.trainer JOB_DIR`,
+plus `--deepspeed-stage S` with DeepSpeed. The trainer then builds the DeepSpeed config
+(`deepspeed_config(S)`: ZeRO stage S, batch sizes and precision left to the transformers Trainer as
+"auto"), hands it to the Trainer and writes a copy to JOB_DIR/deepspeed_config.json. DeepSpeed itself
+must be installed (`pip install deepspeed`); the trainer says so when it is not.
 
-torchrun is run as a module of the same interpreter, so no PATH lookup is involved.
+launch_command writes nothing: the job folder need not exist yet. torchrun runs as a module of the
+same interpreter, so no PATH lookup is involved.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def deepspeed_config(stage: int = DEFAULT_ZERO_STAGE) -> dict[str, Any]:
 
 
 def write_deepspeed_config(job_dir: Path, stage: int = DEFAULT_ZERO_STAGE) -> Path:
+    """Write deepspeed_config(stage) to job_dir/deepspeed_config.json (the trainer's record)."""
     path = Path(job_dir) / DEEPSPEED_CONFIG_NAME
     path.write_text(json.dumps(deepspeed_config(stage), indent=2) + "\n", encoding="utf-8")
     return path
@@ -72,24 +75,24 @@ def launch_command(
     deepspeed_stage: int = DEFAULT_ZERO_STAGE,
     python: str = sys.executable,
 ) -> list[str]:
-    """The argv that runs the training job in job_dir (which must hold spec.json).
+    """The argv that runs the training job in job_dir (which must hold spec.json when it runs).
 
-    With num_gpus > 1 and apply_deepspeed, writes job_dir/deepspeed_config.json; otherwise removes a
-    stale one, so the trainer never picks up DeepSpeed by accident.
+    DeepSpeed applies only with more than one GPU; an invalid stage is a UsageError.
     """
     job_dir = Path(job_dir)
-    ds_path = job_dir / DEEPSPEED_CONFIG_NAME
     if num_gpus <= 1:
-        ds_path.unlink(missing_ok=True)
         return [python, "-m", TRAINER_MODULE, str(job_dir)]
-    if apply_deepspeed:
-        write_deepspeed_config(job_dir, deepspeed_stage)
-    else:
-        ds_path.unlink(missing_ok=True)
-    return [
-        python, "-m", "torch.distributed.run",
+    cmd = [
+        python,
+        "-m",
+        "torch.distributed.run",
         "--standalone",
         f"--nproc-per-node={int(num_gpus)}",
-        "-m", TRAINER_MODULE,
+        "-m",
+        TRAINER_MODULE,
         str(job_dir),
     ]
+    if apply_deepspeed:
+        deepspeed_config(deepspeed_stage)  # validates the stage
+        cmd += ["--deepspeed-stage", str(int(deepspeed_stage))]
+    return cmd

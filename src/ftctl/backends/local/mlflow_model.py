@@ -76,8 +76,10 @@ def _to_conversations(model_input: Any) -> list[list[dict[str, str]]]:
 
 
 def _is_conversation(value: Any) -> bool:
-    return hasattr(value, "__len__") and not isinstance(value, (str, dict)) and (
-        len(value) == 0 or all(isinstance(m, dict) for m in value)
+    return (
+        hasattr(value, "__len__")
+        and not isinstance(value, (str, dict))
+        and (len(value) == 0 or all(isinstance(m, dict) for m in value))
     )
 
 
@@ -97,8 +99,12 @@ def _one_conversation(conv: Any) -> list[dict[str, str]]:
     return [_message(m) for m in conv]
 
 
-def generate_replies(model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]],
-                     params: dict[str, Any] | None = None) -> list[str]:
+def generate_replies(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict[str, str]]],
+    params: dict[str, Any] | None = None,
+) -> list[str]:
     """Generate one assistant reply per conversation (greedy unless do_sample/temperature say so)."""
     import torch
 
@@ -120,7 +126,7 @@ def generate_replies(model: Any, tokenizer: Any, conversations: list[list[dict[s
         enc = {k: v.to(device) for k, v in enc.items()}
         with torch.no_grad():
             out = model.generate(**enc, **gen_kwargs)
-        new_tokens = out[0, enc["input_ids"].shape[1]:]
+        new_tokens = out[0, enc["input_ids"].shape[1] :]
         replies.append(tokenizer.decode(new_tokens, skip_special_tokens=True).strip())
     return replies
 
@@ -154,12 +160,14 @@ def _signature() -> Any:
     return ModelSignature(
         inputs=Schema([ColSpec(Array(message), "messages")]),
         outputs=Schema([ColSpec("string")]),
-        params=ParamSchema([
-            ParamSpec("max_new_tokens", "long", DEFAULT_GENERATION["max_new_tokens"]),
-            ParamSpec("temperature", "double", DEFAULT_GENERATION["temperature"]),
-            ParamSpec("top_p", "double", DEFAULT_GENERATION["top_p"]),
-            ParamSpec("do_sample", "boolean", DEFAULT_GENERATION["do_sample"]),
-        ]),
+        params=ParamSchema(
+            [
+                ParamSpec("max_new_tokens", "long", DEFAULT_GENERATION["max_new_tokens"]),
+                ParamSpec("temperature", "double", DEFAULT_GENERATION["temperature"]),
+                ParamSpec("top_p", "double", DEFAULT_GENERATION["top_p"]),
+                ParamSpec("do_sample", "boolean", DEFAULT_GENERATION["do_sample"]),
+            ]
+        ),
     )
 
 

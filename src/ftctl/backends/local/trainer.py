@@ -1,9 +1,11 @@
 """The local fine-tuning job: LoRA (peft) or full fine-tuning with the plain transformers Trainer.
 
-`train(spec, job_dir, on_event)` runs one job in-process; `python -m ftctl.backends.local.trainer JOB_DIR`
-reads JOB_DIR/spec.json, appends events to JOB_DIR/events.jsonl (one JSON object a line) and writes the
-result to JOB_DIR/result.json (atomically). Under a multi-process launch (torchrun, see launch.py) every
-rank trains, and only rank 0 writes events, the result, the model folders and the MLflow run.
+`train(spec, job_dir, on_event)` runs one job in-process. `python -m ftctl.backends.local.trainer JOB_DIR
+[--deepspeed-stage S]` reads JOB_DIR/spec.json, appends events to JOB_DIR/events.jsonl (one JSON object
+a line, each with a "time"), prints one log line per event, and writes the result to
+JOB_DIR/result.json (atomically); it exits 0, or 1 on a run-time failure / 2 on bad input (the message
+on stderr, and an "error" event). Under a multi-process launch (torchrun, see launch.py) every rank
+trains, and only rank 0 writes events, the result, the model folders and the MLflow run.
 
 Outputs (job_dir/outputs):
   hf_model/      the complete (merged) Hugging Face model + tokenizer
@@ -16,6 +18,7 @@ Events (dicts passed to on_event), by "type":
   eval      eval_loss, perplexity
   warning   message
   done      the result dict's fields
+  error     message, error_type, hint (written by the entry point when the job fails)
 
 Heavy imports (torch, transformers, peft, mlflow) happen inside functions only.
 """
@@ -32,7 +35,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ftctl.backends.local.launch import DEEPSPEED_CONFIG_NAME
 from ftctl.errors import DataError, FtctlError, UsageError
 
 IGNORE_INDEX = -100
@@ -248,7 +250,7 @@ def _flat_params(params: dict[str, Any]) -> dict[str, str]:
 def _default_artifact_location(tracking_uri: str) -> str | None:
     """For a sqlite store, keep run artifacts next to the database (MLflow defaults to ./mlruns)."""
     if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
+        db = Path(tracking_uri[len("sqlite:///") :])
         return (db.parent / "mlartifacts").resolve().as_uri()
     return None
 
@@ -286,16 +288,16 @@ def _make_callback(emit: Callable[[Event], None], log_metrics: Callable[[dict, i
             self.last_time = time.perf_counter()
             self.last_tokens = 0
 
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_train_begin(self, args, state, control, **kwargs):
             self.last_time = time.perf_counter()
             self.last_tokens = state.num_input_tokens_seen or 0
 
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_step_end(self, args, state, control, **kwargs):
             if state.max_steps and state.global_step >= state.max_steps:
                 control.should_log = True  # always report the last step
             return control
 
-        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs or "loss" not in logs:
                 return
             now = time.perf_counter()
@@ -405,14 +407,24 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
         model = get_peft_model(model, lora)
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
 
-    ds_config = job_dir / DEEPSPEED_CONFIG_NAME
-    use_deepspeed = _world_size() > 1 and ds_config.is_file()
-    if use_deepspeed:
+    ds_stage = spec.get("deepspeed_stage")
+    use_deepspeed = False
+    ds_config = None
+    if _world_size() > 1 and ds_stage is not None:
+        use_deepspeed = True
         import importlib.util
 
+        from ftctl.backends.local.launch import deepspeed_config, write_deepspeed_config
+
         if importlib.util.find_spec("deepspeed") is None:
-            raise FtctlError("apply_deepspeed is on but DeepSpeed is not installed",
-                             hint="pip install deepspeed, or turn apply_deepspeed off")
+            raise FtctlError(
+                "apply_deepspeed is on but DeepSpeed is not installed",
+                hint="pip install deepspeed, or turn apply_deepspeed off",
+            )
+        ds_config = deepspeed_config(int(ds_stage))
+        if is_main:  # a copy for the record; the Trainer gets the dict
+            job_dir.mkdir(parents=True, exist_ok=True)
+            write_deepspeed_config(job_dir, int(ds_stage))
     args_kwargs: dict[str, Any] = dict(
         output_dir=str(job_dir / "checkpoints"),
         num_train_epochs=float(p["num_train_epochs"]),
@@ -438,7 +450,7 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
         remove_unused_columns=False,
         dataloader_pin_memory=device == "cuda",
         include_num_input_tokens_seen="non_padding",
-        deepspeed=str(ds_config) if use_deepspeed else None,
+        deepspeed=ds_config,
     )
     if _world_size() > 1 and not use_deepspeed:
         args_kwargs["ddp_find_unused_parameters"] = False  # every trainable weight is used each step
@@ -460,8 +472,22 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
 
     try:
         result = _train_and_save(
-            spec, job_dir, p, model, tokenizer, args, train_examples, eval_examples, dropped, trainable,
-            device, use_deepspeed, emit, log_metrics, Trainer, run,
+            spec,
+            job_dir,
+            p,
+            model,
+            tokenizer,
+            args,
+            train_examples,
+            eval_examples,
+            dropped,
+            trainable,
+            device,
+            use_deepspeed,
+            emit,
+            log_metrics,
+            Trainer,
+            run,
         )
     except BaseException:
         if run is not None:
@@ -478,8 +504,24 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
     return result
 
 
-def _train_and_save(spec, job_dir, p, model, tokenizer, args, train_examples, eval_examples, dropped,  # noqa: ANN001, PLR0913
-                    trainable, device, use_deepspeed, emit, log_metrics, Trainer, run) -> dict[str, Any]:  # noqa: N803
+def _train_and_save(
+    spec,
+    job_dir,
+    p,
+    model,
+    tokenizer,
+    args,
+    train_examples,
+    eval_examples,
+    dropped,
+    trainable,
+    device,
+    use_deepspeed,
+    emit,
+    log_metrics,
+    Trainer,
+    run,
+) -> dict[str, Any]:
     is_main = _rank() == 0
     collator = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
     callback = _make_callback(emit, log_metrics)
@@ -495,20 +537,26 @@ def _train_and_save(spec, job_dir, p, model, tokenizer, args, train_examples, ev
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # progress goes through on_event instead
-    emit({
-        "type": "start",
-        "train_examples": len(train_examples),
-        "dropped_examples": dropped,
-        "eval_examples": len(eval_examples),
-        "max_steps": _planned_steps(args, len(train_examples)),
-        "device": device,
-        "apply_lora": bool(p["apply_lora"]),
-        "trainable_params": trainable,
-    })
+    emit(
+        {
+            "type": "start",
+            "train_examples": len(train_examples),
+            "dropped_examples": dropped,
+            "eval_examples": len(eval_examples),
+            "max_steps": _planned_steps(args, len(train_examples)),
+            "device": device,
+            "apply_lora": bool(p["apply_lora"]),
+            "trainable_params": trainable,
+        }
+    )
     if dropped:
-        emit({"type": "warning",
-              "message": f"dropped {dropped} training conversation(s) with no assistant token "
-                         f"within max_seq_length={p['max_seq_length']}"})
+        emit(
+            {
+                "type": "warning",
+                "message": f"dropped {dropped} training conversation(s) with no assistant token "
+                f"within max_seq_length={p['max_seq_length']}",
+            }
+        )
 
     started = time.perf_counter()
     train_output = trainer.train()
@@ -544,9 +592,13 @@ def _train_and_save(spec, job_dir, p, model, tokenizer, args, train_examples, ev
 
     if p["apply_lora"]:
         if not p["merge_lora_weights"]:
-            emit({"type": "warning",
-                  "message": "merge_lora_weights is false: the adapter alone is in outputs/adapter; "
-                             "outputs/hf_model holds the merged model the later stages need"})
+            emit(
+                {
+                    "type": "warning",
+                    "message": "merge_lora_weights is false: the adapter alone is in outputs/adapter; "
+                    "outputs/hf_model holds the merged model the later stages need",
+                }
+            )
         merged = _merged_model(trainer, spec, adapter_dir, use_deepspeed)
         merged.save_pretrained(str(hf_dir))
         tokenizer.save_pretrained(str(hf_dir))
@@ -646,33 +698,44 @@ def describe_event(event: Event) -> str:
     """One human-readable log line for an event (the job's stdout)."""
     kind = event.get("type")
     if kind == "progress":
-        return (f"step {event['step']}/{event['max_steps']} epoch {event['epoch']:.2f} "
-                f"loss {event['loss']:.4f} lr {event['learning_rate']:.3g} "
-                f"{event['tokens_per_second']:.0f} tokens/s")
+        return (
+            f"step {event['step']}/{event['max_steps']} epoch {event['epoch']:.2f} "
+            f"loss {event['loss']:.4f} lr {event['learning_rate']:.3g} "
+            f"{event['tokens_per_second']:.0f} tokens/s"
+        )
     if kind == "start":
-        return (f"training on {event['train_examples']} conversations ({event['dropped_examples']} dropped), "
-                f"{event['eval_examples']} for evaluation, {event['max_steps']} steps on {event['device']}, "
-                f"{'LoRA' if event['apply_lora'] else 'full fine-tune'}: "
-                f"{event['trainable_params']:,} trainable parameters")
+        return (
+            f"training on {event['train_examples']} conversations ({event['dropped_examples']} dropped), "
+            f"{event['eval_examples']} for evaluation, {event['max_steps']} steps on {event['device']}, "
+            f"{'LoRA' if event['apply_lora'] else 'full fine-tune'}: "
+            f"{event['trainable_params']:,} trainable parameters"
+        )
     if kind == "eval":
         return f"eval_loss {event['eval_loss']:.4f} perplexity {event['perplexity']:.2f}"
     if kind == "done":
-        return (f"done: {event['steps']} steps in {event['train_runtime_s']:.1f}s, train_loss "
-                f"{event['train_loss']:.4f}, {event['train_tokens']} tokens "
-                f"({event['tokens_per_second']:.0f}/s), model at {event['model_dir']}")
+        return (
+            f"done: {event['steps']} steps in {event['train_runtime_s']:.1f}s, train_loss "
+            f"{event['train_loss']:.4f}, {event['train_tokens']} tokens "
+            f"({event['tokens_per_second']:.0f}/s), model at {event['model_dir']}"
+        )
     if kind in ("warning", "error"):
         return f"{kind}: {event.get('message')}"
     return json.dumps(event, default=str)
 
 
-def run_job(job_dir: Path) -> dict[str, Any]:
-    """Read job_dir/spec.json, train, append events to events.jsonl, write result.json (rank 0)."""
+def run_job(job_dir: Path, deepspeed_stage: int | None = None) -> dict[str, Any]:
+    """Read job_dir/spec.json, train, append events to events.jsonl, write result.json (rank 0).
+
+    deepspeed_stage (from the launch command) turns DeepSpeed ZeRO on under a multi-process launch.
+    """
     job_dir = Path(job_dir)
     spec_path = job_dir / "spec.json"
     try:
         spec = json.loads(spec_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UsageError(f"{spec_path}: cannot read the job spec ({exc})") from None
+    if deepspeed_stage is not None:
+        spec["deepspeed_stage"] = deepspeed_stage
     events_path = job_dir / "events.jsonl"
     is_main = _rank() == 0
 
@@ -688,8 +751,14 @@ def run_job(job_dir: Path) -> dict[str, Any]:
     try:
         result = train(spec, job_dir, on_event)
     except BaseException as exc:
-        on_event({"type": "error", "message": str(exc) or type(exc).__name__,
-                  "error_type": type(exc).__name__, "hint": getattr(exc, "hint", None)})
+        on_event(
+            {
+                "type": "error",
+                "message": str(exc) or type(exc).__name__,
+                "error_type": type(exc).__name__,
+                "hint": getattr(exc, "hint", None),
+            }
+        )
         raise
     if is_main:
         _write_json_atomic(job_dir / "result.json", result)
@@ -697,12 +766,23 @@ def run_job(job_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 1:
-        print("usage: python -m ftctl.backends.local.trainer JOB_DIR", file=sys.stderr)
-        return 2
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ftctl.backends.local.trainer",
+        description="Run the training job described by JOB_DIR/spec.json.",
+    )
+    parser.add_argument("job_dir", type=Path)
+    parser.add_argument(
+        "--deepspeed-stage",
+        type=int,
+        choices=(1, 2, 3),
+        default=None,
+        help="use DeepSpeed ZeRO at this stage (multi-process launches only)",
+    )
+    args = parser.parse_args(argv)
     try:
-        run_job(Path(argv[0]))
+        run_job(args.job_dir, deepspeed_stage=args.deepspeed_stage)
     except FtctlError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:
