@@ -229,3 +229,14 @@ def test_help_and_status_import_nothing_heavy(prepared, args: list[str]) -> None
         check=True,
     ).stdout
     assert "HEAVY []" in out, out[-2000:]
+
+
+def test_notebook_drives_real_commands(ftctl) -> None:
+    import re
+
+    notebook = json.loads((ROOT / "notebooks" / "ftctl_phi3_ultrachat.ipynb").read_text())
+    code = "".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code")
+    used = re.findall(r'ftctl\("([a-z-]+)"', code)
+    assert used[:9] == ORDER
+    for name in used:
+        ftctl(name, "--help")

@@ -349,6 +349,15 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
         raise UsageError(f"device must be cpu or cuda (got {device!r})")
     if device == "cuda" and not torch.cuda.is_available():
         raise FtctlError("device is cuda but torch sees no CUDA device", hint="set the compute to cpu")
+    ds_stage = spec.get("deepspeed_stage")
+    if _world_size() > 1 and ds_stage is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise FtctlError(
+                "apply_deepspeed is on but DeepSpeed is not installed",
+                hint="pip install deepspeed, or turn apply_deepspeed off",
+            )
     fp16 = bf16 = False
     if device == "cuda":
         fp16, bf16 = p["precision"] == "16", p["precision"] == "bf16"
@@ -407,20 +416,12 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
         model = get_peft_model(model, lora)
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
 
-    ds_stage = spec.get("deepspeed_stage")
     use_deepspeed = False
     ds_config = None
     if _world_size() > 1 and ds_stage is not None:
-        use_deepspeed = True
-        import importlib.util
-
         from ftctl.backends.local.launch import deepspeed_config, write_deepspeed_config
 
-        if importlib.util.find_spec("deepspeed") is None:
-            raise FtctlError(
-                "apply_deepspeed is on but DeepSpeed is not installed",
-                hint="pip install deepspeed, or turn apply_deepspeed off",
-            )
+        use_deepspeed = True
         ds_config = deepspeed_config(int(ds_stage))
         if is_main:  # a copy for the record; the Trainer gets the dict
             job_dir.mkdir(parents=True, exist_ok=True)
