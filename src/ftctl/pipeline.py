@@ -37,9 +37,16 @@ class Stage:
     always_run: bool = False  # an explicit `ftctl <stage>` runs it even when up to date
     needs_live: tuple[str, ...] = ()  # upstream stages whose long-lived resource must be up
 
-    @property
-    def module(self) -> ModuleType:
-        return importlib.import_module(f"ftctl.stages.{self.name.replace('-', '_')}")
+    def impl(self, backend: str) -> ModuleType:
+        """The module implementing this stage on `backend`.
+
+        local: ftctl.stages.<name>; azureml: ftctl.backends.azureml.stages.<name>, which reuses the
+        backend-independent parts of ftctl.stages (data preparation, finetune parameters, lineage).
+        """
+        module = self.name.replace("-", "_")
+        if backend == "azureml":
+            return importlib.import_module(f"ftctl.backends.azureml.stages.{module}")
+        return importlib.import_module(f"ftctl.stages.{module}")
 
 
 STAGES: tuple[Stage, ...] = (
@@ -95,7 +102,7 @@ def stage_digest(rec: dict[str, Any]) -> str:
 
 
 def fingerprint(ctx: Context, stage: Stage, state: dict[str, Any]) -> dict[str, Any]:
-    inputs_fn = getattr(stage.module, "inputs", None)
+    inputs_fn = getattr(stage.impl(ctx.backend), "inputs", None)
     files: dict[str, Path] = inputs_fn(ctx, state) if inputs_fn else {}
     return {
         "params": ctx.config.select(stage.reads),
@@ -163,8 +170,8 @@ def evaluate(ctx: Context, state: dict[str, Any]) -> dict[str, Evaluation]:
     return result
 
 
-def summary(stage: Stage, rec: dict[str, Any]) -> str:
-    fn = getattr(stage.module, "summary", None)
+def summary(stage: Stage, rec: dict[str, Any], backend: str = "local") -> str:
+    fn = getattr(stage.impl(backend), "summary", None)
     outputs = rec.get("outputs") or {}
     if rec.get("status") == st.FAILED and rec.get("error"):
         return f"{rec['error'].get('type')}: {rec['error'].get('message', '')}".splitlines()[0][:80]
@@ -206,7 +213,7 @@ class Runner:
         self.store.save(self.state)
 
     def alive(self, name: str) -> bool:
-        fn = getattr(get_stage(name).module, "alive", None)
+        fn = getattr(get_stage(name).impl(self.ctx.backend), "alive", None)
         rec = st.record(self.state, name)
         return bool(fn(self.ctx, rec.get("outputs") or {})) if fn else True
 
@@ -250,7 +257,7 @@ class Runner:
 
         self.ctx.checkpoint = checkpoint
         try:
-            outputs = stage.module.run(self.ctx, rec)
+            outputs = stage.impl(self.ctx.backend).run(self.ctx, rec)
         except Detached as detached:
             ui.info(f"  {detached}")
             return {"status": st.RUNNING, **rec["outputs"]}
@@ -301,7 +308,8 @@ class Runner:
             and not mine.stale
             and self.alive(name)
         ):
-            ui.info(f"{name}: up to date ({summary(stage, rec) or 'nothing changed'}); --force runs it again")
+            done = summary(stage, rec, self.ctx.backend) or "nothing changed"
+            ui.info(f"{name}: up to date ({done}); --force runs it again")
             return {"stage": name, "status": "up to date", "outputs": rec["outputs"]}
         self.execute(stage)
         return {"stage": name, "status": rec["status"], "outputs": rec["outputs"]}

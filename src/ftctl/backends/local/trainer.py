@@ -31,7 +31,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +322,14 @@ def _make_callback(emit: Callable[[Event], None], log_metrics: Callable[[dict, i
     return ProgressCallback()
 
 
+@contextlib.contextmanager
+def _quiet_checkpointing_deprecation() -> Iterator[None]:
+    """transformers 5.x's Trainer and peft call the deprecated is_gradient_checkpointing: not ours."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def _from_pretrained_kwargs(dtype: Any) -> dict[str, Any]:
     import transformers
     from packaging.version import Version
@@ -413,7 +422,8 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
             bias="none",
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lora)
+        with _quiet_checkpointing_deprecation():
+            model = get_peft_model(model, lora)
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
 
     use_deepspeed = False
@@ -526,15 +536,16 @@ def _train_and_save(
     is_main = _rank() == 0
     collator = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
     callback = _make_callback(emit, log_metrics)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_examples,
-        eval_dataset=eval_examples or None,
-        data_collator=collator,
-        processing_class=tokenizer,
-        callbacks=[callback],
-    )
+    with _quiet_checkpointing_deprecation():
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_examples,
+            eval_dataset=eval_examples or None,
+            data_collator=collator,
+            processing_class=tokenizer,
+            callbacks=[callback],
+        )
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # progress goes through on_event instead
@@ -560,7 +571,8 @@ def _train_and_save(
         )
 
     started = time.perf_counter()
-    train_output = trainer.train()
+    with _quiet_checkpointing_deprecation():
+        train_output = trainer.train()
     runtime = time.perf_counter() - started
     steps = int(trainer.state.global_step)
     train_loss = float(train_output.training_loss)
