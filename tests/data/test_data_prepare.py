@@ -228,7 +228,19 @@ def test_too_few_train_rows_writes_nothing(tmp_path, write_jsonl_dir, make_chat)
     assert (out / "train_sft.jsonl").read_text() == "old\n"
 
 
-def test_failure_in_a_later_split_writes_nothing(tmp_path, write_hub_layout, make_chat, monkeypatch):
+def test_failure_in_a_later_split_writes_nothing(tmp_path, write_hub_layout, make_chat):
+    src = write_hub_layout({"train_sft": [make_chat(i) for i in range(20)], "test_sft": [make_chat(99)]})
+    broken = next((src / "data").glob("test_sft-*.parquet"))
+    broken.write_bytes(b"PAR1 this is not a parquet file PAR1")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DataError, match="parquet") as info:
+        prepare(str(src), out)
+    assert "test_sft" in info.value.message
+    assert _listing(out) == []
+
+
+def test_failure_through_datasets_writes_nothing(tmp_path, write_hub_layout, make_chat, monkeypatch):
     src = write_hub_layout({"train_sft": [make_chat(i) for i in range(20)], "test_sft": [make_chat(99)]})
     out = tmp_path / "out"
     out.mkdir()
@@ -243,8 +255,19 @@ def test_failure_in_a_later_split_writes_nothing(tmp_path, write_hub_layout, mak
 
     monkeypatch.setattr(datasets, "load_dataset", flaky)
     with pytest.raises(DataError, match="corrupt parquet"):
-        prepare(str(src), out)
+        prepare(str(src), out, engine="datasets")
     assert _listing(out) == []
+
+
+@pytest.mark.parametrize("pc", [100, 37.5])
+def test_arrow_and_datasets_engines_write_the_same_files(tmp_path, pc):
+    """The fast pyarrow reader and the hub path through `datasets.load_dataset` agree byte for byte."""
+    fast = prepare(SAMPLE_DATASET, tmp_path / "arrow", split_pc=pc)
+    hub = prepare(SAMPLE_DATASET, tmp_path / "datasets", split_pc=pc, engine="datasets")
+    assert [s.name for s in fast.splits] == [s.name for s in hub.splits] == list(SAMPLE_SIZES)
+    for a, b in zip(fast.splits, hub.splits, strict=True):
+        assert (a.rows_written, a.sha256) == (b.rows_written, b.sha256)
+        assert a.path.read_bytes() == b.path.read_bytes()
 
 
 @pytest.mark.parametrize("pc", [0, -5, 100.5, 1000, float("nan"), "abc", None])

@@ -1,0 +1,82 @@
+"""prepare-data at scale: `ftctl prepare-data --split-pc 100` against the notebook's path.
+
+The notebook's path, per split: `datasets.load_dataset(DIR, split="<split>[0%:100%]").to_json(...)`
+(with a fresh datasets cache each time, as a first run has). ftctl validates every record as well.
+
+    python bench/prepare_data.py DATASET_DIR [--repetitions 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from common import alternate, fmt, ftctl_command, peak_rss_of, run_measured, stats, table, write_result
+
+NOTEBOOK = """
+import sys
+from datasets import get_dataset_split_names, load_dataset
+source, out = sys.argv[1], sys.argv[2]
+for split in get_dataset_split_names(source):
+    load_dataset(source, split=f"{split}[0%:100%]").to_json(f"{out}/{split}.jsonl")
+"""
+
+
+def main(dataset: Path, repetitions: int) -> dict:
+    scratch = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
+    workspace = scratch / ".ftctl"
+    ftctl = [*ftctl_command(), "--workspace", str(workspace)]
+    run_measured([*ftctl, "auth"])
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    rss: dict[str, list[int]] = {"ftctl prepare-data": [], "notebook (datasets)": []}
+
+    def run_ftctl() -> float:
+        shutil.rmtree(workspace / "data", ignore_errors=True)
+        command = [*ftctl, "--set", f"data.dataset={dataset}", "prepare-data", "--split-pc", "100", "--force"]
+        elapsed, peak = peak_rss_of(command, env=env)
+        rss["ftctl prepare-data"].append(peak)
+        return elapsed
+
+    def run_notebook() -> float:
+        out = scratch / "notebook"
+        cache = scratch / "hf-cache"
+        for path in (out, cache):
+            shutil.rmtree(path, ignore_errors=True)
+        out.mkdir()
+        elapsed, peak = peak_rss_of(
+            [sys.executable, "-c", NOTEBOOK, str(dataset), str(out)], env={**env, "HF_DATASETS_CACHE": str(cache)}
+        )
+        rss["notebook (datasets)"].append(peak)
+        return elapsed
+
+    samples = alternate({"ftctl prepare-data": run_ftctl, "notebook (datasets)": run_notebook}, repetitions)
+    base = stats(samples["notebook (datasets)"])["median"]
+    rows, results = [], {}
+    for name, values in samples.items():
+        s = stats(values)
+        peak = max(rss[name])
+        results[name] = {**s, "peak_rss_bytes": peak, "speedup_vs_notebook": base / s["median"]}
+        rows.append(
+            [name, fmt(s["median"]), fmt(s["min"]), fmt(s["max"]), f"{peak / 2**20:,.0f} MiB", f"{base / s['median']:.2f}x"]
+        )
+    text = table(rows, ["path", "median", "min", "max", "peak RSS", "speed vs notebook"])
+    print(text)
+    write_result(
+        "prepare_data",
+        {"dataset": str(dataset), "repetitions": repetitions, "results": results, "table": text,
+         "goal": ">= 3x faster, peak RSS <= 1 GiB"},
+    )
+    shutil.rmtree(scratch, ignore_errors=True)
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument("--repetitions", type=int, default=3)
+    args = parser.parse_args()
+    main(args.dataset.resolve(), args.repetitions)
