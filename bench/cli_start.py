@@ -41,7 +41,9 @@ def main(repetitions: int = 10) -> dict:
         rows.append([name, fmt(s["median"]), fmt(s["min"]), fmt(s["max"]), f"{s['median'] / base:.2f}x"])
     text = table(rows, ["command", "median", "min", "max", "vs import azure.ai.ml"])
     print(text)
-    write_result("cli_start", {"repetitions": repetitions, "results": results, "table": text, "goal": "<= 0.10x"})
+    write_result(
+        "cli_start", {"repetitions": repetitions, "results": results, "table": text, "goal": "<= 0.10x"}
+    )
     return results
 
 

@@ -29,7 +29,17 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for package in ("ftctl", "torch", "transformers", "peft", "trl", "mlflow", "datasets", "pyarrow", "azure-ai-ml"):
+    for package in (
+        "ftctl",
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "mlflow",
+        "datasets",
+        "pyarrow",
+        "azure-ai-ml",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

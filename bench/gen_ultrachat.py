@@ -82,7 +82,9 @@ def write(out_dir: Path, scale: float = 1.0, seed: int = 0) -> dict[str, int]:
     card = ["---", "configs:", "- config_name: default", "  data_files:"]
     for split in SPLITS:
         card += [f"  - split: {split}", f"    path: data/{split}-*"]
-    (out_dir / "README.md").write_text("\n".join([*card, "---", "", "Synthetic ultrachat_200k-shaped data.", ""]))
+    (out_dir / "README.md").write_text(
+        "\n".join([*card, "---", "", "Synthetic ultrachat_200k-shaped data.", ""])
+    )
     return sizes
 
 

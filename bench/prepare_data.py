@@ -48,7 +48,8 @@ def main(dataset: Path, repetitions: int) -> dict:
             shutil.rmtree(path, ignore_errors=True)
         out.mkdir()
         elapsed, peak = peak_rss_of(
-            [sys.executable, "-c", NOTEBOOK, str(dataset), str(out)], env={**env, "HF_DATASETS_CACHE": str(cache)}
+            [sys.executable, "-c", NOTEBOOK, str(dataset), str(out)],
+            env={**env, "HF_DATASETS_CACHE": str(cache)},
         )
         rss["notebook (datasets)"].append(peak)
         return elapsed
@@ -61,14 +62,26 @@ def main(dataset: Path, repetitions: int) -> dict:
         peak = max(rss[name])
         results[name] = {**s, "peak_rss_bytes": peak, "speedup_vs_notebook": base / s["median"]}
         rows.append(
-            [name, fmt(s["median"]), fmt(s["min"]), fmt(s["max"]), f"{peak / 2**20:,.0f} MiB", f"{base / s['median']:.2f}x"]
+            [
+                name,
+                fmt(s["median"]),
+                fmt(s["min"]),
+                fmt(s["max"]),
+                f"{peak / 2**20:,.0f} MiB",
+                f"{base / s['median']:.2f}x",
+            ]
         )
     text = table(rows, ["path", "median", "min", "max", "peak RSS", "speed vs notebook"])
     print(text)
     write_result(
         "prepare_data",
-        {"dataset": str(dataset), "repetitions": repetitions, "results": results, "table": text,
-         "goal": ">= 3x faster, peak RSS <= 1 GiB"},
+        {
+            "dataset": str(dataset),
+            "repetitions": repetitions,
+            "results": results,
+            "table": text,
+            "goal": ">= 3x faster, peak RSS <= 1 GiB",
+        },
     )
     shutil.rmtree(scratch, ignore_errors=True)
     return results

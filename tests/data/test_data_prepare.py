@@ -353,3 +353,29 @@ def test_source_kind(tmp_path, monkeypatch):
     (tmp_path / "squad" / "train.jsonl").write_text("")
     assert source_kind("squad") == "jsonl-dir"  # an existing local folder wins over a hub id
     assert source_kind(str(sample.default_output_dir())) == "hub-layout"
+
+
+def test_parallel_writer_matches_sequential(tmp_path, monkeypatch):
+    """Large parquet datasets are written by one worker process per core: same bytes."""
+    sequential = prepare(SAMPLE_DATASET, tmp_path / "seq")
+    import ftctl.data.prepare as module
+
+    monkeypatch.setattr(module, "PARALLEL_MIN_ROWS", 10)
+    parallel = prepare(SAMPLE_DATASET, tmp_path / "par")
+    assert [(s.name, s.rows_written, s.sha256) for s in parallel.splits] == [
+        (s.name, s.rows_written, s.sha256) for s in sequential.splits
+    ]
+    assert _listing(tmp_path / "par") == sorted(f"{s}.jsonl" for s in SAMPLE_SIZES)
+
+
+def test_parallel_failure_leaves_nothing(tmp_path, write_hub_layout, make_chat, monkeypatch):
+    import ftctl.data.prepare as module
+
+    monkeypatch.setattr(module, "PARALLEL_MIN_ROWS", 10)
+    src = write_hub_layout({"train_sft": [make_chat(i) for i in range(30)], "test_sft": [make_chat(99)] * 5})
+    next((src / "data").glob("test_sft-*.parquet")).write_bytes(b"PAR1 broken PAR1")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DataError, match="test_sft"):
+        prepare(str(src), out)
+    assert _listing(out) == []

@@ -124,28 +124,50 @@ def _hub_layout_splits(folder: Path) -> dict[str, list[Path]]:
     return {split: files for split, files in found.items() if files}
 
 
-def _read_parquet(files: Sequence[Path], split_pc: float) -> Iterator[tuple[int, Any]]:
-    """Stream rows from parquet files, a record batch at a time (memory stays flat)."""
+ROW_GROUP_LIMIT = 256 * 1024 * 1024  # bigger row groups are read in batches to bound memory
+
+
+def _parquet_rows(paths: Sequence[Path]) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    handles = []
-    for path in files:
+    total = 0
+    for path in paths:
         try:
-            handles.append(pq.ParquetFile(path))
+            total += pq.ParquetFile(path).metadata.num_rows
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"{path}: cannot read parquet ({_short(exc)})") from None
-    total = sum(handle.metadata.num_rows for handle in handles)
+    return total
+
+
+def _read_parquet(files: Sequence[Path], split_pc: float) -> Iterator[tuple[int, Any]]:
+    """Stream rows from parquet files a row group at a time (memory stays flat).
+
+    Whole row groups decode several times faster than small record batches of nested columns; a row
+    group larger than ROW_GROUP_LIMIT is read in batches instead.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    total = _parquet_rows(files)
     limit = total if split_pc >= 100 else _take_count(total, split_pc)
     number = 0
-    for path, handle in zip(files, handles, strict=True):
+    for path in files:
+        if number >= limit:
+            return
         try:
-            for batch in handle.iter_batches(batch_size=2048):
-                for row in batch.to_pylist():
-                    if number >= limit:
-                        return
+            handle = pq.ParquetFile(path)
+            meta = handle.metadata
+            if all(meta.row_group(i).total_byte_size <= ROW_GROUP_LIMIT for i in range(meta.num_row_groups)):
+                chunks: Iterable[Any] = (handle.read_row_group(i) for i in range(meta.num_row_groups))
+            else:
+                chunks = handle.iter_batches(batch_size=4096)
+            for chunk in chunks:
+                for row in chunk.slice(0, limit - number).to_pylist():
                     number += 1
                     yield number, row
+                if number >= limit:
+                    return
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"{path}: cannot read parquet ({_short(exc)})") from None
 
@@ -547,16 +569,14 @@ def prepare(
         download_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"{download_dir}: cannot create the download folder ({_short(exc)})") from None
+    _remove_stale_temp_files(download_dir, wanted)
 
-    writers: list[_SplitWriter] = []
+    done: dict[str, tuple[SplitReport, Path]] = {}
     try:
-        for split in wanted:
-            writer = _SplitWriter(download_dir, split)
-            writers.append(writer)
-            _fill(writer, source.rows(split, pc))
-            writer.close()
-            say(f"{split}: {writer.rows_written} rows, {len(writer.dropped)} dropped")
-        train = next(w for w in writers if w.split == train_split)
+        for report, tmp in _write_splits(source, wanted, pc, download_dir):
+            done[report.name] = (report, tmp)
+            say(f"{report.name}: {report.rows_written} rows, {len(report.dropped)} dropped")
+        train = done[train_split][0]
         if train.rows_written < min_train_rows:
             where = (
                 str(Path(source.location) / f"{train_split}.jsonl")
@@ -568,16 +588,97 @@ def prepare(
                 f"({train.rows_read} read, {len(train.dropped)} dropped); at least {min_train_rows} needed",
                 hint="fix or replace the dropped records, or raise data.split_pc",
             )
-        for writer in writers:
-            os.replace(writer.tmp, writer.target)
+        for split in wanted:
+            report, tmp = done[split]
+            os.replace(tmp, report.path)
     except BaseException:
-        for writer in writers:
-            writer.discard()
+        for _, tmp in done.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         if created_dir:
             with contextlib.suppress(OSError):
                 download_dir.rmdir()  # only if still empty
         raise
-    return PrepareReport(dataset=dataset, source_kind=kind, splits=[w.report() for w in writers])
+    return PrepareReport(dataset=dataset, source_kind=kind, splits=[done[split][0] for split in wanted])
+
+
+PARALLEL_MIN_ROWS = 100_000  # below this, starting worker processes costs more than it saves
+
+
+def _write_one(source: _Source, split: str, pc: float, download_dir: Path) -> tuple[SplitReport, Path]:
+    """Read, validate and write one split to a temp file; (its report, the temp file)."""
+    writer = _SplitWriter(download_dir, split)
+    try:
+        _fill(writer, source.rows(split, pc))
+        writer.close()
+    except BaseException:
+        writer.discard()
+        raise
+    return writer.report(), writer.tmp
+
+
+def _write_one_in_worker(
+    args: tuple[str, str, str | None, str | None, str, str, float, str],
+) -> tuple[SplitReport, Path]:
+    dataset, kind, subset, revision, engine, split, pc, download_dir = args
+    return _write_one(_Source(dataset, kind, subset, revision, engine), split, pc, Path(download_dir))
+
+
+def _write_splits(
+    source: _Source, splits: Sequence[str], pc: float, download_dir: Path
+) -> Iterator[tuple[SplitReport, Path]]:
+    """Write every split; large parquet datasets use one process per core, biggest split first."""
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, len(splits))
+    sizes: dict[str, int] = {}
+    if workers > 1 and source.engine == "arrow" and source.kind in (SOURCE_SAMPLE, SOURCE_HUB_LAYOUT):
+        files = _hub_layout_splits(Path(source.location))
+        sizes = {split: _parquet_rows(files[split]) for split in splits}
+    if sum(sizes.values()) < PARALLEL_MIN_ROWS:
+        for split in splits:
+            yield _write_one(source, split, pc, download_dir)
+        return
+
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    order = sorted(splits, key=lambda s: -sizes[s])
+    args = [
+        (source.dataset, source.kind, source.subset, source.revision, source.engine, s, pc, str(download_dir))
+        for s in order
+    ]
+    # spawn, not fork: the caller may hold threads (MLflow, torch) that a fork would copy mid-state.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_write_one_in_worker, a) for a in args]
+        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in finished if f.exception() is not None), None)
+        if failed is not None:
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            for future in futures:  # splits that finished anyway leave temp files behind
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    with contextlib.suppress(OSError):
+                        future.result()[1].unlink()
+            raise failed.exception()  # type: ignore[misc]
+        results = {f.result()[0].name: f.result() for f in futures}
+    for split in splits:
+        yield results[split]
+
+
+_TEMP_RE = re.compile(r"^\.(?P<split>.+)\.jsonl\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
+
+
+def _remove_stale_temp_files(download_dir: Path, splits: Iterable[str]) -> None:
+    """Delete the half-written `.<split>.jsonl.<pid>.<hex>.tmp` files of writers that died (a killed
+    prepare-data); those of a live process (another writer into the same folder) are left alone."""
+    from ftctl.state import pid_alive
+
+    wanted = set(splits)
+    for path in download_dir.glob(".*.tmp"):
+        found = _TEMP_RE.match(path.name)
+        if found and found["split"] in wanted and not pid_alive(int(found["pid"])):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def _fill(writer: _SplitWriter, rows: Iterable[tuple[int, Any]]) -> None:
