@@ -3,7 +3,7 @@
 Run it as::
 
     python -m ftctl.backends.local.server --model-dir DIR --key-file FILE [--fd N | --port N]
-        [--host 127.0.0.1] [--request-timeout-ms 90000] [--device cpu] [--max-batch-size 8]
+        [--host 127.0.0.1] [--request-timeout-ms 90000] [--device cpu] [--max-batch-size 16]
 
 Routes:
   GET  /health/live   200 {"status": "alive"} as soon as the server runs (no auth)
@@ -12,6 +12,8 @@ Routes:
                       One conversation -> {"output": "<text>"}; several -> {"output": ["<text>", ...]}.
                       Errors -> {"error": "..."} with 400 (bad body), 401 (key), 413 (body too large),
                       503 (not loaded yet), 504 (timed out) or 500.
+  POST /v1/chat/completions, GET /v1/models
+                      OpenAI-compatible (same key), non-streaming and streaming (SSE); see openai_compat.
 
 The key is read from a file (never argv or the environment) and never logged. With `--fd N` uvicorn
 serves on an already-bound listening socket inherited from the parent process: that is how the deploy
@@ -29,6 +31,7 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import socket
 import sys
 import threading
@@ -38,6 +41,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.local.batching import BatchingGenerator
 from ftctl.errors import FtctlError, StageFailed
 from ftctl.models.layout import resolve_hf_dir
 from ftctl.scoring import DEFAULT_PARAMETERS, extract_conversations
@@ -50,6 +54,8 @@ log = logging.getLogger("ftctl.server")
 END_TOKEN = "<|end|>"
 MAX_BODY_BYTES = 8 * 1024 * 1024
 DEPLOYMENT_HEADER = "azureml-model-deployment"
+# What `ftctl deploy` writes on the --handoff-fd pipe once the state file records this server.
+HANDOFF_RECORDED = b"recorded"
 
 # name -> (kind, check, what the check means). Kinds: "bool", "int" (bools rejected), "number".
 _PARAMETERS: dict[str, tuple[str, Any, str]] = {
@@ -251,14 +257,18 @@ class Generator:
         *,
         deadline: float | None = None,
         cancel: threading.Event | None = None,
+        streamer: Any = None,
     ) -> list[str]:
         """One reply per conversation. `params` are normalized settings (see normalize_parameters).
 
         `deadline` is a time.monotonic() value; past it (or once `cancel` is set) generation stops and
         GenerationTimeout is raised. Raises BadRequest when a prompt does not fit the model.
+        `streamer` (a transformers streamer, one conversation only) receives the tokens as they come.
         """
         if not self.loaded:
             raise RuntimeError("the model is not loaded")
+        if streamer is not None and len(conversations) != 1:
+            raise ValueError("a streamer takes exactly one conversation")
         import torch
 
         events = [self._stopping] + ([cancel] if cancel is not None else [])
@@ -293,6 +303,7 @@ class Generator:
                         **{k: v.to(self.device) for k, v in encoded.items()},
                         generation_config=generation_config,
                         stopping_criteria=StoppingCriteriaList([criterion]),
+                        **({"streamer": streamer} if streamer is not None else {}),
                     )
                     if criterion.fired:
                         raise GenerationTimeout("generation stopped: deadline passed or cancelled")
@@ -329,15 +340,17 @@ def create_app(
     key: str,
     request_timeout_s: float = 90.0,
     device: str = "cpu",
-    max_batch_size: int = 8,
+    max_batch_size: int = 16,
     generator: Generator | None = None,
+    model_name: str | None = None,
 ) -> "fastapi.FastAPI":
     """The scoring app. The model loads in a background thread when the app starts (lifespan), so
     /health/live answers at once and /health/ready turns 200 when loading is done.
 
     `app.state.generator` is the Generator; `app.state.load_error` holds the message if loading
     failed, and `app.state.on_load_failure` (a no-argument callable, None by default) is called then:
-    `main` uses it to stop the server so the process exits non-zero.
+    `main` uses it to stop the server so the process exits non-zero. `model_name` is the model id the
+    OpenAI-compatible routes report (default: the model folder's name).
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -349,6 +362,8 @@ def create_app(
     key_bytes = key.encode("utf-8")
     model_dir = Path(model_dir)
     gen = generator or Generator(model_dir, device=device, max_batch_size=max_batch_size)
+    # Concurrent /score requests with the same settings share one generate call.
+    batcher = BatchingGenerator(gen, max_batch_size=max_batch_size, timeout_error=GenerationTimeout)
     timeout_ms = round(request_timeout_s * 1000)
 
     def _load() -> None:
@@ -434,7 +449,9 @@ def create_app(
         deadline = time.monotonic() + request_timeout_s
         try:
             replies = await asyncio.wait_for(
-                asyncio.to_thread(gen.generate, conversations, settings, deadline=deadline, cancel=cancel),
+                asyncio.to_thread(
+                    batcher.generate, conversations, settings, deadline=deadline, cancel=cancel
+                ),
                 timeout=request_timeout_s,
             )
         except (asyncio.TimeoutError, GenerationTimeout):
@@ -449,6 +466,15 @@ def create_app(
             return {"output": replies}
         return {"output": replies[0]}
 
+    from ftctl.backends.local.openai_compat import add_openai_routes
+
+    add_openai_routes(
+        app,
+        gen,
+        authorized=lambda header: _authorized(header, key_bytes),
+        request_timeout_s=request_timeout_s,
+        model_name=model_name or model_dir.name,
+    )
     return app
 
 
@@ -544,20 +570,50 @@ def _parser() -> argparse.ArgumentParser:
         help="answer 504 when a request takes longer (default 90000)",
     )
     parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    parser.add_argument("--model-name", default=None, help="the model id the OpenAI-compatible routes report")
     parser.add_argument(
-        "--max-batch-size", type=int, default=8, help="conversations per generate call (default 8)"
+        "--max-batch-size", type=int, default=16, help="conversations per generate call (default 16)"
+    )
+    parser.add_argument(
+        "--handoff-fd",
+        type=int,
+        default=None,
+        help="wait on this pipe for the starter to record the server; exit if it closes unsigned",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
 
+def _wait_for_handoff(fd: int) -> bool:
+    """Read the handoff pipe to its end: True if the starter signed that it recorded this server."""
+    data = b""
+    try:
+        while chunk := os.read(fd, 64):
+            data += chunk
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return data == HANDOFF_RECORDED
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Before torch loads: idle OpenMP threads sleep instead of spinning, so a busy machine (or the
+    # batcher's waiting request threads) does not starve the threads doing the work.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = _parser().parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr,
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.handoff_fd is not None and not _wait_for_handoff(args.handoff_fd):
+        log.error(
+            "the ftctl that started this server exited before recording it; exiting, so that no "
+            "endpoint runs without a record (run `ftctl deploy` again)"
+        )
+        return 3
     if args.request_timeout_ms <= 0:
         log.error("--request-timeout-ms must be positive")
         return 2
@@ -586,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         request_timeout_s=args.request_timeout_ms / 1000,
         device=args.device,
         max_batch_size=args.max_batch_size,
+        model_name=args.model_name,
     )
     if args.fd is not None:
         config = uvicorn.Config(
@@ -613,4 +670,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module, not this __main__ copy, so classes that other modules import from
+    # ftctl.backends.local.server (openai_compat's BadRequest, GenerationTimeout) are the same ones.
+    from ftctl.backends.local.server import main as _main
+
+    sys.exit(_main())
