@@ -240,3 +240,14 @@ def test_notebook_drives_real_commands(ftctl) -> None:
     assert used[:9] == ORDER
     for name in used:
         ftctl(name, "--help")
+
+
+def test_settings_added_by_a_newer_ftctl_do_not_make_stages_stale(prepared) -> None:
+    state = prepared.state()
+    params = state["stages"]["prepare-data"]["fingerprint"]["params"]
+    params.pop("data.min_train_rows")  # as if recorded before the setting existed
+    params["data.retired_setting"] = 1  # and a setting this version dropped
+    (prepared.workspace / "state.json").write_text(json.dumps(state))
+    assert not prepared.status()["prepare-data"]["stale"]
+    status = {s["name"]: s for s in prepared.json("--set", "data.min_train_rows=20", "status")["stages"]}
+    assert status["prepare-data"]["stale_reason"] == "data.min_train_rows changed (null -> 20)"

@@ -11,10 +11,10 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from ftctl.data.prepare import SAMPLE_DATASET
 from ftctl.errors import ConfigError
@@ -28,9 +28,18 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _version_text(value: Any) -> Any:
+    """`--set model.revision=14` reads 14 as a number; a version is text."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+# A version or revision: text, even when written as a number.
+VersionText = Annotated[str | None, BeforeValidator(_version_text)]
+
+
 class ModelSection(Section):
     name: str = Field(TINY_MODEL, description="Hugging Face id, local folder, or Azure registry model name")
-    revision: str | None = Field(
+    revision: VersionText = Field(
         None, description="hub revision (local) or pinned registry version (azureml)"
     )
     label: str = "latest"
@@ -129,7 +138,16 @@ class AzureMLSection(Section):
     workspace_name: str | None = None
     workspace_config: str | None = Field(None, description="path to a config.json")
     registry_name: str = "azureml"
-    experiment_name: str | None = None
+    experiment_name: str | None = Field(None, description="default: chat_completion_<model>")
+    interactive_login: bool = Field(
+        True, description="fall back to a browser sign-in when no credential is found (terminal only)"
+    )
+    # The fine-tuning pipeline component, from the registry: a pinned version, or the label.
+    component_name: str = "chat_completion_pipeline"
+    component_version: VersionText = None
+    component_label: str = "latest"
+    force_rerun: bool = True
+    continue_on_step_failure: bool = False
 
 
 class Config(Section):
@@ -137,6 +155,9 @@ class Config(Section):
 
     backend: Literal["local", "azureml"] = "local"
     lock_timeout_s: float = Field(10.0, ge=0)
+    # How often a waiting stage asks Azure ML for news (jobs, endpoints, clusters). Not part of any
+    # fingerprint: changing it never makes a stage stale.
+    poll_interval_s: float = Field(30.0, ge=0)
     model: ModelSection = Field(default_factory=ModelSection)
     compute: ComputeSection = Field(default_factory=ComputeSection)
     data: DataSection = Field(default_factory=DataSection)
@@ -234,6 +255,15 @@ def _yaml_lines(text: str) -> dict[str, int]:
     return lines
 
 
+def text_line(path: Path, offset: int) -> int:
+    """The 1-based line of byte `offset` in the file."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(offset).count(b"\n") + 1
+    except OSError:
+        return 1
+
+
 def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -241,6 +271,9 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = text_line(path, exc.start)
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

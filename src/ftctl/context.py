@@ -20,6 +20,7 @@ from ftctl.state import StateStore
 from ftctl.ui import UI
 
 if TYPE_CHECKING:
+    from ftctl.backends.azureml.client import AzureHandles
     from ftctl.backends.local.workspace import LocalWorkspace
 
 
@@ -36,6 +37,11 @@ class Context:
     checkpoint: Callable[[dict[str, Any]], None] | None = None
     # The live stage-state the runner works on (set by pipeline.Runner).
     state: dict[str, Any] | None = None
+    # `--dry-run`: a stage shows what it would create (the SDK entities as YAML), sends nothing that
+    # creates or changes anything, and the runner records nothing.
+    dry_run: bool = False
+    # Per-command options a stage reads (e.g. `teardown --compute` -> {"compute": True}).
+    flags: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cfg(self) -> Config:
@@ -57,6 +63,18 @@ class Context:
         from ftctl.backends.local.workspace import LocalWorkspace
 
         return LocalWorkspace(self.workspace)
+
+    @cached_property
+    def azure(self) -> AzureHandles:
+        """Azure ML's handles: the credential, the workspace MLClient and the registry MLClient.
+
+        Built once per process (the registry client on first use); azure.* is imported only here.
+        """
+        if self.backend != "azureml":
+            raise UsageError(f"Azure ML is not available with --backend {self.backend}")
+        from ftctl.backends.azureml.client import AzureHandles
+
+        return AzureHandles(self)
 
     def require_local(self, stage: str) -> LocalWorkspace:
         if self.backend == "azureml":

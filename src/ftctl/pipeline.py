@@ -6,11 +6,13 @@ A stage module (ftctl.stages.<name>) provides:
                                  (e.g. a job id) so the stage can re-attach instead of starting again.
   inputs(ctx, state) -> dict     optional: label -> Path of files whose content the stage reads.
   alive(ctx, outputs) -> bool    optional: whether the long-lived thing it started is still up.
+  retire(ctx, outputs)           optional: stop what a previous attempt started before it runs again.
   summary(outputs) -> str        optional: key outputs for `ftctl status`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +52,19 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("auth", (), ("backend", "azureml"), "Connect to the backend: local MLflow stores or Azure ML."),
+    Stage(
+        "auth",
+        (),
+        (
+            "backend",
+            "azureml.subscription_id",
+            "azureml.resource_group",
+            "azureml.workspace_name",
+            "azureml.workspace_config",
+            "azureml.registry_name",
+        ),
+        "Connect to the backend: local MLflow stores or Azure ML.",
+    ),
     Stage("pick-model", ("auth",), ("model",), "Resolve the base model and read its metadata."),
     Stage(
         "check-compute",
@@ -59,7 +73,20 @@ STAGES: tuple[Stage, ...] = (
         "Find or create compute; check allow/deny lists.",
     ),
     Stage("prepare-data", ("auth",), ("data",), "Download, validate and write the ultrachat splits."),
-    Stage("submit", ("check-compute", "prepare-data"), ("finetune",), "Fine-tune the model (a job)."),
+    Stage(
+        "submit",
+        ("check-compute", "prepare-data"),
+        (
+            "finetune",
+            "azureml.experiment_name",
+            "azureml.component_name",
+            "azureml.component_version",
+            "azureml.component_label",
+            "azureml.force_rerun",
+            "azureml.continue_on_step_failure",
+        ),
+        "Fine-tune the model (a job).",
+    ),
     Stage("register", ("submit",), ("register",), "Register the fine-tuned model in the registry."),
     Stage("deploy", ("register",), ("deploy",), "Serve the registered model behind an endpoint."),
     Stage(
@@ -123,6 +150,13 @@ def _fmt(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
+@functools.cache
+def _config_defaults() -> dict[str, Any]:
+    from ftctl.config import Config, flatten
+
+    return flatten(Config().model_dump(mode="json", by_alias=True))
+
+
 def explain_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
     """Why a recorded fingerprint no longer matches (None when it does)."""
     if not old:
@@ -130,6 +164,10 @@ def explain_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str | Non
     reasons = []
     old_params, new_params = old.get("params", {}), new["params"]
     for key in sorted(set(old_params) | set(new_params)):
+        if key not in old_params and new_params[key] == _config_defaults().get(key):
+            continue  # a setting newer than the recorded run, at its default: nothing changed
+        if key not in new_params:
+            continue  # a setting this version no longer has
         if old_params.get(key) != new_params.get(key):
             reasons.append(f"{key} changed ({_fmt(old_params.get(key))} -> {_fmt(new_params.get(key))})")
     old_inputs, new_inputs = old.get("inputs", {}), new["inputs"]
@@ -240,6 +278,11 @@ class Runner:
         rec = st.record(self.state, stage.name)
         reattach = rec["status"] == st.RUNNING and bool(rec.get("outputs"))
         if not reattach:
+            # What the previous attempt left running (deploy's endpoint) goes before its record does:
+            # forgetting it first would leave it running unrecorded.
+            retire = getattr(stage.impl(self.ctx.backend), "retire", None)
+            if retire is not None and rec.get("outputs"):
+                retire(self.ctx, rec["outputs"])
             rec.update(
                 status=st.RUNNING,
                 attempt=rec.get("attempt", 0) + 1,
@@ -295,6 +338,11 @@ class Runner:
         """`ftctl <stage>`: run it unless it is up to date (and its resource, if any, is up)."""
         stage = get_stage(name)
         ui = self.ctx.ui
+        if self.ctx.dry_run:
+            # Show what the stage would create; nothing is sent that creates anything, nothing recorded.
+            self.require_upstream(stage)
+            outputs = stage.impl(self.ctx.backend).run(self.ctx, st.empty_record())
+            return {"stage": name, "status": "dry run", "outputs": outputs}
         evaluation = evaluate(self.ctx, self.state)
         for up in stage.upstream:
             if evaluation[up].stale:

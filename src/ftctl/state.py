@@ -119,11 +119,15 @@ class StateStore:
         text = json.dumps(state, indent=2, sort_keys=False) + "\n"
         if self.path.exists():
             try:
-                json.loads(self.path.read_text(encoding="utf-8"))
+                previous = self.path.read_text(encoding="utf-8")
+                json.loads(previous)
             except (OSError, ValueError):
                 pass  # never let a corrupt file overwrite the good backup
             else:
-                os.replace(self.path, self.backup)
+                # Copy, never move: state.json must exist at every instant. A kill between moving it
+                # to the backup and writing the new one left no state file, and the workspace forgot
+                # every stage (and the job and endpoint they had started).
+                atomic_write_text(self.backup, previous)
         atomic_write_text(self.path, text)
 
     def restore_backup(self) -> None:
@@ -237,6 +241,12 @@ class WorkspaceLock:
             except BlockingIOError:
                 owner = self.read_owner() or {}
                 if time.monotonic() >= deadline:
+                    # The holder writes its record right after it takes the lock: give it that moment,
+                    # so the error names it instead of "pid None".
+                    named_by = time.monotonic() + 1.0
+                    while not owner and time.monotonic() < named_by:
+                        time.sleep(0.01)
+                        owner = self.read_owner() or {}
                     os.close(fd)
                     raise LockTimeout(
                         f"workspace {self.path.parent} is locked by another ftctl ({describe_owner(owner)})",

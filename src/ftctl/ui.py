@@ -1,10 +1,125 @@
-"""Terminal output: progress and messages to stderr, results to stdout (JSON with --json)."""
+"""Terminal output: progress and messages to stderr, results to stdout (JSON with --json).
+
+Work that takes a while reports through `UI.progress` (a task with steps: training, rows) or
+`UI.spinner` (a wait with no count: an endpoint loading its model, a registration). On a terminal
+(stderr is a TTY, not --json) they draw a live Rich bar or spinner; otherwise (piped, redirected to a
+file, --json, TERM=dumb or FTCTL_PROGRESS=plain) they write plain lines with no control codes. Stages
+only call these methods; they never look at the terminal themselves.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any, TextIO
+
+
+def format_duration(seconds: float) -> str:
+    """12s, 3m05s, 1h02m."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class Progress:
+    """One task in progress. `update` moves it on; `log` prints a line that stays.
+
+    Made by `UI.progress`; on a terminal it drives a Rich progress bar, otherwise every `update` writes
+    one plain line (callers update at a sensible rate: the trainer reports every logging_steps).
+    """
+
+    def __init__(self, ui: UI, description: str, total: float | None, unit: str) -> None:
+        self.ui = ui
+        self.description = description
+        self.total = total
+        self.unit = unit
+        self.completed: float = 0
+        self.info = ""
+        self.eta_s: float | None = None
+        self._started = time.monotonic()
+        self._first: tuple[float, float] | None = None  # (time, completed) of the first update
+        self._rich: Any = None  # (rich Progress, task id) on a terminal
+        self._task: Any = None
+
+    def update(
+        self,
+        completed: float | None = None,
+        *,
+        total: float | None = None,
+        info: str | None = None,
+        eta_s: float | None = None,
+        quiet: bool = False,
+    ) -> None:
+        """Set the count (and total), a short text after the bar (e.g. "loss 1.23  410 tok/s") and the
+        estimated seconds left; without `eta_s` the ETA is extrapolated from the updates so far.
+        `quiet`: move the live bar only, no plain line (when the caller logs its own line)."""
+        now = time.monotonic()
+        if total is not None:
+            self.total = total
+        if completed is not None:
+            if self._first is None:
+                self._first = (now, completed)
+            self.completed = completed
+        if info is not None:
+            self.info = info
+        self.eta_s = eta_s if eta_s is not None else self._estimate(now)
+        if self._rich is not None:
+            self._rich.update(
+                self._task,
+                completed=self.completed,
+                total=self.total,
+                info=self._suffix(),
+                refresh=True,  # draw every update now: they come at the caller's pace, not ours
+            )
+        elif not quiet:
+            self.ui.info(f"  {self.line()}")
+
+    def set_total(self, total: float | None) -> None:
+        """Set the total once it is known, without a plain line."""
+        self.total = total
+        if self._rich is not None:
+            self._rich.update(self._task, total=total)
+
+    def _estimate(self, now: float) -> float | None:
+        if not self.total or self._first is None:
+            return None
+        first_time, first_done = self._first
+        done = self.completed - first_done
+        if done <= 0 or now <= first_time:
+            return None
+        return (self.total - self.completed) * (now - first_time) / done
+
+    def _suffix(self) -> str:
+        parts = [self.info] if self.info else []
+        if self.total and self.completed < self.total and self.eta_s is not None:
+            parts.append(f"ETA {format_duration(self.eta_s)}")
+        return "  ".join(parts)
+
+    def _count(self) -> str:
+        def num(value: float) -> str:
+            return f"{value:g}" if isinstance(value, float) else str(value)
+
+        unit = f" {self.unit}" if self.unit else ""
+        if self.total:
+            pct = 100.0 * self.completed / self.total if self.total else 0.0
+            return f"{num(self.completed)}/{num(self.total)}{unit} ({pct:.0f}%)"
+        return f"{num(self.completed)}{unit}"
+
+    def line(self) -> str:
+        """The plain-text line for the current state: `training: 10/50 steps (20%)  loss 1.2  ETA 40s`."""
+        suffix = self._suffix()
+        return f"{self.description}: {self._count()}" + (f"  {suffix}" if suffix else "")
+
+    def log(self, message: str) -> None:
+        """A line that stays (above the live bar on a terminal)."""
+        self.ui.info(message)
 
 
 class UI:
@@ -12,6 +127,7 @@ class UI:
         self.json_mode = json_mode
         self._out = out
         self._err = err
+        self._console: Any = None  # the Rich console of the live display, while one is up
 
     @property
     def out(self) -> TextIO:
@@ -21,12 +137,27 @@ class UI:
     def err(self) -> TextIO:
         return self._err or sys.stderr
 
+    @property
+    def live(self) -> bool:
+        """Whether progress is drawn live (a terminal) rather than written as plain lines."""
+        if self.json_mode or os.environ.get("FTCTL_PROGRESS", "").lower() == "plain":
+            return False
+        if os.environ.get("TERM") == "dumb":
+            return False
+        try:
+            return bool(self.err.isatty())
+        except (AttributeError, ValueError):
+            return False
+
     def info(self, message: str) -> None:
         """A progress or status line; stderr, so stdout stays clean for results and --json."""
-        print(message, file=self.err, flush=True)
+        if self._console is not None:
+            self._console.print(message, markup=False, highlight=False, soft_wrap=True)
+        else:
+            print(message, file=self.err, flush=True)
 
     def warn(self, message: str) -> None:
-        print(f"warning: {message}", file=self.err, flush=True)
+        self.info(f"warning: {message}")
 
     def result(self, text: str) -> None:
         """Human-readable result (suppressed with --json, where emit() carries the data)."""
@@ -36,6 +167,79 @@ class UI:
     def emit(self, data: Any) -> None:
         if self.json_mode:
             print(json.dumps(data, indent=2, default=str), file=self.out, flush=True)
+
+    def _rich_console(self) -> Any:
+        from rich.console import Console
+
+        return Console(file=self.err, highlight=False, force_terminal=True)
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: float | None = None, unit: str = "") -> Iterator[Progress]:
+        """A task with a count (steps, rows): a live bar with the count, `info`, ETA and elapsed time on
+        a terminal; one plain line per `update` otherwise. Nesting draws the inner one as plain lines."""
+        task = Progress(self, description, total, unit)
+        if not self.live or self._console is not None:
+            yield task
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
+        console = self._rich_console()
+        columns = [
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=30),
+            MofNCompleteColumn(),
+            TextColumn(unit),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+        ]
+        with RichProgress(
+            *columns, console=console, transient=False, refresh_per_second=8, redirect_stdout=False
+        ) as bar:
+            task._rich = bar
+            task._task = bar.add_task(description, total=total, info="")
+            self._console = console
+            try:
+                yield task
+                if not task.total:  # done: a count with no total ends as N/N, not a frozen spinner
+                    bar.update(task._task, total=max(task.completed, 1), completed=max(task.completed, 1))
+            finally:
+                self._console = None
+
+    @contextlib.contextmanager
+    def spinner(self, description: str, quiet: bool = False) -> Iterator[None]:
+        """A wait with nothing to count: a spinner with the elapsed time on a terminal, else one line
+        (none with `quiet`, for short waits)."""
+        if not self.live or self._console is not None:
+            if not quiet:
+                self.info(f"  {description}...")
+            yield
+            return
+        from rich.progress import Progress as RichProgress
+        from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        console = self._rich_console()
+        with RichProgress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+            redirect_stdout=False,
+        ) as bar:
+            bar.add_task(description, total=None)
+            self._console = console
+            try:
+                yield
+            finally:
+                self._console = None
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-# Registration order is the order of `ftctl --help`: the stages, then the pipeline commands.
+# Registration order is the order of `ftctl --help`: the stages, the pipeline commands, results.
 # isort: off
 from ftctl.cli import stage_commands  # noqa: F401
 from ftctl.cli import pipeline_commands  # noqa: F401
+from ftctl.cli import insight_commands  # noqa: F401
 # isort: on
 from ftctl.cli.common import app
+from ftctl.cli.examples import add_examples
+
+add_examples(app)  # the Examples section of every command's --help
 
 __all__ = ["app", "main"]
 

@@ -29,7 +29,7 @@ app = typer.Typer(
         "register, deploy, score, teardown. `ftctl run` runs them all, skipping what is up to date."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # ftctl --install-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -72,13 +72,23 @@ def root(
     overrides: list[str] = typer.Option(
         [], "--set", "-s", help="Override a config value: --set finetune.learning_rate=1e-4 (repeatable)."
     ),
+    workspace_config: Path | None = typer.Option(
+        None,
+        "--workspace-config",
+        metavar="PATH",
+        help="Azure ML: the workspace's config.json (default: searched for from the working directory up).",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON on stdout."),
     debug: bool = typer.Option(False, "--debug", envvar="FTCTL_DEBUG", help="Show tracebacks."),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version."
     ),
 ) -> None:
-    ctx.obj = Options(workspace, config, backend, list(overrides), json_output, debug)
+    overrides = list(overrides)
+    if workspace_config is not None:  # the same as --set azureml.workspace_config=PATH
+        path = json.dumps(str(workspace_config.expanduser().absolute()))
+        overrides.insert(0, f"azureml.workspace_config={path}")
+    ctx.obj = Options(workspace, config, backend, overrides, json_output, debug)
 
 
 def options(tctx: typer.Context) -> Options:

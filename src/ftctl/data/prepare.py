@@ -583,9 +583,15 @@ def prepare(
                 if kind == SOURCE_JSONL_DIR
                 else f"{source.label()} split {train_split}"
             )
+            # Name the dropped records (file:line and why) here too: the caller's warnings about them
+            # are never printed when the stage fails.
+            why = "".join(
+                f"\n  {text}" for text in format_dropped(PrepareReport(dataset, kind, [train]), limit=5)
+            )
             raise DataError(
                 f"{where}: only {train.rows_written} valid training rows "
-                f"({train.rows_read} read, {len(train.dropped)} dropped); at least {min_train_rows} needed",
+                f"({train.rows_read} read, {len(train.dropped)} dropped); at least {min_train_rows} needed"
+                + why,
                 hint="fix or replace the dropped records, or raise data.split_pc",
             )
         for split in wanted:

@@ -2,7 +2,8 @@
 
 It is a real `Phi3ForCausalLM` with a byte-level BPE tokenizer trained on ftctl's own sample dataset,
 the Phi-3 chat template and special tokens, and a short full-parameter "pre-training" on the sample's
-train_sft + train_gen conversations so that it writes word-like English instead of noise. It is not a
+train_gen conversations so that it writes word-like English instead of noise. train_sft, which the
+quickstart fine-tunes on, is left out of the pre-training, so fine-tuning visibly lowers its loss. It is not a
 useful assistant; it exists so the whole pipeline (fine-tune, evaluate, register, deploy, score) runs in
 seconds on a laptop CPU.
 
@@ -89,7 +90,8 @@ its replies are word-like English with little meaning.
   `<|assistant|>`, `<|end|>`.
 - Chat template: Phi-3's (`<|user|>\\n...<|end|>\\n<|assistant|>\\n`); generation stops at `<|end|>`.
 - Weights: random initialisation (seed {seed}), then {steps} steps of full-parameter training on the
-  sample's train_sft and train_gen conversations rendered with the chat template
+  sample's train_gen conversations (not train_sft, which the quickstart fine-tunes on) rendered with
+  the chat template
   ({block} tokens a sequence, batch {batch}, AdamW, peak learning rate {lr}).
 - `{metadata}` carries what the Azure ML notebook reads from model tags (name, compute allow lists,
   model_specific_defaults).
@@ -113,12 +115,12 @@ def shipped_model_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "resources" / "tiny-phi3"
 
 
-def _corpus() -> list[list[dict[str, str]]]:
-    """The sample's train_sft + train_gen conversations, in file order."""
+def _corpus(splits: tuple[str, ...] = ("train_sft", "train_gen")) -> list[list[dict[str, str]]]:
+    """The sample's conversations of `splits`, in file order."""
     from ftctl.data.sample import iter_sample_conversations
 
     conversations = []
-    for split in ("train_sft", "train_gen"):
+    for split in splits:
         for record in iter_sample_conversations(split):
             conversations.append([{"role": m["role"], "content": m["content"]} for m in record["messages"]])
     return conversations
@@ -241,8 +243,7 @@ def build(out_dir: Path, *, pretrain_steps: int = DEFAULT_PRETRAIN_STEPS, log: A
     torch.use_deterministic_algorithms(True)
     _quiet_progress_bars()
     try:
-        conversations = _corpus()
-        texts = [m["content"] for conv in conversations for m in conv]
+        texts = [m["content"] for conv in _corpus() for m in conv]  # the tokenizer sees both splits
         tokenizer = build_tokenizer(texts)
         eos_id = tokenizer.convert_tokens_to_ids(EOS)
         end_id = tokenizer.convert_tokens_to_ids(END)
@@ -257,7 +258,7 @@ def build(out_dir: Path, *, pretrain_steps: int = DEFAULT_PRETRAIN_STEPS, log: A
         )
         model = Phi3ForCausalLM(config)
         if pretrain_steps > 0:
-            _pretrain(model, tokenizer, conversations, pretrain_steps, log)
+            _pretrain(model, tokenizer, _corpus(("train_gen",)), pretrain_steps, log)
         model.generation_config = GenerationConfig(
             bos_token_id=eos_id, eos_token_id=[end_id, eos_id], pad_token_id=eos_id, do_sample=False
         )

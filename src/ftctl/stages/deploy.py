@@ -7,6 +7,7 @@ and nothing else can take it. The key lives in a 0600 file under secrets/, never
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -57,10 +58,24 @@ def alive(ctx: Context, outputs: dict[str, Any]) -> bool:
     return bool(pid and port and procs.alive(pid) and port_is_open(outputs.get("host", "127.0.0.1"), port))
 
 
+def retire(ctx: Context, outputs: dict[str, Any]) -> None:
+    """Before deploy runs again (--force, or stale): stop the endpoint the previous attempt started,
+    which would otherwise keep running once its record is replaced."""
+    if ctx.backend != "local" or not alive(ctx, outputs):
+        return
+    from ftctl.backends.local import procs
+
+    ctx.ui.info(f"  stopping the previous endpoint {outputs.get('endpoint_name')} (pid {outputs['pid']})")
+    procs.stop(outputs["pid"])
+    if outputs.get("key_file"):
+        with contextlib.suppress(OSError):
+            Path(outputs["key_file"]).unlink()
+
+
 def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     ws = ctx.require_local("deploy")
     from ftctl.backends.local import procs
-    from ftctl.backends.local.server import wait_until_ready
+    from ftctl.backends.local.server import HANDOFF_RECORDED, wait_until_ready
 
     cfg = ctx.cfg.deploy
     recorded = rec.get("outputs") or {}
@@ -94,29 +109,46 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
         "--fd", str(sock.fileno()),
         "--request-timeout-ms", str(cfg.request_timeout_ms),
         "--device", compute.get("device", "cpu"),
+        "--model-name", f"{registered['model_name']}:{registered['version']}",
     )  # fmt: skip
+    # The server waits on this pipe until the state file records it: if this ftctl dies before (kill -9
+    # between spawning and recording), the pipe closes unsigned and the server exits, so no endpoint
+    # ever runs unrecorded.
+    handoff_read, handoff_write = os.pipe()
     try:
-        pid = procs.spawn(command, log_path, pass_fds=[sock.fileno()], env={**os.environ})
+        try:
+            pid = procs.spawn(
+                [*command, "--handoff-fd", str(handoff_read)],
+                log_path,
+                pass_fds=[sock.fileno(), handoff_read],
+                env={**os.environ},
+            )
+        finally:
+            sock.close()
+            os.close(handoff_read)
+        outputs = {
+            "endpoint_name": name,
+            "deployment_name": cfg.deployment_name,
+            "url": url,
+            "scoring_uri": f"{url}/score",
+            "host": host,
+            "port": port,
+            "pid": pid,
+            "model_uri": registered["model_uri"],
+            "model_version": registered["version"],
+            "model_dir": str(model_dir),
+            "key_file": str(key_file),
+            "log": str(log_path),
+        }
+        ctx.save_progress(outputs)
+        with contextlib.suppress(OSError):  # a server that already exited reads nothing
+            os.write(handoff_write, HANDOFF_RECORDED)
     finally:
-        sock.close()
-    outputs = {
-        "endpoint_name": name,
-        "deployment_name": cfg.deployment_name,
-        "url": url,
-        "scoring_uri": f"{url}/score",
-        "host": host,
-        "port": port,
-        "pid": pid,
-        "model_uri": registered["model_uri"],
-        "model_version": registered["version"],
-        "model_dir": str(model_dir),
-        "key_file": str(key_file),
-        "log": str(log_path),
-    }
-    ctx.save_progress(outputs)
+        os.close(handoff_write)
     ctx.ui.info(f"  endpoint {name} starting (pid {pid}) at {url}; log: {log_path}")
     try:
-        wait_until_ready(url, cfg.ready_timeout_s, proc=procs.handle(pid))
+        with ctx.ui.spinner("waiting for the endpoint to load the model"):
+            wait_until_ready(url, cfg.ready_timeout_s, proc=procs.handle(pid))
     except StageFailed:
         procs.stop(pid)
         ctx.ui.info(procs.tail(log_path, 20))

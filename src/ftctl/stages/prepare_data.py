@@ -7,6 +7,7 @@ row counts, dropped records and sha256 per file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,16 +29,27 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     cfg = ctx.cfg.data
     out_dir = ctx.data_dir()
     ctx.ui.info(f"  {cfg.dataset} -> {out_dir} ({cfg.split_pc:g}% of each split)")
-    report = prepare(
-        cfg.dataset,
-        out_dir,
-        subset=cfg.subset,
-        split_pc=cfg.split_pc,
-        train_split=cfg.train_split,
-        min_train_rows=cfg.min_train_rows,
-        revision=cfg.revision,
-        progress=lambda line: ctx.ui.info(f"  {line}"),
-    )
+    with ctx.ui.progress("reading and validating", unit="rows") as bar:
+        rows = 0
+
+        def progress(line: str) -> None:  # "<split>: N rows, M dropped" once a split is done
+            nonlocal rows
+            bar.log(f"  {line}")
+            found = re.match(r"\S+: (\d+) rows", line)
+            if found:
+                rows += int(found.group(1))
+                bar.update(rows, quiet=True)
+
+        report = prepare(
+            cfg.dataset,
+            out_dir,
+            subset=cfg.subset,
+            split_pc=cfg.split_pc,
+            train_split=cfg.train_split,
+            min_train_rows=cfg.min_train_rows,
+            revision=cfg.revision,
+            progress=progress,
+        )
     for line in format_dropped(report):
         ctx.ui.warn(f"dropped {line}")
     names = [split.name for split in report.splits]

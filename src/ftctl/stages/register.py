@@ -47,16 +47,19 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     run_id = job.get("mlflow_run_id")
     if not run_id:
         raise StageFailed("submit recorded no MLflow run id; the job's model cannot be found")
-    mlflow = ws.mlflow
     name = model_name(ctx)
     tags = lineage_tags(ctx)
     source = f"runs:/{run_id}/mlflow_model"
-    with contextlib.redirect_stderr(io.StringIO()):  # mlflow prints its own "Successfully registered"
-        version = mlflow.register_model(source, name, tags=tags)
-    client = mlflow.MlflowClient()
-    client.update_model_version(
-        name, version.version, description=f"Fine-tuned by ftctl job {job.get('job_id')} on ultrachat data"
-    )
+    with ctx.ui.spinner(f"registering {name} in the MLflow model registry"):
+        mlflow = ws.mlflow
+        with contextlib.redirect_stderr(io.StringIO()):  # mlflow prints its own "Successfully registered"
+            version = mlflow.register_model(source, name, tags=tags)
+        client = mlflow.MlflowClient()
+        client.update_model_version(
+            name,
+            version.version,
+            description=f"Fine-tuned by ftctl job {job.get('job_id')} on ultrachat data",
+        )
     ctx.ui.info(f"  registered {name} version {version.version} (from {source})")
     return {
         "model_name": name,

@@ -85,22 +85,43 @@ def inputs(ctx: Context, state: dict[str, Any]) -> dict[str, Path]:
     return {f"{split}.jsonl": Path(files[split]["path"]) for split in wanted if split in files}
 
 
-def _print_event(ctx: Context, event: dict[str, Any]) -> None:
-    kind = event.get("type")
-    if kind == "start":
-        ctx.ui.info(
-            f"  {event.get('train_examples')} training conversations ({event.get('dropped_examples')} "
-            f"dropped), {event.get('max_steps')} steps on {event.get('device')}"
-        )
-    elif kind == "progress":
-        ctx.ui.info(
-            f"  step {event.get('step')}/{event.get('max_steps')}  loss {event.get('loss', float('nan')):.4f}"
-            f"  lr {event.get('learning_rate', 0):.2e}  {event.get('tokens_per_second', 0):,.0f} tok/s"
-        )
-    elif kind == "eval":
-        ctx.ui.info(f"  eval_loss {event.get('eval_loss'):.4f}  perplexity {event.get('perplexity'):.2f}")
-    elif kind == "warning":
-        ctx.ui.warn(str(event.get("message")))
+class _Follower:
+    """Shows a job's events: a progress bar (step, loss, tokens/s, ETA) plus lines that stay."""
+
+    def __init__(self, ctx: Context, bar: Any) -> None:
+        self.ctx = ctx
+        self.bar = bar
+        self.started: float | None = None  # the job's "start" event time: the ETA is the job's own pace
+        bar.update(info="starting the job (loading the model and data)", quiet=True)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "start":
+            self.started = event.get("time")
+            self.bar.set_total(event.get("max_steps"))
+            self.bar.log(
+                f"  {event.get('train_examples')} training conversations ({event.get('dropped_examples')} "
+                f"dropped), {event.get('max_steps')} steps on {event.get('device')}"
+            )
+        elif kind == "progress":
+            step, total = event.get("step") or 0, event.get("max_steps") or None
+            eta = None
+            if self.started is not None and event.get("time") and step and total:
+                eta = (event["time"] - self.started) / step * (total - step)
+            self.bar.update(
+                step,
+                total=total,
+                eta_s=eta,
+                info=f"loss {event.get('loss', float('nan')):.4f}  lr {event.get('learning_rate', 0):.2e}"
+                f"  {event.get('tokens_per_second', 0):,.0f} tok/s",
+            )
+        elif kind == "eval":
+            self.bar.log(
+                f"  eval_loss {event.get('eval_loss'):.4f}  perplexity {event.get('perplexity'):.2f}"
+                + (f"  (step {event['step']})" if event.get("step") is not None else "")
+            )
+        elif kind == "warning":
+            self.ctx.ui.warn(str(event.get("message")))
 
 
 def _start_job(ctx: Context) -> Job:
@@ -138,8 +159,12 @@ def _start_job(ctx: Context) -> Job:
         "command": command,
     }
     job = Job.create(ws.jobs_dir, spec)
+    # Record the job before starting it: an ftctl killed in between leaves a recorded job that the
+    # next `ftctl submit` starts or re-attaches to, never one training unrecorded while a second starts.
+    recorded = {"job_id": job.id, "job_dir": str(job.dir), "display_name": name}
+    ctx.save_progress(recorded)
     pid = job.start()
-    ctx.save_progress({"job_id": job.id, "job_dir": str(job.dir), "pid": pid, "display_name": name})
+    ctx.save_progress({**recorded, "pid": pid})
     ctx.ui.info(f"  job {job.id} started (pid {pid}); log: {job.log_path}")
     return job
 
@@ -152,12 +177,17 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     recorded = rec.get("outputs") or {}
     if recorded.get("job_dir"):
         job = Job(Path(recorded["job_dir"]))
-        ctx.ui.info(f"  re-attaching to job {job.id}")
+        if job.never_started():  # the attempt that recorded it was interrupted before starting it
+            ctx.ui.info(f"  re-attaching to job {job.id} (its start was interrupted: starting it now)")
+            ctx.save_progress({**recorded, "pid": job.start()})
+        else:
+            ctx.ui.info(f"  re-attaching to job {job.id}")
     else:
         job = _start_job(ctx)
     if not ctx.wait:
         raise Detached(f"job {job.id} is running; follow it with `ftctl submit` or check `ftctl status`")
-    final = job.follow(lambda event: _print_event(ctx, event))
+    with ctx.ui.progress("training", unit="steps") as bar:
+        final = job.follow(_Follower(ctx, bar))
     if final.get("state") != COMPLETED:
         ctx.ui.info(procs.tail(job.log_path, 20))
         raise StageFailed(

@@ -32,6 +32,7 @@ from ftctl.state import atomic_write_text, now_iso
 
 QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
 TERMINAL = (COMPLETED, FAILED)
+SPAWN_GRACE_S = 120.0  # a spawned job that has not reported its pid after this long did not start
 
 
 def new_job_id() -> str:
@@ -81,7 +82,16 @@ class Job:
             pid = data.get("pid")
             if pid and not procs.alive(pid):
                 data = {**data, "state": FAILED, "error": "the job process ended without recording a result"}
+            elif not pid and data.get("spawned_at") and time.time() - data["spawned_at"] > SPAWN_GRACE_S:
+                # Spawned by an ftctl that was killed before recording the pid, and the job never
+                # reported in itself: it did not start.
+                data = {**data, "state": FAILED, "error": "the job process did not start"}
         return data
+
+    def never_started(self) -> bool:
+        """Created (and recorded) but not spawned: the ftctl starting it was interrupted before."""
+        data = _read_json(self.status_path)
+        return data.get("state") == QUEUED and not data.get("spawned_at") and not data.get("pid")
 
     def start(self) -> int:
         """Spawn the wrapper, detached; returns its pid."""

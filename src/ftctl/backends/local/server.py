@@ -31,6 +31,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -64,9 +65,15 @@ _PARAMETERS: dict[str, tuple[str, Any, str]] = {
     "do_sample": ("bool", lambda v: True, ""),
     "max_new_tokens": ("int", lambda v: v >= 1, ">= 1"),
     "top_k": ("int", lambda v: v >= 0, ">= 0"),
-    "repetition_penalty": ("number", lambda v: v > 0, "> 0"),
-    "seed": ("int", lambda v: v >= 0, ">= 0"),
+    # Far outside this range the penalised scores overflow to inf and sampling fails.
+    "repetition_penalty": ("number", lambda v: 1e-3 <= v <= 1e3, "in [0.001, 1000]"),
+    "seed": ("int", lambda v: 0 <= v < 2**64, "in [0, 2**64)"),  # torch.manual_seed takes 64 bits
 }
+# At most this many conversations in one request: a body of thousands of tiny conversations would hold
+# the model for minutes while every other request times out.
+MAX_CONVERSATIONS = 64
+# Below this, a temperature divides the logits into inf/nan: it is greedy decoding, as for 0.
+MIN_SAMPLING_TEMPERATURE = 1e-5
 
 
 class BadRequest(ValueError):
@@ -87,10 +94,10 @@ def _check_parameter(name: str, value: Any) -> Any:
         ok = isinstance(value, bool)
     elif kind == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:  # NaN and Infinity parse as JSON numbers in Python; they are not usable settings
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok:
-        expected = {"bool": "true or false", "int": "an integer", "number": "a number"}[kind]
+        expected = {"bool": "true or false", "int": "an integer", "number": "a finite number"}[kind]
         raise BadRequest(f"parameter {name} must be {expected} (got {json.dumps(value)})")
     if not check(value):
         raise BadRequest(f"parameter {name} must be {meaning} (got {json.dumps(value)})")
@@ -135,6 +142,10 @@ def parse_score_body(body: Any) -> tuple[list[list[dict]], dict[str, Any], bool]
         conversations = extract_conversations(input_data)
     except ValueError as exc:
         raise BadRequest(str(exc)) from exc
+    if len(conversations) > MAX_CONVERSATIONS:
+        raise BadRequest(
+            f"input_string holds {len(conversations)} conversations; at most {MAX_CONVERSATIONS} per request"
+        )
     several = all(isinstance(item, list) for item in input_data["input_string"]) and len(conversations) > 1
     settings = normalize_parameters(input_data.get("parameters"), params)
     return conversations, settings, several
@@ -234,7 +245,8 @@ class Generator:
         from transformers import GenerationConfig
 
         do_sample = bool(settings.get("do_sample", False))
-        if do_sample and settings.get("temperature") == 0:
+        temperature = settings.get("temperature")
+        if do_sample and temperature is not None and temperature < MIN_SAMPLING_TEMPERATURE:
             do_sample = False  # temperature 0 means greedy, as most serving stacks read it
         kwargs: dict[str, Any] = {
             "max_new_tokens": settings["max_new_tokens"],
@@ -267,6 +279,11 @@ class Generator:
         """
         if not self.loaded:
             raise RuntimeError("the model is not loaded")
+        if self.max_positions and params["max_new_tokens"] > self.max_positions:
+            raise BadRequest(
+                f"parameter max_new_tokens must be at most {self.max_positions}, the model's context "
+                f"length (got {params['max_new_tokens']})"
+            )
         if streamer is not None and len(conversations) != 1:
             raise ValueError("a streamer takes exactly one conversation")
         import torch
@@ -323,6 +340,21 @@ def _error(status: int, message: str) -> Any:
     from fastapi.responses import JSONResponse
 
     return JSONResponse({"error": message}, status_code=status)
+
+
+async def read_body(request: Any, limit: int = MAX_BODY_BYTES) -> bytes | None:
+    """The request body, or None as soon as it is over `limit` bytes (declared or streamed: a chunked
+    upload is never read into memory past the limit)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _authorized(header: str | None, key: bytes) -> bool:
@@ -430,16 +462,15 @@ def create_app(
             if app.state.load_error:
                 return _error(503, f"the model failed to load: {app.state.load_error}")
             return _error(503, "the model is still loading; retry when /health/ready answers 200")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return _error(413, f"the request body is over {MAX_BODY_BYTES} bytes")
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
+        raw = await read_body(request)
+        if raw is None:
             return _error(413, f"the request body is over {MAX_BODY_BYTES} bytes")
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return _error(400, f"the request body is not valid JSON: {exc}")
+        except RecursionError:
+            return _error(400, "the request body is not valid JSON: nested too deeply")
         try:
             conversations, settings, several = parse_score_body(body)
         except BadRequest as exc:

@@ -15,7 +15,7 @@ Outputs (job_dir/outputs):
 Events (dicts passed to on_event), by "type":
   start     train_examples, dropped_examples, eval_examples, max_steps, device, apply_lora, trainable_params
   progress  step, max_steps, epoch, loss, learning_rate, tokens_per_second
-  eval      eval_loss, perplexity
+  eval      step, max_steps, eval_loss, perplexity (before training, a few times during it, at the end)
   warning   message
   done      the result dict's fields
   error     message, error_type, hint (written by the entry point when the job fails)
@@ -34,6 +34,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ftctl.errors import DataError, FtctlError, UsageError
@@ -288,6 +289,7 @@ def _make_callback(emit: Callable[[Event], None], log_metrics: Callable[[dict, i
         def __init__(self) -> None:
             self.last_time = time.perf_counter()
             self.last_tokens = 0
+            self.last_eval: dict[str, Any] | None = None  # the latest eval event
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.last_time = time.perf_counter()
@@ -299,6 +301,21 @@ def _make_callback(emit: Callable[[Event], None], log_metrics: Callable[[dict, i
             return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "eval_loss" in logs:
+                eval_loss = float(logs["eval_loss"])
+                self.last_eval = {
+                    "type": "eval",
+                    "step": state.global_step,
+                    "max_steps": state.max_steps,
+                    "eval_loss": eval_loss,
+                    "perplexity": math.exp(eval_loss) if eval_loss < 700 else float("inf"),
+                }
+                self.last_time += float(logs.get("eval_runtime") or 0.0)  # not training time
+                if state.is_world_process_zero:
+                    emit(self.last_eval)
+                    perplexity = min(self.last_eval["perplexity"], 1e30)
+                    log_metrics({"eval_loss": eval_loss, "perplexity": perplexity}, state.global_step)
+                return
             if not state.is_world_process_zero or not logs or "loss" not in logs:
                 return
             now = time.perf_counter()
@@ -465,6 +482,9 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
     )
     if _world_size() > 1 and not use_deepspeed:
         args_kwargs["ddp_find_unused_parameters"] = False  # every trainable weight is used each step
+    if eval_examples:  # an eval curve: before training, about every quarter of it, and at the end
+        quarter = math.ceil(_planned_steps(SimpleNamespace(**args_kwargs), len(train_examples)) / 4)
+        args_kwargs.update(eval_strategy="steps", eval_steps=max(1, quarter), eval_on_start=True)
     args = TrainingArguments(**args_kwargs)
 
     run = None
@@ -581,10 +601,10 @@ def _train_and_save(
 
     eval_loss = perplexity = None
     if eval_examples:
-        metrics = trainer.evaluate()
-        eval_loss = float(metrics["eval_loss"])
-        perplexity = math.exp(eval_loss) if eval_loss < 700 else float("inf")
-        emit({"type": "eval", "eval_loss": eval_loss, "perplexity": perplexity})
+        if callback.last_eval is None or callback.last_eval["step"] != steps:
+            trainer.evaluate()  # the callback emits the event and logs the metrics
+        if callback.last_eval is not None:
+            eval_loss, perplexity = callback.last_eval["eval_loss"], callback.last_eval["perplexity"]
 
     base = trainer.accelerator.unwrap_model(trainer.model)
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
@@ -647,9 +667,8 @@ def _train_and_save(
     if run is not None:
         import mlflow
 
+        # eval_loss and perplexity at the last step were logged by the callback already.
         final = {k: result[k] for k in ("train_loss", "train_tokens", "tokens_per_second", "train_runtime_s")}
-        if eval_loss is not None:
-            final.update(eval_loss=eval_loss, perplexity=min(float(perplexity or 0.0), 1e30))
         final["dropped_examples"] = dropped
         final["train_examples"] = len(train_examples)
         mlflow.log_metrics({k: float(v) for k, v in final.items()}, step=steps)
@@ -794,6 +813,10 @@ def main(argv: list[str] | None = None) -> int:
         help="use DeepSpeed ZeRO at this stage (multi-process launches only)",
     )
     args = parser.parse_args(argv)
+    # torch's OpenMP threads spin while waiting by default; on a busy CPU (the endpoint, another job,
+    # a test run) that made 20 training steps 10-25x slower here. Passive waiting costs little when the
+    # CPU is idle. Read when torch loads, which has not happened yet in this process.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         run_job(args.job_dir, deepspeed_stage=args.deepspeed_stage)
     except FtctlError as exc:

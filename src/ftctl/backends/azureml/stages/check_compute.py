@@ -1,0 +1,150 @@
+"""check-compute on Azure ML: get the cluster, or create an AmlCompute (size, min/max nodes, idle time from
+the `compute` section) with progress; refuse a cluster whose provisioning failed; apply the model's
+finetune allow-list (case-insensitive) or the notebook's deny list; count the GPUs per node from
+`compute.list_sizes()`."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text, wait_for
+from ftctl.errors import StageFailed, UsageError
+from ftctl.stages.check_compute import check_lists
+
+if TYPE_CHECKING:
+    from ftctl.context import Context
+
+BUSY = {"creating", "updating", "deleting"}
+
+
+def _get_cluster(ctx: Context, name: str) -> Any:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    with calling(f"getting compute cluster {name}"):
+        try:
+            return ctx.azure.workspace.compute.get(name)
+        except ResourceNotFoundError:
+            return None
+
+
+def _allow_list(ctx: Context) -> tuple[list[str] | None, str]:
+    if ctx.cfg.compute.allow_list:
+        return ctx.cfg.compute.allow_list, "compute.allow_list"
+    model = ctx.outputs("pick-model")
+    source = model.get("allow_list_source") or "tags"
+    return model.get("finetune_compute_allow_list"), f"the model's finetune allow-list ({source})"
+
+
+def _errors(cluster: Any) -> str:
+    errors = getattr(cluster, "provisioning_errors", None) or []
+    texts = []
+    for error in errors if isinstance(errors, list) else [errors]:
+        inner = getattr(error, "error", error)
+        message = getattr(inner, "message", None) or (
+            inner.get("message") if isinstance(inner, dict) else None
+        )
+        texts.append(str(message or inner))
+    return "; ".join(texts) or "no details given"
+
+
+def _gpus(ctx: Context, size: str) -> int:
+    with calling("listing the VM sizes of the workspace's region"):
+        sizes = list(ctx.azure.workspace.compute.list_sizes())
+    for vm in sizes:
+        if (vm.name or "").lower() == size.lower():
+            return int(vm.gpus or 0)
+    gpu_sizes = sorted(vm.name for vm in sizes if vm.gpus)
+    raise StageFailed(
+        f"VM size {size} is not available in the workspace's region",
+        hint=f"GPU sizes there: {', '.join(gpu_sizes[:20]) or 'none'}; set compute.size (or compute.name)",
+    )
+
+
+def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    from azure.ai.ml.entities import AmlCompute
+
+    cfg = ctx.cfg.compute
+    recorded = rec.get("outputs") or {}
+    allow, source = _allow_list(ctx)
+    cluster = _get_cluster(ctx, cfg.name)
+    created = bool(recorded.get("created"))
+    if cluster is None:
+        check_lists(cfg.size, allow, cfg.deny_list, source)
+        entity = AmlCompute(
+            name=cfg.name,
+            size=cfg.size,
+            min_instances=cfg.min_instances,
+            max_instances=cfg.max_instances,
+            idle_time_before_scale_down=cfg.idle_time_before_scale_down,
+        )
+        if ctx.dry_run:
+            show_dry_run(
+                ctx, f"compute cluster {cfg.name} does not exist; check-compute would create", entity
+            )
+            return {"dry_run": True, "name": cfg.name, "size": cfg.size, "would_create": True}
+        ctx.save_progress({"name": cfg.name, "created": True})
+        cluster = wait_for(
+            ctx,
+            lambda: ctx.azure.workspace.compute.begin_create_or_update(entity),
+            f"creating cluster {cfg.name} ({cfg.size}, {cfg.min_instances}-{cfg.max_instances} nodes)",
+        )
+        created = True
+    elif ctx.dry_run:
+        show_dry_run(ctx, f"compute cluster {cfg.name} exists; nothing would be created", cluster)
+        return {"dry_run": True, "name": cfg.name, "size": cluster.size, "would_create": False}
+    start = time.monotonic()
+    while status_text(cluster.provisioning_state).lower() in BUSY:
+        ctx.ui.info(
+            f"  ... cluster {cfg.name} is {status_text(cluster.provisioning_state)} ({elapsed(start)})"
+        )
+        time.sleep(ctx.cfg.poll_interval_s)
+        cluster = _get_cluster(ctx, cfg.name)
+        if cluster is None:
+            raise StageFailed(f"compute cluster {cfg.name} disappeared while it was being provisioned")
+    state = status_text(cluster.provisioning_state)
+    if state.lower() == "failed":
+        raise StageFailed(
+            f"compute cluster {cfg.name} is in provisioning state Failed: {_errors(cluster)}",
+            hint=(
+                "delete it (Azure ML studio > Compute"
+                + (", or `ftctl teardown --compute`" if created else "")
+                + ") or set compute.name to another cluster"
+            ),
+        )
+    size = cluster.size or cfg.size
+    if size.lower() != cfg.size.lower():
+        ctx.ui.warn(f"cluster {cfg.name} exists with size {size} (compute.size is {cfg.size}); using {size}")
+    check_lists(size, allow, cfg.deny_list, source)
+    gpus = _gpus(ctx, size)
+    if gpus < 1:
+        raise UsageError(
+            f"compute cluster {cfg.name} ({size}) has no GPU; chat_completion_pipeline fine-tunes on GPUs",
+            hint="set compute.size to a GPU size (and compute.name to a new cluster)",
+        )
+    gpus_per_node = min(gpus, cfg.num_gpus) if cfg.num_gpus else gpus
+    ctx.ui.info(
+        f"  cluster {cfg.name}: {size}, {gpus} GPU(s) per node, "
+        f"{cluster.min_instances}-{cluster.max_instances} nodes, {state}"
+        + (" (created by ftctl)" if created else "")
+    )
+    precision = ctx.cfg.finetune.precision
+    return {
+        "name": cfg.name,
+        "id": cluster.id,
+        "size": size,
+        "created": created,
+        "provisioning_state": state,
+        "min_instances": cluster.min_instances,
+        "max_instances": cluster.max_instances,
+        "gpus_per_vm": gpus,
+        "gpus_per_node": gpus_per_node,
+        "device": "cuda",
+        "precision": precision,
+        "allow_list": allow,
+        "allow_list_source": source if allow else "deny list",
+    }
+
+
+def summary(outputs: dict[str, Any]) -> str:
+    return f"{outputs.get('name')} {outputs.get('size')} x{outputs.get('gpus_per_node')} GPU"

@@ -1,0 +1,177 @@
+"""deploy on Azure ML: a managed online endpoint (key auth), the deployment (instance type checked against
+the model's inference allow-list, instance count, liveness probe delay, request timeout), then all
+traffic to it. Names are recorded before the first request, so a re-run picks up where an interrupted
+one stopped (each step looks at what exists before creating it)."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text, wait_for
+from ftctl.errors import StageFailed, UsageError
+from ftctl.stages.check_compute import check_lists
+
+if TYPE_CHECKING:
+    from ftctl.context import Context
+
+ENDPOINT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
+BUSY = {"creating", "updating", "deleting", "scaling"}
+LOGS_HINT = "see the container logs: az ml online-deployment get-logs -e {endpoint} -n {deployment}"
+
+
+def _get(fn: Any, what: str) -> Any:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    with calling(what):
+        try:
+            return fn()
+        except ResourceNotFoundError:
+            return None
+
+
+def alive(ctx: Context, outputs: dict[str, Any]) -> bool:
+    """Whether the endpoint deploy recorded still exists and is serving (provisioned)."""
+    name = outputs.get("endpoint_name")
+    if not name:
+        return False
+    endpoints = ctx.azure.workspace.online_endpoints
+    endpoint = _get(lambda: endpoints.get(name), f"reading endpoint {name}")
+    return endpoint is not None and status_text(endpoint.provisioning_state).lower() in (
+        "succeeded",
+        "updating",
+    )
+
+
+def retire(ctx: Context, outputs: dict[str, Any]) -> None:
+    """Before deploy runs again (--force, or after a failure), delete the endpoint the previous attempt
+    created, so that no endpoint is left running (and billing) without a record."""
+    name = outputs.get("endpoint_name")
+    if not name:
+        return
+    endpoints = ctx.azure.workspace.online_endpoints
+    if _get(lambda: endpoints.get(name), f"reading endpoint {name}") is None:
+        return
+    wait_for(ctx, lambda: endpoints.begin_delete(name=name), f"deleting the previous endpoint {name}")
+
+
+def _wait_until_settled(ctx: Context, fetch: Any, what: str) -> Any:
+    start = time.monotonic()
+    thing = fetch()
+    while thing is not None and status_text(thing.provisioning_state).lower() in BUSY:
+        ctx.ui.info(f"  ... {what} is {status_text(thing.provisioning_state)} ({elapsed(start)})")
+        time.sleep(ctx.cfg.poll_interval_s)
+        thing = fetch()
+    return thing
+
+
+def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    from azure.ai.ml.entities import (
+        ManagedOnlineDeployment,
+        ManagedOnlineEndpoint,
+        OnlineRequestSettings,
+        ProbeSettings,
+    )
+
+    cfg = ctx.cfg.deploy
+    registered = ctx.outputs("register")
+    model = ctx.outputs("pick-model")
+    allow = model.get("inference_compute_allow_list")
+    if allow:
+        source = model.get("allow_list_source") or "tags"
+        check_lists(cfg.instance_type, allow, [], f"the model's inference allow-list ({source})")
+    recorded = rec.get("outputs") or {}
+    name = recorded.get("endpoint_name") or f"{cfg.endpoint_name_prefix}{int(time.time())}"
+    if not ENDPOINT_NAME.match(name):
+        raise UsageError(
+            f"endpoint name {name!r} is not valid (3-32 letters, digits and '-', starting with a letter)",
+            hint="shorten deploy.endpoint_name_prefix (ftctl appends a 10-digit timestamp)",
+        )
+    deployment_name = cfg.deployment_name
+    endpoint = ManagedOnlineEndpoint(
+        name=name,
+        description=f"{registered.get('model_name')} v{registered.get('version')} (ftctl)",
+        auth_mode="key",
+    )
+    deployment = ManagedOnlineDeployment(
+        name=deployment_name,
+        endpoint_name=name,
+        model=registered["id"],
+        instance_type=cfg.instance_type,
+        instance_count=cfg.instance_count,
+        liveness_probe=ProbeSettings(initial_delay=cfg.liveness_initial_delay_s),
+        request_settings=OnlineRequestSettings(request_timeout_ms=cfg.request_timeout_ms),
+    )
+    if ctx.dry_run:
+        show_dry_run(ctx, "online endpoint that deploy would create", endpoint)
+        show_dry_run(ctx, "deployment that deploy would create", deployment)
+        ctx.ui.result(f"# then: traffic {{{deployment_name!r}: 100}} on endpoint {name}")
+        return {"dry_run": True, "endpoint_name": name, "deployment_name": deployment_name}
+
+    ws = ctx.azure.workspace
+    ctx.save_progress({"endpoint_name": name, "deployment_name": deployment_name})
+
+    def fetch_endpoint() -> Any:
+        return _get(lambda: ws.online_endpoints.get(name), f"reading endpoint {name}")
+
+    current = _wait_until_settled(ctx, fetch_endpoint, f"endpoint {name}")  # an interrupted create
+    if current is None or status_text(current.provisioning_state).lower() == "failed":
+        wait_for(
+            ctx, lambda: ws.online_endpoints.begin_create_or_update(endpoint), f"creating endpoint {name}"
+        )
+    else:
+        ctx.ui.info(f"  endpoint {name} exists ({status_text(current.provisioning_state)})")
+
+    def fetch_deployment() -> Any:
+        return _get(
+            lambda: ws.online_deployments.get(name=deployment_name, endpoint_name=name),
+            f"reading deployment {deployment_name}",
+        )
+
+    existing = _wait_until_settled(ctx, fetch_deployment, f"deployment {deployment_name}")
+    hint = (
+        LOGS_HINT.format(endpoint=name, deployment=deployment_name)
+        + "; `ftctl teardown` deletes the endpoint"
+    )
+    if existing is None or status_text(existing.provisioning_state).lower() == "failed":
+        what = f"creating deployment {deployment_name} ({cfg.instance_count} x {cfg.instance_type})"
+        try:
+            wait_for(ctx, lambda: ws.online_deployments.begin_create_or_update(deployment), what)
+        except StageFailed as exc:
+            exc.hint = hint
+            raise
+        existing = fetch_deployment()
+    state = status_text(existing.provisioning_state if existing else None)
+    if state.lower() != "succeeded":
+        raise StageFailed(f"deployment {deployment_name} of endpoint {name} is {state}", hint=hint)
+
+    current = fetch_endpoint()
+    if current is None:
+        raise StageFailed(f"endpoint {name} disappeared during the deployment")
+    if dict(current.traffic or {}) != {deployment_name: 100}:
+        current.traffic = {deployment_name: 100}
+        update = current
+        wait_for(
+            ctx,
+            lambda: ws.online_endpoints.begin_create_or_update(update),
+            f"sending all traffic to {deployment_name}",
+        )
+        current = fetch_endpoint()
+    ctx.ui.info(f"  endpoint {name} ready: {current.scoring_uri} (key auth; the key stays in Azure)")
+    return {
+        "endpoint_name": name,
+        "deployment_name": deployment_name,
+        "scoring_uri": current.scoring_uri,
+        "auth_mode": "key",
+        "traffic": dict(current.traffic or {}),
+        "instance_type": cfg.instance_type,
+        "instance_count": cfg.instance_count,
+        "model_id": registered["id"],
+        "model_uri": registered.get("model_uri"),
+        "model_version": registered.get("version"),
+    }
+
+
+def summary(outputs: dict[str, Any]) -> str:
+    return f"{outputs.get('endpoint_name')} {outputs.get('deployment_name')} ({outputs.get('instance_type')})"

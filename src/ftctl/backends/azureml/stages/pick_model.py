@@ -1,0 +1,127 @@
+"""pick-model on Azure ML: the base model from the registry (`models.get(name, label=...)` or a pinned
+version), with what later stages need from it: compute allow-lists and model-specific finetune defaults
+(from its tags, as the notebook reads them, or from its system_metadata) and its lifecycle (archived,
+deprecated, retired: a clear warning naming `ftctl pick-model --list`)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+from ftctl.backends.azureml.client import calling, status_text
+from ftctl.backends.azureml.metadata import compute_lists, is_chat_completion, lifecycle, model_defaults
+from ftctl.errors import FtctlError
+
+if TYPE_CHECKING:
+    from ftctl.context import Context
+
+LIST_HINT = (
+    "list the chat-completion models of the registry with `ftctl pick-model --list`, then set model.name"
+)
+
+
+def _raw_properties(ctx: Context, name: str, version: str) -> dict[str, Any]:
+    body = ctx.azure.raw.latest(f"/models/{name}/versions/{version}")
+    props = body.get("properties") if isinstance(body, dict) else None
+    return props if isinstance(props, dict) else {}
+
+
+def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    cfg = ctx.cfg.model
+    registry_name = ctx.cfg.azureml.registry_name
+    registry = ctx.azure.registry
+    name = cfg.name
+    what = f"{name} version {cfg.revision}" if cfg.revision else f"{name} (label {cfg.label})"
+    try:
+        with calling(
+            f"getting model {what} from registry {registry_name!r}",
+            not_found=f"no model {what} in registry {registry_name!r}",
+        ):
+            if cfg.revision:
+                model = registry.models.get(name, version=str(cfg.revision))
+            else:
+                model = registry.models.get(name, label=cfg.label)
+    except FtctlError as exc:
+        exc.hint = exc.hint or LIST_HINT
+        raise
+    version = str(model.version)
+    raw = _raw_properties(ctx, name, version)
+    tags = dict(model.tags or {})
+    system_metadata = (
+        getattr(model, "_system_metadata", None) or raw.get("systemMetadata") or raw.get("system_metadata")
+    )
+    finetune_allow, inference_allow, lists_source = compute_lists(tags, system_metadata)
+    defaults, defaults_source = model_defaults(tags, system_metadata)
+    archived = bool(raw.get("isArchived"))
+    stage = getattr(model, "stage", None)
+    notes = lifecycle(tags, archived, stage, date.today())
+
+    ctx.ui.info(f"  {model.name} version {version}: {model.id}")
+    if finetune_allow:
+        ctx.ui.info(f"  finetune allow-list ({lists_source}): {', '.join(finetune_allow)}")
+    if inference_allow:
+        ctx.ui.info(f"  inference allow-list ({lists_source}): {', '.join(inference_allow)}")
+    if defaults:
+        ctx.ui.info(f"  model-specific finetune defaults ({defaults_source}): {defaults}")
+    for note in notes:
+        ctx.ui.warn(f"{model.name} {version}: {note}")
+    if notes:
+        ctx.ui.warn(LIST_HINT)
+    if not is_chat_completion(tags, raw.get("properties")):
+        ctx.ui.warn(
+            f"{model.name} does not say it supports chat-completion (its task tag is {tags.get('task')!r})"
+        )
+    return {
+        "name": model.name,
+        "version": version,
+        "id": model.id,
+        "registry": registry_name,
+        "label": None if cfg.revision else cfg.label,
+        "task": tags.get("task"),
+        "stage": status_text(stage) if stage else None,
+        "archived": archived,
+        "lifecycle": notes,
+        "finetune_compute_allow_list": finetune_allow,
+        "inference_compute_allow_list": inference_allow,
+        "allow_list_source": lists_source,
+        "model_specific_defaults": defaults,
+        "defaults_source": defaults_source,
+        "content_hash": model.id,  # the asset id pins the weights (ftctl.stages.register lineage tags)
+    }
+
+
+def list_models(ctx: Context, show_all: bool = False) -> list[dict[str, Any]]:
+    """The registry's models (its model containers): the chat-completion ones, or all with show_all."""
+    registry_name = ctx.cfg.azureml.registry_name
+    registry = ctx.azure.registry
+    with calling(f"listing the models of registry {registry_name!r}"):
+        containers = list(registry.models.list())
+    raw: dict[str, dict[str, Any]] = {}
+    for page in ctx.azure.raw.all("/models"):
+        for item in page.get("value") or [] if isinstance(page, dict) else []:
+            if isinstance(item, dict) and item.get("name"):
+                raw[item["name"]] = item.get("properties") or {}
+    rows = []
+    for container in containers:
+        props = raw.get(container.name, {})
+        tags = props.get("tags") or {}
+        chat = is_chat_completion(tags, props.get("properties"))
+        if not (chat or show_all):
+            continue
+        rows.append(
+            {
+                "name": container.name,
+                "latest_version": getattr(container, "latest_version", None) or props.get("latestVersion"),
+                "task": tags.get("task"),
+                "archived": bool(props.get("isArchived")),
+                "description": (props.get("description") or "").strip().splitlines()[0][:80]
+                if props.get("description")
+                else "",
+            }
+        )
+    return sorted(rows, key=lambda row: row["name"].lower())
+
+
+def summary(outputs: dict[str, Any]) -> str:
+    text = f"{outputs.get('name')} v{outputs.get('version')}"
+    return f"{text} (archived)" if outputs.get("archived") else text

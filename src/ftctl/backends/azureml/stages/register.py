@@ -1,0 +1,73 @@
+"""register on Azure ML: the job's trained_model output as an MLflow model version in the workspace,
+named like the notebook's `<model>-ultrachat-200k` ("/" replaced), version = a timestamp, with ftctl's
+lineage tags. The version is recorded before the request, so a re-run after an interruption finds the
+version it created instead of registering another."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ftctl.backends.azureml.client import calling, show_dry_run
+from ftctl.errors import StageFailed
+from ftctl.stages.register import lineage_tags, model_name
+
+if TYPE_CHECKING:
+    from ftctl.context import Context
+
+
+def _existing(ctx: Context, name: str, version: str) -> Any:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    with calling(f"reading model {name} version {version}"):
+        try:
+            return ctx.azure.workspace.models.get(name=name, version=version)
+        except ResourceNotFoundError:
+            return None
+
+
+def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    from azure.ai.ml.constants import AssetTypes
+    from azure.ai.ml.entities import Model
+
+    job = ctx.outputs("submit")
+    job_name = job.get("job_name")
+    if not job_name:
+        raise StageFailed("submit recorded no job name; there is no trained model to register")
+    recorded = rec.get("outputs") or {}
+    name = model_name(ctx)
+    version = str(recorded.get("version") or int(time.time()))
+    path = f"azureml://jobs/{job_name}/outputs/trained_model"
+    base = ctx.outputs("pick-model").get("name")
+    entity = Model(
+        path=path,
+        type=AssetTypes.MLFLOW_MODEL,
+        name=name,
+        version=version,
+        description=f"{base} fine-tuned on ultrachat_200k by ftctl (pipeline job {job_name})",
+        tags=lineage_tags(ctx),
+    )
+    if ctx.dry_run:
+        show_dry_run(ctx, "model version that register would create", entity)
+        return {"dry_run": True, "model_name": name, "version": version, "source": path}
+    ctx.save_progress({"model_name": name, "version": version, "source": path})
+    registered = _existing(ctx, name, version) if recorded.get("version") else None
+    if registered is None:
+        with calling(f"registering model {name} version {version}"):
+            registered = ctx.azure.workspace.models.create_or_update(entity)
+        ctx.ui.info(f"  registered {name} version {version} from {path}")
+    else:
+        ctx.ui.info(f"  {name} version {version} was already registered by the interrupted attempt")
+    return {
+        "model_name": name,
+        "version": version,
+        "id": registered.id,
+        "model_uri": f"azureml:{name}:{version}",
+        "source": path,
+        "job_name": job_name,
+        "tags": dict(registered.tags or entity.tags or {}),
+    }
+
+
+def summary(outputs: dict[str, Any]) -> str:
+    return f"{outputs.get('model_name')} v{outputs.get('version')}"

@@ -1,0 +1,275 @@
+"""submit on Azure ML: the notebook's pipeline job around the registry's chat_completion_pipeline.
+
+The job's name is chosen and recorded in the state before anything is sent, so an interrupted submit
+(Ctrl-C, a closed terminal, kill -9) is re-attached by the next `ftctl submit` / `ftctl run`: if Azure ML
+has the job, ftctl follows it; if the PUT never arrived, the same name is submitted. A second job is never
+started for one attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text
+from ftctl.backends.azureml.params import Declared, display_params, finetune_inputs
+from ftctl.errors import StageFailed, UsageError
+from ftctl.pipeline import Detached
+from ftctl.stages.submit import display_name
+from ftctl.stages.submit import inputs as _inputs
+
+if TYPE_CHECKING:
+    from ftctl.context import Context
+
+TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding", "Paused"}
+# Inputs ftctl sets itself, as the notebook does.
+RESERVED = {
+    "mlflow_model_path",
+    "compute_model_import",
+    "compute_preprocess",
+    "compute_finetune",
+    "compute_model_evaluation",
+    "train_file_path",
+    "validation_file_path",
+    "test_file_path",
+    "number_of_gpu_to_use_finetuning",
+}
+REQUIRED = ["mlflow_model_path", "train_file_path", "number_of_gpu_to_use_finetuning"]
+COMPUTES = ["compute_model_import", "compute_preprocess", "compute_finetune", "compute_model_evaluation"]
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def inputs(ctx: Context, state: dict[str, Any]) -> dict[str, Path]:
+    return _inputs(ctx, state)
+
+
+@contextlib.contextmanager
+def _sdk_stderr(ctx: Context) -> Iterator[None]:
+    """azure-ai-ml writes colour codes to stderr while it uploads local files; keep only real text."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        yield
+    for line in buffer.getvalue().splitlines():
+        text = _ANSI.sub("", line).strip()
+        if text:
+            ctx.ui.info(f"  {text}")
+
+
+def _component(ctx: Context) -> Any:
+    az = ctx.cfg.azureml
+    registry = ctx.azure.registry
+    which = f"version {az.component_version}" if az.component_version else f"label {az.component_label}"
+    with calling(
+        f"getting component {az.component_name} ({which}) from registry {az.registry_name!r}",
+        not_found=f"no component {az.component_name} ({which}) in registry {az.registry_name!r}",
+    ):
+        if az.component_version:
+            return registry.components.get(az.component_name, version=az.component_version)
+        return registry.components.get(az.component_name, label=az.component_label)
+
+
+def _declared(component: Any) -> dict[str, Declared]:
+    declared = {}
+    for name, spec in (component.inputs or {}).items():
+        enum = getattr(spec, "enum", None)
+        declared[name] = Declared(
+            type=str(getattr(spec, "type", "string")),
+            enum=[str(e) for e in enum] if enum else None,
+            default=getattr(spec, "default", None),
+        )
+    return declared
+
+
+def _data_path(ctx: Context, split: str, setting: str, required: bool) -> str | None:
+    files = ctx.outputs("prepare-data").get("files") or {}
+    if split in files:
+        return str(files[split]["path"])
+    if required:
+        raise UsageError(
+            f"the prepared data has no {split!r} split ({setting}); it has: {', '.join(files) or 'nothing'}",
+            hint=f"set {setting}, then run `ftctl prepare-data`",
+        )
+    ctx.ui.warn(f"no {split!r} split ({setting}); the service will split the training data itself")
+    return None
+
+
+def build(ctx: Context, job_name: str | None) -> tuple[Any, dict[str, Any]]:
+    """The pipeline job (an SDK entity) and what ftctl records about it."""
+    from azure.ai.ml import Input
+    from azure.ai.ml.dsl import pipeline
+
+    cfg = ctx.cfg
+    model = ctx.outputs("pick-model")
+    compute = ctx.outputs("check-compute")
+    component = _component(ctx)
+    declared = _declared(component)
+    missing = [name for name in [*REQUIRED, *COMPUTES] if name not in declared]
+    if missing:
+        raise UsageError(
+            f"component {component.name} {component.version} does not declare {', '.join(missing)}",
+            hint="pin azureml.component_version to a chat_completion_pipeline version that does",
+        )
+    explicit = {key.split(".", 1)[1] for key in ctx.config.explicit if key.startswith("finetune.")}
+    chosen = finetune_inputs(
+        config_values=cfg.finetune.model_dump(),
+        config_set=set(cfg.finetune.model_fields_set),
+        explicit=explicit,
+        model_defaults=model.get("model_specific_defaults") or {},
+        use_model_defaults=cfg.finetune.use_model_defaults,
+        declared=declared,
+        reserved=RESERVED,
+    )
+    prefix = "model default "
+    applied = [note.removeprefix(prefix) for note in chosen.notes if note.startswith(prefix)]
+    if applied:
+        ctx.ui.info(f"  the model's defaults over the config: {', '.join(applied)}")
+    for note in chosen.notes:
+        if not note.startswith(prefix):
+            ctx.ui.info(f"  {note}")
+    if chosen.dropped:
+        ctx.ui.warn(f"not sent to {component.name} {component.version}: {'; '.join(chosen.dropped)}")
+    gpus = int(compute.get("gpus_per_node") or 1)
+    name = display_name(model["name"], display_params(chosen.inputs, declared), gpus)
+    experiment = cfg.azureml.experiment_name or f"chat_completion_{model['name'].split('/')[-1]}"
+    train = _data_path(ctx, cfg.data.train_split, "data.train_split", required=True)
+    test = _data_path(ctx, cfg.data.test_split, "data.test_split", required=False)
+    cluster = compute["name"]
+    data: dict[str, Any] = {"train_file_path": Input(type="uri_file", path=train)}
+    if test:
+        data["test_file_path"] = Input(type="uri_file", path=test)
+
+    @pipeline
+    def create_pipeline() -> dict[str, Any]:
+        chat_completion_pipeline = component(
+            mlflow_model_path=model["id"],
+            compute_model_import=cluster,
+            compute_preprocess=cluster,
+            compute_finetune=cluster,
+            compute_model_evaluation=cluster,
+            number_of_gpu_to_use_finetuning=gpus,
+            **data,
+            **chosen.inputs,
+        )
+        return {"trained_model": chat_completion_pipeline.outputs.mlflow_model_folder}
+
+    with calling(f"building the {component.name} pipeline"):
+        job = create_pipeline()
+    job.display_name = name
+    job.experiment_name = experiment
+    settings = job.settings
+    assert settings is not None  # a @pipeline job always has its settings object
+    settings.force_rerun = cfg.azureml.force_rerun
+    settings.continue_on_step_failure = cfg.azureml.continue_on_step_failure
+    if job_name:
+        job.name = job_name
+    info = {
+        "job_name": job_name,
+        "job_id": job_name,
+        "display_name": name,
+        "experiment_name": experiment,
+        "component_id": component.id,
+        "compute": cluster,
+        "gpus_per_node": gpus,
+        "params": chosen.inputs,
+        "dropped": chosen.dropped,
+        "train_file": train,
+        "test_file": test,
+    }
+    return job, info
+
+
+def _new_job_name() -> str:
+    return f"ftctl-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+def _get_job(ctx: Context, name: str) -> Any:
+    from azure.core.exceptions import ResourceNotFoundError
+
+    with calling(f"reading job {name}"):
+        try:
+            return ctx.azure.workspace.jobs.get(name)
+        except ResourceNotFoundError:
+            return None
+
+
+def _submit(ctx: Context, job_name: str) -> tuple[Any, dict[str, Any]]:
+    job, info = build(ctx, job_name)
+    ctx.save_progress({**info, "submitted": False})
+    ctx.ui.info(f"  submitting {job_name} ({info['display_name']}) to experiment {info['experiment_name']}")
+    with calling(f"submitting pipeline job {job_name}"), _sdk_stderr(ctx):
+        created = ctx.azure.workspace.jobs.create_or_update(job, experiment_name=info["experiment_name"])
+    info.update(submitted=True, studio_url=created.studio_url)
+    ctx.save_progress(info)
+    ctx.ui.info(f"  job {job_name} submitted: {created.studio_url}")
+    return created, info
+
+
+def _follow(ctx: Context, name: str) -> Any:
+    start = time.monotonic()
+    last = None
+    while True:
+        job = _get_job(ctx, name)
+        if job is None:
+            raise StageFailed(f"job {name} disappeared from the workspace")
+        status = status_text(job.status)
+        if status != last:
+            ctx.ui.info(f"  [{elapsed(start)}] job {name}: {status}")
+            last = status
+        if status in TERMINAL:
+            return job
+        time.sleep(ctx.cfg.poll_interval_s)
+
+
+def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    if ctx.dry_run:
+        job, info = build(ctx, None)
+        text = show_dry_run(ctx, "pipeline job that submit would create", job)
+        return {
+            "dry_run": True,
+            **{k: v for k, v in info.items() if k != "job_name"},
+            "yaml_chars": len(text),
+        }
+    recorded = dict(rec.get("outputs") or {})
+    name = recorded.get("job_name")
+    job = _get_job(ctx, name) if name else None
+    if job is not None:
+        ctx.ui.info(f"  re-attaching to job {name}")
+        info = recorded
+    elif name:
+        ctx.ui.info(f"  job {name} was recorded but never reached Azure ML; submitting it now")
+        job, info = _submit(ctx, name)
+    else:
+        job, info = _submit(ctx, _new_job_name())
+        name = info["job_name"]
+    assert name is not None
+    studio = job.studio_url or info.get("studio_url")
+    if not ctx.wait:
+        raise Detached(f"job {name} is running on Azure ML ({studio}); follow it with `ftctl submit`")
+    final = _follow(ctx, name)
+    status = status_text(final.status)
+    if status != "Completed":
+        raise StageFailed(
+            f"job {name} ended {status}",
+            hint=f"its logs are in Azure ML studio: {studio}",
+        )
+    ctx.ui.info(f"  job {name} completed; model output azureml://jobs/{name}/outputs/trained_model")
+    return {
+        **{k: v for k, v in info.items() if k != "submitted"},
+        "job_name": name,
+        "job_id": name,
+        "status": status,
+        "studio_url": studio,
+        "trained_model": f"azureml://jobs/{name}/outputs/trained_model",
+    }
+
+
+def summary(outputs: dict[str, Any]) -> str:
+    if outputs.get("dry_run"):
+        return "dry run"
+    return f"{outputs.get('job_name')} {outputs.get('status', 'submitted')}"

@@ -1,0 +1,340 @@
+"""OpenAI-compatible chat completions on the local endpoint, so existing OpenAI clients can talk to a
+fine-tuned model::
+
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:PORT/v1", api_key="<the endpoint key>")
+    client.chat.completions.create(model="any", messages=[{"role": "user", "content": "Hi"}])
+
+Routes (the same `Authorization: Bearer <key>` as /score):
+  POST /v1/chat/completions  {"model", "messages", "temperature", "top_p", "max_tokens" (or
+                             "max_completion_tokens"), "seed", "n": 1, "stream", "stream_options"}.
+                             Omitted settings take the endpoint's defaults (as /score does); temperature
+                             0 is greedy. Fields the endpoint cannot honour with a non-default value
+                             (n > 1, stop, tools, logprobs, penalties) are answered with 400 rather than
+                             ignored; other fields are ignored. "model" may be any id: the endpoint
+                             serves one model and reports its own id.
+                             stream=true answers with server-sent events: `chat.completion.chunk`
+                             objects (role, then content deltas as tokens are generated, then the
+                             finish_reason; a usage chunk with stream_options.include_usage), then
+                             `data: [DONE]`.
+  GET  /v1/models            the one model served.
+Errors have OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+
+Deliberately no `from __future__ import annotations`: FastAPI reads the handlers' annotations.
+"""
+
+import asyncio
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ftctl.backends.local.server import (
+    MAX_BODY_BYTES,
+    BadRequest,
+    GenerationTimeout,
+    Generator,
+    log,
+    normalize_parameters,
+    read_body,
+)
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# Fields that change what a client gets back: refused unless they hold their no-op value.
+_UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
+    "n": lambda v: v in (None, 1),
+    "stop": lambda v: v in (None, [], ""),
+    "tools": lambda v: not v,
+    "functions": lambda v: not v,
+    "logprobs": lambda v: not v,
+    "top_logprobs": lambda v: not v,
+    "presence_penalty": lambda v: v in (None, 0, 0.0),
+    "frequency_penalty": lambda v: v in (None, 0, 0.0),
+    "logit_bias": lambda v: not v,
+    "audio": lambda v: not v,
+}
+
+
+def _content(value: Any, index: int) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, list):  # content parts: only text ones are supported
+        texts = []
+        for part in value:
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            else:
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise BadRequest(f"messages[{index}].content: only text parts are supported (got {kind})")
+        return "".join(texts)
+    raise BadRequest(f"messages[{index}].content must be a string or a list of text parts")
+
+
+def parse_chat_request(body: Any) -> dict[str, Any]:
+    """The conversation, generation settings and streaming options of a chat.completions request.
+
+    Returns {"messages", "settings", "stream", "include_usage"}; raises BadRequest naming the problem.
+    """
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest('"messages" must be a non-empty list of {"role", "content"} objects')
+    conversation = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages[{index}] must be an object")
+        role = message.get("role")
+        if role not in ROLES:
+            raise BadRequest(
+                f"messages[{index}].role {json.dumps(role)} is not supported (supported: {', '.join(ROLES)})"
+            )
+        conversation.append({"role": ROLES[role], "content": _content(message.get("content"), index)})
+    for name, fine in _UNSUPPORTED.items():
+        if name in body and not fine(body[name]):
+            raise BadRequest(f"{name} is not supported by this endpoint (got {json.dumps(body[name])})")
+    parameters: dict[str, Any] = {}
+    for name in ("temperature", "top_p", "seed"):
+        if body.get(name) is not None:
+            parameters[name] = body[name]
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if limit is not None:
+        parameters["max_new_tokens"] = limit
+    if "temperature" in parameters:
+        parameters["do_sample"] = parameters["temperature"] != 0
+    try:
+        settings = normalize_parameters(parameters)
+    except BadRequest as exc:  # name OpenAI's field, not the /score one
+        raise BadRequest(str(exc).replace("max_new_tokens", "max_tokens")) from None
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest('"stream" must be true or false')
+    options = body.get("stream_options")
+    options = {} if options is None else options
+    if not isinstance(options, dict):
+        raise BadRequest('"stream_options" must be an object')
+    return {
+        "messages": conversation,
+        "settings": settings,
+        "stream": stream,
+        "include_usage": bool(options.get("include_usage")),
+    }
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": None, "code": code}}, status_code=status
+    )
+
+
+def _sse(data: Any) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class _Generation:
+    """One generation in a worker thread, its tokens streamed through a TextIteratorStreamer that also
+    counts them (usage) and remembers the last one (finish_reason)."""
+
+    def __init__(self, gen: Generator, messages: list[dict], settings: dict[str, Any], timeout_s: float):
+        from transformers import TextIteratorStreamer
+
+        outer = self
+
+        class _Streamer(TextIteratorStreamer):
+            def put(self, value: Any) -> None:
+                prompt = self.skip_prompt and self.next_tokens_are_prompt
+                super().put(value)
+                if not prompt:
+                    ids = value.reshape(-1).tolist()
+                    outer.completion_tokens += len(ids)
+                    if ids:
+                        outer.last_token = int(ids[-1])
+
+        self.gen = gen
+        self.messages = messages
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self.completion_tokens = 0
+        self.last_token: int | None = None
+        self.error: BaseException | None = None
+        self.text = ""
+        self.cancel = threading.Event()
+        self.done = threading.Event()
+        self.streamer = _Streamer(
+            gen.tokenizer, skip_prompt=True, timeout=timeout_s, skip_special_tokens=True
+        )
+        prompt = gen.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        self.prompt_tokens = len(gen.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if gen.max_positions and self.prompt_tokens >= gen.max_positions:
+            raise BadRequest(
+                f"the prompt is {self.prompt_tokens} tokens; this model takes at most "
+                f"{gen.max_positions - 1} before it generates"
+            )
+
+    def run(self) -> None:
+        """The worker: generate, record the text or the error, always end the stream."""
+        try:
+            deadline = time.monotonic() + self.timeout_s
+            self.text = self.gen.generate(
+                [self.messages], self.settings, deadline=deadline, cancel=self.cancel, streamer=self.streamer
+            )[0]
+        except BaseException as exc:  # handed to the request handler
+            self.error = exc
+            self.streamer.end()
+        finally:
+            self.done.set()
+
+    def start(self) -> None:
+        threading.Thread(target=self.run, name="ftctl-openai-generate", daemon=True).start()
+
+    @property
+    def finish_reason(self) -> str:
+        if self.last_token is not None and self.last_token in self.gen.eos_token_ids:
+            return "stop"
+        return "length" if self.completion_tokens >= self.settings["max_new_tokens"] else "stop"
+
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+def add_openai_routes(
+    app: Any,
+    gen: Generator,
+    *,
+    authorized: Callable[[str | None], bool],
+    request_timeout_s: float,
+    model_name: str,
+) -> None:
+    """Register /v1/chat/completions and /v1/models on the scoring app."""
+    from fastapi import Request
+    from fastapi.responses import StreamingResponse
+
+    created_at = int(time.time())
+    timeout_ms = round(request_timeout_s * 1000)
+
+    def refuse(request: Any) -> Any:
+        if not authorized(request.headers.get("authorization")):
+            return _error(
+                401,
+                "missing or invalid key: send the header `Authorization: Bearer <key>`",
+                "authentication_error",
+                "invalid_api_key",
+            )
+        if not gen.loaded:
+            if app.state.load_error:
+                return _error(503, f"the model failed to load: {app.state.load_error}", "server_error")
+            return _error(
+                503, "the model is still loading; retry when /health/ready answers 200", "server_error"
+            )
+        return None
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Any:
+        refused = refuse(request)
+        if refused is not None:
+            return refused
+        return {
+            "object": "list",
+            "data": [{"id": model_name, "object": "model", "created": created_at, "owned_by": "ftctl"}],
+        }
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        refused = refuse(request)
+        if refused is not None:
+            return refused
+        raw = await read_body(request)
+        if raw is None:
+            return _error(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+        try:
+            parsed = parse_chat_request(json.loads(raw))
+            generation = _Generation(gen, parsed["messages"], parsed["settings"], request_timeout_s)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return _error(400, f"the request body is not valid JSON: {exc}")
+        except RecursionError:
+            return _error(400, "the request body is not valid JSON: nested too deeply")
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        except Exception as exc:  # the chat template refused the conversation, ...
+            log.exception("cannot prepare the generation")
+            return _error(500, f"cannot prepare the generation: {type(exc).__name__}: {exc}", "server_error")
+        completion_id = f"chatcmpl-{secrets.token_hex(12)}"
+        created = int(time.time())
+
+        if not parsed["stream"]:
+            generation.start()
+            done = await asyncio.to_thread(generation.done.wait, request_timeout_s + 5)
+            if not done or isinstance(generation.error, GenerationTimeout):
+                generation.cancel.set()
+                return _error(504, f"request timed out after {timeout_ms} ms", "timeout")
+            if isinstance(generation.error, BadRequest):
+                return _error(400, str(generation.error))
+            if generation.error is not None:
+                log.error("generation failed: %r", generation.error)
+                return _error(500, f"generation failed: {type(generation.error).__name__}", "server_error")
+            return {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model_name,
+                "system_fingerprint": None,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": generation.text},
+                        "finish_reason": generation.finish_reason,
+                        "logprobs": None,
+                    }
+                ],
+                "usage": generation.usage(),
+            }
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            return {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model_name,
+                "system_fingerprint": None,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+            }
+
+        def events() -> Iterator[str]:  # a sync iterator: Starlette runs it in a worker thread
+            generation.start()
+            try:
+                yield _sse(chunk({"role": "assistant", "content": ""}))
+                try:
+                    for piece in generation.streamer:
+                        if piece:
+                            yield _sse(chunk({"content": piece}))
+                except Exception:  # queue.Empty: no token for request_timeout_s
+                    generation.cancel.set()
+                    generation.error = GenerationTimeout("no token within the request timeout")
+                generation.done.wait(request_timeout_s)
+                if generation.error is not None:
+                    if isinstance(generation.error, GenerationTimeout):
+                        message, kind = f"request timed out after {timeout_ms} ms", "timeout"
+                    else:
+                        message, kind = f"generation failed: {generation.error}", "server_error"
+                    yield _sse({"error": {"message": message, "type": kind, "param": None, "code": None}})
+                else:
+                    yield _sse(chunk({}, generation.finish_reason))
+                    if parsed["include_usage"]:
+                        yield _sse({**chunk({}), "choices": [], "usage": generation.usage()})
+                yield "data: [DONE]\n\n"
+            finally:
+                generation.cancel.set()  # the client went away, or we are done: stop generating
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )

@@ -1,0 +1,279 @@
+"""Talking to the deployed endpoint: its credentials, a user's own scoring request, a multi-turn chat.
+
+Everything goes through Azure ML's scoring contract (`POST <scoring_uri>`, `Authorization: Bearer
+<key>`), so it is the same for every backend that records a scoring URI and a key. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ftctl.errors import StageFailed, UsageError
+from ftctl.scoring import build_request, parse_response
+
+if TYPE_CHECKING:
+    from ftctl.context import Context
+
+
+@dataclass
+class Endpoint:
+    name: str
+    deployment: str
+    url: str
+    scoring_uri: str
+    key: str
+    key_file: str
+    model: str | None
+    openai_base_url: str | None
+
+    def credentials(self) -> dict[str, Any]:
+        """What `ftctl credentials` shows (the one place the key is shown)."""
+        data: dict[str, Any] = {
+            "endpoint_name": self.name,
+            "deployment_name": self.deployment,
+            "scoring_uri": self.scoring_uri,
+            "primary_key": self.key,
+        }
+        if self.openai_base_url:
+            data["openai_base_url"] = self.openai_base_url
+        if self.model:
+            data["model"] = self.model
+        return data
+
+
+def endpoint(ctx: Context, command: str) -> Endpoint:
+    """The endpoint `ftctl deploy` started, checked to be up; UsageError (exit 2) naming what to run."""
+    if ctx.backend == "azureml":
+        raise UsageError(
+            f"`ftctl {command}` on --backend azureml is not available yet",
+            hint="use the default local backend (--backend local)",
+        )
+    from ftctl import state as st
+    from ftctl.stages import deploy
+
+    state = ctx.state if ctx.state is not None else ctx.state_store.load()
+    rec = st.record(state, "deploy")
+    outputs = rec.get("outputs") or {}
+    if rec["status"] != st.SUCCEEDED or not outputs.get("scoring_uri"):
+        raise UsageError(
+            f"there is no endpoint: deploy is {rec['status']}",
+            hint="run `ftctl deploy` (or `ftctl run --to deploy`)",
+        )
+    if not deploy.alive(ctx, outputs):
+        raise UsageError(
+            f"the endpoint {outputs.get('endpoint_name')} is not running "
+            "(it was torn down or its process ended)",
+            hint="run `ftctl deploy`",
+        )
+    key_file = Path(outputs["key_file"])
+    try:
+        key = key_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise StageFailed(f"cannot read the endpoint key {key_file}: {exc.strerror}") from None
+    model = None
+    uri = str(outputs.get("model_uri") or "")
+    if uri.startswith("models:/") and uri.count("/") >= 2:
+        name, _, version = uri[len("models:/") :].rpartition("/")
+        model = f"{name}:{version}"
+    url = str(outputs.get("url") or outputs["scoring_uri"].rsplit("/", 1)[0])
+    return Endpoint(
+        name=str(outputs.get("endpoint_name")),
+        deployment=str(outputs.get("deployment_name") or "demo"),
+        url=url,
+        scoring_uri=str(outputs["scoring_uri"]),
+        key=key,
+        key_file=str(key_file),
+        model=model,
+        openai_base_url=f"{url}/v1",
+    )
+
+
+class EndpointError(StageFailed):
+    """The endpoint answered with an error status (exit 2 for a request it refused as bad, else 1)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"the endpoint answered HTTP {status}: {message}")
+        self.status = status
+        if status in (400, 413, 422):
+            self.exit_code = 2
+
+
+@dataclass
+class Reply:
+    status: int
+    raw: str
+    latency_ms: float
+
+    @property
+    def text(self) -> str:
+        return parse_response(self.raw)
+
+
+def post(ep: Endpoint, body: bytes, timeout_s: float) -> Reply:
+    """POST a scoring request; proxies are bypassed (the endpoint is local)."""
+    request = urllib.request.Request(
+        ep.scoring_uri,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {ep.key}",
+            "azureml-model-deployment": ep.deployment,
+        },
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    started = time.perf_counter()
+    try:
+        with opener.open(request, timeout=timeout_s) as response:
+            raw = response.read().decode("utf-8", "replace")
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode("utf-8", "replace")
+        try:
+            message = json.loads(text).get("error") or text
+        except (ValueError, AttributeError):
+            message = text
+        raise EndpointError(exc.code, str(message)[:300]) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise StageFailed(
+            f"the endpoint at {ep.scoring_uri} is unreachable ({reason})", hint="run `ftctl deploy`"
+        ) from None
+    return Reply(status, raw, round((time.perf_counter() - started) * 1000, 1))
+
+
+def generation_parameters(ctx: Context, **overrides: Any) -> dict[str, Any]:
+    """The score section's generation settings, with the given (non-None) overrides."""
+    cfg = ctx.cfg.score
+    parameters: dict[str, Any] = {
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "do_sample": cfg.do_sample,
+        "max_new_tokens": cfg.max_new_tokens,
+    }
+    parameters.update({k: v for k, v in overrides.items() if v is not None})
+    if parameters.get("temperature") == 0:
+        parameters["do_sample"] = False
+    return parameters
+
+
+def read_request(path: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """A scoring request from a file (`-` for stdin): Azure's {"input_data": ...} body as it is, or
+    a bare conversation (a list of {role, content}, or {"messages": [...]}) wrapped with `parameters`."""
+    where = "stdin" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--file {where}: cannot read it ({exc.strerror})") from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--file {where}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
+    if isinstance(body, dict) and "input_data" in body:
+        return body
+    messages = body.get("messages") if isinstance(body, dict) else body
+    if isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages):
+        return build_request(messages, parameters)
+    raise UsageError(
+        f'--file {where}: expected a scoring request ({{"input_data": {{"input_string": [[...]], '
+        f'"parameters": {{...}}}}}}) or a conversation ([{{"role": "user", "content": "..."}}])'
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Chat
+
+
+HELP = "/reset starts a new conversation, /exit (or Ctrl-D) ends the chat, /help shows this"
+
+
+@dataclass
+class ChatSession:
+    ep: Endpoint
+    parameters: dict[str, Any]
+    timeout_s: float
+    system: str | None = None
+    history: list[dict[str, str]] = field(default_factory=list)
+    turns: int = 0
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.history = [{"role": "system", "content": self.system}] if self.system else []
+
+    def ask(self, text: str) -> tuple[str, float]:
+        """Send the conversation with `text` as the next user turn; keep both turns if it succeeds."""
+        conversation = [*self.history, {"role": "user", "content": text}]
+        body = json.dumps(build_request(conversation, self.parameters)).encode("utf-8")
+        reply = post(self.ep, body, self.timeout_s)
+        answer = reply.text
+        self.history = [*conversation, {"role": "assistant", "content": answer}]
+        self.turns += 1
+        return answer, reply.latency_ms
+
+
+def input_lines(stdin: TextIO, prompt: str | None = None) -> Iterator[str]:
+    """Lines from stdin, one at a time, so a pipe from another process works. With a `prompt` (stdin is
+    a terminal) they are read with input(), which gives line editing and history once readline is
+    imported."""
+    while True:
+        if prompt is not None:
+            try:
+                yield input(prompt)
+            except EOFError:
+                return
+            continue
+        line = stdin.readline()
+        if not line:
+            return
+        yield line.rstrip("\r\n")
+
+
+def run_chat(
+    session: ChatSession,
+    lines: Iterable[str],
+    *,
+    say: Callable[[str], None],
+    answer: Callable[[int, str, str, float], None],
+    interactive: bool,
+    waiting: Callable[[], Any],
+) -> int:
+    """The chat loop: returns the number of turns answered. `say` prints a status line (stderr),
+    `answer(turn, user, reply, latency_ms)` prints a reply, `waiting()` is a context manager shown
+    while the endpoint answers. An endpoint error ends a piped chat (exit 1); at a terminal it is
+    reported and the chat goes on without that turn."""
+    for raw in lines:
+        text = raw.strip()
+        if not text:
+            continue
+        if text.startswith("/"):
+            command = text.split()[0].lower()
+            if command in ("/exit", "/quit"):
+                break
+            if command == "/reset":
+                session.reset()
+                say("(new conversation)")
+            elif command == "/help":
+                say(HELP)
+            else:
+                say(f"unknown command {command}: {HELP}")
+            continue
+        try:
+            with waiting():
+                reply, latency_ms = session.ask(raw)
+        except StageFailed as exc:
+            if not interactive:
+                raise
+            say(f"error: {exc.message}")
+            continue
+        answer(session.turns, raw, reply, latency_ms)
+    return session.turns

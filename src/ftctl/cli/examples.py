@@ -1,0 +1,104 @@
+"""Examples for every command, shown at the end of `ftctl <command> --help` (the Typer epilog) and in
+docs/cli.md. Kept in one place so a test can check that every command has them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# command -> [(example, what it does)]. The help is rendered with Rich markup: no `[word]` in here.
+EXAMPLES: dict[str, list[tuple[str, str]]] = {
+    "auth": [
+        ("ftctl auth", "create ./.ftctl with its MLflow tracking and model registry"),
+        ("ftctl --workspace ~/runs/demo auth", "use another workspace (or set FTCTL_WORKSPACE)"),
+    ],
+    "pick-model": [
+        ("ftctl pick-model", "the built-in tiny Phi-3 chat model"),
+        ("ftctl pick-model --model ./my-phi3", "a local Hugging Face folder"),
+        ("ftctl pick-model --model microsoft/Phi-3-mini-4k-instruct", "a hub id (needs the network)"),
+    ],
+    "check-compute": [
+        ("ftctl check-compute", "detect GPUs or CPU cores and RAM; pick device and precision"),
+        ("ftctl --set compute.device=cpu check-compute", "force the CPU"),
+    ],
+    "prepare-data": [
+        ("ftctl prepare-data", "the ultrachat-format sample shipped with ftctl"),
+        (
+            "ftctl prepare-data --dataset HuggingFaceH4/ultrachat_200k --split-pc 5",
+            "5% of every split of the hub dataset",
+        ),
+        ("ftctl prepare-data --dataset ./my-jsonl-folder", "a folder of <split>.jsonl files"),
+    ],
+    "submit": [
+        ("ftctl submit", "fine-tune with a live progress bar (loss, tokens/s, ETA)"),
+        ("ftctl submit --no-wait", "start the job and return; `ftctl submit` re-attaches later"),
+        ("ftctl --set finetune.learning_rate=1e-4 submit", "change a training parameter for this run"),
+        ("ftctl submit 2> train.log", "plain progress lines, no control codes, when not a terminal"),
+    ],
+    "register": [
+        ("ftctl register", "register the job's model as a new version in the MLflow registry"),
+    ],
+    "deploy": [
+        ("ftctl deploy", "serve the registered model on 127.0.0.1 (key auth)"),
+        ("ftctl --set deploy.port=5001 deploy", "on a fixed port"),
+    ],
+    "score": [
+        ("ftctl score", "score a seeded random test_gen conversation"),
+        ("ftctl score --file request.json", "send your own request (Azure ML's scoring body)"),
+        ('echo \'[{"role": "user", "content": "Hi"}]\' | ftctl score --file -', "a conversation"),
+        ("ftctl --json score", "the response as JSON on stdout"),
+    ],
+    "teardown": [
+        ("ftctl teardown", "stop the endpoint and check its port is closed"),
+    ],
+    "run": [
+        ("ftctl run", "all nine stages, skipping those that are up to date"),
+        ("ftctl run --to register", "train and register, no endpoint"),
+        ("ftctl run --from deploy", "deploy, score and tear down again"),
+        ("ftctl run --force", "re-run everything"),
+    ],
+    "status": [
+        ("ftctl status", "a table: stage, status, when, key outputs, why stale"),
+        ("ftctl status --json", "the same as JSON"),
+    ],
+    "reset": [
+        ("ftctl reset submit", "forget submit and everything after it"),
+        ("ftctl reset --all", "forget every stage (files stay)"),
+        ("ftctl reset --restore-backup", "put back the previous state file"),
+    ],
+    "metrics": [
+        ("ftctl metrics", "the step-wise table: train/eval loss, perplexity, learning rate, tokens/s"),
+        ("ftctl metrics --plot loss.png", "also a loss-curve figure"),
+        ("ftctl metrics --json", "everything as JSON"),
+        ("ftctl metrics --run job-20261122-031502-9a1c", "an earlier job (or an MLflow run id)"),
+    ],
+    "credentials": [
+        ("ftctl credentials", "scoring URI, key and OpenAI-compatible base URL"),
+        ("ftctl credentials --json", "the same as JSON: scoring_uri, primary_key, openai_base_url"),
+    ],
+    "chat": [
+        ("ftctl chat", "talk to the deployed model; /reset starts over, /exit ends"),
+        ("ftctl chat --system 'Answer briefly.' --temperature 0", "a system message, greedy replies"),
+        ("printf 'Hi\\nWhat is 2+2?\\n' | ftctl chat", "a scripted conversation from a pipe"),
+        ("ftctl chat --json < questions.txt", "one JSON line per turn"),
+    ],
+}
+
+
+def epilog(name: str) -> str:
+    """The epilog text for a command: `Examples:`, then each example under a comment saying what it does."""
+    lines = []
+    for example, what in EXAMPLES[name]:
+        lines += [f"  # {what}", f"  {example}"]
+    return "Examples:\n" + "\n".join(lines)
+
+
+def command_name(info: Any) -> str:
+    return str(info.name or info.callback.__name__.replace("_", "-"))
+
+
+def add_examples(app: Any) -> None:
+    """Set the epilog of every registered command that has examples."""
+    for info in app.registered_commands:
+        name = command_name(info)
+        if name in EXAMPLES and not info.epilog:
+            info.epilog = epilog(name)
