@@ -76,7 +76,7 @@ LrScheduler = Literal[
 
 
 class FinetuneSection(Section):
-    num_train_epochs: int = Field(1, ge=1)
+    num_train_epochs: int = Field(2, ge=1)
     max_steps: int = Field(-1, ge=-1)
     per_device_train_batch_size: int = Field(8, ge=1)
     per_device_eval_batch_size: int = Field(8, ge=1)
@@ -100,7 +100,7 @@ class FinetuneSection(Section):
     deepspeed_stage: Literal[2, 3] = 2
     num_nodes: int = Field(1, ge=1)
     save_total_limit: int = -1
-    logging_steps: int = Field(10, ge=1)
+    logging_steps: int = Field(5, ge=1)
     max_eval_samples: int | None = Field(64, ge=1)
     use_model_defaults: bool = Field(
         True, description="apply the model's model_specific_defaults over this section, as the notebook does"

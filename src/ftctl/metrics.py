@@ -252,6 +252,15 @@ def render_table(metrics: RunMetrics) -> str:
     return "\n".join(lines)
 
 
+def _smooth(values: tuple[float, ...], weight: float = 0.6) -> list[float]:
+    """Exponential moving average, debiased so the first points are not pulled toward zero."""
+    out, average = [], 0.0
+    for i, value in enumerate(values, 1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**i))
+    return out
+
+
 def figure(metrics: RunMetrics) -> Any:
     """The loss-curve figure: train loss and eval loss against the step (each on its own axis, sharing
     the steps, since a small model's eval loss can sit far above its train loss), titled with the run's
@@ -270,7 +279,15 @@ def figure(metrics: RunMetrics) -> Any:
     ):
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, color=color, marker=marker, markersize=4, linewidth=1.8, label=label)
+            if ax is top and len(ys) >= 4:
+                # Each logged train loss is a few batches of different conversations: noisy. Draw the
+                # points faintly and their exponential moving average (as TensorBoard does) on top.
+                ax.plot(
+                    xs, ys, color=color, marker=marker, markersize=3, linewidth=0.8, alpha=0.35, label=label
+                )
+                ax.plot(xs, _smooth(ys), color=color, linewidth=2.2, label=f"{label} (smoothed)")
+            else:
+                ax.plot(xs, ys, color=color, marker=marker, markersize=4, linewidth=1.8, label=label)
             ax.annotate(
                 f"{ys[-1]:.4f}",
                 (xs[-1], ys[-1]),

@@ -47,7 +47,7 @@ def test_table_and_plot(trained, tmp_path: Path) -> None:
     assert f"wrote {png}" in result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("run tiny-phi3-chat-ultrachat-bs8-cosine") and lines[0].endswith("(FINISHED)")
-    assert "lr 0.002 (cosine) · batch 8 · 1 epoch · max_steps 8 · LoRA r=8 alpha=16 · seq 256" in lines[2]
+    assert "lr 0.002 (cosine) · batch 8 · 2 epochs · max_steps 8 · LoRA r=8 alpha=16 · seq 256" in lines[2]
     header = next(line for line in lines if line.startswith("STEP"))
     assert header.split() == ["STEP", "EPOCH", "TRAIN", "LOSS", "EVAL", "LOSS", "PERPLEXITY", "LR", "TOK/S"]
     assert any(line.startswith("0 ") and line.split()[1:3] == ["-", "-"] for line in lines)  # eval only
@@ -63,10 +63,15 @@ def test_plot_shows_both_curves(trained) -> None:
     found = m.RunMetrics(**{k: v for k, v in trained.json("metrics").items() if k != "plot"})
     fig = m.figure(found)
     top, bottom = fig.axes
-    (train_line,) = top.get_lines()
+    train_line, smoothed = top.get_lines()
     (eval_line,) = bottom.get_lines()
     assert train_line.get_label() == "train loss"
     assert list(train_line.get_xdata()) == [1, 2, 4, 6, 8]
+    # The noisy per-log train loss gets a moving average on top: it starts at the first point and
+    # stays within the range of the points.
+    assert smoothed.get_label() == "train loss (smoothed)"
+    raw, smooth = list(train_line.get_ydata()), list(smoothed.get_ydata())
+    assert smooth[0] == pytest.approx(raw[0]) and min(raw) <= min(smooth) <= max(smooth) <= max(raw)
     assert eval_line.get_label() == "eval loss" and list(eval_line.get_xdata()) == [0, 2, 4, 6, 8]
     assert bottom.get_xlabel() == "training step"
     assert "train loss" in top.get_ylabel() and "eval loss" in bottom.get_ylabel()
