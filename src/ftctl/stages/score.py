@@ -6,6 +6,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +49,31 @@ def invoke(url: str, key: str, body: bytes, deployment: str, timeout_s: float) -
         ) from None
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
-    ws = ctx.require_local("score")
+@dataclass
+class Sample:
+    """The notebook's sample_score.json, written to the workspace."""
+
+    request_file: Path
+    split: str
+    line: int
+
+    def report(self, raw: str, latency_ms: float, **extra: Any) -> dict[str, Any]:
+        """Print the raw body and the parsed answer (any response shape); the stage's outputs."""
+        text = parse_response(raw)
+        return {
+            **extra,
+            "request_file": str(self.request_file),
+            "split": self.split,
+            "line": self.line,
+            "latency_ms": latency_ms,
+            "output": text[:500],
+            "output_chars": len(text),
+        }
+
+
+def write_sample(ctx: Context) -> Sample:
+    """A seeded random conversation of data.score_split, up to its last user turn, with the scoring
+    parameters, as the request file both backends send."""
     cfg = ctx.cfg.score
     split = ctx.cfg.data.score_split
     files = ctx.outputs("prepare-data").get("files") or {}
@@ -62,35 +86,37 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
         "do_sample": cfg.do_sample,
         "max_new_tokens": cfg.max_new_tokens,
     }
-    request = build_request(messages, parameters)
-    request_file = ws.root / "score" / "sample_score.json"
+    request_file = ctx.workspace / "score" / "sample_score.json"
     request_file.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(request_file, json.dumps(request, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(build_request(messages, parameters), indent=2, ensure_ascii=False) + "\n"
+    atomic_write_text(request_file, text)
+    ctx.ui.info(f"  {split}.jsonl line {line}: {messages[-1]['content'][:100]!r}")
+    return Sample(request_file, split, line)
+
+
+def show(ctx: Context, raw: str) -> None:
+    """Print the raw response and the answer parsed from it."""
+    ctx.ui.result(f"raw response: {raw}")
+    ctx.ui.result(f"output: {parse_response(raw)}")
+
+
+def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+    ctx.require_local("score")
+    sample = write_sample(ctx)
     endpoint = ctx.outputs("deploy")
     key = Path(endpoint["key_file"]).read_text(encoding="utf-8").strip()
-    ctx.ui.info(f"  {split}.jsonl line {line}: {messages[-1]['content'][:100]!r}")
     started = time.perf_counter()
     status, raw = invoke(
         endpoint["scoring_uri"],
         key,
-        request_file.read_bytes(),
+        sample.request_file.read_bytes(),
         endpoint.get("deployment_name", "demo"),
-        cfg.timeout_s,
+        ctx.cfg.score.timeout_s,
     )
     latency_ms = round((time.perf_counter() - started) * 1000, 1)
-    text = parse_response(raw)
-    ctx.ui.result(f"raw response: {raw}")
-    ctx.ui.result(f"output: {text}")
-    return {
-        "endpoint_name": endpoint.get("endpoint_name"),
-        "request_file": str(request_file),
-        "split": split,
-        "line": line,
-        "http_status": status,
-        "latency_ms": latency_ms,
-        "output": text[:500],
-        "output_chars": len(text),
-    }
+    outputs = sample.report(raw, latency_ms, endpoint_name=endpoint.get("endpoint_name"), http_status=status)
+    show(ctx, raw)
+    return outputs
 
 
 def summary(outputs: dict[str, Any]) -> str:
