@@ -129,9 +129,7 @@ def main(requests: int, repetitions: int) -> dict:
          "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         # mlflow runs `uvicorn` from PATH: put this environment's scripts first.
-        # OMP_WAIT_POLICY=PASSIVE: the same OpenMP setting ftctl's server process starts with.
-        env={**os.environ, "MLFLOW_TRACKING_URI": "", "OMP_WAIT_POLICY": "PASSIVE",
-             "PATH": f"{mlflow_exe.parent}{os.pathsep}{os.environ['PATH']}"},
+        env={**os.environ, "MLFLOW_TRACKING_URI": "", "PATH": f"{mlflow_exe.parent}{os.pathsep}{os.environ['PATH']}"},
     )  # fmt: skip
     try:
         _wait(f"http://127.0.0.1:{port}/ping")

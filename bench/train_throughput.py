@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -87,7 +86,6 @@ def main(steps: int, repetitions: int) -> dict:
             [sys.executable, "-c", TRL_SCRIPT, model_dir, train_file, str(scratch / "trl"), str(steps), "8", "256",
              "0.002"],
             capture_output=True, text=True, check=True,
-            env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},  # as ftctl's job process starts
         )  # fmt: skip
         result = json.loads(out.stdout.strip().splitlines()[-1])
         rates["TRL SFTTrainer"].append(result["tokens"] / result["runtime"])
