@@ -76,7 +76,7 @@ LrScheduler = Literal[
 
 
 class FinetuneSection(Section):
-    num_train_epochs: int = Field(2, ge=1)
+    num_train_epochs: int = Field(4, ge=1)
     max_steps: int = Field(-1, ge=-1)
     per_device_train_batch_size: int = Field(8, ge=1)
     per_device_eval_batch_size: int = Field(8, ge=1)
@@ -92,6 +92,7 @@ class FinetuneSection(Section):
     lora_target_modules: list[str] | None = None
     merge_lora_weights: bool = True
     max_seq_length: int = Field(256, ge=16)
+    packing: bool = Field(True, description="pack short conversations into rows of max_seq_length (local)")
     precision: Literal["auto", "32", "16", "bf16"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, else 16 on GPU, 32 on CPU"
     )

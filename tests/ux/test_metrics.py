@@ -47,7 +47,7 @@ def test_table_and_plot(trained, tmp_path: Path) -> None:
     assert f"wrote {png}" in result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("run tiny-phi3-chat-ultrachat-bs8-cosine") and lines[0].endswith("(FINISHED)")
-    assert "lr 0.002 (cosine) · batch 8 · 2 epochs · max_steps 8 · LoRA r=8 alpha=16 · seq 256" in lines[2]
+    assert "lr 0.002 (cosine) · batch 8 · 4 epochs · max_steps 8 · LoRA r=8 alpha=16 · seq 256" in lines[2]
     header = next(line for line in lines if line.startswith("STEP"))
     assert header.split() == ["STEP", "EPOCH", "TRAIN", "LOSS", "EVAL", "LOSS", "PERPLEXITY", "LR", "TOK/S"]
     assert any(line.startswith("0 ") and line.split()[1:3] == ["-", "-"] for line in lines)  # eval only

@@ -62,6 +62,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "max_steps": -1,
     "max_eval_samples": -1,
     "merge_lora_weights": True,
+    "packing": True,
     "logging_steps": 10,
 }
 
@@ -215,6 +216,64 @@ class PadCollator:
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "attention_mask": torch.tensor(mask, dtype=torch.long),
+        }
+
+
+def pack_examples(examples: list[dict], max_len: int, seed: int) -> list[dict]:
+    """Concatenate tokenized conversations into rows of at most `max_len` tokens.
+
+    Each conversation keeps its own position ids (0, 1, 2, ... restarting at every conversation);
+    with no attention mask, transformers builds a block-diagonal causal mask from those, so no token
+    attends to another conversation. A conversation's first token is never a label (it is template),
+    so no loss crosses a boundary either. Rows are filled in a seeded random order (next fit).
+    """
+    import random
+
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    rows: list[dict] = []
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for index in order:
+        example = examples[index]
+        n = len(example["input_ids"])
+        if ids and len(ids) + n > max_len:
+            rows.append({"input_ids": ids, "labels": labels, "position_ids": positions})
+            ids, labels, positions = [], [], []
+        ids = ids + list(example["input_ids"])
+        labels = labels + [IGNORE_INDEX] + list(example["labels"])[1:]
+        positions = positions + list(range(n))
+    if ids:
+        rows.append({"input_ids": ids, "labels": labels, "position_ids": positions})
+    return rows
+
+
+class PackedCollator:
+    """Pad packed rows to the longest: the padding is a segment of its own (positions from 0), with
+    no labels; no attention_mask and no cache, so the model separates the conversations by their
+    position ids."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        longest = max(len(x["input_ids"]) for x in batch)
+        ids, labels, positions = [], [], []
+        for x in batch:
+            pad = longest - len(x["input_ids"])
+            ids.append(list(x["input_ids"]) + [self.pad_id] * pad)
+            labels.append(list(x["labels"]) + [IGNORE_INDEX] * pad)
+            positions.append(list(x["position_ids"]) + list(range(pad)))
+        return {
+            "input_ids": torch.tensor(ids, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+            "position_ids": torch.tensor(positions, dtype=torch.long),
+            # transformers only derives the per-conversation mask from position ids when no KV cache
+            # is built; with one, every token would attend to the conversations before it in the row.
+            "use_cache": False,
         }
 
 
@@ -483,7 +542,8 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
     if _world_size() > 1 and not use_deepspeed:
         args_kwargs["ddp_find_unused_parameters"] = False  # every trainable weight is used each step
     if eval_examples:  # an eval curve: before training, about every quarter of it, and at the end
-        quarter = math.ceil(_planned_steps(SimpleNamespace(**args_kwargs), len(train_examples)) / 4)
+        rows = len(_train_rows(p, train_examples))
+        quarter = math.ceil(_planned_steps(SimpleNamespace(**args_kwargs), rows) / 4)
         args_kwargs.update(eval_strategy="steps", eval_steps=max(1, quarter), eval_on_start=True)
     args = TrainingArguments(**args_kwargs)
 
@@ -535,6 +595,24 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
     return result
 
 
+def _train_rows(p: dict[str, Any], train_examples: list[dict]) -> list[dict]:
+    """The training rows: with `packing`, short conversations share rows of max_seq_length tokens
+    (several times the tokens per step); else one conversation a row."""
+    if not p.get("packing"):
+        return train_examples
+    return pack_examples(train_examples, int(p["max_seq_length"]), int(p["seed"]))
+
+
+class _TrainOrEvalCollator:
+    """Packed rows for training, padded single conversations for evaluation (comparable eval loss)."""
+
+    def __init__(self, packed: PackedCollator, padded: PadCollator) -> None:
+        self.packed, self.padded = packed, padded
+
+    def __call__(self, batch: list[dict]) -> dict:
+        return self.packed(batch) if "position_ids" in batch[0] else self.padded(batch)
+
+
 def _train_and_save(
     spec,
     job_dir,
@@ -554,13 +632,16 @@ def _train_and_save(
     run,
 ) -> dict[str, Any]:
     is_main = _rank() == 0
-    collator = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
+    collator: Any = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
+    train_rows = _train_rows(p, train_examples)
+    if p.get("packing"):
+        collator = _TrainOrEvalCollator(PackedCollator(tokenizer.pad_token_id), collator)
     callback = _make_callback(emit, log_metrics)
     with _quiet_checkpointing_deprecation():
         trainer = Trainer(
             model=model,
             args=args,
-            train_dataset=train_examples,
+            train_dataset=train_rows,
             eval_dataset=eval_examples or None,
             data_collator=collator,
             processing_class=tokenizer,
@@ -575,7 +656,7 @@ def _train_and_save(
             "train_examples": len(train_examples),
             "dropped_examples": dropped,
             "eval_examples": len(eval_examples),
-            "max_steps": _planned_steps(args, len(train_examples)),
+            "max_steps": _planned_steps(args, len(train_rows)),
             "device": device,
             "apply_lora": bool(p["apply_lora"]),
             "trainable_params": trainable,
