@@ -124,53 +124,6 @@ def _hub_layout_splits(folder: Path) -> dict[str, list[Path]]:
     return {split: files for split, files in found.items() if files}
 
 
-class _Valid(dict):  # type: ignore[type-arg]
-    """A record already known to pass check_record (validated column-wise in Arrow)."""
-
-
-_ROLES = ("system", "user", "assistant")
-
-
-def _valid_rows(chunk: Any) -> list[bool] | None:
-    """Which rows of an Arrow table/batch certainly pass check_record, computed on whole columns.
-
-    Only for the ultrachat schema (messages: list<struct<content: string, role: string>>); None
-    otherwise, and the rows are checked one by one. Rows marked False are checked one by one too, so
-    the reasons reported for dropped rows are check_record's own.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if "messages" not in chunk.schema.names:
-        return None
-    messages = chunk.column("messages")
-    if isinstance(messages, pa.ChunkedArray):
-        messages = messages.combine_chunks()
-    kind = messages.type
-    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not pa.types.is_struct(
-        kind.value_type
-    ):
-        return None
-    fields = {
-        kind.value_type.field(i).name: kind.value_type.field(i).type
-        for i in range(kind.value_type.num_fields)
-    }
-    if not all(pa.types.is_string(fields.get(name)) for name in ("role", "content")):
-        return None
-    flat = pc.list_flatten(messages)
-    role_ok = pc.fill_null(pc.is_in(flat.field("role"), value_set=pa.array(_ROLES)), False)
-    content = flat.field("content")
-    # A letter, digit, punctuation, symbol or mark anywhere: never whitespace to str.strip() either.
-    # Content without one (odd control characters, say) is left to check_record.
-    content_ok = pc.fill_null(pc.match_substring_regex(content, r"[\p{L}\p{N}\p{P}\p{S}\p{M}]"), False)
-    struct_ok = pc.is_valid(flat)
-    message_ok = pc.and_(pc.and_(role_ok, content_ok), struct_ok)
-    parents = pc.list_parent_indices(messages)
-    bad_parents = set(pc.filter(parents, pc.invert(message_ok)).to_pylist())
-    enough = pc.fill_null(pc.greater_equal(pc.list_value_length(messages), 2), False)
-    return [ok and i not in bad_parents for i, ok in enumerate(enough.to_pylist())]
-
-
 ROW_GROUP_LIMIT = 256 * 1024 * 1024  # bigger row groups are read in batches to bound memory
 
 
@@ -210,11 +163,9 @@ def _read_parquet(files: Sequence[Path], split_pc: float) -> Iterator[tuple[int,
             else:
                 chunks = handle.iter_batches(batch_size=4096)
             for chunk in chunks:
-                chunk = chunk.slice(0, limit - number)
-                valid = _valid_rows(chunk)
-                for index, row in enumerate(chunk.to_pylist()):
+                for row in chunk.slice(0, limit - number).to_pylist():
                     number += 1
-                    yield number, (_Valid(row) if valid is not None and valid[index] else row)
+                    yield number, row
                 if number >= limit:
                     return
         except (pa.ArrowException, OSError) as exc:
@@ -290,9 +241,9 @@ class _SplitWriter:
         self.rows_written = 0
         self.dropped: list[Dropped] = []
 
-    def add(self, number: int, record: Any, checked: bool = False) -> None:
+    def add(self, number: int, record: Any) -> None:
         self.rows_read += 1
-        reason = None if checked else check_record(record)
+        reason = check_record(record)
         if reason is not None:
             self.dropped.append(Dropped(number, reason))
             return
@@ -741,7 +692,7 @@ def _fill(writer: _SplitWriter, rows: Iterable[tuple[int, Any]]) -> None:
         if isinstance(record, _Bad):
             writer.drop(number, record.reason)
         else:
-            writer.add(number, record, checked=type(record) is _Valid)
+            writer.add(number, record)
 
 
 def format_dropped(report: PrepareReport, limit: int = 10) -> list[str]:
