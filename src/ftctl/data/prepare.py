@@ -236,6 +236,8 @@ class _SplitWriter:
         fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         self._fh: IO[bytes] = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
+        self._pending: list[bytes] = []  # lines not yet written: written and hashed ~1 MiB at a time
+        self._pending_bytes = 0
         self.bytes = 0
         self.rows_read = 0
         self.rows_written = 0
@@ -252,17 +254,26 @@ class _SplitWriter:
         except (TypeError, ValueError) as exc:
             self.dropped.append(Dropped(number, f"cannot be written as JSON: {exc}"))
             return
-        self._fh.write(data)
-        self._hash.update(data)
+        self._pending.append(data)
+        self._pending_bytes += len(data)
         self.bytes += len(data)
+        if self._pending_bytes >= 1 << 20:
+            self._flush()
         self.rows_written += 1
 
     def drop(self, number: int, reason: str) -> None:
         self.rows_read += 1
         self.dropped.append(Dropped(number, reason))
 
+    def _flush(self) -> None:
+        chunk = b"".join(self._pending)
+        self._fh.write(chunk)
+        self._hash.update(chunk)
+        self._pending, self._pending_bytes = [], 0
+
     def close(self) -> None:
         if not self._fh.closed:
+            self._flush()
             self._fh.flush()
             os.fsync(self._fh.fileno())
             self._fh.close()
