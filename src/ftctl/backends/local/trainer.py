@@ -417,7 +417,7 @@ def _from_pretrained_kwargs(dtype: Any) -> dict[str, Any]:
 def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[str, Any]:
     """Run one fine-tuning job described by spec; return the result dict (see the module docstring)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # loading/saving bars; progress is reported through on_event
@@ -500,7 +500,6 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
         )
         with _quiet_checkpointing_deprecation():
             model = get_peft_model(model, lora)
-    trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
 
     use_deepspeed = False
     ds_config = None
@@ -555,30 +554,9 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
         run = _start_mlflow_run(mlflow_cfg)
         mlflow.log_params(_flat_params({**p, "model_path": str(model_path), "device": device}))
 
-    def log_metrics(metrics: dict, step: int) -> None:
-        if run is not None:
-            import mlflow
-
-            mlflow.log_metrics(metrics, step=step)
-
     try:
         result = _train_and_save(
-            spec,
-            job_dir,
-            p,
-            model,
-            tokenizer,
-            args,
-            train_examples,
-            eval_examples,
-            dropped,
-            trainable,
-            device,
-            use_deepspeed,
-            emit,
-            log_metrics,
-            Trainer,
-            run,
+            spec, job_dir, p, model, tokenizer, args, train_examples, eval_examples, dropped, emit, run
         )
     except BaseException:
         if run is not None:
@@ -614,24 +592,32 @@ class _TrainOrEvalCollator:
 
 
 def _train_and_save(
-    spec,
-    job_dir,
-    p,
-    model,
-    tokenizer,
-    args,
-    train_examples,
-    eval_examples,
-    dropped,
-    trainable,
-    device,
-    use_deepspeed,
-    emit,
-    log_metrics,
-    Trainer,
-    run,
+    spec: dict,
+    job_dir: Path,
+    p: dict[str, Any],
+    model: Any,
+    tokenizer: Any,
+    args: Any,
+    train_examples: list[dict],
+    eval_examples: list[dict],
+    dropped: int,
+    emit: Callable[[Event], None],
+    run: Any,
 ) -> dict[str, Any]:
+    """Train with the Trainer `args` describe, evaluate, save the model folders, log to MLflow `run`."""
+    from transformers import Trainer
+
     is_main = _rank() == 0
+    device = "cpu" if args.use_cpu else "cuda"
+    use_deepspeed = bool(args.deepspeed)
+    trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+
+    def log_metrics(metrics: dict, step: int) -> None:
+        if run is not None:
+            import mlflow
+
+            mlflow.log_metrics(metrics, step=step)
+
     collator: Any = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
     train_rows = _train_rows(p, train_examples)
     if p.get("packing"):
