@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -200,35 +199,6 @@ def test_json_output_of_a_stage(ftctl) -> None:
 def test_state_and_outputs_hold_no_secrets(prepared) -> None:
     text = (prepared.workspace / "state.json").read_text()
     assert "key" not in json.loads(text)["stages"]["auth"]["outputs"]
-
-
-GUARD = textwrap.dedent(
-    """
-    import sys
-    from ftctl.cli.app import main
-    sys.argv = ["ftctl", *sys.argv[1:]]
-    try:
-        main()
-    except SystemExit:
-        pass
-    heavy = ("torch", "transformers", "peft", "mlflow", "datasets", "azure", "fastapi", "pandas", "pyarrow")
-    print("HEAVY", sorted(m for m in sys.modules if m.split(".")[0] in heavy))
-    """
-)
-
-
-@pytest.mark.parametrize("args", [["--help"], ["status"], ["status", "--json"], ["submit", "--help"]])
-def test_help_and_status_import_nothing_heavy(prepared, args: list[str]) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FTCTL_")}
-    out = subprocess.run(
-        [sys.executable, "-c", GUARD, "--workspace", str(prepared.workspace), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=prepared.root,
-        check=True,
-    ).stdout
-    assert "HEAVY []" in out, out[-2000:]
 
 
 def test_notebook_drives_real_commands(ftctl) -> None:

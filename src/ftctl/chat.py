@@ -51,49 +51,9 @@ class Endpoint:
 
 def endpoint(ctx: Context, command: str) -> Endpoint:
     """The endpoint `ftctl deploy` started, checked to be up; UsageError (exit 2) naming what to run."""
-    if ctx.backend == "azureml":
-        raise UsageError(
-            f"`ftctl {command}` on --backend azureml is not available yet",
-            hint="use the default local backend (--backend local)",
-        )
-    from ftctl import state as st
-    from ftctl.stages import deploy
+    from ftctl.stages.contract import ENDPOINT
 
-    state = ctx.state if ctx.state is not None else ctx.state_store.load()
-    rec = st.record(state, "deploy")
-    outputs = rec.get("outputs") or {}
-    if rec["status"] != st.SUCCEEDED or not outputs.get("scoring_uri"):
-        raise UsageError(
-            f"there is no endpoint: deploy is {rec['status']}",
-            hint="run `ftctl deploy` (or `ftctl run --to deploy`)",
-        )
-    if not deploy.alive(ctx, outputs):
-        raise UsageError(
-            f"the endpoint {outputs.get('endpoint_name')} is not running "
-            "(it was torn down or its process ended)",
-            hint="run `ftctl deploy`",
-        )
-    key_file = Path(outputs["key_file"])
-    try:
-        key = key_file.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise StageFailed(f"cannot read the endpoint key {key_file}: {exc.strerror}") from None
-    model = None
-    uri = str(outputs.get("model_uri") or "")
-    if uri.startswith("models:/") and uri.count("/") >= 2:
-        name, _, version = uri[len("models:/") :].rpartition("/")
-        model = f"{name}:{version}"
-    url = str(outputs.get("url") or outputs["scoring_uri"].rsplit("/", 1)[0])
-    return Endpoint(
-        name=str(outputs.get("endpoint_name")),
-        deployment=str(outputs.get("deployment_name") or "demo"),
-        url=url,
-        scoring_uri=str(outputs["scoring_uri"]),
-        key=key,
-        key_file=str(key_file),
-        model=model,
-        openai_base_url=f"{url}/v1",
-    )
+    return ctx.backend_impl.require(ENDPOINT).endpoint(ctx, ctx.state_store.load(), command)
 
 
 class EndpointError(StageFailed):

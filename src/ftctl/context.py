@@ -8,11 +8,10 @@ are built lazily, once per process, so `ftctl --help` and `ftctl status` import 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ftctl.config import Config, LoadedConfig
 from ftctl.errors import UsageError
@@ -22,26 +21,19 @@ from ftctl.ui import UI
 if TYPE_CHECKING:
     from ftctl.backends.azureml.client import AzureHandles
     from ftctl.backends.local.workspace import LocalWorkspace
+    from ftctl.stages.contract import Backend
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
+    """Built once per command from the global options; never changed afterwards (per-command options
+    travel to the runner as a RunOptions, the stage state as a StageCall)."""
+
     workspace: Path
     config: LoadedConfig
     ui: UI = field(default_factory=UI)
     debug: bool = False
     command: str = "ftctl"
-    wait: bool = True  # False with `--no-wait`: start long-running work, record its id, return
-    # Set by the runner while a stage runs: saves partial outputs (a job id, a server pid) into the
-    # state file before the stage starts waiting on them.
-    checkpoint: Callable[[dict[str, Any]], None] | None = None
-    # The live stage-state the runner works on (set by pipeline.Runner).
-    state: dict[str, Any] | None = None
-    # `--dry-run`: a stage shows what it would create (the SDK entities as YAML), sends nothing that
-    # creates or changes anything, and the runner records nothing.
-    dry_run: bool = False
-    # Per-command options a stage reads (e.g. `teardown --compute` -> {"compute": True}).
-    flags: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cfg(self) -> Config:
@@ -54,6 +46,17 @@ class Context:
     @cached_property
     def state_store(self) -> StateStore:
         return StateStore(self.workspace)
+
+    @cached_property
+    def backend_impl(self) -> Backend:
+        """The backend's stage table, capabilities and hooks (its modules import nothing heavy)."""
+        if self.backend == "azureml":
+            from ftctl.backends.azureml.backend import BACKEND as AZUREML
+
+            return AZUREML
+        from ftctl.backends.local.backend import BACKEND as LOCAL
+
+        return LOCAL
 
     @cached_property
     def local(self) -> LocalWorkspace:
@@ -75,24 +78,6 @@ class Context:
         from ftctl.backends.azureml.client import AzureHandles
 
         return AzureHandles(self)
-
-    def require_local(self, stage: str) -> LocalWorkspace:
-        if self.backend == "azureml":
-            raise UsageError(
-                f"`ftctl {stage}` on --backend azureml is not available in this version of ftctl",
-                hint="use the default local backend (--backend local)",
-            )
-        return self.local
-
-    def save_progress(self, outputs: dict[str, Any]) -> None:
-        """Record partial outputs now (before a long wait), so an interrupted run can re-attach."""
-        if self.checkpoint is not None:
-            self.checkpoint(outputs)
-
-    def outputs(self, stage: str) -> dict[str, Any]:
-        """The recorded outputs of another stage."""
-        state = self.state if self.state is not None else self.state_store.load()
-        return dict(state.get("stages", {}).get(stage, {}).get("outputs") or {})
 
     def data_dir(self) -> Path:
         path = Path(self.cfg.data.download_dir).expanduser()

@@ -49,3 +49,13 @@ class LockTimeout(FtctlError):
 
 class StageFailed(FtctlError):
     """A stage ran and failed at run time (training job failed, endpoint unreachable...)."""
+
+
+# --- control flow (not failures) --------------------------------------------------------------------
+
+
+class Detached(Exception):
+    """Raised by a stage that started long-running work and, as asked (--no-wait), does not wait.
+
+    The runner leaves the stage `running` with what it recorded; the next run of the stage re-attaches.
+    """

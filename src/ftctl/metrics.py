@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ftctl.errors import StageFailed, UsageError
 
 if TYPE_CHECKING:
-    from ftctl.context import Context
+    pass
 
 # MLflow metric key -> the column it fills in a step row.
 STEP_METRICS = {
@@ -99,79 +99,6 @@ def fetch(client: Any, run_id: str) -> RunMetrics:
         summary=summary,
         steps=[rows[step] for step in sorted(rows)],
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# Which run
-
-
-def _job_result(ctx: Context, job_id: str) -> dict[str, Any]:
-    from ftctl.backends.local.jobs import Job
-
-    job = Job(ctx.local.jobs_dir / job_id)
-    if not job.spec_path.exists():
-        raise UsageError(f"no job {job_id} in {ctx.local.jobs_dir}")
-    return {"job": job, "result": job.result(), "spec": job.spec()}
-
-
-def _run_by_name(client: Any, experiment: str | None, name: str | None) -> str | None:
-    """The newest run of `experiment` named `name` (a job still running has no run id recorded yet)."""
-    if not experiment or not name:
-        return None
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    escaped = name.replace("'", "\\'")
-    runs = client.search_runs(
-        [found.experiment_id],
-        filter_string=f"attributes.run_name = '{escaped}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
-
-
-def load(ctx: Context, run: str | None = None) -> RunMetrics:
-    """The metrics of `run` (an MLflow run id or a job id), default the job `ftctl submit` recorded."""
-    if ctx.backend == "azureml":
-        raise UsageError(
-            "`ftctl metrics` on --backend azureml is not available yet",
-            hint="the pipeline job's metrics are in Azure ML studio (Jobs > the job > Metrics)",
-        )
-    ws = ctx.local
-    if not ws.mlflow_db.exists():
-        raise UsageError(f"no MLflow store in {ws.root}", hint="run `ftctl auth` and `ftctl submit` first")
-    client = ws.mlflow.MlflowClient()
-    job_id = None
-    run_id: str | None = None
-    if run and run.startswith("job-"):
-        job = _job_result(ctx, run)
-        job_id = run
-        run_id = job["result"].get("mlflow_run_id") or _run_by_name(
-            client, (job["spec"].get("mlflow") or {}).get("experiment"), job["spec"].get("display_name")
-        )
-        if not run_id:
-            raise UsageError(f"job {run} has no MLflow run yet", hint="it may still be loading; try again")
-    elif run:
-        run_id = run
-    else:
-        submit = ctx.outputs("submit")
-        job_id = submit.get("job_id")
-        run_id = submit.get("mlflow_run_id")
-        if not run_id and submit.get("job_dir"):  # still running: find its run by name
-            spec = _job_result(ctx, Path(submit["job_dir"]).name)["spec"]
-            run_id = _run_by_name(
-                client, (spec.get("mlflow") or {}).get("experiment"), spec.get("display_name")
-            )
-        if not run_id:
-            raise UsageError(
-                "no fine-tuning job to show: submit has not run (or its job has not started logging)",
-                hint="run `ftctl submit` (or `ftctl run --to submit`), or pass --run RUN_ID",
-            )
-    metrics = fetch(client, run_id)
-    metrics.job_id = job_id
-    metrics.tracking_uri = ws.tracking_uri
-    return metrics
 
 
 # --------------------------------------------------------------------------------------------------

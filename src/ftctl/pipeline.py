@@ -1,33 +1,25 @@
 """The nine stages, their dependencies and fingerprints, and the rules for running them.
 
-A stage module (ftctl.stages.<name>) provides:
-  run(ctx, rec) -> dict          do the work, return the outputs; `rec` is the stage's record (status
-                                 running), whose outputs hold what an interrupted attempt recorded
-                                 (e.g. a job id) so the stage can re-attach instead of starting again.
-  inputs(ctx, state) -> dict     optional: label -> Path of files whose content the stage reads.
-  alive(ctx, outputs) -> bool    optional: whether the long-lived thing it started is still up.
-  retire(ctx, outputs)           optional: stop what a previous attempt started before it runs again.
-  summary(outputs) -> str        optional: key outputs for `ftctl status`.
+What a stage implementation provides is the `StageImpl` contract (ftctl.stages.contract); each backend
+lists its nine implementations in its `BACKEND` table. This module knows the stages by name, computes
+fingerprints and staleness, and runs stages under the workspace lock, recording everything in the
+state file.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ftctl import state as st
-from ftctl.errors import FtctlError, StageFailed, StateError, UpstreamNotReady
+from ftctl.errors import Detached, FtctlError, StageFailed, StateError, UpstreamNotReady
+from ftctl.stages.contract import RunOptions, StageCall
 
 if TYPE_CHECKING:
     from ftctl.context import Context
-
-
-class Detached(Exception):
-    """Raised by a stage that started long-running work and, as asked (--no-wait), does not wait."""
+    from ftctl.stages.contract import StageImpl
 
 
 @dataclass(frozen=True)
@@ -38,17 +30,6 @@ class Stage:
     help: str
     always_run: bool = False  # an explicit `ftctl <stage>` runs it even when up to date
     needs_live: tuple[str, ...] = ()  # upstream stages whose long-lived resource must be up
-
-    def impl(self, backend: str) -> ModuleType:
-        """The module implementing this stage on `backend`.
-
-        local: ftctl.stages.<name>; azureml: ftctl.backends.azureml.stages.<name>, which reuses the
-        backend-independent parts of ftctl.stages (data preparation, finetune parameters, lineage).
-        """
-        module = self.name.replace("-", "_")
-        if backend == "azureml":
-            return importlib.import_module(f"ftctl.backends.azureml.stages.{module}")
-        return importlib.import_module(f"ftctl.stages.{module}")
 
 
 STAGES: tuple[Stage, ...] = (
@@ -128,9 +109,12 @@ def stage_digest(rec: dict[str, Any]) -> str:
     return st.digest({"fingerprint": rec.get("fingerprint"), "outputs": rec.get("outputs")})
 
 
+def impl(ctx: Context, stage: Stage) -> StageImpl:
+    return ctx.backend_impl.stage(stage.name)
+
+
 def fingerprint(ctx: Context, stage: Stage, state: dict[str, Any]) -> dict[str, Any]:
-    inputs_fn = getattr(stage.impl(ctx.backend), "inputs", None)
-    files: dict[str, Path] = inputs_fn(ctx, state) if inputs_fn else {}
+    files = impl(ctx, stage).inputs(ctx, state)
     return {
         "params": ctx.config.select(stage.reads),
         "inputs": {label: st.file_signature(Path(path)) for label, path in sorted(files.items())},
@@ -208,12 +192,11 @@ def evaluate(ctx: Context, state: dict[str, Any]) -> dict[str, Evaluation]:
     return result
 
 
-def summary(stage: Stage, rec: dict[str, Any], backend: str = "local") -> str:
-    fn = getattr(stage.impl(backend), "summary", None)
+def summary(ctx: Context, stage: Stage, rec: dict[str, Any]) -> str:
     outputs = rec.get("outputs") or {}
     if rec.get("status") == st.FAILED and rec.get("error"):
         return f"{rec['error'].get('type')}: {rec['error'].get('message', '')}".splitlines()[0][:80]
-    return fn(outputs) if fn and outputs else ""
+    return impl(ctx, stage).summary(outputs) if outputs else ""
 
 
 # --- running ----------------------------------------------------------------------------------------
@@ -222,38 +205,28 @@ def summary(stage: Stage, rec: dict[str, Any], backend: str = "local") -> str:
 class Runner:
     """Runs stages under the workspace lock the caller holds, recording everything in the state file."""
 
-    def __init__(self, ctx: Context, check_backend: bool = True) -> None:
-        """Loads the state; with check_backend=False (reset) an unreadable state leaves .state None."""
+    def __init__(self, ctx: Context, options: RunOptions | None = None, check_backend: bool = True) -> None:
+        """check_backend=False (reset) accepts a workspace that holds another backend's run."""
         self.ctx = ctx
+        self.options = options or RunOptions()
         self.store = ctx.state_store
-        if not check_backend:
-            try:
-                self.state = self.store.load()
-            except StateError:
-                self.state = None  # type: ignore[assignment]
-                return
-        else:
-            self.state = self.store.load()
-        ctx.state = self.state
+        self.state = self.store.load()
         backend = self.state.get("backend")
-        if check_backend and backend and backend != ctx.config.values.backend:
+        if check_backend and backend and backend != ctx.backend:
             raise StateError(
-                f"workspace {ctx.workspace} holds a {backend} run, but the backend is now "
-                f"{ctx.config.values.backend}",
+                f"workspace {ctx.workspace} holds a {backend} run, but the backend is now {ctx.backend}",
                 hint=f"pass --backend {backend}, use another --workspace, or `ftctl reset --all`",
             )
-        self.state["backend"] = ctx.config.values.backend
-        self.state.setdefault("run_id", None)
-        if not self.state["run_id"]:
+        self.state["backend"] = ctx.backend
+        if not self.state.get("run_id"):
             self.state["run_id"] = st.new_run_id()
 
     def save(self) -> None:
         self.store.save(self.state)
 
     def alive(self, name: str) -> bool:
-        fn = getattr(get_stage(name).impl(self.ctx.backend), "alive", None)
         rec = st.record(self.state, name)
-        return bool(fn(self.ctx, rec.get("outputs") or {})) if fn else True
+        return bool(impl(self.ctx, get_stage(name)).alive(self.ctx, rec.get("outputs") or {}))
 
     def require_upstream(self, stage: Stage) -> None:
         for up in stage.upstream:
@@ -271,42 +244,42 @@ class Runner:
                     hint=f"run `ftctl {up}` first",
                 )
 
+    def _start_attempt(self, stage: Stage, rec: dict[str, Any]) -> None:
+        # What the previous attempt left running (deploy's endpoint) goes before its record does:
+        # forgetting it first would leave it running unrecorded.
+        if rec.get("outputs"):
+            impl(self.ctx, stage).retire(self.ctx, rec["outputs"])
+        rec.update(
+            status=st.RUNNING,
+            attempt=rec.get("attempt", 0) + 1,
+            started_at=st.now_iso(),
+            ended_at=None,
+            fingerprint=fingerprint(self.ctx, stage, self.state),
+            outputs={},
+            error=None,
+        )
+        self.save()
+
     def execute(self, stage: Stage) -> dict[str, Any]:
         """Run one stage now (re-attaching to what an interrupted attempt started)."""
-        ui = self.ctx.ui
         self.require_upstream(stage)
         rec = st.record(self.state, stage.name)
-        reattach = rec["status"] == st.RUNNING and bool(rec.get("outputs"))
-        if not reattach:
-            # What the previous attempt left running (deploy's endpoint) goes before its record does:
-            # forgetting it first would leave it running unrecorded.
-            retire = getattr(stage.impl(self.ctx.backend), "retire", None)
-            if retire is not None and rec.get("outputs"):
-                retire(self.ctx, rec["outputs"])
-            rec.update(
-                status=st.RUNNING,
-                attempt=rec.get("attempt", 0) + 1,
-                started_at=st.now_iso(),
-                ended_at=None,
-                fingerprint=fingerprint(self.ctx, stage, self.state),
-                outputs={},
-                error=None,
-            )
-            self.save()
+        if not (rec["status"] == st.RUNNING and rec.get("outputs")):
+            self._start_attempt(stage, rec)
 
         def checkpoint(outputs: dict[str, Any]) -> None:
             rec["outputs"] = dict(outputs)
             self.save()
 
-        self.ctx.checkpoint = checkpoint
+        call = StageCall(stage.name, self.state, self.options, dict(rec.get("outputs") or {}), checkpoint)
         try:
-            outputs = stage.impl(self.ctx.backend).run(self.ctx, rec)
+            outputs = impl(self.ctx, stage).run(self.ctx, call)
         except Detached as detached:
-            ui.info(f"  {detached}")
+            self.ctx.ui.info(f"  {detached}")
             return {"status": st.RUNNING, **rec["outputs"]}
         except KeyboardInterrupt:
             if rec.get("outputs"):
-                ui.info(
+                self.ctx.ui.info(
                     f"interrupted; {stage.name} keeps running in the background. "
                     f"Re-attach with `ftctl {stage.name}`."
                 )
@@ -324,8 +297,6 @@ class Runner:
                 f"{stage.name} failed: unexpected {type(exc).__name__}: {exc}",
                 hint=f"re-run it with `ftctl {stage.name}` (add --debug for the traceback)",
             ) from exc
-        finally:
-            self.ctx.checkpoint = None
         rec.update(status=st.SUCCEEDED, ended_at=st.now_iso(), outputs=outputs, error=None)
         self.save()
         return outputs
@@ -334,66 +305,70 @@ class Runner:
         rec.update(status=st.FAILED, ended_at=st.now_iso(), error={"type": kind, "message": message})
         self.save()
 
-    def run_one(self, name: str, force: bool = False) -> dict[str, Any]:
+    def dry_run(self, name: str) -> dict[str, Any]:
+        """Show what the stage would create; nothing is sent that creates anything, nothing recorded."""
+        stage = get_stage(name)
+        self.require_upstream(stage)
+        call = StageCall(name, self.state, self.options)
+        outputs = impl(self.ctx, stage).run(self.ctx, call)
+        return {"stage": name, "status": "dry run", "outputs": outputs}
+
+    def run_one(self, name: str) -> dict[str, Any]:
         """`ftctl <stage>`: run it unless it is up to date (and its resource, if any, is up)."""
+        if self.options.dry_run:
+            return self.dry_run(name)
         stage = get_stage(name)
         ui = self.ctx.ui
-        if self.ctx.dry_run:
-            # Show what the stage would create; nothing is sent that creates anything, nothing recorded.
-            self.require_upstream(stage)
-            outputs = stage.impl(self.ctx.backend).run(self.ctx, st.empty_record())
-            return {"stage": name, "status": "dry run", "outputs": outputs}
         evaluation = evaluate(self.ctx, self.state)
         for up in stage.upstream:
             if evaluation[up].stale:
                 ui.warn(f"{up} is stale ({evaluation[up].reason}); `ftctl run` would re-run it first")
         mine = evaluation[name]
         rec = st.record(self.state, name)
-        if (
-            not force
-            and not stage.always_run
-            and mine.status == st.SUCCEEDED
-            and not mine.stale
-            and self.alive(name)
-        ):
-            done = summary(stage, rec, self.ctx.backend) or "nothing changed"
+        up_to_date = mine.status == st.SUCCEEDED and not mine.stale and self.alive(name)
+        if up_to_date and not self.options.force and not stage.always_run:
+            done = summary(self.ctx, stage, rec) or "nothing changed"
             ui.info(f"{name}: up to date ({done}); --force runs it again")
             return {"stage": name, "status": "up to date", "outputs": rec["outputs"]}
         self.execute(stage)
         return {"stage": name, "status": rec["status"], "outputs": rec["outputs"]}
 
-    def run_many(self, start: str | None, stop: str | None, force: bool) -> list[dict[str, Any]]:
+    def run_many(self, start: str | None, stop: str | None) -> list[dict[str, Any]]:
         """`ftctl run`: the stages in order, skipping up-to-date ones."""
-        ui = self.ctx.ui
         first = ORDER.index(get_stage(start).name) if start else 0
         last = ORDER.index(get_stage(stop).name) if stop else len(ORDER) - 1
         if first > last:
             raise StateError(f"--from {start} comes after --to {stop}")
-        results = []
+        results: list[dict[str, Any]] = []
         for name in ORDER[first : last + 1]:
-            stage = get_stage(name)
-            rec = st.record(self.state, name)
-            mine = evaluate(self.ctx, self.state)[name]
-            if mine.status == st.SUCCEEDED and not mine.stale and not force:
-                ui.info(f"- {name}: up to date")
-                results.append({"stage": name, "status": "up to date"})
-                continue
-            for up in stage.needs_live:
-                if not self.alive(up):
-                    ui.info(f"> {up}: re-running (its endpoint is not running and {name} needs it)")
-                    self.execute(get_stage(up))
-                    results.append({"stage": up, "status": st.SUCCEEDED})
-            if force:
-                why = "forced"
-            elif mine.status == st.SUCCEEDED:
-                why = f"stale: {mine.reason}"
-            elif rec["status"] == st.RUNNING:
-                why = "re-attaching to the interrupted attempt"
-            else:
-                why = {st.PENDING: "never run", st.FAILED: "failed last time"}.get(mine.status, mine.status)
-            ui.info(f"> {name}: running ({why})")
-            self.execute(stage)
-            results.append({"stage": name, "status": st.SUCCEEDED, "reason": why})
+            results.extend(self._run_in_order(get_stage(name)))
+        return results
+
+    def _run_in_order(self, stage: Stage) -> list[dict[str, Any]]:
+        ui = self.ctx.ui
+        rec = st.record(self.state, stage.name)
+        mine = evaluate(self.ctx, self.state)[stage.name]
+        force = self.options.force
+        if mine.status == st.SUCCEEDED and not mine.stale and not force:
+            ui.info(f"- {stage.name}: up to date")
+            return [{"stage": stage.name, "status": "up to date"}]
+        results: list[dict[str, Any]] = []
+        for up in stage.needs_live:
+            if not self.alive(up):
+                ui.info(f"> {up}: re-running (its endpoint is not running and {stage.name} needs it)")
+                self.execute(get_stage(up))
+                results.append({"stage": up, "status": st.SUCCEEDED})
+        if force:
+            why = "forced"
+        elif mine.status == st.SUCCEEDED:
+            why = f"stale: {mine.reason}"
+        elif rec["status"] == st.RUNNING:
+            why = "re-attaching to the interrupted attempt"
+        else:
+            why = {st.PENDING: "never run", st.FAILED: "failed last time"}.get(mine.status, mine.status)
+        ui.info(f"> {stage.name}: running ({why})")
+        self.execute(stage)
+        results.append({"stage": stage.name, "status": st.SUCCEEDED, "reason": why})
         return results
 
     def reset(self, name: str | None) -> list[str]:
@@ -409,3 +384,50 @@ class Runner:
             self.state["stages"][n] = st.empty_record()
         self.save()
         return names
+
+
+# --- whole-workspace commands -----------------------------------------------------------------------
+
+
+def status_report(ctx: Context) -> dict[str, Any]:
+    """What `ftctl status` shows: every stage's record and whether (and why) it is stale."""
+    state = ctx.state_store.load()
+    evaluation = evaluate(ctx, state)
+    stages = []
+    for stage in STAGES:
+        rec = st.record(state, stage.name)
+        ev = evaluation[stage.name]
+        stages.append(
+            {
+                "name": stage.name,
+                "status": rec["status"],
+                "stale": ev.stale,
+                "stale_reason": ev.reason,
+                "attempt": rec.get("attempt", 0),
+                "started_at": rec.get("started_at"),
+                "ended_at": rec.get("ended_at"),
+                "outputs": rec.get("outputs") or {},
+                "error": rec.get("error"),
+                "summary": summary(ctx, stage, rec),
+            }
+        )
+    return {
+        "workspace": str(ctx.workspace),
+        "backend": state.get("backend") or ctx.backend,
+        "run_id": state.get("run_id"),
+        "stages": stages,
+    }
+
+
+def reset(ctx: Context, name: str | None) -> list[str]:
+    """`ftctl reset STAGE|--all` under the lock the caller holds. With --all, an unreadable state file is
+    moved aside (state.json.corrupt) instead of read."""
+    store = ctx.state_store
+    if name is None:
+        try:
+            store.load()
+        except StateError:
+            store.path.replace(store.path.with_suffix(".json.corrupt"))
+            ctx.ui.info("moved the unreadable state file aside (state.json.corrupt); starting over")
+            return list(ORDER)
+    return Runner(ctx, check_backend=False).reset(name)

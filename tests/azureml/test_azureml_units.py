@@ -19,7 +19,7 @@ from ftctl.backends.azureml.metadata import (
 )
 from ftctl.backends.azureml.params import Declared, coerce, display_params, finetune_inputs
 from ftctl.errors import UsageError
-from ftctl.stages.submit import display_name
+from ftctl.stages.shared import display_name
 
 YES_NO = Declared("string", ["true", "false"], "false")
 

@@ -4,7 +4,6 @@ documents every command and its commands run, and shell completion works."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import shlex
 import subprocess
@@ -167,29 +166,3 @@ def test_shell_completion(trained) -> None:
     assert "_FTCTL_COMPLETE=complete_bash" in shown.stdout and "complete " in shown.stdout
 
 
-GUARD = textwrap.dedent(
-    """
-    import sys
-    from ftctl.cli.app import main
-    sys.argv = ["ftctl", *sys.argv[1:]]
-    try:
-        main()
-    except SystemExit:
-        pass
-    heavy = ("torch", "transformers", "peft", "mlflow", "datasets", "azure", "fastapi", "pandas", "pyarrow",
-             "matplotlib", "openai", "uvicorn")
-    print("HEAVY", sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in heavy}))
-    """
-)
-
-
-@pytest.mark.parametrize(
-    "args", [["--help"], ["metrics", "--help"], ["chat", "--help"], ["credentials", "--help"], ["status"]]
-)
-def test_help_imports_nothing_heavy(trained, args: list[str]) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FTCTL_")}
-    out = subprocess.run(
-        [sys.executable, "-c", GUARD, "--workspace", str(trained.workspace), *args],
-        capture_output=True, text=True, env=env, check=True,
-    ).stdout  # fmt: skip
-    assert "HEAVY []" in out, out[-2000:]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from ftctl.stages.submit import _Follower
+from ftctl.backends.local.stages.submit import _Follower
 from ftctl.ui import UI, format_duration
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # anything but \t and \n

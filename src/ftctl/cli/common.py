@@ -8,19 +8,28 @@ runner to run a stage, and render the result.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
+import os
 import shlex
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+import typer.core
 
 from ftctl import __version__
 from ftctl.errors import FtctlError
+
+if TYPE_CHECKING:
+    from ftctl.context import Context
+    from ftctl.pipeline import Runner
+    from ftctl.stages.contract import RunOptions
 
 app = typer.Typer(
     name="ftctl",
@@ -70,7 +79,11 @@ def root(
         None, "--backend", "-b", envvar="FTCTL_BACKEND", help="local (default) or azureml."
     ),
     overrides: list[str] = typer.Option(
-        [], "--set", "-s", help="Override a config value: --set finetune.learning_rate=1e-4 (repeatable)."
+        [],
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override a config value: --set finetune.learning_rate=1e-4 (repeatable).",
     ),
     workspace_config: Path | None = typer.Option(
         None,
@@ -97,15 +110,14 @@ def options(tctx: typer.Context) -> Options:
     return obj
 
 
-def build_context(tctx: typer.Context, extra: Sequence[str] = ()) -> Any:  # -> ftctl.context.Context
+def build_context(tctx: typer.Context, extra: Sequence[str] = ()) -> Context:
     from ftctl.config import load_config
     from ftctl.context import Context
+    from ftctl.errors import UsageError
     from ftctl.ui import UI
 
     opts = options(tctx)
     if opts.backend is not None and opts.backend not in ("local", "azureml"):
-        from ftctl.errors import UsageError
-
         raise UsageError(f"--backend must be local or azureml (got {opts.backend!r})")
     loaded = load_config(opts.config, [*opts.overrides, *extra], backend=opts.backend)
     return Context(
@@ -118,9 +130,8 @@ def build_context(tctx: typer.Context, extra: Sequence[str] = ()) -> Any:  # -> 
 
 
 @contextlib.contextmanager
-def handle_errors(tctx: typer.Context) -> Iterator[None]:
+def handle_errors(opts: Options) -> Iterator[None]:
     """The one place where errors become messages and exit codes."""
-    opts = options(tctx)
     try:
         yield
     except FtctlError as exc:
@@ -137,6 +148,12 @@ def handle_errors(tctx: typer.Context) -> Iterator[None]:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise typer.Exit(130) from None
+    except BrokenPipeError:
+        # `ftctl status | head -1`: the reader left. Point stdout at /dev/null so the interpreter's final
+        # flush does not complain either, and exit quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(141) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:
@@ -148,14 +165,98 @@ def handle_errors(tctx: typer.Context) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
+# Options every command accepts after its name too: `ftctl submit --set finetune.learning_rate=1e-4`
+# means the same as `ftctl --set finetune.learning_rate=1e-4 submit`.
+_COMMON = [
+    inspect.Parameter("_tctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context),
+    inspect.Parameter(
+        "_json",
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=bool,
+        default=typer.Option(False, "--json", help="Print machine-readable JSON on stdout."),
+    ),
+    inspect.Parameter(
+        "_config",
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=Optional[Path],  # noqa: UP045 - typer reads this annotation at run time
+        default=typer.Option(
+            None, "--config", "-c", metavar="PATH", help="Config YAML (as the global --config)."
+        ),
+    ),
+    inspect.Parameter(
+        "_set",
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=list[str],
+        default=typer.Option(
+            [], "--set", "-s", metavar="KEY=VALUE", help="Override a config value (as the global --set)."
+        ),
+    ),
+]
+
+
+def command(
+    panel: str, name: str | None = None, settings: Mapping[str, str] | None = None
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a command whose body receives the built Context first, then its own options.
+
+    The decorator adds --json, --config and --set to the command, maps errors to exit codes, and turns
+    the options named in `settings` (option name -> config key) into config overrides when given.
+    """
+    settings = dict(settings or {})
+
+    def decorate(body: Callable[..., None]) -> Callable[..., None]:
+        first, *own = inspect.signature(body).parameters.values()  # the Context, then its options
+
+        @functools.wraps(body)
+        def wrapper(
+            *, _tctx: typer.Context, _json: bool, _config: Path | None, _set: list[str], **kwargs: Any
+        ) -> None:
+            opts = options(_tctx)
+            opts.json |= _json
+            if _config is not None:
+                opts.config = _config
+            with handle_errors(opts):
+                given = [(key, kwargs.pop(option)) for option, key in settings.items()]
+                extra = [f"{key}={value}" for key, value in given if value is not None]
+                body(build_context(_tctx, [*_set, *extra]), **kwargs)
+
+        # typer reads the signature and the annotations (resolved in the body's module).
+        wrapper.__signature__ = inspect.Signature([*own, *_COMMON])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {
+            **{k: v for k, v in body.__annotations__.items() if k not in (first.name, "return")},
+            **{param.name: param.annotation for param in _COMMON},
+        }
+        app.command(name, rich_help_panel=panel)(wrapper)
+        return body
+
+    return decorate
+
+
 @contextlib.contextmanager
-def runner_session(ctx: Any, check_backend: bool = True) -> Iterator[Any]:
+def runner_session(
+    ctx: Context, run_options: RunOptions | None = None, check_backend: bool = True
+) -> Iterator[Runner]:
     from ftctl.pipeline import Runner
     from ftctl.state import locked
 
     with locked(ctx.workspace, ctx.command, ctx.cfg.lock_timeout_s):
-        yield Runner(ctx, check_backend=check_backend)
+        yield Runner(ctx, run_options, check_backend=check_backend)
 
+
+def _flags_show_no_type() -> None:
+    """typer >=0.2x prints a type column for every option, flags included (`--json <bool>`), which
+    reads as if the flag took a value. Show nothing there for flags, as click's own help does."""
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else original(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign,assignment]
+
+
+if hasattr(typer.core, "TyperOption") and hasattr(typer.core.TyperOption, "display_type_rich"):
+    _flags_show_no_type()
 
 FORCE = typer.Option(False, "--force", "-f", help="Run even if the stage is up to date.")
-JSON = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")

@@ -8,153 +8,148 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from ftctl.cli.common import JSON, app, build_context, handle_errors, options
+from ftctl.cli.common import command
+
+if TYPE_CHECKING:
+    from ftctl.context import Context
 
 PANEL = "Results"
+# ruff: noqa: UP045 - typer reads Optional[...] annotations at run time (Python 3.10)
 
 
-@app.command(rich_help_panel=PANEL)
+@command(PANEL)
 def metrics(
-    tctx: typer.Context,
-    plot: Path | None = typer.Option(
+    ctx: Context,
+    plot: Optional[Path] = typer.Option(
         None, "--plot", metavar="PATH.png", help="Also write a loss-curve figure (train and eval loss)."
     ),
-    run: str | None = typer.Option(
+    run: Optional[str] = typer.Option(
         None, "--run", help="An MLflow run id or a job id; default: the job `ftctl submit` recorded."
     ),
-    as_json: bool = JSON,
 ) -> None:
     """Show the fine-tuning job's metrics from MLflow: loss, eval loss, perplexity, learning rate, tokens/s.
 
     One row per logged step, then the final values; --plot also draws the loss curves."""
-    options(tctx).json |= as_json
-    with handle_errors(tctx):
-        from ftctl import metrics as m
-        from ftctl.errors import UsageError
+    from ftctl import metrics as m
+    from ftctl.errors import UsageError
+    from ftctl.stages.contract import METRICS
 
-        if plot is not None and plot.suffix.lower() != ".png":
-            raise UsageError(f"--plot {plot}: give a .png file name")
-        ctx = build_context(tctx)
-        with ctx.ui.spinner("reading metrics from MLflow", quiet=True):
-            found = m.load(ctx, run)
-        written = None
-        if plot is not None:
-            written = m.plot(found, plot.expanduser())
-            ctx.ui.info(f"wrote {written}")
-        ctx.ui.result(m.render_table(found))
-        ctx.ui.emit({**found.to_json(), "plot": str(written) if written else None})
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise UsageError(f"--plot {plot}: give a .png file name")
+    hooks = ctx.backend_impl.require(METRICS)
+    with ctx.ui.spinner("reading metrics from MLflow", quiet=True):
+        found = hooks.metrics(ctx, ctx.state_store.load(), run)
+    written = None
+    if plot is not None:
+        written = m.plot(found, plot.expanduser())
+        ctx.ui.info(f"wrote {written}")
+    ctx.ui.result(m.render_table(found))
+    ctx.ui.emit({**found.to_json(), "plot": str(written) if written else None})
 
 
-@app.command(rich_help_panel=PANEL)
-def credentials(tctx: typer.Context, as_json: bool = JSON) -> None:
+@command(PANEL)
+def credentials(ctx: Context) -> None:
     """Show the endpoint's scoring URI and key (and, locally, the OpenAI-compatible base URL).
 
     Like `az ml online-endpoint get-credentials`: the one ftctl command that shows the key."""
-    options(tctx).json |= as_json
-    with handle_errors(tctx):
-        from ftctl.chat import endpoint
+    from ftctl.chat import endpoint
 
-        ctx = build_context(tctx)
-        data = endpoint(ctx, "credentials").credentials()
-        ctx.ui.emit(data)
-        width = max(len(key) for key in data)
-        ctx.ui.result("\n".join(f"{key:<{width}}  {value}" for key, value in data.items()))
-        if not ctx.ui.json_mode:
-            ctx.ui.info("keep the key secret: anyone who has it can call the endpoint")
+    data = endpoint(ctx, "credentials").credentials()
+    ctx.ui.emit(data)
+    width = max(len(key) for key in data)
+    ctx.ui.result("\n".join(f"{key:<{width}}  {value}" for key, value in data.items()))
+    if not ctx.ui.json_mode:
+        ctx.ui.info("keep the key secret: anyone who has it can call the endpoint")
 
 
-@app.command(rich_help_panel=PANEL)
+@command(PANEL)
 def chat(
-    tctx: typer.Context,
-    system: str | None = typer.Option(None, "--system", help="A system message that opens the conversation."),
-    temperature: float | None = typer.Option(
+    ctx: Context,
+    system: Optional[str] = typer.Option(
+        None, "--system", help="A system message that opens the conversation."
+    ),
+    temperature: Optional[float] = typer.Option(
         None, "--temperature", min=0, help="Sampling temperature (0: greedy); default: score.temperature."
     ),
-    top_p: float | None = typer.Option(
+    top_p: Optional[float] = typer.Option(
         None, "--top-p", min=0, max=1, help="Nucleus sampling; default: score.top_p."
     ),
-    max_new_tokens: int | None = typer.Option(
+    max_new_tokens: Optional[int] = typer.Option(
         None, "--max-new-tokens", min=1, help="Longest reply in tokens; default: score.max_new_tokens."
     ),
-    seed: int | None = typer.Option(None, "--seed", min=0, help="Seed for sampling (repeatable replies)."),
-    as_json: bool = JSON,
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Seed for sampling (repeatable replies)."),
 ) -> None:
     """Chat with the deployed model, several turns in one conversation.
 
     Type a message and press Enter; /reset starts over, /exit or Ctrl-D ends. Each reply shows its
     latency. Input is read line by line, so you can pipe a conversation in; with --json every turn is
     one JSON line on stdout."""
-    options(tctx).json |= as_json
-    with handle_errors(tctx):
-        from ftctl.chat import HELP, ChatSession, endpoint, generation_parameters, input_lines, run_chat
+    from ftctl.chat import HELP, ChatSession, endpoint, generation_parameters, input_lines, run_chat
 
-        ctx = build_context(tctx)
-        ep = endpoint(ctx, "chat")
-        parameters = generation_parameters(
-            ctx, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
-        )
-        session = ChatSession(ep, parameters, ctx.cfg.score.timeout_s, system=system)
-        interactive = sys.stdin.isatty()
-        ui = ctx.ui
+    ep = endpoint(ctx, "chat")
+    parameters = generation_parameters(
+        ctx, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+    )
+    session = ChatSession(ep, parameters, ctx.cfg.score.timeout_s, system=system)
+    interactive = sys.stdin.isatty()
+    ui = ctx.ui
 
-        if interactive:
-            with contextlib.suppress(ImportError):
-                import readline  # noqa: F401 - line editing and history for input()
-            ui.info(f"chatting with {ep.model or ep.name} at {ep.url} ({HELP})")
+    if interactive:
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401 - line editing and history for input()
+        ui.info(f"chatting with {ep.model or ep.name} at {ep.url} ({HELP})")
 
-        def answer(turn: int, user: str, reply: str, latency_ms: float) -> None:
-            if ui.json_mode:
-                record = {"turn": turn, "user": user, "assistant": reply, "latency_ms": latency_ms}
-                print(json.dumps(record, ensure_ascii=False), file=ui.out, flush=True)
-                return
-            print(f"assistant> {reply}", file=ui.out, flush=True)
-            ui.info(f"  ({latency_ms:,.0f} ms)")
+    def answer(turn: int, user: str, reply: str, latency_ms: float) -> None:
+        if ui.json_mode:
+            record = {"turn": turn, "user": user, "assistant": reply, "latency_ms": latency_ms}
+            print(json.dumps(record, ensure_ascii=False), file=ui.out, flush=True)
+            return
+        print(f"assistant> {reply}", file=ui.out, flush=True)
+        ui.info(f"  ({latency_ms:,.0f} ms)")
 
-        def waiting() -> contextlib.AbstractContextManager[None]:
-            return ui.spinner("thinking", quiet=True)
+    def waiting() -> contextlib.AbstractContextManager[None]:
+        return ui.spinner("thinking", quiet=True)
 
-        turns = run_chat(
-            session,
-            input_lines(sys.stdin, "you> " if interactive else None),
-            say=ui.info,
-            answer=answer,
-            interactive=interactive,
-            waiting=waiting,
-        )
-        if interactive:
-            print(file=sys.stderr)
-        ui.info(f"chat ended after {turns} turn{'' if turns == 1 else 's'}")
+    turns = run_chat(
+        session,
+        input_lines(sys.stdin, "you> " if interactive else None),
+        say=ui.info,
+        answer=answer,
+        interactive=interactive,
+        waiting=waiting,
+    )
+    if interactive:
+        print(file=sys.stderr)
+    ui.info(f"chat ended after {turns} turn{'' if turns == 1 else 's'}")
 
 
-def score_file(tctx: typer.Context, path: str, as_json: bool) -> None:
+def score_file(ctx: Context, path: str) -> None:
     """`ftctl score --file REQUEST.json`: send your own request; the stage state is left alone."""
-    options(tctx).json |= as_json
-    with handle_errors(tctx):
-        from ftctl.chat import endpoint, generation_parameters, post, read_request
+    from ftctl.chat import endpoint, generation_parameters, post, read_request
 
-        ctx = build_context(tctx)
-        ep = endpoint(ctx, "score --file")
-        body = read_request(path, generation_parameters(ctx))
-        ctx.ui.info(f"> score --file {path} ({ep.scoring_uri})")
-        reply = post(ep, json.dumps(body).encode("utf-8"), ctx.cfg.score.timeout_s)
-        try:
-            parsed = json.loads(reply.raw)
-        except ValueError:
-            parsed = reply.raw
-        text = reply.text
-        ctx.ui.result(f"raw response: {reply.raw}")
-        ctx.ui.result(f"output: {text}")
-        ctx.ui.info(f"  HTTP {reply.status} in {reply.latency_ms:,.0f} ms")
-        ctx.ui.emit(
-            {
-                "endpoint_name": ep.name,
-                "request_file": path,
-                "http_status": reply.status,
-                "latency_ms": reply.latency_ms,
-                "response": parsed,
-                "output": text,
-            }
-        )
+    ep = endpoint(ctx, "score --file")
+    body = read_request(path, generation_parameters(ctx))
+    ctx.ui.info(f"> score --file {path} ({ep.scoring_uri})")
+    reply = post(ep, json.dumps(body).encode("utf-8"), ctx.cfg.score.timeout_s)
+    try:
+        parsed = json.loads(reply.raw)
+    except ValueError:
+        parsed = reply.raw
+    text = reply.text
+    ctx.ui.result(f"raw response: {reply.raw}")
+    ctx.ui.result(f"output: {text}")
+    ctx.ui.info(f"  HTTP {reply.status} in {reply.latency_ms:,.0f} ms")
+    ctx.ui.emit(
+        {
+            "endpoint_name": ep.name,
+            "request_file": path,
+            "http_status": reply.status,
+            "latency_ms": reply.latency_ms,
+            "response": parsed,
+            "output": text,
+        }
+    )

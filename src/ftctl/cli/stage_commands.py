@@ -2,192 +2,161 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from ftctl.cli.common import FORCE, JSON, app, build_context, handle_errors, options, runner_session
+from ftctl.cli.common import FORCE, command, runner_session
 
+if TYPE_CHECKING:
+    from ftctl.context import Context
+
+PANEL = "Stages"
 DRY_RUN = typer.Option(
     False,
     "--dry-run",
     help="Azure ML: print what would be created (SDK entities as YAML); send and record nothing.",
 )
+# typer reads the annotations below at run time: Optional[...] keeps them valid on Python 3.10.
+# ruff: noqa: UP045
 
 
-def _run_stage(
-    tctx: typer.Context,
-    name: str,
-    force: bool,
-    as_json: bool,
-    extra: Sequence[str] = (),
-    wait: bool = True,
-    dry_run: bool = False,
-    flags: dict[str, Any] | None = None,
-) -> None:
-    options(tctx).json |= as_json
-    with handle_errors(tctx):
-        ctx = build_context(tctx, list(extra))
-        ctx.wait = wait
-        ctx.dry_run = dry_run
-        ctx.flags = dict(flags or {})
-        if dry_run and ctx.backend != "azureml":
-            from ftctl.errors import UsageError
+def run_stage(ctx: Context, name: str, force: bool = False, **options: bool) -> None:
+    """Run one stage (unless up to date) and render the result."""
+    from ftctl.stages.contract import DRY_RUN as CAN_DRY_RUN
+    from ftctl.stages.contract import RunOptions
 
-            raise UsageError("--dry-run is for --backend azureml (the local backend creates nothing remote)")
-        ctx.ui.info(f"> {name}" + (" (dry run)" if dry_run else ""))
-        with runner_session(ctx) as runner:
-            result = runner.run_one(name, force=force)
-        ctx.ui.emit(result)
+    run_options = RunOptions(force=force, **options)
+    if run_options.dry_run:
+        ctx.backend_impl.require(CAN_DRY_RUN)
+    ctx.ui.info(f"> {name}" + (" (dry run)" if run_options.dry_run else ""))
+    with runner_session(ctx, run_options) as runner:
+        result = runner.run_one(name)
+    ctx.ui.emit(result)
 
 
-@app.command(rich_help_panel="Stages")
-def auth(tctx: typer.Context, force: bool = FORCE, as_json: bool = JSON) -> None:
+@command(PANEL)
+def auth(ctx: Context, force: bool = FORCE) -> None:
     """Connect to the backend (local: create the workspace and its MLflow stores)."""
-    _run_stage(tctx, "auth", force, as_json)
+    run_stage(ctx, "auth", force)
 
 
-@app.command("pick-model", rich_help_panel="Stages")
+@command(PANEL, "pick-model", settings={"model": "model.name"})
 def pick_model(
-    tctx: typer.Context,
-    model: str | None = typer.Option(None, "--model", "-m", help="Hub id, local folder or registry name."),
+    ctx: Context,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Hub id, local folder or registry name."),
     list_models: bool = typer.Option(
         False, "--list", help="Azure ML: list the registry's chat-completion models (records nothing)."
     ),
     list_all: bool = typer.Option(False, "--all", help="With --list: every model, not only chat-completion."),
     force: bool = FORCE,
-    as_json: bool = JSON,
 ) -> None:
     """Resolve the base model and record its metadata."""
     if list_models or list_all:
-        _list_models(tctx, list_all, as_json)
-        return
-    _run_stage(tctx, "pick-model", force, as_json, [f"model.name={model}"] if model else [])
+        _list_models(ctx, list_all)
+    else:
+        run_stage(ctx, "pick-model", force)
 
 
-def _list_models(tctx: typer.Context, show_all: bool, as_json: bool) -> None:
-    options(tctx).json |= as_json
-    with handle_errors(tctx):
-        from ftctl.errors import UsageError
+def _list_models(ctx: Context, show_all: bool) -> None:
+    from ftctl.stages.contract import LIST_MODELS
+    from ftctl.ui import table
 
-        ctx = build_context(tctx)
-        if ctx.backend != "azureml":
-            raise UsageError(
-                "--list lists an Azure ML registry's models", hint="use --backend azureml (and its config)"
-            )
-        from ftctl.backends.azureml.stages.pick_model import list_models
-        from ftctl.ui import table
-
-        rows = list_models(ctx, show_all)
-        registry = ctx.cfg.azureml.registry_name
-        kind = "models" if show_all else "chat-completion models"
-        ctx.ui.info(f"{len(rows)} {kind} in registry {registry!r}")
-        if rows:
-            ctx.ui.result(
-                table(
-                    [
-                        [r["name"], str(r["latest_version"] or ""), r["task"] or "", r["description"]]
-                        for r in rows
-                    ],
-                    ["name", "latest", "task", "description"],
-                )
-            )
-        ctx.ui.emit({"registry": registry, "models": rows})
+    rows = ctx.backend_impl.require(LIST_MODELS).list_models(ctx, show_all)
+    registry = ctx.cfg.azureml.registry_name
+    kind = "models" if show_all else "chat-completion models"
+    ctx.ui.info(f"{len(rows)} {kind} in registry {registry!r}")
+    if rows:
+        cells = [[r["name"], str(r["latest_version"] or ""), r["task"] or "", r["description"]] for r in rows]
+        ctx.ui.result(table(cells, ["name", "latest", "task", "description"]))
+    ctx.ui.emit({"registry": registry, "models": rows})
 
 
-@app.command("check-compute", rich_help_panel="Stages")
-def check_compute(
-    tctx: typer.Context, force: bool = FORCE, dry_run: bool = DRY_RUN, as_json: bool = JSON
-) -> None:
+@command(PANEL, "check-compute")
+def check_compute(ctx: Context, force: bool = FORCE, dry_run: bool = DRY_RUN) -> None:
     """Detect devices (or the cluster), choose device and precision, apply allow/deny lists."""
-    _run_stage(tctx, "check-compute", force, as_json, dry_run=dry_run)
+    run_stage(ctx, "check-compute", force, dry_run=dry_run)
 
 
-@app.command("prepare-data", rich_help_panel="Stages")
+@command(
+    PANEL,
+    "prepare-data",
+    settings={
+        "dataset": "data.dataset",
+        "subset": "data.subset",
+        "download_dir": "data.download_dir",
+        "split_pc": "data.split_pc",
+    },
+)
 def prepare_data(
-    tctx: typer.Context,
-    dataset: str | None = typer.Option(
+    ctx: Context,
+    dataset: Optional[str] = typer.Option(
         None, "--dataset", help="Hub id, hub-layout folder or folder of <split>.jsonl."
     ),
-    subset: str | None = typer.Option(None, "--subset", help="Dataset config/subset name."),
-    download_dir: str | None = typer.Option(None, "--download-dir", help="Where to write <split>.jsonl."),
-    split_pc: float | None = typer.Option(None, "--split-pc", help="Percent of each split to keep (0-100]."),
+    subset: Optional[str] = typer.Option(None, "--subset", help="Dataset config/subset name."),
+    download_dir: Optional[str] = typer.Option(None, "--download-dir", help="Where to write <split>.jsonl."),
+    split_pc: Optional[float] = typer.Option(
+        None, "--split-pc", help="Percent of each split to keep (0-100]."
+    ),
     force: bool = FORCE,
-    as_json: bool = JSON,
 ) -> None:
     """Download, validate and write the dataset splits as JSON lines."""
-    extra = [
-        f"data.{key}={value}"
-        for key, value in (
-            ("dataset", dataset),
-            ("subset", subset),
-            ("download_dir", download_dir),
-            ("split_pc", split_pc),
-        )
-        if value is not None
-    ]
-    _run_stage(tctx, "prepare-data", force, as_json, extra)
+    run_stage(ctx, "prepare-data", force)
 
 
-@app.command(rich_help_panel="Stages")
+@command(PANEL)
 def submit(
-    tctx: typer.Context,
+    ctx: Context,
     no_wait: bool = typer.Option(False, "--no-wait", help="Return once the job id is recorded."),
     force: bool = FORCE,
     dry_run: bool = DRY_RUN,
-    as_json: bool = JSON,
 ) -> None:
     """Fine-tune the model as a job; streams progress (re-running re-attaches to a running job)."""
-    _run_stage(tctx, "submit", force, as_json, wait=not no_wait, dry_run=dry_run)
+    run_stage(ctx, "submit", force, wait=not no_wait, dry_run=dry_run)
 
 
-@app.command(rich_help_panel="Stages")
-def register(tctx: typer.Context, force: bool = FORCE, dry_run: bool = DRY_RUN, as_json: bool = JSON) -> None:
+@command(PANEL)
+def register(ctx: Context, force: bool = FORCE, dry_run: bool = DRY_RUN) -> None:
     """Register the fine-tuned model as a new version with lineage tags."""
-    _run_stage(tctx, "register", force, as_json, dry_run=dry_run)
+    run_stage(ctx, "register", force, dry_run=dry_run)
 
 
-@app.command(rich_help_panel="Stages")
-def deploy(tctx: typer.Context, force: bool = FORCE, dry_run: bool = DRY_RUN, as_json: bool = JSON) -> None:
+@command(PANEL)
+def deploy(ctx: Context, force: bool = FORCE, dry_run: bool = DRY_RUN) -> None:
     """Serve the registered model behind an endpoint (local: 127.0.0.1, key auth)."""
-    _run_stage(tctx, "deploy", force, as_json, dry_run=dry_run)
+    run_stage(ctx, "deploy", force, dry_run=dry_run)
 
 
-@app.command(rich_help_panel="Stages")
+@command(PANEL)
 def score(
-    tctx: typer.Context,
-    file: str | None = typer.Option(
+    ctx: Context,
+    file: Optional[str] = typer.Option(
         None,
         "--file",
         metavar="REQUEST.json",
         help="Send your own request instead (a scoring request or a conversation; - reads stdin). "
         "The stage state is left alone.",
     ),
-    as_json: bool = JSON,
 ) -> None:
     """Score a seeded random test_gen conversation on the endpoint (or your own request with --file)."""
     if file is not None:
         from ftctl.cli.insight_commands import score_file
 
-        score_file(tctx, file, as_json)
-        return
-    _run_stage(tctx, "score", False, as_json)
+        score_file(ctx, file)
+    else:
+        run_stage(ctx, "score")
 
 
-@app.command(rich_help_panel="Stages")
+@command(PANEL)
 def teardown(
-    tctx: typer.Context,
+    ctx: Context,
     compute: bool = typer.Option(
         False, "--compute", help="Azure ML: also delete the compute cluster, if check-compute created it."
     ),
-    as_json: bool = JSON,
 ) -> None:
     """Delete the endpoint (local: stop the server and check its port is closed)."""
     if compute:
-        with handle_errors(tctx):
-            if build_context(tctx).backend != "azureml":
-                from ftctl.errors import UsageError
+        from ftctl.stages.contract import CLUSTER
 
-                raise UsageError("--compute is for --backend azureml (the local backend has no cluster)")
-    _run_stage(tctx, "teardown", False, as_json, flags={"compute": compute})
+        ctx.backend_impl.require(CLUSTER)
+    run_stage(ctx, "teardown", compute=compute)

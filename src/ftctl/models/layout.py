@@ -12,6 +12,12 @@ from pathlib import Path
 from ftctl.errors import UsageError
 
 MLFLOW_HF_ARTIFACT = "hf_model"
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+
+
+def shipped_model_dir() -> Path:
+    """The built-in tiny Phi-3 chat model shipped with ftctl."""
+    return RESOURCES / "tiny-phi3"
 
 
 def resolve_hf_dir(path: Path) -> Path:

@@ -6,12 +6,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml.client import calling
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import nothing_to_retire as retire
 
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: Context, call: StageCall) -> Outputs:
     azure = ctx.azure
     ref = azure.workspace_ref
     ctx.ui.info(f"  credential: {azure.credential_kind}")
@@ -42,3 +46,6 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
 def summary(outputs: dict[str, Any]) -> str:
     where = f"{outputs.get('workspace_name')} ({outputs.get('location')})"
     return f"{where} + registry {outputs.get('registry_name')}"
+
+
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

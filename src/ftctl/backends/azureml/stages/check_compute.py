@@ -10,10 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text, wait_for
 from ftctl.errors import StageFailed, UsageError
-from ftctl.stages.check_compute import check_lists
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import nothing_to_retire as retire
+from ftctl.stages.shared import check_lists
 
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall
 
 BUSY = {"creating", "updating", "deleting"}
 
@@ -28,10 +32,10 @@ def _get_cluster(ctx: Context, name: str) -> Any:
             return None
 
 
-def _allow_list(ctx: Context) -> tuple[list[str] | None, str]:
+def _allow_list(ctx: Context, call: StageCall) -> tuple[list[str] | None, str]:
     if ctx.cfg.compute.allow_list:
         return ctx.cfg.compute.allow_list, "compute.allow_list"
-    model = ctx.outputs("pick-model")
+    model = call.outputs("pick-model")
     source = model.get("allow_list_source") or "tags"
     return model.get("finetune_compute_allow_list"), f"the model's finetune allow-list ({source})"
 
@@ -61,12 +65,12 @@ def _gpus(ctx: Context, size: str) -> int:
     )
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: Context, call: StageCall) -> Outputs:
     from azure.ai.ml.entities import AmlCompute
 
     cfg = ctx.cfg.compute
-    recorded = rec.get("outputs") or {}
-    allow, source = _allow_list(ctx)
+    recorded = call.recorded
+    allow, source = _allow_list(ctx, call)
     cluster = _get_cluster(ctx, cfg.name)
     created = bool(recorded.get("created"))
     if cluster is None:
@@ -78,19 +82,19 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
             max_instances=cfg.max_instances,
             idle_time_before_scale_down=cfg.idle_time_before_scale_down,
         )
-        if ctx.dry_run:
+        if call.options.dry_run:
             show_dry_run(
                 ctx, f"compute cluster {cfg.name} does not exist; check-compute would create", entity
             )
             return {"dry_run": True, "name": cfg.name, "size": cfg.size, "would_create": True}
-        ctx.save_progress({"name": cfg.name, "created": True})
+        call.checkpoint({"name": cfg.name, "created": True})
         cluster = wait_for(
             ctx,
             lambda: ctx.azure.workspace.compute.begin_create_or_update(entity),
             f"creating cluster {cfg.name} ({cfg.size}, {cfg.min_instances}-{cfg.max_instances} nodes)",
         )
         created = True
-    elif ctx.dry_run:
+    elif call.options.dry_run:
         show_dry_run(ctx, f"compute cluster {cfg.name} exists; nothing would be created", cluster)
         return {"dry_run": True, "name": cfg.name, "size": cluster.size, "would_create": False}
     start = time.monotonic()
@@ -148,3 +152,6 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
 
 def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('name')} {outputs.get('size')} x{outputs.get('gpus_per_node')} GPU"
+
+
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

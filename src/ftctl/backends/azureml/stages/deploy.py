@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text, wait_for
 from ftctl.errors import StageFailed, UsageError
-from ftctl.stages.check_compute import check_lists
+from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.shared import check_lists
 
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall
 
 ENDPOINT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
 BUSY = {"creating", "updating", "deleting", "scaling"}
@@ -66,7 +68,7 @@ def _wait_until_settled(ctx: Context, fetch: Any, what: str) -> Any:
     return thing
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: Context, call: StageCall) -> Outputs:
     from azure.ai.ml.entities import (
         ManagedOnlineDeployment,
         ManagedOnlineEndpoint,
@@ -75,13 +77,13 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     )
 
     cfg = ctx.cfg.deploy
-    registered = ctx.outputs("register")
-    model = ctx.outputs("pick-model")
+    registered = call.outputs("register")
+    model = call.outputs("pick-model")
     allow = model.get("inference_compute_allow_list")
     if allow:
         source = model.get("allow_list_source") or "tags"
         check_lists(cfg.instance_type, allow, [], f"the model's inference allow-list ({source})")
-    recorded = rec.get("outputs") or {}
+    recorded = call.recorded
     name = recorded.get("endpoint_name") or f"{cfg.endpoint_name_prefix}{int(time.time())}"
     if not ENDPOINT_NAME.match(name):
         raise UsageError(
@@ -103,14 +105,14 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
         liveness_probe=ProbeSettings(initial_delay=cfg.liveness_initial_delay_s),
         request_settings=OnlineRequestSettings(request_timeout_ms=cfg.request_timeout_ms),
     )
-    if ctx.dry_run:
+    if call.options.dry_run:
         show_dry_run(ctx, "online endpoint that deploy would create", endpoint)
         show_dry_run(ctx, "deployment that deploy would create", deployment)
         ctx.ui.result(f"# then: traffic {{{deployment_name!r}: 100}} on endpoint {name}")
         return {"dry_run": True, "endpoint_name": name, "deployment_name": deployment_name}
 
     ws = ctx.azure.workspace
-    ctx.save_progress({"endpoint_name": name, "deployment_name": deployment_name})
+    call.checkpoint({"endpoint_name": name, "deployment_name": deployment_name})
 
     def fetch_endpoint() -> Any:
         return _get(lambda: ws.online_endpoints.get(name), f"reading endpoint {name}")
@@ -175,3 +177,6 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
 
 def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('endpoint_name')} {outputs.get('deployment_name')} ({outputs.get('instance_type')})"
+
+
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

@@ -11,9 +11,13 @@ from typing import TYPE_CHECKING, Any
 from ftctl.backends.azureml.client import calling, status_text
 from ftctl.backends.azureml.metadata import compute_lists, is_chat_completion, lifecycle, model_defaults
 from ftctl.errors import FtctlError
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import nothing_to_retire as retire
 
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall
 
 LIST_HINT = (
     "list the chat-completion models of the registry with `ftctl pick-model --list`, then set model.name"
@@ -26,7 +30,7 @@ def _raw_properties(ctx: Context, name: str, version: str) -> dict[str, Any]:
     return props if isinstance(props, dict) else {}
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: Context, call: StageCall) -> Outputs:
     cfg = ctx.cfg.model
     registry_name = ctx.cfg.azureml.registry_name
     registry = ctx.azure.registry
@@ -125,3 +129,6 @@ def list_models(ctx: Context, show_all: bool = False) -> list[dict[str, Any]]:
 def summary(outputs: dict[str, Any]) -> str:
     text = f"{outputs.get('name')} v{outputs.get('version')}"
     return f"{text} (archived)" if outputs.get("archived") else text
+
+
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

@@ -3,6 +3,10 @@ submit uploads the files it wrote as the pipeline's uri_file inputs."""
 
 from __future__ import annotations
 
-from ftctl.stages.prepare_data import inputs, run, summary
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import nothing_to_retire as retire
+from ftctl.stages.shared import prepare_inputs as inputs
+from ftctl.stages.shared import prepare_run as run
+from ftctl.stages.shared import prepare_summary as summary
 
-__all__ = ["inputs", "run", "summary"]
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

@@ -10,10 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml.client import calling, show_dry_run
 from ftctl.errors import StageFailed
-from ftctl.stages.register import lineage_tags, model_name
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import nothing_to_retire as retire
+from ftctl.stages.shared import lineage_tags, model_name
 
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall
 
 
 def _existing(ctx: Context, name: str, version: str) -> Any:
@@ -26,31 +30,31 @@ def _existing(ctx: Context, name: str, version: str) -> Any:
             return None
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: Context, call: StageCall) -> Outputs:
     from azure.ai.ml.constants import AssetTypes
     from azure.ai.ml.entities import Model
 
-    job = ctx.outputs("submit")
+    job = call.outputs("submit")
     job_name = job.get("job_name")
     if not job_name:
         raise StageFailed("submit recorded no job name; there is no trained model to register")
-    recorded = rec.get("outputs") or {}
-    name = model_name(ctx)
+    recorded = call.recorded
+    name = model_name(ctx, call)
     version = str(recorded.get("version") or int(time.time()))
     path = f"azureml://jobs/{job_name}/outputs/trained_model"
-    base = ctx.outputs("pick-model").get("name")
+    base = call.outputs("pick-model").get("name")
     entity = Model(
         path=path,
         type=AssetTypes.MLFLOW_MODEL,
         name=name,
         version=version,
         description=f"{base} fine-tuned on ultrachat_200k by ftctl (pipeline job {job_name})",
-        tags=lineage_tags(ctx),
+        tags=lineage_tags(ctx, call),
     )
-    if ctx.dry_run:
+    if call.options.dry_run:
         show_dry_run(ctx, "model version that register would create", entity)
         return {"dry_run": True, "model_name": name, "version": version, "source": path}
-    ctx.save_progress({"model_name": name, "version": version, "source": path})
+    call.checkpoint({"model_name": name, "version": version, "source": path})
     registered = _existing(ctx, name, version) if recorded.get("version") else None
     if registered is None:
         with calling(f"registering model {name} version {version}"):
@@ -71,3 +75,6 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
 
 def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('model_name')} v{outputs.get('version')}"
+
+
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

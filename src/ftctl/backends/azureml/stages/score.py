@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ftctl.backends.azureml.client import calling
-from ftctl.stages.score import inputs, show, summary, write_sample
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import nothing_to_retire as retire
+from ftctl.stages.shared import score_inputs as inputs
+from ftctl.stages.shared import score_summary as summary
+from ftctl.stages.shared import show, write_sample
 
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
-    sample = write_sample(ctx)
-    endpoint = ctx.outputs("deploy")
+def run(ctx: Context, call: StageCall) -> Outputs:
+    sample = write_sample(ctx, call)
+    endpoint = call.outputs("deploy")
     name, deployment = endpoint["endpoint_name"], endpoint.get("deployment_name", "demo")
     started = time.perf_counter()
     with calling(f"scoring endpoint {name} (deployment {deployment})"):
@@ -31,4 +36,4 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
     return outputs
 
 
-__all__ = ["inputs", "run", "summary"]
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

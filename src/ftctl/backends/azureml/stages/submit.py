@@ -14,18 +14,19 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text
 from ftctl.backends.azureml.params import Declared, display_params, finetune_inputs
-from ftctl.errors import StageFailed, UsageError
-from ftctl.pipeline import Detached
-from ftctl.stages.submit import display_name
-from ftctl.stages.submit import inputs as _inputs
+from ftctl.errors import Detached, StageFailed, UsageError
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import nothing_to_retire as retire
+from ftctl.stages.shared import data_file, display_name
+from ftctl.stages.shared import training_inputs as inputs
 
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall
 
 TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding", "Paused"}
 # Inputs ftctl sets itself, as the notebook does.
@@ -43,10 +44,6 @@ RESERVED = {
 REQUIRED = ["mlflow_model_path", "train_file_path", "number_of_gpu_to_use_finetuning"]
 COMPUTES = ["compute_model_import", "compute_preprocess", "compute_finetune", "compute_model_evaluation"]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def inputs(ctx: Context, state: dict[str, Any]) -> dict[str, Path]:
-    return _inputs(ctx, state)
 
 
 @contextlib.contextmanager
@@ -86,27 +83,21 @@ def _declared(component: Any) -> dict[str, Declared]:
     return declared
 
 
-def _data_path(ctx: Context, split: str, setting: str, required: bool) -> str | None:
-    files = ctx.outputs("prepare-data").get("files") or {}
-    if split in files:
-        return str(files[split]["path"])
-    if required:
-        raise UsageError(
-            f"the prepared data has no {split!r} split ({setting}); it has: {', '.join(files) or 'nothing'}",
-            hint=f"set {setting}, then run `ftctl prepare-data`",
-        )
-    ctx.ui.warn(f"no {split!r} split ({setting}); the service will split the training data itself")
-    return None
+def _data_path(ctx: Context, call: StageCall, split: str, setting: str, required: bool) -> str | None:
+    path = data_file(ctx, call, split, setting, required)
+    if path is None:
+        ctx.ui.warn(f"no {split!r} split ({setting}); the service will split the training data itself")
+    return path
 
 
-def build(ctx: Context, job_name: str | None) -> tuple[Any, dict[str, Any]]:
+def build(ctx: Context, call: StageCall, job_name: str | None) -> tuple[Any, dict[str, Any]]:
     """The pipeline job (an SDK entity) and what ftctl records about it."""
     from azure.ai.ml import Input
     from azure.ai.ml.dsl import pipeline
 
     cfg = ctx.cfg
-    model = ctx.outputs("pick-model")
-    compute = ctx.outputs("check-compute")
+    model = call.outputs("pick-model")
+    compute = call.outputs("check-compute")
     component = _component(ctx)
     declared = _declared(component)
     missing = [name for name in [*REQUIRED, *COMPUTES] if name not in declared]
@@ -137,8 +128,8 @@ def build(ctx: Context, job_name: str | None) -> tuple[Any, dict[str, Any]]:
     gpus = int(compute.get("gpus_per_node") or 1)
     name = display_name(model["name"], display_params(chosen.inputs, declared), gpus)
     experiment = cfg.azureml.experiment_name or f"chat_completion_{model['name'].split('/')[-1]}"
-    train = _data_path(ctx, cfg.data.train_split, "data.train_split", required=True)
-    test = _data_path(ctx, cfg.data.test_split, "data.test_split", required=False)
+    train = _data_path(ctx, call, cfg.data.train_split, "data.train_split", required=True)
+    test = _data_path(ctx, call, cfg.data.test_split, "data.test_split", required=False)
     cluster = compute["name"]
     data: dict[str, Any] = {"train_file_path": Input(type="uri_file", path=train)}
     if test:
@@ -198,14 +189,14 @@ def _get_job(ctx: Context, name: str) -> Any:
             return None
 
 
-def _submit(ctx: Context, job_name: str) -> tuple[Any, dict[str, Any]]:
-    job, info = build(ctx, job_name)
-    ctx.save_progress({**info, "submitted": False})
+def _submit(ctx: Context, call: StageCall, job_name: str) -> tuple[Any, dict[str, Any]]:
+    job, info = build(ctx, call, job_name)
+    call.checkpoint({**info, "submitted": False})
     ctx.ui.info(f"  submitting {job_name} ({info['display_name']}) to experiment {info['experiment_name']}")
     with calling(f"submitting pipeline job {job_name}"), _sdk_stderr(ctx):
         created = ctx.azure.workspace.jobs.create_or_update(job, experiment_name=info["experiment_name"])
     info.update(submitted=True, studio_url=created.studio_url)
-    ctx.save_progress(info)
+    call.checkpoint(info)
     ctx.ui.info(f"  job {job_name} submitted: {created.studio_url}")
     return created, info
 
@@ -226,16 +217,16 @@ def _follow(ctx: Context, name: str) -> Any:
         time.sleep(ctx.cfg.poll_interval_s)
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
-    if ctx.dry_run:
-        job, info = build(ctx, None)
+def run(ctx: Context, call: StageCall) -> Outputs:
+    if call.options.dry_run:
+        job, info = build(ctx, call, None)
         text = show_dry_run(ctx, "pipeline job that submit would create", job)
         return {
             "dry_run": True,
             **{k: v for k, v in info.items() if k != "job_name"},
             "yaml_chars": len(text),
         }
-    recorded = dict(rec.get("outputs") or {})
+    recorded = dict(call.recorded)
     name = recorded.get("job_name")
     job = _get_job(ctx, name) if name else None
     if job is not None:
@@ -243,13 +234,13 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
         info = recorded
     elif name:
         ctx.ui.info(f"  job {name} was recorded but never reached Azure ML; submitting it now")
-        job, info = _submit(ctx, name)
+        job, info = _submit(ctx, call, name)
     else:
-        job, info = _submit(ctx, _new_job_name())
+        job, info = _submit(ctx, call, _new_job_name())
         name = info["job_name"]
     assert name is not None
     studio = job.studio_url or info.get("studio_url")
-    if not ctx.wait:
+    if not call.options.wait:
         raise Detached(f"job {name} is running on Azure ML ({studio}); follow it with `ftctl submit`")
     final = _follow(ctx, name)
     status = status_text(final.status)
@@ -273,3 +264,6 @@ def summary(outputs: dict[str, Any]) -> str:
     if outputs.get("dry_run"):
         return "dry run"
     return f"{outputs.get('job_name')} {outputs.get('status', 'submitted')}"
+
+
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

@@ -8,9 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml.client import calling, wait_for
 from ftctl.errors import StageFailed
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import nothing_to_retire as retire
 
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall
 
 
 def _delete(ctx: Context, begin: Any, what: str) -> bool:
@@ -27,9 +31,9 @@ def _delete(ctx: Context, begin: Any, what: str) -> bool:
     return True
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
+def run(ctx: Context, call: StageCall) -> Outputs:
     ws = ctx.azure.workspace
-    name = ctx.outputs("deploy").get("endpoint_name")
+    name = call.outputs("deploy").get("endpoint_name")
     outputs: dict[str, Any] = {"endpoint_name": name, "endpoint_deleted": False}
     if name:
         exists = _endpoint_exists(ctx, name)
@@ -39,8 +43,8 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
             )
         else:
             ctx.ui.info(f"  endpoint {name} does not exist (already deleted)")
-    if ctx.flags.get("compute"):
-        compute = ctx.outputs("check-compute")
+    if call.options.compute:
+        compute = call.outputs("check-compute")
         cluster = compute.get("name") or ctx.cfg.compute.name
         outputs["compute_name"] = cluster
         if compute.get("created"):
@@ -76,3 +80,6 @@ def summary(outputs: dict[str, Any]) -> str:
             f"; cluster {outputs.get('compute_name')} {'deleted' if outputs['compute_deleted'] else 'kept'}"
         )
     return text
+
+
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

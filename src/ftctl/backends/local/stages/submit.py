@@ -13,76 +13,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftctl.config import FinetuneSection
-from ftctl.errors import ConfigError, StageFailed, UsageError
-from ftctl.pipeline import Detached
+from ftctl.errors import Detached, StageFailed
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import nothing_to_retire as retire
+from ftctl.stages.shared import data_file, display_name, finetune_params
+from ftctl.stages.shared import training_inputs as inputs
 
 if TYPE_CHECKING:
     from ftctl.backends.local.jobs import Job
     from ftctl.context import Context
-
-
-def _coerce(value: Any) -> Any:
-    """Azure tags carry every value as a string; "true"/"false" are the component's booleans."""
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    return value
-
-
-def finetune_params(ctx: Context) -> tuple[dict[str, Any], list[str]]:
-    """The effective finetune parameters and notes on what the model's defaults changed or dropped."""
-    cfg = ctx.cfg.finetune
-    params = cfg.model_dump()
-    notes: list[str] = []
-    defaults = ctx.outputs("pick-model").get("model_specific_defaults") or {}
-    if cfg.use_model_defaults:
-        for key, value in sorted(defaults.items()):
-            if key not in FinetuneSection.model_fields:
-                notes.append(f"dropped model default {key}={value!r} (not a finetune parameter)")
-            elif f"finetune.{key}" in ctx.config.explicit:
-                notes.append(f"kept finetune.{key}={params[key]!r} over the model default {value!r}")
-            else:
-                params[key] = _coerce(value)
-                notes.append(f"model default {key}={value!r}")
-        try:
-            params = FinetuneSection.model_validate(params).model_dump()
-        except Exception as exc:
-            raise ConfigError(f"the model's model_specific_defaults are invalid: {exc}") from None
-    return params, notes
-
-
-def display_name(model: str, params: dict[str, Any], gpus_per_node: int) -> str:
-    """The notebook's pipeline display name."""
-    batch = (
-        params["per_device_train_batch_size"]
-        * params["gradient_accumulation_steps"]
-        * max(gpus_per_node, 1)
-        * params["num_nodes"]
-    )
-    deepspeed = f"ds{params['deepspeed_stage']}" if params["apply_deepspeed"] else "nods"
-    lora = "lora" if params["apply_lora"] else "nolora"
-    return (
-        f"{model.split('/')[-1]}-ultrachat-bs{batch}-{params['lr_scheduler_type']}-{deepspeed}-{lora}"
-        f"-save_limit{params['save_total_limit']}-seqlen{params['max_seq_length']}"
-    )
-
-
-def _data_file(ctx: Context, split: str, required: bool) -> str | None:
-    files = ctx.outputs("prepare-data").get("files") or {}
-    if split in files:
-        return str(files[split]["path"])
-    if required:
-        raise UsageError(
-            f"the prepared data has no {split!r} split (data.train_split); it has: {', '.join(files)}",
-            hint="set data.train_split, then run `ftctl prepare-data`",
-        )
-    return None
-
-
-def inputs(ctx: Context, state: dict[str, Any]) -> dict[str, Path]:
-    files = state.get("stages", {}).get("prepare-data", {}).get("outputs", {}).get("files") or {}
-    wanted = (ctx.cfg.data.train_split, ctx.cfg.data.test_split)
-    return {f"{split}.jsonl": Path(files[split]["path"]) for split in wanted if split in files}
+    from ftctl.stages.contract import Outputs, StageCall
 
 
 class _Follower:
@@ -124,14 +64,14 @@ class _Follower:
             self.ctx.ui.warn(str(event.get("message")))
 
 
-def _start_job(ctx: Context) -> Job:
+def _start_job(ctx: Context, call: StageCall) -> Job:
     from ftctl.backends.local.jobs import Job, new_job_id
     from ftctl.backends.local.launch import launch_command
 
     ws = ctx.local
-    model = ctx.outputs("pick-model")
-    compute = ctx.outputs("check-compute")
-    params, notes = finetune_params(ctx)
+    model = call.outputs("pick-model")
+    compute = call.outputs("check-compute")
+    params, notes = finetune_params(ctx, call)
     for note in notes:
         ctx.ui.info(f"  {note}")
     if params["precision"] == "auto":
@@ -151,8 +91,8 @@ def _start_job(ctx: Context) -> Job:
         "job_id": job_id,
         "display_name": name,
         "model_path": model["path"],
-        "train_file": _data_file(ctx, ctx.cfg.data.train_split, required=True),
-        "eval_file": _data_file(ctx, ctx.cfg.data.test_split, required=False),
+        "train_file": data_file(ctx, call, ctx.cfg.data.train_split, "data.train_split", required=True),
+        "eval_file": data_file(ctx, call, ctx.cfg.data.test_split, "data.test_split", required=False),
         "params": params,
         "device": compute.get("device", "cpu"),
         "mlflow": {"tracking_uri": ws.tracking_uri, "experiment": experiment, "run_name": name},
@@ -162,29 +102,28 @@ def _start_job(ctx: Context) -> Job:
     # Record the job before starting it: an ftctl killed in between leaves a recorded job that the
     # next `ftctl submit` starts or re-attaches to, never one training unrecorded while a second starts.
     recorded = {"job_id": job.id, "job_dir": str(job.dir), "display_name": name}
-    ctx.save_progress(recorded)
+    call.checkpoint(recorded)
     pid = job.start()
-    ctx.save_progress({**recorded, "pid": pid})
+    call.checkpoint({**recorded, "pid": pid})
     ctx.ui.info(f"  job {job.id} started (pid {pid}); log: {job.log_path}")
     return job
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
-    ctx.require_local("submit")
+def run(ctx: Context, call: StageCall) -> Outputs:
     from ftctl.backends.local import procs
     from ftctl.backends.local.jobs import COMPLETED, Job
 
-    recorded = rec.get("outputs") or {}
+    recorded = call.recorded
     if recorded.get("job_dir"):
         job = Job(Path(recorded["job_dir"]))
         if job.never_started():  # the attempt that recorded it was interrupted before starting it
             ctx.ui.info(f"  re-attaching to job {job.id} (its start was interrupted: starting it now)")
-            ctx.save_progress({**recorded, "pid": job.start()})
+            call.checkpoint({**recorded, "pid": job.start()})
         else:
             ctx.ui.info(f"  re-attaching to job {job.id}")
     else:
-        job = _start_job(ctx)
-    if not ctx.wait:
+        job = _start_job(ctx, call)
+    if not call.options.wait:
         raise Detached(f"job {job.id} is running; follow it with `ftctl submit` or check `ftctl status`")
     with ctx.ui.progress("training", unit="steps") as bar:
         final = job.follow(_Follower(ctx, bar))
@@ -221,3 +160,6 @@ def summary(outputs: dict[str, Any]) -> str:
     loss = outputs.get("eval_loss") or outputs.get("train_loss")
     text = f"{outputs.get('job_id')}"
     return f"{text} loss {loss:.3f}" if isinstance(loss, float) else text
+
+
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

@@ -11,9 +11,14 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ftctl.errors import UsageError
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import nothing_to_retire as retire
+from ftctl.stages.shared import check_lists
 
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall
 
 
 def detect() -> dict[str, Any]:
@@ -36,21 +41,6 @@ def detect() -> dict[str, Any]:
     return {"gpus": gpus, "cpu_cores": cores, "ram_gib": round(ram, 1), "torch_version": torch.__version__}
 
 
-def check_lists(size: str, allow_list: list[str] | None, deny_list: list[str], source: str) -> None:
-    """The notebook's semantics: an allow-list wins; without one, the deny list applies."""
-    if allow_list:
-        if size.lower() not in {s.lower() for s in allow_list}:
-            raise UsageError(
-                f"compute {size!r} is not in the allow-list ({source}): {', '.join(allow_list)}",
-                hint="use a device/size from the list, or set compute.allow_list",
-            )
-    elif size.lower() in {s.lower() for s in deny_list}:
-        raise UsageError(
-            f"compute {size!r} is in the deny list (compute.deny_list)",
-            hint="choose another size, or edit compute.deny_list",
-        )
-
-
 def choose(found: dict[str, Any], device: str, num_gpus: int | None, precision: str) -> dict[str, Any]:
     gpus = found["gpus"]
     if device == "cuda" and not gpus:
@@ -70,12 +60,11 @@ def choose(found: dict[str, Any], device: str, num_gpus: int | None, precision: 
     return {"device": "cpu", "size": "cpu", "gpus_per_node": 0, "precision": "32"}
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
-    ctx.require_local("check-compute")
+def run(ctx: Context, call: StageCall) -> Outputs:
     cfg = ctx.cfg
     found = detect()
     chosen = choose(found, cfg.compute.device, cfg.compute.num_gpus, cfg.finetune.precision)
-    model = ctx.outputs("pick-model")
+    model = call.outputs("pick-model")
     allow, source = cfg.compute.allow_list, "compute.allow_list"
     if not allow and model.get("finetune_compute_allow_list"):
         allow, source = model["finetune_compute_allow_list"], "the model's finetune_compute_allow_list"
@@ -92,4 +81,12 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary(outputs: dict[str, Any]) -> str:
-    return f"{outputs.get('device')} x{outputs.get('gpus_per_node')} {outputs.get('precision')}"
+    """ "cpu, 2 cores, fp32" or "cuda, 4 GPUs (NVIDIA H100 80GB HBM3), bf16"."""
+    precision = {"32": "fp32", "16": "fp16"}.get(str(outputs.get("precision")), outputs.get("precision"))
+    if outputs.get("device") == "cuda":
+        gpus = outputs.get("gpus_per_node")
+        return f"cuda, {gpus} GPU{'' if gpus == 1 else 's'} ({outputs.get('size')}), {precision}"
+    return f"cpu, {outputs.get('cpu_cores')} cores, {precision}"
+
+
+__all__ = ["alive", "check_lists", "inputs", "retire", "run", "summary"]

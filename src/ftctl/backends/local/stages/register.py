@@ -10,45 +10,25 @@ import contextlib
 import io
 from typing import TYPE_CHECKING, Any
 
-import ftctl
 from ftctl.errors import StageFailed
-from ftctl.state import digest
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import nothing_to_retire as retire
+from ftctl.stages.shared import lineage_tags, model_name
 
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall
 
 
-def model_name(ctx: Context) -> str:
-    base = ctx.outputs("pick-model").get("name") or ctx.cfg.model.name
-    return ctx.cfg.register_.model_name or f"{base}-ultrachat-200k".replace("/", "-")
-
-
-def lineage_tags(ctx: Context) -> dict[str, str]:
-    job = ctx.outputs("submit")
-    model = ctx.outputs("pick-model")
-    files = ctx.outputs("prepare-data").get("files") or {}
-    tags = {
-        "ftctl.job_id": str(job.get("job_id")),
-        "ftctl.display_name": str(job.get("display_name")),
-        "ftctl.base_model": str(model.get("name")),
-        "ftctl.base_model_hash": str(model.get("content_hash")),
-        "ftctl.config_hash": digest(job.get("params")),
-        "ftctl.version": ftctl.__version__,
-    }
-    for split in (ctx.cfg.data.train_split, ctx.cfg.data.test_split):
-        if split in files:
-            tags[f"ftctl.data.{split}.sha256"] = str(files[split].get("sha256"))
-    return tags
-
-
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
-    ws = ctx.require_local("register")
-    job = ctx.outputs("submit")
+def run(ctx: Context, call: StageCall) -> Outputs:
+    ws = ctx.local
+    job = call.outputs("submit")
     run_id = job.get("mlflow_run_id")
     if not run_id:
         raise StageFailed("submit recorded no MLflow run id; the job's model cannot be found")
-    name = model_name(ctx)
-    tags = lineage_tags(ctx)
+    name = model_name(ctx, call)
+    tags = lineage_tags(ctx, call)
     source = f"runs:/{run_id}/mlflow_model"
     with ctx.ui.spinner(f"registering {name} in the MLflow model registry"):
         mlflow = ws.mlflow
@@ -73,3 +53,6 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
 
 def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('model_name')} v{outputs.get('version')}"
+
+
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

@@ -7,17 +7,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl.errors import StageFailed
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import nothing_to_retire as retire
 
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
-    ctx.require_local("teardown")
+def run(ctx: Context, call: StageCall) -> Outputs:
     from ftctl.backends.local import procs
     from ftctl.backends.local.server import port_is_open
 
-    endpoint = ctx.outputs("deploy")
+    endpoint = call.outputs("deploy")
     name, pid = endpoint.get("endpoint_name"), endpoint.get("pid")
     host, port = endpoint.get("host", "127.0.0.1"), endpoint.get("port")
     stopped = procs.stop(pid) if pid else False
@@ -32,3 +35,6 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
 
 def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('endpoint_name')} {'stopped' if outputs.get('stopped') else 'already down'}"
+
+
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

@@ -7,12 +7,17 @@ import platform
 import socket
 from typing import TYPE_CHECKING, Any
 
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import nothing_to_retire as retire
+
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
-    ws = ctx.require_local("auth")
+def run(ctx: Context, call: StageCall) -> Outputs:
+    ws = ctx.local
     ws.create()
     ctx.ui.info(f"  workspace {ws.root}")
     mlflow = ws.mlflow
@@ -32,3 +37,6 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
 
 def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('user')}@{outputs.get('host')}"
+
+
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

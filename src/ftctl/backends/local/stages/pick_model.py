@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from ftctl.config import TINY_MODEL
 from ftctl.errors import UsageError
+from ftctl.models.layout import shipped_model_dir
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import nothing_to_retire as retire
 from ftctl.state import file_signature
 
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall
 
 METADATA_FILE = "ftctl_model.json"  # the notebook's Azure model tags, for local models
-
-
-def shipped_model_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "resources" / "tiny-phi3"
 
 
 def resolve_model_dir(name: str, revision: str | None) -> tuple[Path, str]:
@@ -93,8 +93,7 @@ def describe(folder: Path) -> dict[str, Any]:
     }
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
-    ctx.require_local("pick-model")
+def run(ctx: Context, call: StageCall) -> Outputs:
     name, revision = ctx.cfg.model.name, ctx.cfg.model.revision
     folder, kind = resolve_model_dir(name, revision)
     info = describe(folder)
@@ -130,3 +129,6 @@ def inputs(ctx: Context, state: dict[str, Any]) -> dict[str, Path]:
 
 def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('name')} ({outputs.get('parameters')} params)"
+
+
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from ftctl.errors import StageFailed, UsageError
-from ftctl.stages.check_compute import check_lists
+from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.shared import check_lists
 
 if TYPE_CHECKING:
     from ftctl.backends.local.workspace import LocalWorkspace
     from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall
 
 
 def registered_model_dir(ws: LocalWorkspace, name: str, version: str, dest: Path) -> Path:
@@ -61,7 +63,7 @@ def alive(ctx: Context, outputs: dict[str, Any]) -> bool:
 def retire(ctx: Context, outputs: dict[str, Any]) -> None:
     """Before deploy runs again (--force, or stale): stop the endpoint the previous attempt started,
     which would otherwise keep running once its record is replaced."""
-    if ctx.backend != "local" or not alive(ctx, outputs):
+    if not alive(ctx, outputs):
         return
     from ftctl.backends.local import procs
 
@@ -72,21 +74,21 @@ def retire(ctx: Context, outputs: dict[str, Any]) -> None:
             Path(outputs["key_file"]).unlink()
 
 
-def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
-    ws = ctx.require_local("deploy")
+def run(ctx: Context, call: StageCall) -> Outputs:
+    ws = ctx.local
     from ftctl.backends.local import procs
     from ftctl.backends.local.server import HANDOFF_RECORDED, wait_until_ready
 
     cfg = ctx.cfg.deploy
-    recorded = rec.get("outputs") or {}
+    recorded = call.recorded
     if recorded.get("pid") and alive(ctx, recorded):
         ctx.ui.info(f"  re-attaching to endpoint {recorded['endpoint_name']} at {recorded['url']}")
         wait_until_ready(recorded["url"], cfg.ready_timeout_s)
         return recorded
 
-    registered = ctx.outputs("register")
-    compute = ctx.outputs("check-compute")
-    allow = ctx.outputs("pick-model").get("inference_compute_allow_list")
+    registered = call.outputs("register")
+    compute = call.outputs("check-compute")
+    allow = call.outputs("pick-model").get("inference_compute_allow_list")
     if allow:
         check_lists(compute.get("size", "cpu"), allow, [], "the model's inference_compute_allow_list")
 
@@ -140,7 +142,7 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
             "key_file": str(key_file),
             "log": str(log_path),
         }
-        ctx.save_progress(outputs)
+        call.checkpoint(outputs)
         with contextlib.suppress(OSError):  # a server that already exited reads nothing
             os.write(handoff_write, HANDOFF_RECORDED)
     finally:
@@ -159,3 +161,6 @@ def run(ctx: Context, rec: dict[str, Any]) -> dict[str, Any]:
 
 def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('endpoint_name')} {outputs.get('url')}"
+
+
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

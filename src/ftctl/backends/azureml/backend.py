@@ -1,0 +1,76 @@
+"""The Azure ML backend's table: its nine stage implementations, capabilities and hooks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ftctl.backends.azureml.stages import (
+    auth,
+    check_compute,
+    deploy,
+    pick_model,
+    prepare_data,
+    register,
+    score,
+    submit,
+    teardown,
+)
+from ftctl.errors import UsageError
+from ftctl.stages.contract import (
+    CLUSTER,
+    DRY_RUN,
+    ENDPOINT,
+    LIST_MODELS,
+    METRICS,
+    Backend,
+    Missing,
+    StageImpl,
+)
+
+if TYPE_CHECKING:
+    from ftctl.chat import Endpoint
+    from ftctl.context import Context
+    from ftctl.metrics import RunMetrics
+    from ftctl.stages.contract import State
+
+STAGES: dict[str, StageImpl] = {
+    "auth": auth,
+    "pick-model": pick_model,
+    "check-compute": check_compute,
+    "prepare-data": prepare_data,
+    "submit": submit,
+    "register": register,
+    "deploy": deploy,
+    "score": score,
+    "teardown": teardown,
+}
+
+
+class AzureHooks:
+    def endpoint(self, ctx: Context, state: State, command: str) -> Endpoint:
+        raise UsageError(f"`ftctl {command}` is not available on --backend azureml yet")
+
+    def metrics(self, ctx: Context, state: State, run: str | None) -> RunMetrics:
+        raise UsageError("`ftctl metrics` is not available on --backend azureml yet")
+
+    def list_models(self, ctx: Context, show_all: bool) -> list[dict[str, Any]]:
+        return pick_model.list_models(ctx, show_all)
+
+
+BACKEND = Backend(
+    name="azureml",
+    stages=STAGES,
+    capabilities=frozenset({CLUSTER, DRY_RUN, LIST_MODELS}),
+    hooks=AzureHooks(),
+    missing={
+        METRICS: Missing(
+            "`ftctl metrics` on --backend azureml is not available yet",
+            hint="the pipeline job's metrics are in Azure ML studio (Jobs > the job > Metrics)",
+        ),
+        ENDPOINT: Missing(
+            "`ftctl chat`, `ftctl credentials` and `ftctl score --file` on --backend azureml are not "
+            "available yet",
+            hint="use the default local backend (--backend local)",
+        ),
+    },
+)

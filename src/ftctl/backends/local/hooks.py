@@ -1,0 +1,118 @@
+"""What the commands outside the pipeline ask of the local backend: the live endpoint (chat,
+credentials, score --file) and the fine-tuning job's metrics from the workspace's MLflow store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ftctl import state as st
+from ftctl.errors import StageFailed, UsageError
+
+if TYPE_CHECKING:
+    from ftctl.chat import Endpoint
+    from ftctl.context import Context
+    from ftctl.metrics import RunMetrics
+    from ftctl.stages.contract import State
+
+
+class LocalHooks:
+    def endpoint(self, ctx: Context, state: State, command: str) -> Endpoint:
+        from ftctl.backends.local.stages import deploy
+        from ftctl.chat import Endpoint
+
+        rec = st.record(state, "deploy")
+        outputs = rec.get("outputs") or {}
+        if rec["status"] != st.SUCCEEDED or not outputs.get("scoring_uri"):
+            raise UsageError(
+                f"there is no endpoint: deploy is {rec['status']}",
+                hint="run `ftctl deploy` (or `ftctl run --to deploy`)",
+            )
+        if not deploy.alive(ctx, outputs):
+            raise UsageError(
+                f"the endpoint {outputs.get('endpoint_name')} is not running "
+                "(it was torn down or its process ended)",
+                hint="run `ftctl deploy`",
+            )
+        key_file = Path(outputs["key_file"])
+        try:
+            key = key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise StageFailed(f"cannot read the endpoint key {key_file}: {exc.strerror}") from None
+        model = None
+        uri = str(outputs.get("model_uri") or "")
+        if uri.startswith("models:/") and uri.count("/") >= 2:
+            name, _, version = uri[len("models:/") :].rpartition("/")
+            model = f"{name}:{version}"
+        url = str(outputs.get("url") or outputs["scoring_uri"].rsplit("/", 1)[0])
+        return Endpoint(
+            name=str(outputs.get("endpoint_name")),
+            deployment=str(outputs.get("deployment_name") or "demo"),
+            url=url,
+            scoring_uri=str(outputs["scoring_uri"]),
+            key=key,
+            key_file=str(key_file),
+            model=model,
+            openai_base_url=f"{url}/v1",
+        )
+
+    def metrics(self, ctx: Context, state: State, run: str | None) -> RunMetrics:
+        """The metrics of `run` (an MLflow run id or a job id), default the job `ftctl submit` recorded."""
+        from ftctl.metrics import fetch
+
+        ws = ctx.local
+        if not ws.mlflow_db.exists():
+            raise UsageError(
+                f"no MLflow store in {ws.root}", hint="run `ftctl auth` and `ftctl submit` first"
+            )
+        client = ws.mlflow.MlflowClient()
+        job_id: str | None = None
+        run_id: str | None = run
+        if not run or run.startswith("job-"):
+            submit = st.record(state, "submit").get("outputs") or {}
+            job_id = run or submit.get("job_id")
+            run_id = None if run else submit.get("mlflow_run_id")
+            if job_id and not run_id:  # a job still running has no run id recorded yet: find it by name
+                run_id = _run_of_job(ctx, client, job_id)
+            if not run_id:
+                if run:
+                    raise UsageError(
+                        f"job {run} has no MLflow run yet", hint="it may still be loading; try again"
+                    )
+                raise UsageError(
+                    "no fine-tuning job to show: submit has not run (or its job has not started logging)",
+                    hint="run `ftctl submit` (or `ftctl run --to submit`), or pass --run RUN_ID",
+                )
+        assert run_id is not None
+        metrics = fetch(client, run_id)
+        metrics.job_id = job_id
+        metrics.tracking_uri = ws.tracking_uri
+        return metrics
+
+    def list_models(self, ctx: Context, show_all: bool) -> list[dict[str, Any]]:
+        raise UsageError("the local backend has no model registry to list")  # not a declared capability
+
+
+def _run_of_job(ctx: Context, client: Any, job_id: str) -> str | None:
+    """The MLflow run of a local job: the one its result recorded, else the newest run with its name."""
+    from ftctl.backends.local.jobs import Job
+
+    job = Job(ctx.local.jobs_dir / job_id)
+    if not job.spec_path.exists():
+        raise UsageError(f"no job {job_id} in {ctx.local.jobs_dir}")
+    found = job.result().get("mlflow_run_id")
+    if found:
+        return str(found)
+    spec = job.spec()
+    experiment = client.get_experiment_by_name((spec.get("mlflow") or {}).get("experiment") or "")
+    name = spec.get("display_name")
+    if experiment is None or not name:
+        return None
+    escaped = str(name).replace("'", "\\'")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"attributes.run_name = '{escaped}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return str(runs[0].info.run_id) if runs else None

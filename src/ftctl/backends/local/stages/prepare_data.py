@@ -1,0 +1,11 @@
+"""prepare-data on this machine: the shared stage (ftctl.stages.shared), which both backends run."""
+
+from __future__ import annotations
+
+from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import nothing_to_retire as retire
+from ftctl.stages.shared import prepare_inputs as inputs
+from ftctl.stages.shared import prepare_run as run
+from ftctl.stages.shared import prepare_summary as summary
+
+__all__ = ["alive", "inputs", "retire", "run", "summary"]

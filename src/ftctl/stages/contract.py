@@ -1,0 +1,162 @@
+"""The stage contract: what every backend's implementation of a stage provides, and what it is given.
+
+A backend (ftctl.backends.<name>) implements each of the nine stages as a module that satisfies
+`StageImpl`; its `BACKEND` object lists them, declares the optional capabilities it has, and provides
+the hooks that commands outside the pipeline use (the endpoint for chat/credentials, the metrics).
+mypy checks every implementation against the Protocol where the backend builds its table.
+
+This module is backend-neutral: it imports no backend and not the runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ftctl.errors import UsageError
+
+if TYPE_CHECKING:
+    from ftctl.chat import Endpoint
+    from ftctl.context import Context
+    from ftctl.metrics import RunMetrics
+
+Outputs = dict[str, Any]
+State = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Per-command options the runner passes to a stage (the Context itself never changes)."""
+
+    force: bool = False
+    wait: bool = True  # False with `--no-wait`: start long-running work, record its id, return
+    dry_run: bool = False  # show what would be created; send nothing that creates, record nothing
+    compute: bool = False  # `teardown --compute`: also delete the cluster ftctl created
+
+
+@dataclass
+class StageCall:
+    """One attempt of one stage: what it is given besides the Context.
+
+    `recorded` holds what an interrupted attempt saved (a job id, a server pid), so the stage can
+    re-attach instead of starting again; `checkpoint` saves partial outputs into the state file before
+    the stage waits on something long-lived.
+    """
+
+    stage: str
+    state: State
+    options: RunOptions = RunOptions()
+    recorded: Outputs = field(default_factory=dict)
+    checkpoint: Callable[[Outputs], None] = lambda outputs: None
+
+    def outputs(self, stage: str) -> Outputs:
+        """The recorded outputs of another stage."""
+        return dict(self.state.get("stages", {}).get(stage, {}).get("outputs") or {})
+
+
+class StageImpl(Protocol):
+    """One stage on one backend."""
+
+    def run(self, ctx: Context, call: StageCall) -> Outputs:
+        """Do the work; return the outputs (ids, names, paths, URLs, counts, hashes)."""
+        ...
+
+    def inputs(self, ctx: Context, state: State) -> dict[str, Path]:
+        """label -> path of the files whose content the stage reads (part of its fingerprint)."""
+        ...
+
+    def alive(self, ctx: Context, outputs: Outputs) -> bool:
+        """Whether the long-lived thing the stage started (an endpoint) is still up; True if none."""
+        ...
+
+    def retire(self, ctx: Context, outputs: Outputs) -> None:
+        """Stop what a previous attempt started, before the stage runs again."""
+        ...
+
+    def summary(self, outputs: Outputs) -> str:
+        """Key outputs in a few words, for `ftctl status`."""
+        ...
+
+
+# Optional capabilities: a command that needs one on a backend that lacks it says so, in one place.
+METRICS = "metrics"
+ENDPOINT = "endpoint"  # chat, credentials, score --file
+DRY_RUN = "dry-run"
+LIST_MODELS = "list-models"
+CLUSTER = "cluster"  # a compute cluster ftctl may have created (teardown --compute)
+
+CAPABILITY_COMMANDS = {
+    METRICS: "ftctl metrics",
+    ENDPOINT: "ftctl chat, ftctl credentials and ftctl score --file",
+    DRY_RUN: "--dry-run",
+    LIST_MODELS: "ftctl pick-model --list",
+    CLUSTER: "teardown --compute",
+}
+
+
+class Hooks(Protocol):
+    """What commands outside the pipeline ask of a backend."""
+
+    def endpoint(self, ctx: Context, state: State, command: str) -> Endpoint:
+        """The live endpoint `ftctl deploy` started; UsageError naming what to run when there is none."""
+        ...
+
+    def metrics(self, ctx: Context, state: State, run: str | None) -> RunMetrics:
+        """The fine-tuning job's metric histories."""
+        ...
+
+    def list_models(self, ctx: Context, show_all: bool) -> list[dict[str, Any]]:
+        """The registry's models (name, latest_version, task, description)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Missing:
+    """Why a backend lacks a capability, and what to do instead."""
+
+    message: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    stages: Mapping[str, StageImpl]
+    capabilities: frozenset[str]
+    hooks: Hooks
+    missing: Mapping[str, Missing] = field(default_factory=dict)  # capability -> why it is missing
+
+    def stage(self, name: str) -> StageImpl:
+        return self.stages[name]
+
+    def require(self, capability: str) -> Hooks:
+        """The hooks, if this backend has `capability`; otherwise a UsageError saying it does not."""
+        if capability not in self.capabilities:
+            why = self.missing.get(capability)
+            if why is None:
+                what = CAPABILITY_COMMANDS.get(capability, capability)
+                why = Missing(f"{what}: not available on --backend {self.name}")
+            raise UsageError(why.message, hint=why.hint)
+        return self.hooks
+
+
+# Defaults for the parts of the contract a stage has no use for. A stage module re-exports the ones it
+# needs (`from ftctl.stages.contract import no_inputs as inputs`), so every module is complete.
+
+
+def no_inputs(ctx: Context, state: State) -> dict[str, Path]:
+    return {}
+
+
+def always_alive(ctx: Context, outputs: Outputs) -> bool:
+    return True
+
+
+def nothing_to_retire(ctx: Context, outputs: Outputs) -> None:
+    return None
+
+
+def no_summary(outputs: Outputs) -> str:
+    return ""

@@ -1,0 +1,283 @@
+"""What both backends' stages share: allow/deny lists, lineage tags, display names, the finetune
+parameters, finding the prepared files, the sample scoring request, and the prepare-data stage itself
+(it runs on this machine on both backends, as the notebook's download-dataset.py does).
+
+Backend-neutral: imports no backend and not the runner.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ftctl
+from ftctl.config import SAMPLE_DATASET, FinetuneSection
+from ftctl.errors import ConfigError, UsageError
+from ftctl.scoring import build_request, parse_response, pick_conversation
+from ftctl.state import atomic_write_text, digest
+
+if TYPE_CHECKING:
+    from ftctl.context import Context
+    from ftctl.stages.contract import Outputs, StageCall, State
+
+
+# --- compute ----------------------------------------------------------------------------------------
+
+
+def check_lists(size: str, allow_list: list[str] | None, deny_list: list[str], source: str) -> None:
+    """The notebook's semantics: an allow-list wins; without one, the deny list applies."""
+    if allow_list:
+        if size.lower() not in {s.lower() for s in allow_list}:
+            raise UsageError(
+                f"compute {size!r} is not in the allow-list ({source}): {', '.join(allow_list)}",
+                hint="use a device/size from the list, or set compute.allow_list",
+            )
+    elif size.lower() in {s.lower() for s in deny_list}:
+        raise UsageError(
+            f"compute {size!r} is in the deny list (compute.deny_list)",
+            hint="choose another size, or edit compute.deny_list",
+        )
+
+
+# --- the prepared files -----------------------------------------------------------------------------
+
+
+def prepared_files(state: State) -> dict[str, Any]:
+    """split -> {path, rows, sha256, ...} as prepare-data recorded them."""
+    files = state.get("stages", {}).get("prepare-data", {}).get("outputs", {}).get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def split_inputs(state: State, *splits: str) -> dict[str, Path]:
+    """label -> path of the prepared files of `splits` (those that exist), for a stage's fingerprint."""
+    files = prepared_files(state)
+    return {f"{split}.jsonl": Path(files[split]["path"]) for split in splits if split in files}
+
+
+def data_file(ctx: Context, call: StageCall, split: str, setting: str, required: bool) -> str | None:
+    """The path of a prepared split; UsageError naming `setting` when a required one is missing."""
+    files = prepared_files(call.state)
+    if split in files:
+        return str(files[split]["path"])
+    if required:
+        raise UsageError(
+            f"the prepared data has no {split!r} split ({setting}); it has: {', '.join(files)}",
+            hint=f"set {setting}, then run `ftctl prepare-data`",
+        )
+    return None
+
+
+# --- submit -----------------------------------------------------------------------------------------
+
+
+def _coerce(value: Any) -> Any:
+    """Azure tags carry every value as a string; "true"/"false" are the component's booleans."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
+
+
+def finetune_params(ctx: Context, call: StageCall) -> tuple[dict[str, Any], list[str]]:
+    """The effective finetune parameters and notes on what the model's defaults changed or dropped."""
+    cfg = ctx.cfg.finetune
+    params = cfg.model_dump()
+    notes: list[str] = []
+    defaults = call.outputs("pick-model").get("model_specific_defaults") or {}
+    if cfg.use_model_defaults:
+        for key, value in sorted(defaults.items()):
+            if key not in FinetuneSection.model_fields:
+                notes.append(f"dropped model default {key}={value!r} (not a finetune parameter)")
+            elif f"finetune.{key}" in ctx.config.explicit:
+                notes.append(f"kept finetune.{key}={params[key]!r} over the model default {value!r}")
+            else:
+                params[key] = _coerce(value)
+                notes.append(f"model default {key}={value!r}")
+        try:
+            params = FinetuneSection.model_validate(params).model_dump()
+        except Exception as exc:
+            raise ConfigError(f"the model's model_specific_defaults are invalid: {exc}") from None
+    return params, notes
+
+
+def display_name(model: str, params: dict[str, Any], gpus_per_node: int) -> str:
+    """The notebook's pipeline display name."""
+    batch = (
+        params["per_device_train_batch_size"]
+        * params["gradient_accumulation_steps"]
+        * max(gpus_per_node, 1)
+        * params["num_nodes"]
+    )
+    deepspeed = f"ds{params['deepspeed_stage']}" if params["apply_deepspeed"] else "nods"
+    lora = "lora" if params["apply_lora"] else "nolora"
+    return (
+        f"{model.split('/')[-1]}-ultrachat-bs{batch}-{params['lr_scheduler_type']}-{deepspeed}-{lora}"
+        f"-save_limit{params['save_total_limit']}-seqlen{params['max_seq_length']}"
+    )
+
+
+def training_inputs(ctx: Context, state: State) -> dict[str, Path]:
+    """submit's input files: the train and test splits."""
+    return split_inputs(state, ctx.cfg.data.train_split, ctx.cfg.data.test_split)
+
+
+# --- register ---------------------------------------------------------------------------------------
+
+
+def model_name(ctx: Context, call: StageCall) -> str:
+    base = call.outputs("pick-model").get("name") or ctx.cfg.model.name
+    return ctx.cfg.register_.model_name or f"{base}-ultrachat-200k".replace("/", "-")
+
+
+def lineage_tags(ctx: Context, call: StageCall) -> dict[str, str]:
+    job = call.outputs("submit")
+    model = call.outputs("pick-model")
+    files = prepared_files(call.state)
+    tags = {
+        "ftctl.job_id": str(job.get("job_id")),
+        "ftctl.display_name": str(job.get("display_name")),
+        "ftctl.base_model": str(model.get("name")),
+        "ftctl.base_model_hash": str(model.get("content_hash")),
+        "ftctl.config_hash": digest(job.get("params")),
+        "ftctl.version": ftctl.__version__,
+    }
+    for split in (ctx.cfg.data.train_split, ctx.cfg.data.test_split):
+        if split in files:
+            tags[f"ftctl.data.{split}.sha256"] = str(files[split].get("sha256"))
+    return tags
+
+
+# --- score ------------------------------------------------------------------------------------------
+
+
+def score_inputs(ctx: Context, state: State) -> dict[str, Path]:
+    return split_inputs(state, ctx.cfg.data.score_split)
+
+
+def score_summary(outputs: Outputs) -> str:
+    return f"{outputs.get('output_chars')} chars in {outputs.get('latency_ms')} ms"
+
+
+@dataclass
+class Sample:
+    """The notebook's sample_score.json, written to the workspace."""
+
+    request_file: Path
+    split: str
+    line: int
+
+    def report(self, raw: str, latency_ms: float, **extra: Any) -> dict[str, Any]:
+        """Print the raw body and the parsed answer (any response shape); the stage's outputs."""
+        text = parse_response(raw)
+        return {
+            **extra,
+            "request_file": str(self.request_file),
+            "split": self.split,
+            "line": self.line,
+            "latency_ms": latency_ms,
+            "output": text[:500],
+            "output_chars": len(text),
+        }
+
+
+def write_sample(ctx: Context, call: StageCall) -> Sample:
+    """A seeded random conversation of data.score_split, up to its last user turn, with the scoring
+    parameters, as the request file both backends send."""
+    cfg = ctx.cfg.score
+    split = ctx.cfg.data.score_split
+    files = prepared_files(call.state)
+    if split not in files:
+        raise UsageError(f"data.score_split: the prepared data has no {split!r} split ({', '.join(files)})")
+    line, messages = pick_conversation(Path(files[split]["path"]), cfg.seed)
+    parameters = {
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "do_sample": cfg.do_sample,
+        "max_new_tokens": cfg.max_new_tokens,
+    }
+    request_file = ctx.workspace / "score" / "sample_score.json"
+    request_file.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(build_request(messages, parameters), indent=2, ensure_ascii=False) + "\n"
+    atomic_write_text(request_file, text)
+    ctx.ui.info(f"  {split}.jsonl line {line}: {messages[-1]['content'][:100]!r}")
+    return Sample(request_file, split, line)
+
+
+def show(ctx: Context, raw: str) -> None:
+    """Print the raw response and the answer parsed from it."""
+    ctx.ui.result(f"raw response: {raw}")
+    ctx.ui.result(f"output: {parse_response(raw)}")
+
+
+# --- prepare-data (the same on both backends) -------------------------------------------------------
+
+
+def prepare_inputs(ctx: Context, state: State) -> dict[str, Path]:
+    from ftctl.data.prepare import sample_dataset_dir
+
+    dataset = ctx.cfg.data.dataset
+    if dataset == SAMPLE_DATASET:
+        return {"dataset": sample_dataset_dir()}
+    path = Path(dataset).expanduser()
+    return {"dataset": path} if path.exists() else {}
+
+
+def prepare_run(ctx: Context, call: StageCall) -> Outputs:
+    """The notebook's download-dataset.py step, validating every record: one <split>.jsonl per split
+    under data.download_dir (inside the workspace unless absolute), with row counts, dropped records
+    and sha256 per file."""
+    from ftctl.data.prepare import format_dropped, prepare
+
+    cfg = ctx.cfg.data
+    out_dir = ctx.data_dir()
+    ctx.ui.info(f"  {cfg.dataset} -> {out_dir} ({cfg.split_pc:g}% of each split)")
+    with ctx.ui.progress("reading and validating", unit="rows") as bar:
+        rows = 0
+
+        def progress(line: str) -> None:  # "<split>: N rows, M dropped" once a split is done
+            nonlocal rows
+            bar.log(f"  {line}")
+            found = re.match(r"\S+: (\d+) rows", line)
+            if found:
+                rows += int(found.group(1))
+                bar.update(rows, quiet=True)
+
+        report = prepare(
+            cfg.dataset,
+            out_dir,
+            subset=cfg.subset,
+            split_pc=cfg.split_pc,
+            train_split=cfg.train_split,
+            min_train_rows=cfg.min_train_rows,
+            revision=cfg.revision,
+            progress=progress,
+        )
+    for line in format_dropped(report):
+        ctx.ui.warn(f"dropped {line}")
+    names = [split.name for split in report.splits]
+    for split in (cfg.test_split, cfg.score_split):
+        if split not in names:
+            ctx.ui.warn(f"no {split!r} split in {cfg.dataset} (it has {', '.join(names)})")
+    return {
+        "dataset": cfg.dataset,
+        "source_kind": report.source_kind,
+        "download_dir": str(out_dir),
+        "files": {
+            split.name: {
+                "path": str(split.path),
+                "rows": split.rows_written,
+                "rows_read": split.rows_read,
+                "dropped": len(split.dropped),
+                "sha256": split.sha256,
+                "bytes": split.bytes,
+            }
+            for split in report.splits
+        },
+    }
+
+
+def prepare_summary(outputs: Outputs) -> str:
+    files = outputs.get("files") or {}
+    return ", ".join(f"{name} {info.get('rows')}" for name, info in files.items())

@@ -1,0 +1,149 @@
+"""The shape of the package, checked: which module may import which, and what `--help`/`status` load.
+
+Import directions (walked with `ast`, so a lazy import inside a function counts too):
+- a backend-neutral module (anything outside ftctl.backends, except ftctl.context, the one module that
+  builds backend handles) imports no backend;
+- one backend never imports the other;
+- stage code (ftctl.stages.*, ftctl.backends.<name>.stages.*) imports neither the runner nor the CLI;
+- nothing but the CLI (and `python -m ftctl`) imports the CLI.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ftctl"
+
+# Everything that makes `ftctl --help` slow when imported: ML frameworks, SDKs, servers, plotting.
+HEAVY = (
+    "torch", "transformers", "peft", "accelerate", "deepspeed", "mlflow", "datasets", "huggingface_hub",
+    "azure", "azureml", "fastapi", "uvicorn", "starlette", "pandas", "pyarrow", "numpy", "matplotlib",
+    "openai", "orjson", "sqlalchemy", "safetensors", "tokenizers",
+)  # fmt: skip
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every ftctl module `path` imports, at the top or inside a function (TYPE_CHECKING ones too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name == "ftctl" or name.startswith("ftctl.")}
+
+
+def backend_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) > 2 and parts[1] == "backends" else None
+
+
+def wrong_way(importer: str, imported: str) -> str | None:
+    """Why `importer` must not import `imported` (None when it may)."""
+    mine, theirs = backend_of(importer), backend_of(imported)
+    if theirs and mine is None and importer != "ftctl.context":
+        return "a backend-neutral module imports a backend"
+    if theirs and mine and theirs != mine:
+        return "one backend imports the other"
+    is_stage = importer.startswith("ftctl.stages") or ".stages" in importer.removeprefix("ftctl.stages")
+    if is_stage and (imported == "ftctl.pipeline" or imported.startswith("ftctl.cli")):
+        return "stage code imports the runner or the CLI"
+    entry = importer == "ftctl.__main__"  # `python -m ftctl`
+    if imported.startswith("ftctl.cli") and not importer.startswith("ftctl.cli") and not entry:
+        return "only the CLI imports the CLI"
+    return None
+
+
+def test_rules_catch_each_wrong_way_import() -> None:
+    assert wrong_way("ftctl.stages.shared", "ftctl.backends.local.jobs")
+    assert wrong_way("ftctl.metrics", "ftctl.backends.local.jobs")
+    assert wrong_way("ftctl.backends.azureml.stages.score", "ftctl.backends.local.stages.score")
+    assert wrong_way("ftctl.backends.local.stages.submit", "ftctl.pipeline")
+    assert wrong_way("ftctl.stages.contract", "ftctl.cli.common")
+    assert wrong_way("ftctl.pipeline", "ftctl.cli.common")
+    assert wrong_way("ftctl.context", "ftctl.backends.local.workspace") is None
+    assert wrong_way("ftctl.backends.local.stages.submit", "ftctl.stages.shared") is None
+    assert wrong_way("ftctl.cli.common", "ftctl.pipeline") is None
+
+
+def test_no_module_imports_the_wrong_way() -> None:
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        importer = module_name(path)
+        for imported in sorted(imports_of(path)):
+            why = wrong_way(importer, imported)
+            if why:
+                problems.append(f"{importer} imports {imported}: {why}")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_stage_has_an_implementation_on_both_backends() -> None:
+    from ftctl.backends.azureml.backend import BACKEND as AZUREML
+    from ftctl.backends.local.backend import BACKEND as LOCAL
+    from ftctl.pipeline import ORDER
+
+    for backend in (LOCAL, AZUREML):
+        assert list(backend.stages) == ORDER
+        for name, impl in backend.stages.items():
+            for member in ("run", "inputs", "alive", "retire", "summary"):
+                assert callable(getattr(impl, member, None)), f"{backend.name} {name} lacks {member}"
+
+
+GUARD = textwrap.dedent(
+    """
+    import sys
+    from ftctl.cli.app import main
+    sys.argv = ["ftctl", *sys.argv[1:]]
+    try:
+        main()
+    except SystemExit:
+        pass
+    heavy = set(sys.argv[0].split(","))
+    print("HEAVY", sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in heavy}))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace with a state file, so `status` reads and evaluates real records."""
+    workspace = tmp_path_factory.mktemp("guard") / ".ftctl"
+    for stage in ("auth", "prepare-data"):
+        subprocess.run([sys.executable, "-m", "ftctl", "--workspace", str(workspace), stage], check=True)
+    return workspace
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["status"],
+        ["status", "--json"],
+        ["submit", "--help"],
+        ["metrics", "--help"],
+        ["chat", "--help"],
+        ["credentials", "--help"],
+        ["--backend", "azureml", "--help"],
+    ],
+)
+def test_help_and_status_import_nothing_heavy(workspace: Path, args: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FTCTL_")}
+    out = subprocess.run(
+        [sys.executable, "-c", GUARD.replace("sys.argv[0]", repr(",".join(HEAVY))), "--workspace",
+         str(workspace), *args],
+        capture_output=True, text=True, env=env, check=True, cwd=workspace.parent,
+    ).stdout  # fmt: skip
+    assert "HEAVY []" in out, out[-2000:]
