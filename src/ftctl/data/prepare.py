@@ -9,8 +9,9 @@ This is the notebook's download-dataset.py step: for every split of the dataset,
 - a local folder of ``<split>.jsonl`` files, read line by line so bad lines are reported by number;
 - a Hugging Face hub id such as ``HuggingFaceH4/ultrachat_200k``.
 
-Invalid records are dropped and reported (see ftctl.data.ultrachat.check_record). Output files are
-written to temporary files first and moved into place only once every split succeeded.
+Invalid records are dropped and reported (see ftctl.data.ultrachat.check_record), each with its line
+and reason; so are JSON lines that are not strict JSON (duplicate keys, NaN) and overlong lines. Output
+files are written to temporary files first and moved into place only once every split succeeded.
 
 `datasets` and pyarrow are imported inside functions: importing this module stays cheap.
 """
@@ -23,12 +24,13 @@ import json
 import os
 import re
 import secrets
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ftctl.data.ultrachat import check_record
+from ftctl.data.ultrachat import check_record, show
 from ftctl.errors import DataError
 
 SAMPLE_DATASET = "ftctl:ultrachat-sample"
@@ -173,7 +175,8 @@ def _read_parquet(files: Sequence[Path], split_pc: float) -> Iterator[tuple[int,
 
 
 def _jsonl_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.jsonl") if p.is_file())
+    """The <split>.jsonl files of a folder; hidden ones (._train.jsonl left by macOS...) are not splits."""
+    return sorted(p for p in folder.glob("*.jsonl") if p.is_file() and not p.name.startswith("."))
 
 
 def _looks_like_path(dataset: str) -> bool:
@@ -225,6 +228,10 @@ def source_kind(dataset: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or _short(exc)
+
+
 class _SplitWriter:
     """Writes one split's valid records to a temp file in download_dir, hashing as it goes."""
 
@@ -251,8 +258,11 @@ class _SplitWriter:
             return
         try:
             data = _dumps(record)
+        except RecursionError:
+            self.dropped.append(Dropped(number, "cannot be written as JSON: nested too deeply"))
+            return
         except (TypeError, ValueError) as exc:
-            self.dropped.append(Dropped(number, f"cannot be written as JSON: {exc}"))
+            self.dropped.append(Dropped(number, _unwritable(exc)))
             return
         self._pending.append(data)
         self._pending_bytes += len(data)
@@ -309,6 +319,15 @@ def _dumps(record: Any) -> bytes:
         raise ValueError(str(exc)) from None
 
 
+def _unwritable(exc: Exception) -> str:
+    text = str(exc)
+    if "surrogates" in text:
+        return "text with a lone surrogate (an unpaired \\ud800-\\udfff escape) is not valid Unicode"
+    if "Recursion limit" in text:
+        return "cannot be written as JSON: nested too deeply"
+    return f"cannot be written as JSON: {text}"
+
+
 def _json_default(value: Any) -> Any:
     # Columns from parquet/arrow may hold dates, decimals or bytes: keep them, as text.
     if isinstance(value, bytes):
@@ -335,14 +354,78 @@ def _take_count(total: int, split_pc: float) -> int:
     return int(round(split_pc * total / 100.0))
 
 
-def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line) for every non-blank line."""
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, 1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if raw.strip():
-                yield number, raw
+MAX_LINE_BYTES = 64 * 1024 * 1024  # a longer line is dropped unread (records of ultrachat are ~10 KB)
+_BOM = b"\xef\xbb\xbf"
+
+
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes | _Bad]]:
+    """(line number, raw line) for every non-blank line; (line number, _Bad) for an overlong one.
+
+    A line is read at most MAX_LINE_BYTES at a time (memory stays bounded whatever the file holds). A
+    UTF-8 byte order mark is dropped from the start of any line (files with one, concatenated)."""
+    limit = MAX_LINE_BYTES
+    try:
+        with path.open("rb") as fh:
+            number = 0
+            while raw := fh.readline(limit + 1):
+                number += 1
+                if len(raw) > limit and not raw.endswith(b"\n"):
+                    size = len(raw)
+                    while raw and not raw.endswith(b"\n"):  # skip the rest of it
+                        raw = fh.readline(1 << 20)
+                        size += len(raw)
+                    size -= raw.endswith(b"\n")
+                    yield number, _Bad(f"line longer than {limit} bytes ({size} bytes)")
+                    continue
+                if raw.startswith(_BOM):
+                    raw = raw[3:]
+                if raw.strip():
+                    yield number, raw
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({_os_reason(exc)})") from None
+
+
+class _NotStrict(ValueError):
+    """Valid for Python's json module, but not strict JSON: duplicate keys, NaN, Infinity."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):  # which of the values is meant? Python keeps the last, others the first
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _NotStrict(f"duplicate key {show(key)} in an object")
+            seen.add(key)
+    return record
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotStrict(f"invalid JSON: {name} is not a JSON value")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+
+
+def _parse_line(raw: bytes) -> Any:
+    """The record on a line, or _Bad(reason)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _Bad(f"not valid UTF-8: {exc.reason} at byte {exc.start}")
+    try:
+        return _DECODER.decode(text)
+    except json.JSONDecodeError as exc:
+        return _Bad(f"invalid JSON: {exc.msg} (column {exc.colno})")
+    except _NotStrict as exc:
+        return _Bad(str(exc))
+    except RecursionError:
+        return _Bad("invalid JSON: nested too deeply")
+    except ValueError as exc:  # int() of a number longer than sys.get_int_max_str_digits()
+        if "digits" in str(exc):
+            most = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+            return _Bad(f"invalid JSON: a number has too many digits (over {most})")
+        return _Bad(f"invalid JSON: {_short(exc)}")
 
 
 def _read_jsonl(path: Path, split_pc: float) -> Iterator[tuple[int, Any]]:
@@ -350,22 +433,10 @@ def _read_jsonl(path: Path, split_pc: float) -> Iterator[tuple[int, Any]]:
     if split_pc < 100:
         total = sum(1 for _ in _jsonl_lines(path))
         limit = _take_count(total, split_pc)
-    taken = 0
-    for number, raw in _jsonl_lines(path):
+    for taken, (number, raw) in enumerate(_jsonl_lines(path)):
         if limit is not None and taken >= limit:
             break
-        taken += 1
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield number, _Bad(f"not valid UTF-8: {exc.reason} at byte {exc.start}")
-            continue
-        try:
-            yield number, json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield number, _Bad(f"invalid JSON: {exc.msg} (column {exc.colno})")
-        except RecursionError:
-            yield number, _Bad("invalid JSON: nested too deeply")
+        yield number, raw if isinstance(raw, _Bad) else _parse_line(raw)
 
 
 def _split_spec(split: str, split_pc: float) -> Any:
@@ -537,7 +608,8 @@ def prepare(
 
     Takes the first `split_pc` percent of each split, drops invalid records (reported in the result),
     and replaces the output files only once all splits were read and the train split has at least
-    `min_train_rows` valid rows. Raises DataError for unusable input; nothing is written then.
+    `min_train_rows` valid rows (and never none). Raises DataError for unusable input; nothing is
+    written then.
 
     `engine`: local hub-layout folders (and the sample) are streamed with pyarrow ("arrow", the
     default: flat memory, several times faster), or loaded through `datasets.load_dataset` as a hub
@@ -588,7 +660,8 @@ def prepare(
             done[report.name] = (report, tmp)
             say(f"{report.name}: {report.rows_written} rows, {len(report.dropped)} dropped")
         train = done[train_split][0]
-        if train.rows_written < min_train_rows:
+        needed = max(min_train_rows, 1)
+        if train.rows_written < needed:
             where = (
                 str(Path(source.location) / f"{train_split}.jsonl")
                 if kind == SOURCE_JSONL_DIR
@@ -601,8 +674,7 @@ def prepare(
             )
             raise DataError(
                 f"{where}: only {train.rows_written} valid training rows "
-                f"({train.rows_read} read, {len(train.dropped)} dropped); at least {min_train_rows} needed"
-                + why,
+                f"({train.rows_read} read, {len(train.dropped)} dropped); at least {needed} needed" + why,
                 hint="fix or replace the dropped records, or raise data.split_pc",
             )
         for split in wanted:
