@@ -128,7 +128,7 @@ def test_split_pc_rounding_matches_datasets(tmp_path, write_hub_layout, write_js
     rows = {"train_sft": [make_chat(i) for i in range(1, 31)], "test_sft": [make_chat(i) for i in range(7)]}
     hub = write_hub_layout(rows)
     jsonl = write_jsonl_dir(rows)
-    for pc in (1, 5, 10, 25, 50, 83, 99, 17.5):
+    for pc in (5, 10, 25, 50, 83, 99, 17.5):
         a = prepare(str(hub), tmp_path / f"hub-{pc}", split_pc=pc, min_train_rows=0)
         b = prepare(str(jsonl), tmp_path / f"jsonl-{pc}", split_pc=pc, min_train_rows=0)
         counts_a = {s.name: s.rows_written for s in a.splits}
@@ -137,6 +137,10 @@ def test_split_pc_rounding_matches_datasets(tmp_path, write_hub_layout, write_js
         expected = {"train_sft": int(round(pc * 30 / 100)), "test_sft": int(round(pc * 7 / 100))}
         assert counts_b == expected, pc
         assert a.split("train_sft").sha256 == b.split("train_sft").sha256
+    # 1% of 30 rows is no row: no training row is an error, even with min_train_rows=0.
+    for src in (hub, jsonl):
+        with pytest.raises(DataError, match=r"only 0 valid training rows \(0 read, 0 dropped\); at least 1"):
+            prepare(str(src), tmp_path / "one-pc", split_pc=1, min_train_rows=0)
 
 
 # --- a folder of <split>.jsonl files --------------------------------------------------------------
@@ -379,4 +383,3 @@ def test_parallel_failure_leaves_nothing(tmp_path, write_hub_layout, make_chat, 
     with pytest.raises(DataError, match="test_sft"):
         prepare(str(src), out)
     assert _listing(out) == []
-

@@ -16,7 +16,10 @@ S = {"role": "system", "content": "You are a helpful assistant."}
         {"messages": [S, U, A]},
         {"prompt": "Hi there", "prompt_id": "0" * 64, "messages": [U, A, U, A], "extra": 1},
         {"messages": (U, A)},
-        {"messages": [U, {"role": "user", "content": "  x  "}]},
+        {"messages": [U, {"role": "assistant", "content": "  x  "}]},
+        {"messages": [U, A, U]},  # a trailing question: kept, though it teaches nothing
+        {"messages": [A, U]},
+        {"messages": [S, A]},
     ],
 )
 def test_valid_records(record):
@@ -50,6 +53,12 @@ def test_valid_records(record):
         ({"messages": [U, {"role": "assistant", "content": ["a"]}]}, "content is not a string"),
         ({"messages": [U, {"role": "assistant", "content": ""}]}, "content is empty"),
         ({"messages": [U, {"role": "assistant", "content": " \n\t "}]}, "content is empty"),
+        ({"messages": [U, {"role": "assistant", "content": ""}, U, A]}, "message 1 content is empty"),
+        ({"messages": [U, {"role": "user", "content": "  x  "}]}, "no assistant reply to learn from"),
+        ({"messages": [S, U]}, "no assistant reply to learn from"),
+        ({"messages": [S, U, U, U]}, "no assistant reply to learn from"),
+        ({"messages": [{"role": "x" * 5000, "content": "hi"}, A]}, "message 0 has role 'xxxxx"),
+        ({"messages": [{"role": "line\nbreak", "content": "hi"}, A]}, "role 'line\\nbreak'"),
     ],
 )
 def test_invalid_records(record, expected):

@@ -9,8 +9,11 @@ This is the notebook's download-dataset.py step: for every split of the dataset,
 - a local folder of ``<split>.jsonl`` files, read line by line so bad lines are reported by number;
 - a Hugging Face hub id such as ``HuggingFaceH4/ultrachat_200k``.
 
-Invalid records are dropped and reported (see ftctl.data.ultrachat.check_record). Output files are
-written to temporary files first and moved into place only once every split succeeded.
+Invalid records are dropped and reported (see ftctl.data.ultrachat.check_record), each with its line
+and reason; so are JSON lines that are not strict JSON (duplicate keys, NaN) and overlong lines. Output
+files are written to temporary files first (O_EXCL|O_NOFOLLOW) and moved into place only once every split
+succeeded; an output path that is a symlink is replaced, never written through. An interrupt (SIGINT) that
+arrives while the files are moved into place waits until all of them are.
 
 `datasets` and pyarrow are imported inside functions: importing this module stays cheap.
 """
@@ -23,13 +26,19 @@ import json
 import os
 import re
 import secrets
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from ftctl.data.ultrachat import check_record
+from ftctl.data.ultrachat import check_record, show
 from ftctl.errors import DataError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 SAMPLE_DATASET = "ftctl:ultrachat-sample"
 
@@ -173,7 +182,8 @@ def _read_parquet(files: Sequence[Path], split_pc: float) -> Iterator[tuple[int,
 
 
 def _jsonl_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.jsonl") if p.is_file())
+    """The <split>.jsonl files of a folder; hidden ones (._train.jsonl left by macOS...) are not splits."""
+    return sorted(p for p in folder.glob("*.jsonl") if p.is_file() and not p.name.startswith("."))
 
 
 def _looks_like_path(dataset: str) -> bool:
@@ -225,6 +235,16 @@ def source_kind(dataset: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+# A temp file is always a new file: never one that exists, never through a symlink.
+_TEMP_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or _short(exc)
+
+
 class _SplitWriter:
     """Writes one split's valid records to a temp file in download_dir, hashing as it goes."""
 
@@ -232,8 +252,17 @@ class _SplitWriter:
         self.split = split
         self.target = download_dir / f"{split}.jsonl"
         # Not tempfile.mkstemp: its files are 0600; these get the usual umask-based mode.
-        self.tmp = download_dir / f".{split}.jsonl.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        for _ in range(100):
+            self.tmp = download_dir / f".{split}.jsonl.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+            try:
+                fd = os.open(self.tmp, _TEMP_FLAGS, 0o666)
+                break
+            except FileExistsError:  # taken (by a file or a symlink, which is not followed): another name
+                continue
+            except OSError as exc:
+                raise self._failed(exc) from None
+        else:
+            raise DataError(f"{download_dir}: cannot create a temp file there (every name tried exists)")
         self._fh: IO[bytes] = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
         self._pending: list[bytes] = []  # lines not yet written: written and hashed ~1 MiB at a time
@@ -251,8 +280,11 @@ class _SplitWriter:
             return
         try:
             data = _dumps(record)
+        except RecursionError:
+            self.dropped.append(Dropped(number, "cannot be written as JSON: nested too deeply"))
+            return
         except (TypeError, ValueError) as exc:
-            self.dropped.append(Dropped(number, f"cannot be written as JSON: {exc}"))
+            self.dropped.append(Dropped(number, _unwritable(exc)))
             return
         self._pending.append(data)
         self._pending_bytes += len(data)
@@ -267,16 +299,28 @@ class _SplitWriter:
 
     def _flush(self) -> None:
         chunk = b"".join(self._pending)
-        self._fh.write(chunk)
+        try:
+            self._fh.write(chunk)
+        except OSError as exc:
+            raise self._failed(exc) from None
         self._hash.update(chunk)
         self._pending, self._pending_bytes = [], 0
 
     def close(self) -> None:
         if not self._fh.closed:
             self._flush()
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
+            try:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self._fh.close()
+            except OSError as exc:
+                raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> DataError:
+        return DataError(
+            f"{self.target.parent}: cannot write {self.target.name} there ({_os_reason(exc)})",
+            hint="check the free space and the permissions of the download folder (data.download_dir)",
+        )
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):
@@ -309,6 +353,15 @@ def _dumps(record: Any) -> bytes:
         raise ValueError(str(exc)) from None
 
 
+def _unwritable(exc: Exception) -> str:
+    text = str(exc)
+    if "surrogates" in text:
+        return "text with a lone surrogate (an unpaired \\ud800-\\udfff escape) is not valid Unicode"
+    if "Recursion limit" in text:
+        return "cannot be written as JSON: nested too deeply"
+    return f"cannot be written as JSON: {text}"
+
+
 def _json_default(value: Any) -> Any:
     # Columns from parquet/arrow may hold dates, decimals or bytes: keep them, as text.
     if isinstance(value, bytes):
@@ -335,14 +388,78 @@ def _take_count(total: int, split_pc: float) -> int:
     return int(round(split_pc * total / 100.0))
 
 
-def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line) for every non-blank line."""
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, 1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if raw.strip():
-                yield number, raw
+MAX_LINE_BYTES = 64 * 1024 * 1024  # a longer line is dropped unread (records of ultrachat are ~10 KB)
+_BOM = b"\xef\xbb\xbf"
+
+
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes | _Bad]]:
+    """(line number, raw line) for every non-blank line; (line number, _Bad) for an overlong one.
+
+    A line is read at most MAX_LINE_BYTES at a time (memory stays bounded whatever the file holds). A
+    UTF-8 byte order mark is dropped from the start of any line (files with one, concatenated)."""
+    limit = MAX_LINE_BYTES
+    try:
+        with path.open("rb") as fh:
+            number = 0
+            while raw := fh.readline(limit + 1):
+                number += 1
+                if len(raw) > limit and not raw.endswith(b"\n"):
+                    size = len(raw)
+                    while raw and not raw.endswith(b"\n"):  # skip the rest of it
+                        raw = fh.readline(1 << 20)
+                        size += len(raw)
+                    size -= raw.endswith(b"\n")
+                    yield number, _Bad(f"line longer than {limit} bytes ({size} bytes)")
+                    continue
+                if raw.startswith(_BOM):
+                    raw = raw[3:]
+                if raw.strip():
+                    yield number, raw
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({_os_reason(exc)})") from None
+
+
+class _NotStrict(ValueError):
+    """Valid for Python's json module, but not strict JSON: duplicate keys, NaN, Infinity."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):  # which of the values is meant? Python keeps the last, others the first
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _NotStrict(f"duplicate key {show(key)} in an object")
+            seen.add(key)
+    return record
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotStrict(f"invalid JSON: {name} is not a JSON value")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+
+
+def _parse_line(raw: bytes) -> Any:
+    """The record on a line, or _Bad(reason)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _Bad(f"not valid UTF-8: {exc.reason} at byte {exc.start}")
+    try:
+        return _DECODER.decode(text)
+    except json.JSONDecodeError as exc:
+        return _Bad(f"invalid JSON: {exc.msg} (column {exc.colno})")
+    except _NotStrict as exc:
+        return _Bad(str(exc))
+    except RecursionError:
+        return _Bad("invalid JSON: nested too deeply")
+    except ValueError as exc:  # int() of a number longer than sys.get_int_max_str_digits()
+        if "digits" in str(exc):
+            most = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+            return _Bad(f"invalid JSON: a number has too many digits (over {most})")
+        return _Bad(f"invalid JSON: {_short(exc)}")
 
 
 def _read_jsonl(path: Path, split_pc: float) -> Iterator[tuple[int, Any]]:
@@ -350,22 +467,10 @@ def _read_jsonl(path: Path, split_pc: float) -> Iterator[tuple[int, Any]]:
     if split_pc < 100:
         total = sum(1 for _ in _jsonl_lines(path))
         limit = _take_count(total, split_pc)
-    taken = 0
-    for number, raw in _jsonl_lines(path):
+    for taken, (number, raw) in enumerate(_jsonl_lines(path)):
         if limit is not None and taken >= limit:
             break
-        taken += 1
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield number, _Bad(f"not valid UTF-8: {exc.reason} at byte {exc.start}")
-            continue
-        try:
-            yield number, json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield number, _Bad(f"invalid JSON: {exc.msg} (column {exc.colno})")
-        except RecursionError:
-            yield number, _Bad("invalid JSON: nested too deeply")
+        yield number, raw if isinstance(raw, _Bad) else _parse_line(raw)
 
 
 def _split_spec(split: str, split_pc: float) -> Any:
@@ -537,7 +642,8 @@ def prepare(
 
     Takes the first `split_pc` percent of each split, drops invalid records (reported in the result),
     and replaces the output files only once all splits were read and the train split has at least
-    `min_train_rows` valid rows. Raises DataError for unusable input; nothing is written then.
+    `min_train_rows` valid rows (and never none). Raises DataError for unusable input, or a download
+    folder that cannot be written; nothing is written then.
 
     `engine`: local hub-layout folders (and the sample) are streamed with pyarrow ("arrow", the
     default: flat memory, several times faster), or loaded through `datasets.load_dataset` as a hub
@@ -584,11 +690,13 @@ def prepare(
 
     done: dict[str, tuple[SplitReport, Path]] = {}
     try:
-        for report, tmp in _write_splits(source, wanted, pc, download_dir):
-            done[report.name] = (report, tmp)
-            say(f"{report.name}: {report.rows_written} rows, {len(report.dropped)} dropped")
+        with contextlib.closing(_write_splits(source, wanted, pc, download_dir)) as written:
+            for report, tmp in written:
+                done[report.name] = (report, tmp)
+                say(f"{report.name}: {report.rows_written} rows, {len(report.dropped)} dropped")
         train = done[train_split][0]
-        if train.rows_written < min_train_rows:
+        needed = max(min_train_rows, 1)
+        if train.rows_written < needed:
             where = (
                 str(Path(source.location) / f"{train_split}.jsonl")
                 if kind == SOURCE_JSONL_DIR
@@ -601,13 +709,10 @@ def prepare(
             )
             raise DataError(
                 f"{where}: only {train.rows_written} valid training rows "
-                f"({train.rows_read} read, {len(train.dropped)} dropped); at least {min_train_rows} needed"
-                + why,
+                f"({train.rows_read} read, {len(train.dropped)} dropped); at least {needed} needed" + why,
                 hint="fix or replace the dropped records, or raise data.split_pc",
             )
-        for split in wanted:
-            report, tmp = done[split]
-            os.replace(tmp, report.path)
+        _commit([done[split] for split in wanted])
     except BaseException:
         for _, tmp in done.values():
             with contextlib.suppress(OSError):
@@ -617,6 +722,46 @@ def prepare(
                 download_dir.rmdir()  # only if still empty
         raise
     return PrepareReport(dataset=dataset, source_kind=kind, splits=[done[split][0] for split in wanted])
+
+
+def _commit(files: Sequence[tuple[SplitReport, Path]]) -> None:
+    """Move every temp file onto its <split>.jsonl. os.replace replaces a symlink there (never writes
+    through it); a folder there fails the whole run before anything moved. SIGINT/SIGTERM (when Python
+    handles them) wait until every file is in place: a run's files are committed all or none."""
+    for report, _ in files:
+        if report.path.is_dir() and not report.path.is_symlink():
+            raise DataError(
+                f"{report.path}: is a folder, so the {report.name} split cannot be written there",
+                hint="move that folder away, or set data.download_dir to another folder",
+            )
+    with _signals_deferred():
+        for report, tmp in files:
+            try:
+                os.replace(tmp, report.path)
+            except OSError as exc:
+                raise DataError(f"{report.path}: cannot replace it ({_os_reason(exc)})") from None
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold back SIGINT and SIGTERM (those Python handles) until the block is done, then deliver them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers run in the main thread only, and only it can change them
+        return
+    caught: list[tuple[int, Any]] = []
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if callable(handler):  # default_int_handler (KeyboardInterrupt) or the application's own
+            previous[signum] = handler
+            signal.signal(signum, lambda number, frame: caught.append((number, frame)))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for number, frame in caught[:1]:
+            previous[number](number, frame)
 
 
 PARALLEL_MIN_ROWS = 100_000  # below this, starting worker processes costs more than it saves
@@ -664,22 +809,43 @@ def _write_splits(
         for s in order
     ]
     # spawn, not fork: the caller may hold threads (MLflow, torch) that a fork would copy mid-state.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    futures: list[Future[tuple[SplitReport, Path]]] = []
+    try:
         futures = [pool.submit(_write_one_in_worker, a) for a in args]
         finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = next((f for f in finished if f.exception() is not None), None)
         if failed is not None:
-            for future in futures:
-                future.cancel()
-            wait(futures)
-            for future in futures:  # splits that finished anyway leave temp files behind
-                if future.done() and not future.cancelled() and future.exception() is None:
-                    with contextlib.suppress(OSError):
-                        future.result()[1].unlink()
             raise failed.exception()  # type: ignore[misc]
         results = {f.result()[0].name: f.result() for f in futures}
-    for split in splits:
-        yield results[split]
+    except BaseException:  # a split failed, or KeyboardInterrupt: stop the others, delete what they wrote
+        _abandon(pool, futures, download_dir, splits)
+        raise
+    pool.shutdown()
+    remaining = [results[split] for split in splits]
+    try:
+        while remaining:
+            yield remaining.pop(0)
+    finally:  # closed early (the caller failed or was interrupted): the temp files not handed over go
+        for _, tmp in remaining:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _abandon(
+    pool: Any, futures: Sequence[Future[tuple[SplitReport, Path]]], download_dir: Path, splits: Iterable[str]
+) -> None:
+    for future in futures:
+        future.cancel()
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.terminate()  # a worker still writing dies; its temp file is removed below
+    pool.shutdown(wait=True, cancel_futures=True)
+    for future in futures:  # splits that finished anyway leave temp files behind
+        if future.done() and not future.cancelled() and future.exception() is None:
+            with contextlib.suppress(OSError):
+                future.result()[1].unlink()
+    _remove_stale_temp_files(download_dir, splits)  # those of the terminated workers (dead pids now)
 
 
 _TEMP_RE = re.compile(r"^\.(?P<split>.+)\.jsonl\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")

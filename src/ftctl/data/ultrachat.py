@@ -1,8 +1,10 @@
 """The ultrachat_200k record format: validation and small helpers (stdlib only).
 
 A record is a JSON object with a ``messages`` list of ``{"role", "content"}`` objects; roles are
-system, user and assistant. Other columns (``prompt``, ``prompt_id``...) are kept as they are but not
-required.
+system, user and assistant, and every content is a non-empty string. Training learns from the assistant
+turns only (they are the labels), so a record needs at least one assistant message; turns after the last
+one (a trailing user question) are kept but teach nothing. Other columns (``prompt``, ``prompt_id``...)
+are kept as they are but not required.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 ROLES = ("system", "user", "assistant")
 MIN_MESSAGES = 2
+NO_REPLY = "no assistant reply to learn from"
 
 
 def check_record(record: object) -> str | None:
@@ -33,13 +36,21 @@ def check_record(record: object) -> str | None:
             return f"message {i} has no {' or '.join(repr(k) for k in missing)}"
         role = message["role"]
         if role not in ROLES:
-            return f"message {i} has role {role!r}, not one of {', '.join(ROLES)}"
+            return f"message {i} has role {show(role)}, not one of {', '.join(ROLES)}"
         content = message["content"]
         if not isinstance(content, str):
             return f"message {i} content is not a string (got {_kind(content)})"
         if not content.strip():
             return f"message {i} content is empty"
+    if not any(message["role"] == "assistant" for message in messages):
+        return NO_REPLY
     return None
+
+
+def show(value: object, limit: int = 40) -> str:
+    """repr(value), shortened to about `limit` characters: reasons stay one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def last_user_turn(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
