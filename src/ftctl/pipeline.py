@@ -30,6 +30,7 @@ class Stage:
     help: str
     always_run: bool = False  # an explicit `ftctl <stage>` runs it even when up to date
     needs_live: tuple[str, ...] = ()  # upstream stages whose long-lived resource must be up
+    live: bool = False  # the stage keeps something running (an endpoint) that `alive` checks
 
 
 STAGES: tuple[Stage, ...] = (
@@ -69,7 +70,7 @@ STAGES: tuple[Stage, ...] = (
         "Fine-tune the model (a job).",
     ),
     Stage("register", ("submit",), ("register",), "Register the fine-tuned model in the registry."),
-    Stage("deploy", ("register",), ("deploy",), "Serve the registered model behind an endpoint."),
+    Stage("deploy", ("register",), ("deploy",), "Serve the registered model behind an endpoint.", live=True),
     Stage(
         "score",
         ("deploy", "prepare-data"),
@@ -124,10 +125,29 @@ def fingerprint(ctx: Context, stage: Stage, state: dict[str, Any]) -> dict[str, 
 
 @dataclass
 class Evaluation:
-    status: str
+    status: str  # the record's status; "interrupted" for a running record nobody is running
     stale: bool
     reason: str | None
     cause: str | None = None  # the stage where the staleness starts ("submit is stale: ...")
+    down: bool = False  # a stage's live resource (deploy's endpoint) is not running
+
+
+def output_signatures(ctx: Context, stage: Stage, outputs: dict[str, Any]) -> dict[str, str]:
+    """Signatures of the files the stage produced (its `outs`), recorded when it succeeds."""
+    files = impl(ctx, stage).output_files(ctx, outputs)
+    return {label: st.file_signature(Path(path)) for label, path in sorted(files.items())}
+
+
+def explain_outputs(recorded: dict[str, str], current: dict[str, str]) -> str | None:
+    """Why a stage's own outputs are no longer what it produced (None when they are)."""
+    reasons = []
+    for label, signature in sorted(recorded.items()):
+        now = current.get(label, "missing")
+        if now == "missing":
+            reasons.append(f"{label} is missing")
+        elif now != signature:
+            reasons.append(f"{label} changed since it was written")
+    return "; ".join(reasons) or None
 
 
 def _fmt(value: Any) -> str:
@@ -165,31 +185,70 @@ def explain_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str | Non
     return "; ".join(reasons) or None
 
 
-def evaluate(ctx: Context, state: dict[str, Any]) -> dict[str, Evaluation]:
-    """Status and staleness of every stage against the current config and files."""
-    result: dict[str, Evaluation] = {}
-    for stage in STAGES:
-        rec = st.record(state, stage.name)
+class Evaluator:
+    """Status and staleness of the stages against the current config, files and processes.
+
+    Each stage is evaluated once, when first asked (its upstream first), and again only after a stage it
+    depends on ran (`forget`); file signatures are cached per process (ftctl.state.file_signature).
+    """
+
+    def __init__(self, ctx: Context, state: dict[str, Any], unattended: bool = False) -> None:
+        """unattended: no ftctl holds the workspace lock, so a `running` record is not being run."""
+        self.ctx = ctx
+        self.state = state
+        self.unattended = unattended
+        self.results: dict[str, Evaluation] = {}
+
+    def __getitem__(self, name: str) -> Evaluation:
+        if name not in self.results:
+            self.results[name] = self._evaluate(get_stage(name))
+        return self.results[name]
+
+    def all(self) -> dict[str, Evaluation]:
+        return {name: self[name] for name in ORDER}
+
+    def forget(self, name: str) -> None:
+        """`name` ran: it and everything downstream must be evaluated again."""
+        for n in [name, *downstream(name)]:
+            self.results.pop(n, None)
+
+    def alive(self, stage: Stage) -> bool:
+        rec = st.record(self.state, stage.name)
+        return bool(impl(self.ctx, stage).alive(self.ctx, rec.get("outputs") or {}))
+
+    def _evaluate(self, stage: Stage) -> Evaluation:
+        rec = st.record(self.state, stage.name)
         status = rec["status"]
+        if status == st.RUNNING and self.unattended and not self.alive(stage):
+            return Evaluation("interrupted", False, f"its ftctl stopped; `ftctl {stage.name}` resumes it")
         if status != st.SUCCEEDED:
-            result[stage.name] = Evaluation(status, False, None)
-            continue
-        reason = cause = None
-        for up in stage.upstream:
-            up_eval = result[up]
-            if up_eval.status != st.SUCCEEDED:
-                reason, cause = f"{up} is {up_eval.status}", up
-            elif up_eval.stale:
-                reason, cause = up_eval.reason, up_eval.cause
-            if reason:
-                break
+            return Evaluation(status, False, None)
+        reason, cause = self._upstream_reason(stage)
         if reason is None:
-            reason = explain_change(rec.get("fingerprint"), fingerprint(ctx, stage, state))
+            reason = explain_change(rec.get("fingerprint"), fingerprint(self.ctx, stage, self.state))
+            outputs = rec.get("outputs") or {}
+            reason = reason or explain_outputs(
+                rec.get("output_signatures") or {}, output_signatures(self.ctx, stage, outputs)
+            )
             cause = stage.name if reason else None
         if reason and cause and cause != stage.name and not reason.startswith(f"{cause} is "):
             reason = f"{cause} is stale: {reason}"
-        result[stage.name] = Evaluation(status, reason is not None, reason, cause)
-    return result
+        down = stage.live and not self.alive(stage)
+        return Evaluation(status, reason is not None, reason, cause, down)
+
+    def _upstream_reason(self, stage: Stage) -> tuple[str | None, str | None]:
+        for up in stage.upstream:
+            up_eval = self[up]
+            if up_eval.status != st.SUCCEEDED:
+                return f"{up} is {up_eval.status}", up
+            if up_eval.stale:
+                return up_eval.reason, up_eval.cause
+        return None, None
+
+
+def evaluate(ctx: Context, state: dict[str, Any], unattended: bool = False) -> dict[str, Evaluation]:
+    """Status and staleness of every stage against the current config, files and processes."""
+    return Evaluator(ctx, state, unattended).all()
 
 
 def summary(ctx: Context, stage: Stage, rec: dict[str, Any]) -> str:
@@ -297,7 +356,14 @@ class Runner:
                 f"{stage.name} failed: unexpected {type(exc).__name__}: {exc}",
                 hint=f"re-run it with `ftctl {stage.name}` (add --debug for the traceback)",
             ) from exc
-        rec.update(status=st.SUCCEEDED, ended_at=st.now_iso(), outputs=outputs, error=None)
+        signatures = output_signatures(self.ctx, stage, outputs)
+        rec.update(
+            status=st.SUCCEEDED,
+            ended_at=st.now_iso(),
+            outputs=outputs,
+            output_signatures=signatures,
+            error=None,
+        )
         self.save()
         return outputs
 
@@ -319,13 +385,13 @@ class Runner:
             return self.dry_run(name)
         stage = get_stage(name)
         ui = self.ctx.ui
-        evaluation = evaluate(self.ctx, self.state)
+        evaluation = Evaluator(self.ctx, self.state)
         for up in stage.upstream:
             if evaluation[up].stale:
                 ui.warn(f"{up} is stale ({evaluation[up].reason}); `ftctl run` would re-run it first")
         mine = evaluation[name]
         rec = st.record(self.state, name)
-        up_to_date = mine.status == st.SUCCEEDED and not mine.stale and self.alive(name)
+        up_to_date = mine.status == st.SUCCEEDED and not mine.stale and not mine.down
         if up_to_date and not self.options.force and not stage.always_run:
             done = summary(self.ctx, stage, rec) or "nothing changed"
             ui.info(f"{name}: up to date ({done}); --force runs it again")
@@ -334,41 +400,63 @@ class Runner:
         return {"stage": name, "status": rec["status"], "outputs": rec["outputs"]}
 
     def run_many(self, start: str | None, stop: str | None) -> list[dict[str, Any]]:
-        """`ftctl run`: the stages in order, skipping up-to-date ones."""
+        """`ftctl run`: the stages in order, skipping up-to-date ones.
+
+        A live stage whose resource is down (deploy's endpoint) runs again, except when the range ends
+        with an up-to-date teardown that took it down and the range does not start at it: a full
+        `ftctl run` after a full `ftctl run` does nothing, while `--to deploy`, `--to score` and
+        `--from deploy` bring the endpoint back up.
+        """
         first = ORDER.index(get_stage(start).name) if start else 0
         last = ORDER.index(get_stage(stop).name) if stop else len(ORDER) - 1
         if first > last:
             raise StateError(f"--from {start} comes after --to {stop}")
+        names = ORDER[first : last + 1]
+        evaluation = Evaluator(self.ctx, self.state)
         results: list[dict[str, Any]] = []
-        for name in ORDER[first : last + 1]:
-            results.extend(self._run_in_order(get_stage(name)))
+        for name in names:
+            stage = get_stage(name)
+            torn_down = (
+                "teardown" in names
+                and name != names[0]
+                and evaluation["teardown"].status == st.SUCCEEDED
+                and not evaluation["teardown"].stale
+            )
+            why = self._why_run(evaluation[name], torn_down)
+            if why is None:
+                note = " (torn down by teardown)" if evaluation[name].down else ""
+                self.ctx.ui.info(f"- {name}: up to date{note}")
+                results.append({"stage": name, "status": "up to date"})
+                continue
+            results.extend(self._bring_up_live_upstream(stage, evaluation))
+            self.ctx.ui.info(f"> {name}: running ({why})")
+            self.execute(stage)
+            evaluation.forget(name)
+            results.append({"stage": name, "status": st.SUCCEEDED, "reason": why})
         return results
 
-    def _run_in_order(self, stage: Stage) -> list[dict[str, Any]]:
-        ui = self.ctx.ui
-        rec = st.record(self.state, stage.name)
-        mine = evaluate(self.ctx, self.state)[stage.name]
-        force = self.options.force
-        if mine.status == st.SUCCEEDED and not mine.stale and not force:
-            ui.info(f"- {stage.name}: up to date")
-            return [{"stage": stage.name, "status": "up to date"}]
-        results: list[dict[str, Any]] = []
+    def _why_run(self, mine: Evaluation, torn_down: bool) -> str | None:
+        """Why `ftctl run` runs a stage (None: it is up to date)."""
+        if self.options.force:
+            return "forced"
+        if mine.status == st.SUCCEEDED:
+            if mine.stale:
+                return f"stale: {mine.reason}"
+            return "its endpoint is down" if mine.down and not torn_down else None
+        if mine.status in (st.RUNNING, "interrupted"):
+            return "re-attaching to the interrupted attempt"
+        return {st.PENDING: "never run", st.FAILED: "failed last time"}.get(mine.status, mine.status)
+
+    def _bring_up_live_upstream(self, stage: Stage, evaluation: Evaluator) -> list[dict[str, Any]]:
+        results = []
         for up in stage.needs_live:
             if not self.alive(up):
-                ui.info(f"> {up}: re-running (its endpoint is not running and {stage.name} needs it)")
+                self.ctx.ui.info(
+                    f"> {up}: re-running (its endpoint is not running and {stage.name} needs it)"
+                )
                 self.execute(get_stage(up))
+                evaluation.forget(up)
                 results.append({"stage": up, "status": st.SUCCEEDED})
-        if force:
-            why = "forced"
-        elif mine.status == st.SUCCEEDED:
-            why = f"stale: {mine.reason}"
-        elif rec["status"] == st.RUNNING:
-            why = "re-attaching to the interrupted attempt"
-        else:
-            why = {st.PENDING: "never run", st.FAILED: "failed last time"}.get(mine.status, mine.status)
-        ui.info(f"> {stage.name}: running ({why})")
-        self.execute(stage)
-        results.append({"stage": stage.name, "status": st.SUCCEEDED, "reason": why})
         return results
 
     def reset(self, name: str | None) -> list[str]:
@@ -390,25 +478,28 @@ class Runner:
 
 
 def status_report(ctx: Context) -> dict[str, Any]:
-    """What `ftctl status` shows: every stage's record and whether (and why) it is stale."""
+    """What `ftctl status` shows: every stage's record, whether (and why) it is stale, whether its
+    endpoint is down, and whether a `running` stage was interrupted."""
     state = ctx.state_store.load()
-    evaluation = evaluate(ctx, state)
+    evaluation = evaluate(ctx, state, unattended=st.lock_is_free(ctx.workspace))
     stages = []
     for stage in STAGES:
         rec = st.record(state, stage.name)
         ev = evaluation[stage.name]
+        shown = "down" if ev.down else ev.status
         stages.append(
             {
                 "name": stage.name,
-                "status": rec["status"],
+                "status": shown,
                 "stale": ev.stale,
-                "stale_reason": ev.reason,
+                "stale_reason": ev.reason if ev.stale else None,
+                "note": None if ev.stale else ev.reason,
                 "attempt": rec.get("attempt", 0),
                 "started_at": rec.get("started_at"),
                 "ended_at": rec.get("ended_at"),
                 "outputs": rec.get("outputs") or {},
                 "error": rec.get("error"),
-                "summary": summary(ctx, stage, rec),
+                "summary": _status_summary(ctx, stage, rec, ev),
             }
         )
     return {
@@ -417,6 +508,15 @@ def status_report(ctx: Context) -> dict[str, Any]:
         "run_id": state.get("run_id"),
         "stages": stages,
     }
+
+
+def _status_summary(ctx: Context, stage: Stage, rec: dict[str, Any], ev: Evaluation) -> str:
+    if ev.status == "interrupted":
+        return f"interrupted: `ftctl {stage.name}` resumes it"
+    if ev.down:
+        name = (rec.get("outputs") or {}).get("endpoint_name") or "the endpoint"
+        return f"{name} is down: `ftctl {stage.name}` or `ftctl run --to score` starts it again"
+    return summary(ctx, stage, rec)
 
 
 def reset(ctx: Context, name: str | None) -> list[str]:

@@ -49,6 +49,7 @@ def empty_record() -> dict[str, Any]:
         "ended_at": None,
         "fingerprint": None,
         "outputs": {},
+        "output_signatures": {},
         "error": None,
     }
 
@@ -102,7 +103,24 @@ class StateStore:
                 f"{self.path} has schema version {version!r}; this ftctl reads version {SCHEMA_VERSION}",
                 hint="use the ftctl version that wrote it, or start over with `ftctl reset --all`",
             )
+        self._check_records(data)
         return data
+
+    def _check_records(self, data: dict[str, Any]) -> None:
+        from ftctl.records import check_record
+
+        if data.get("backend") not in (None, "local", "azureml"):
+            raise self._corrupt(f"names an unknown backend {data.get('backend')!r}")
+        if not isinstance(data.get("run_id"), str | None):
+            raise self._corrupt("has a run_id that is not a string")
+        for stage, record in data["stages"].items():
+            problem = check_record(stage, record)
+            if problem:
+                raise StateError(
+                    f"state file {self.path}: stage {stage}: {problem}",
+                    hint=f"fix the record by hand, forget it with `ftctl reset {stage}`, or put back the "
+                    "previous version with `ftctl reset --restore-backup`",
+                )
 
     def _corrupt(self, why: str) -> StateError:
         if self.backup.exists():
@@ -116,7 +134,9 @@ class StateStore:
 
     def save(self, state: dict[str, Any]) -> None:
         self.workspace.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(state, indent=2, sort_keys=False) + "\n"
+        from ftctl.records import strict_json
+
+        text = json.dumps(strict_json(state), indent=2, sort_keys=False, allow_nan=False) + "\n"
         if self.path.exists():
             try:
                 previous = self.path.read_text(encoding="utf-8")
@@ -165,18 +185,26 @@ def file_digest(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+_signatures: dict[tuple[str, int, int, int, int], str] = {}  # one hash per file and process
+
+
 def file_signature(path: Path) -> str:
-    """A content hash for ordinary files, size+mtime for huge ones; 'missing' when absent."""
+    """A content hash for ordinary files, size+mtime for huge ones; 'missing' when absent.
+
+    Computed once per process for a file whose inode, size, mtime and ctime have not changed."""
     try:
         st = path.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return "missing"
     if path.is_dir():
         parts = [f"{p.relative_to(path)}={file_signature(p)}" for p in sorted(path.rglob("*")) if p.is_file()]
         return "tree:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
     if st.st_size > HASH_LIMIT:
         return f"stat:{st.st_size}:{st.st_mtime_ns}"
-    return file_digest(path)
+    key = (str(path.absolute()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _signatures:
+        _signatures[key] = file_digest(path)
+    return _signatures[key]
 
 
 def digest(obj: Any) -> str:
@@ -195,6 +223,21 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    return True
+
+
+def lock_is_free(workspace: Path) -> bool:
+    """Whether no ftctl holds the workspace lock now (`ftctl status` asks, without taking it)."""
+    try:
+        fd = os.open(workspace / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return True  # no lock file: nobody ever locked this workspace (or it is not ftctl's)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the shared lock taken just now
     return True
 
 

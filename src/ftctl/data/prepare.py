@@ -29,7 +29,7 @@ import secrets
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -750,7 +750,7 @@ def _signals_deferred() -> Iterator[None]:
         return
     caught: list[tuple[int, Any]] = []
     previous: dict[int, Any] = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (int(signal.SIGINT), int(signal.SIGTERM)):
         handler = signal.getsignal(signum)
         if callable(handler):  # default_int_handler (KeyboardInterrupt) or the application's own
             previous[signum] = handler
@@ -788,7 +788,7 @@ def _write_one_in_worker(
 
 def _write_splits(
     source: _Source, splits: Sequence[str], pc: float, download_dir: Path
-) -> Iterator[tuple[SplitReport, Path]]:
+) -> Generator[tuple[SplitReport, Path], None, None]:
     """Write every split; large parquet datasets use one process per core, biggest split first."""
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, len(splits))
     sizes: dict[str, int] = {}

@@ -67,8 +67,14 @@ class StageImpl(Protocol):
         """label -> path of the files whose content the stage reads (part of its fingerprint)."""
         ...
 
+    def output_files(self, ctx: Context, outputs: Outputs) -> dict[str, Path]:
+        """label -> path of the files the stage produced; their signatures are recorded when it
+        succeeds, and a stage whose outputs are gone or changed is stale (DVC's `outs`)."""
+        ...
+
     def alive(self, ctx: Context, outputs: Outputs) -> bool:
-        """Whether the long-lived thing the stage started (an endpoint) is still up; True if none."""
+        """Whether the long-lived thing the stage started (an endpoint, a running job) is up; True if
+        none. The runner asks it of a live stage that succeeded, and of a running record nobody runs."""
         ...
 
     def retire(self, ctx: Context, outputs: Outputs) -> None:
@@ -147,6 +153,10 @@ class Backend:
 
 
 def no_inputs(ctx: Context, state: State) -> dict[str, Path]:
+    return {}
+
+
+def no_output_files(ctx: Context, outputs: Outputs) -> dict[str, Path]:
     return {}
 
 

@@ -278,6 +278,11 @@ def prepare_run(ctx: Context, call: StageCall) -> Outputs:
     }
 
 
+def prepare_output_files(ctx: Context, outputs: Outputs) -> dict[str, Path]:
+    files = outputs.get("files") or {}
+    return {f"{split}.jsonl": Path(info["path"]) for split, info in files.items()}
+
+
 def prepare_summary(outputs: Outputs) -> str:
     files = outputs.get("files") or {}
     return ", ".join(f"{name} {info.get('rows')}" for name, info in files.items())

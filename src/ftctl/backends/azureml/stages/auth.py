@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ftctl.backends.azureml.client import calling
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.contract import nothing_to_retire as retire
 
 if TYPE_CHECKING:
@@ -48,4 +49,4 @@ def summary(outputs: dict[str, Any]) -> str:
     return f"{where} + registry {outputs.get('registry_name')}"
 
 
-__all__ = ["alive", "inputs", "retire", "run", "summary"]
+__all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]

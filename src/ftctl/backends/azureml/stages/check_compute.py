@@ -12,6 +12,7 @@ from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status
 from ftctl.errors import StageFailed, UsageError
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.contract import nothing_to_retire as retire
 from ftctl.stages.shared import check_lists
 
@@ -154,4 +155,4 @@ def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('name')} {outputs.get('size')} x{outputs.get('gpus_per_node')} GPU"
 
 
-__all__ = ["alive", "inputs", "retire", "run", "summary"]
+__all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text, wait_for
 from ftctl.errors import StageFailed, UsageError
 from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.shared import check_lists
 
 if TYPE_CHECKING:
@@ -179,4 +180,4 @@ def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('endpoint_name')} {outputs.get('deployment_name')} ({outputs.get('instance_type')})"
 
 
-__all__ = ["alive", "inputs", "retire", "run", "summary"]
+__all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]

@@ -13,6 +13,7 @@ from ftctl.backends.azureml.metadata import compute_lists, is_chat_completion, l
 from ftctl.errors import FtctlError
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.contract import nothing_to_retire as retire
 
 if TYPE_CHECKING:
@@ -131,4 +132,4 @@ def summary(outputs: dict[str, Any]) -> str:
     return f"{text} (archived)" if outputs.get("archived") else text
 
 
-__all__ = ["alive", "inputs", "retire", "run", "summary"]
+__all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]

@@ -20,6 +20,7 @@ from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status
 from ftctl.backends.azureml.params import Declared, display_params, finetune_inputs
 from ftctl.errors import Detached, StageFailed, UsageError
 from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.contract import nothing_to_retire as retire
 from ftctl.stages.shared import data_file, display_name
 from ftctl.stages.shared import training_inputs as inputs
@@ -266,4 +267,4 @@ def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('job_name')} {outputs.get('status', 'submitted')}"
 
 
-__all__ = ["alive", "inputs", "retire", "run", "summary"]
+__all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]

@@ -10,6 +10,7 @@ from ftctl.backends.azureml.client import calling, wait_for
 from ftctl.errors import StageFailed
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.contract import nothing_to_retire as retire
 
 if TYPE_CHECKING:
@@ -82,4 +83,4 @@ def summary(outputs: dict[str, Any]) -> str:
     return text
 
 
-__all__ = ["alive", "inputs", "retire", "run", "summary"]
+__all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]

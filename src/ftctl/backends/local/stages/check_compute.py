@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ftctl.errors import UsageError
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.contract import nothing_to_retire as retire
 from ftctl.stages.shared import check_lists
 
@@ -89,4 +90,4 @@ def summary(outputs: dict[str, Any]) -> str:
     return f"cpu, {outputs.get('cpu_cores')} cores, {precision}"
 
 
-__all__ = ["alive", "check_lists", "inputs", "retire", "run", "summary"]
+__all__ = ["alive", "check_lists", "inputs", "output_files", "retire", "run", "summary"]

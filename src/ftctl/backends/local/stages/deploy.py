@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlparse
 
 from ftctl.errors import StageFailed, UsageError
 from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.shared import check_lists
 
 if TYPE_CHECKING:
@@ -163,4 +164,4 @@ def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('endpoint_name')} {outputs.get('url')}"
 
 
-__all__ = ["alive", "inputs", "retire", "run", "summary"]
+__all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]

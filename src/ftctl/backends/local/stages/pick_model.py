@@ -17,6 +17,7 @@ from ftctl.config import TINY_MODEL
 from ftctl.errors import UsageError
 from ftctl.models.layout import shipped_model_dir
 from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.contract import nothing_to_retire as retire
 from ftctl.state import file_signature
 
@@ -131,4 +132,4 @@ def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('name')} ({outputs.get('parameters')} params)"
 
 
-__all__ = ["alive", "inputs", "retire", "run", "summary"]
+__all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ftctl.errors import StageFailed
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.contract import nothing_to_retire as retire
 from ftctl.stages.shared import lineage_tags, model_name
 
@@ -55,4 +56,4 @@ def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('model_name')} v{outputs.get('version')}"
 
 
-__all__ = ["alive", "inputs", "retire", "run", "summary"]
+__all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]

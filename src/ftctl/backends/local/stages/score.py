@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ftctl.errors import StageFailed
 from ftctl.stages.contract import always_alive as alive
+from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.contract import nothing_to_retire as retire
 from ftctl.stages.shared import score_inputs as inputs
 from ftctl.stages.shared import score_summary as summary
@@ -63,4 +64,4 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     return outputs
 
 
-__all__ = ["alive", "inputs", "retire", "run", "summary"]
+__all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]

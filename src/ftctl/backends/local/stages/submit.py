@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl.errors import Detached, StageFailed
-from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import nothing_to_retire as retire
 from ftctl.stages.shared import data_file, display_name, finetune_params
 from ftctl.stages.shared import training_inputs as inputs
@@ -156,10 +155,23 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     }
 
 
+def output_files(ctx: Context, outputs: Outputs) -> dict[str, Path]:
+    """The job's model folder (what register registers)."""
+    return {"model folder": Path(outputs["model_dir"])} if outputs.get("model_dir") else {}
+
+
+def alive(ctx: Context, outputs: Outputs) -> bool:
+    """Whether the job is still training (asked of a `running` record that no ftctl is following)."""
+    from ftctl.backends.local import procs
+
+    pid = outputs.get("pid")
+    return bool(pid) and procs.alive(pid)
+
+
 def summary(outputs: dict[str, Any]) -> str:
     loss = outputs.get("eval_loss") or outputs.get("train_loss")
     text = f"{outputs.get('job_id')}"
     return f"{text} loss {loss:.3f}" if isinstance(loss, float) else text
 
 
-__all__ = ["alive", "inputs", "retire", "run", "summary"]
+__all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]

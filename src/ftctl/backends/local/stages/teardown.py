@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ftctl.errors import StageFailed
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
+from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.contract import nothing_to_retire as retire
 
 if TYPE_CHECKING:
@@ -37,4 +38,4 @@ def summary(outputs: dict[str, Any]) -> str:
     return f"{outputs.get('endpoint_name')} {'stopped' if outputs.get('stopped') else 'already down'}"
 
 
-__all__ = ["alive", "inputs", "retire", "run", "summary"]
+__all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]
