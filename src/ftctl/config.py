@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from ftctl.data.prepare import SAMPLE_DATASET
+from ftctl.constants import SAMPLE_DATASET
 from ftctl.errors import ConfigError
 
 TINY_MODEL = "ftctl/tiny-phi3-chat"

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ftctl.constants import SAMPLE_DATASET as SAMPLE_DATASET
 from ftctl.data.ultrachat import check_record
 from ftctl.errors import DataError
-
-SAMPLE_DATASET = "ftctl:ultrachat-sample"
 
 SOURCE_SAMPLE = "sample"
 SOURCE_HUB_LAYOUT = "hub-layout"
