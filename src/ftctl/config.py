@@ -3,6 +3,10 @@
 The model defaults ARE the local quickstart (configs/local-quickstart.yaml spells them out; a test keeps
 the two equal). Precedence, lowest first: defaults, the config file, FTCTL_<SECTION>__<KEY> environment
 variables, then repeated `--set section.key=value` options.
+
+YAML is read with bounds too (file size, values after alias expansion, nesting depth), so a hostile or
+mistaken file (a "billion laughs" of nested aliases, a dataset passed as --config) is refused at once.
+Every error names the key path, and the file and line when there is one (ConfigError, exit 2).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from yaml.constructor import ConstructorError, SafeConstructor
 
 from ftctl.constants import SAMPLE_DATASET
 from ftctl.errors import ConfigError
@@ -22,6 +27,12 @@ from ftctl.errors import ConfigError
 TINY_MODEL = "ftctl/tiny-phi3-chat"
 # The notebook refuses these SKUs when the model carries no finetune allow-list.
 NOTEBOOK_DENY_LIST = ["standard_nc6", "standard_nc12", "standard_nc24", "standard_nc24r"]
+
+# --- bounds of the YAML that is read -----------------------------------------------------------------
+# A config is a few KiB with a few hundred values, nested three levels (section, key, list item).
+YAML_MAX_BYTES = 1 << 20  # larger: not a config (a dataset given as --config?); read no further
+YAML_MAX_NODES = 10_000  # keys and values once every alias is replaced by its anchor's content
+YAML_MAX_DEPTH = 20  # nesting levels
 
 
 class Section(BaseModel):
@@ -213,13 +224,137 @@ def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# --- reading YAML within bounds --------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """The YAML is well-formed but beyond the bounds (or unreadable as a value): `problem` at `key`
+    (a key path, "" at the top) on `line` (1-based) of the text."""
+
+    def __init__(self, problem: str, key: str, line: int) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.key = key
+        self.line = line
+
+
+class _Unreadable(_Refused):
+    """A scalar that no constructor can build (`2024-13-45`, `!!float lots`)."""
+
+
+class _Loader(yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader):  # type: ignore[misc]
+    """PyYAML's safe loader (libyaml's parser when present: faster, and it stops at 1000 nesting
+    levels itself). A value a constructor cannot build is a ConstructorError at its line, never a
+    ValueError from deep inside PyYAML."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            raise ConstructorError(
+                None, None, f"cannot read {_short(node.value)} as {kind} ({exc})", node.start_mark
+            ) from None
+
+
+def _construct_int(loader: SafeConstructor, node: yaml.ScalarNode) -> Any:
+    try:
+        return loader.construct_yaml_int(node)
+    except ValueError:  # more digits than int() reads from text (4300), or `!!int twelve`
+        return loader.construct_scalar(node)  # the text: the model refuses it for what it is
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _measure(root: yaml.Node) -> dict[str, int]:
+    """Key path -> line of every mapping key in the document, checking on the way that the document,
+    with every alias replaced by its anchor's content, stays within YAML_MAX_NODES values and
+    YAML_MAX_DEPTH levels and contains no alias to itself. The walk stops at the first value past a
+    bound, so its cost is bounded too, whatever the aliases would expand to."""
+    lines: dict[str, int] = {}
+    seen: set[int] = set()
+    open_nodes: set[int] = set()  # on the path from the root: meeting one again is a cycle
+    count = 0
+
+    def visit(node: yaml.Node, depth: int, path: str, where: tuple[str, int]) -> None:
+        nonlocal count
+        if id(node) in open_nodes:
+            raise _Refused("this value contains itself (a recursive alias)", *where)
+        count += 1
+        if count > YAML_MAX_NODES:
+            if len(seen) < count - 1:
+                problem = f"aliases expand to more than {YAML_MAX_NODES} values (a YAML bomb?)"
+            else:
+                problem = f"more than {YAML_MAX_NODES} values; a config has a few hundred"
+            raise _Refused(problem, *where)
+        if depth > YAML_MAX_DEPTH:
+            raise _Refused(f"nested more than {YAML_MAX_DEPTH} levels deep", *where)
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            return
+        open_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                visit(key_node, depth + 1, path, where)
+                name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                sub = f"{path}.{name}" if path else name
+                line = key_node.start_mark.line + 1
+                lines[sub] = line
+                # Errors name at most section.key: deeper paths inside an expansion say little.
+                visit(value_node, depth + 1, sub, (sub, line) if sub.count(".") < 2 else where)
+        else:
+            for item in node.value:
+                visit(item, depth + 1, path, where)
+        open_nodes.discard(id(node))
+
+    visit(root, 0, "", ("", root.start_mark.line + 1))
+    return lines
+
+
+def _load_yaml(text: str) -> tuple[Any, dict[str, int]]:
+    """One YAML document: (its value, key path -> line). Raises yaml.YAMLError for malformed YAML,
+    _Refused for YAML beyond the bounds and _Unreadable for a value no constructor can build."""
+    loader = _Loader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:  # the pure-Python parser, without libyaml's own depth limit
+            raise _Refused(f"nested more than {YAML_MAX_DEPTH} levels deep", "", 1) from None
+        if node is None:
+            return None, {}
+        lines = _measure(node)
+        try:
+            return loader.construct_document(node), lines
+        except yaml.MarkedYAMLError as exc:
+            if exc.problem_mark is None:
+                raise
+            line = exc.problem_mark.line + 1
+            keys = [key for key, at in lines.items() if at == line]
+            key = max(keys, key=lambda k: k.count("."), default="")
+            raise _Unreadable(exc.problem or "invalid value", key, line) from None
+    finally:
+        loader.dispose()
+
+
 def parse_override(text: str, origin: str = "--set") -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"{origin} {text!r}: expected key.path=value, e.g. finetune.learning_rate=1e-4")
+    if not raw.strip():
+        return key, None
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value, _ = _load_yaml(raw)
+    except _Unreadable:
+        value = raw
+    except _Refused as exc:
+        raise ConfigError(f"invalid config: {key} (from {origin}): {exc.problem}") from None
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -236,47 +371,28 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any, str]]:
     return found
 
 
-def _yaml_lines(text: str) -> dict[str, int]:
-    """Map each key path of a YAML mapping document to its 1-based line number."""
-    lines: dict[str, int] = {}
-
-    def walk(node: yaml.Node, prefix: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                path = f"{prefix}{key_node.value}"
-                lines[path] = key_node.start_mark.line + 1
-                walk(value_node, path + ".")
-
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
-    if root is not None:
-        walk(root, "")
-    return lines
-
-
-def text_line(path: Path, offset: int) -> int:
-    """The 1-based line of byte `offset` in the file."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(offset).count(b"\n") + 1
-    except OSError:
-        return 1
-
-
 def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            raw = handle.read(YAML_MAX_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if len(raw) > YAML_MAX_BYTES:
+        raise ConfigError(
+            f"config file {path} is larger than {YAML_MAX_BYTES >> 20} MiB: is it the right file?"
+        )
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = text_line(path, exc.start)
+        line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data, lines = _load_yaml(text)
+    except _Refused as exc:
+        where = f"{path}:{exc.line}: {exc.key}" if exc.key else f"{path}:{exc.line}"
+        raise ConfigError(f"{where}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -286,7 +402,7 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, finetune:, ...)")
-    return data, _yaml_lines(text)
+    return data, lines
 
 
 def load_config(
@@ -322,22 +438,40 @@ def load_config(
     return LoadedConfig(values=values, source=path, explicit=explicit)
 
 
+# --- error messages --------------------------------------------------------------------------------
+
+
 def _describe(exc: ValidationError, path: Path | None, lines: dict[str, int], origins: dict[str, str]) -> str:
     messages = []
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"])
+        given, origin = _origin(key, origins)
         if err["type"] == "extra_forbidden":
             problem = "unknown key"
         else:
             problem = err["msg"].removeprefix("Value error, ")
             if "input" in err and not isinstance(err["input"], dict | list):
-                problem += f" (got {err['input']!r})"
-        if key in origins:
-            where = f"{key} (from {origins[key]})"
+                problem += f" (got {_short(err['input'])})"
+        if origin is not None:
+            where = f"{key} (from {origin})"
         elif path is not None:
             line = lines.get(key)
             where = f"{path}:{line}: {key}" if line else f"{path}: {key}"
         else:
             where = key
         messages.append(f"{where}: {problem}")
+    if len(messages) == 1:
+        return f"invalid config: {messages[0]}"
     return "invalid config:\n  " + "\n  ".join(messages)
+
+
+def _origin(key: str, origins: dict[str, str]) -> tuple[str, str | None]:
+    """(the key path as given, where it came from) for an error at `key`: the override that set it,
+    one that set a whole section containing it, or one under it (`--set modle.name=x` fails at
+    `modle`); (key, None) when it came from the file."""
+    if key in origins:
+        return key, origins[key]
+    for given, origin in origins.items():
+        if key.startswith(given + ".") or given.startswith(key + "."):
+            return given, origin
+    return key, None
