@@ -4,6 +4,8 @@ The model defaults ARE the local quickstart (configs/local-quickstart.yaml spell
 the two equal). Precedence, lowest first: defaults, the config file, FTCTL_<SECTION>__<KEY> environment
 variables, then repeated `--set section.key=value` options.
 
+Every value is checked before anything runs: floats are finite, every integer has a deliberate upper
+bound (stated in its Field description), numbers are not true/false and true/false is not a fraction.
 YAML is read with bounds too (file size, values after alias expansion, nesting depth), so a hostile or
 mistaken file (a "billion laughs" of nested aliases, a dataset passed as --config) is refused at once.
 Every error names the key path, and the file and line when there is one (ConfigError, exit 2).
@@ -12,13 +14,23 @@ Every error names the key path, and the file and line when there is one (ConfigE
 from __future__ import annotations
 
 import os
+import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 from yaml.constructor import ConstructorError, SafeConstructor
 
 from ftctl.constants import SAMPLE_DATASET
@@ -34,9 +46,61 @@ YAML_MAX_BYTES = 1 << 20  # larger: not a config (a dataset given as --config?);
 YAML_MAX_NODES = 10_000  # keys and values once every alias is replaced by its anchor's content
 YAML_MAX_DEPTH = 20  # nesting levels
 
+# --- bounds of the values (see each Field's description) -------------------------------------------
+MAX_WAIT_S = 7 * 24 * 3600  # any timeout, delay or interval in seconds: longer is a unit mistake
+MAX_WAIT_MS = 3600 * 1000  # a request timeout in milliseconds: an hour
+MAX_NODES = 1000  # Azure ML cluster nodes or deployment instances
+MAX_GPUS_PER_NODE = 64  # no machine has more
+MAX_STEPS = 10_000_000  # optimizer steps (and step counts derived from them)
+MAX_EPOCHS = 1000
+MAX_BATCH = 4096  # sequences per device per step
+MAX_ACCUMULATION = 1024
+MAX_ROWS = 1_000_000_000  # dataset rows
+MAX_TOKENS = 1 << 20  # sequence or generation length in tokens: beyond any model's context window
+MAX_LORA_RANK = 1024
+MAX_LORA_ALPHA = 4096
+MAX_CHECKPOINTS = 1000
+MAX_SEED = 2**32 - 1  # numpy's seed range; transformers.set_seed seeds numpy too
+MAX_PORT = 65535
+
+
+def _kind(annotation: Any) -> str | None:
+    """ "int", "float" or "bool" for a setting of that type (optional or not), else None."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = {arg for arg in get_args(annotation) if arg is not type(None)}
+    else:
+        args = {annotation}
+    if len(args) != 1:
+        return None
+    (only,) = args
+    return {int: "int", float: "float", bool: "bool"}.get(only)
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_value(cls, value: Any, info: ValidationInfo) -> Any:
+        """Numbers are not true/false, true/false is not 1.0, and no number is too large to read."""
+        if info.field_name is None or value is None:
+            return value
+        kind = _kind(cls.model_fields[info.field_name].annotation)
+        if kind in ("int", "float") and isinstance(value, bool):
+            raise PydanticCustomError("number_type", "Input should be a number, not true or false")
+        if kind == "bool" and isinstance(value, float):
+            raise PydanticCustomError("bool_parsing", "Input should be true or false")
+        if kind == "int" and isinstance(value, float) and value.is_integer():
+            return int(value)  # 1.0e30 is then refused by the field's bound, as 10**30 is
+        # Digits arrive as text when YAML could not make an int of them (over 4300 digits).
+        if kind == "int" and isinstance(value, str) and len(value) > 100 and value.lstrip("+-").isdigit():
+            raise PydanticCustomError("int_too_large", "Input should be a number of at most 100 digits")
+        if kind == "float" and isinstance(value, int):
+            try:
+                float(value)
+            except OverflowError:
+                raise PydanticCustomError("finite_number", "Input should be a finite number") from None
+        return value
 
 
 def _version_text(value: Any) -> Any:
@@ -59,26 +123,35 @@ class ModelSection(Section):
 class ComputeSection(Section):
     name: str = Field("local", description="cluster name on Azure ML; a label on the local backend")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_gpus: int | None = Field(None, ge=0, description="GPUs to use; null = all that are visible")
+    num_gpus: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_GPUS_PER_NODE,
+        description=f"GPUs to use per node, 0..{MAX_GPUS_PER_NODE}; null = all that are visible",
+    )
     allow_list: list[str] | None = None
     deny_list: list[str] = Field(default_factory=lambda: list(NOTEBOOK_DENY_LIST))
     # Azure ML cluster creation (used by --backend azureml).
     size: str = "Standard_NC24ads_A100_v4"
-    min_instances: int = Field(0, ge=0)
-    max_instances: int = Field(1, ge=1)
-    idle_time_before_scale_down: int = Field(120, ge=0)
+    min_instances: int = Field(0, ge=0, le=MAX_NODES, description=f"cluster nodes kept up, 0..{MAX_NODES}")
+    max_instances: int = Field(1, ge=1, le=MAX_NODES, description=f"cluster nodes at most, 1..{MAX_NODES}")
+    idle_time_before_scale_down: int = Field(
+        120, ge=0, le=MAX_WAIT_S, description=f"seconds before idle nodes go, 0..{MAX_WAIT_S} (a week)"
+    )
 
 
 class DataSection(Section):
     dataset: str = SAMPLE_DATASET
     subset: str | None = None
     revision: str | None = None
-    split_pc: float = Field(100.0, gt=0, le=100)
+    split_pc: float = Field(100.0, gt=0, le=100, description="percent of each split to keep, (0, 100]")
     download_dir: str = Field("data", description="relative paths are inside the workspace")
     train_split: str = "train_sft"
     test_split: str = "test_sft"
     score_split: str = "test_gen"
-    min_train_rows: int = Field(10, ge=1)
+    min_train_rows: int = Field(
+        10, ge=1, le=MAX_ROWS, description=f"fewest valid training rows to go on with, 1..{MAX_ROWS}"
+    )
 
 
 LrScheduler = Literal[
@@ -87,33 +160,64 @@ LrScheduler = Literal[
 
 
 class FinetuneSection(Section):
-    num_train_epochs: int = Field(4, ge=1)
-    max_steps: int = Field(-1, ge=-1)
-    per_device_train_batch_size: int = Field(8, ge=1)
-    per_device_eval_batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
+    num_train_epochs: int = Field(
+        4, ge=1, le=MAX_EPOCHS, description=f"passes over the training data, 1..{MAX_EPOCHS}"
+    )
+    max_steps: int = Field(
+        -1,
+        ge=-1,
+        le=MAX_STEPS,
+        description=f"optimizer steps, -1..{MAX_STEPS}; -1 = as many as num_train_epochs make",
+    )
+    per_device_train_batch_size: int = Field(
+        8, ge=1, le=MAX_BATCH, description=f"training sequences per device per step, 1..{MAX_BATCH}"
+    )
+    per_device_eval_batch_size: int = Field(
+        8, ge=1, le=MAX_BATCH, description=f"evaluation sequences per device per step, 1..{MAX_BATCH}"
+    )
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        le=MAX_ACCUMULATION,
+        description=f"batches per optimizer step, 1..{MAX_ACCUMULATION}",
+    )
+    learning_rate: float = Field(
+        2e-3, gt=0, le=1, description="peak learning rate, (0, 1]: above 1 AdamW only diverges"
+    )
     lr_scheduler_type: LrScheduler = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(
+        0, ge=0, le=MAX_STEPS, description=f"learning-rate warmup steps, 0..{MAX_STEPS}"
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay, >= 0 (finite)")
     apply_lora: bool = True
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_r: int = Field(8, ge=1, le=MAX_LORA_RANK, description=f"LoRA rank, 1..{MAX_LORA_RANK}")
+    lora_alpha: int = Field(16, ge=1, le=MAX_LORA_ALPHA, description=f"LoRA scaling, 1..{MAX_LORA_ALPHA}")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout probability, [0, 1)")
     lora_target_modules: list[str] | None = None
     merge_lora_weights: bool = True
-    max_seq_length: int = Field(256, ge=16)
+    max_seq_length: int = Field(
+        256, ge=16, le=MAX_TOKENS, description=f"tokens per training row, 16..{MAX_TOKENS}"
+    )
     packing: bool = Field(True, description="pack short conversations into rows of max_seq_length (local)")
     precision: Literal["auto", "32", "16", "bf16"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, else 16 on GPU, 32 on CPU"
     )
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED, description=f"training seed, 0..{MAX_SEED} (numpy's range)")
     apply_deepspeed: bool = False
     deepspeed_stage: Literal[2, 3] = 2
-    num_nodes: int = Field(1, ge=1)
-    save_total_limit: int = -1
-    logging_steps: int = Field(5, ge=1)
-    max_eval_samples: int | None = Field(64, ge=1)
+    num_nodes: int = Field(1, ge=1, le=MAX_NODES, description=f"training nodes (Azure ML), 1..{MAX_NODES}")
+    save_total_limit: int = Field(
+        -1,
+        ge=-1,
+        le=MAX_CHECKPOINTS,
+        description=f"checkpoints kept (Azure ML), -1..{MAX_CHECKPOINTS}; -1 = all",
+    )
+    logging_steps: int = Field(
+        5, ge=1, le=MAX_STEPS, description=f"steps between progress reports, 1..{MAX_STEPS}"
+    )
+    max_eval_samples: int | None = Field(
+        64, ge=1, le=MAX_ROWS, description=f"evaluation rows, 1..{MAX_ROWS}; null = all"
+    )
     use_model_defaults: bool = Field(
         True, description="apply the model's model_specific_defaults over this section, as the notebook does"
     )
@@ -127,21 +231,39 @@ class DeploySection(Section):
     endpoint_name_prefix: str = "ultrachat-completion-"
     deployment_name: str = "demo"
     host: str = "127.0.0.1"
-    port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
-    request_timeout_ms: int = Field(90000, ge=1)
-    ready_timeout_s: float = Field(180.0, gt=0)
+    port: int = Field(0, ge=0, le=MAX_PORT, description=f"0..{MAX_PORT}; 0 picks a free port")
+    request_timeout_ms: int = Field(
+        90000,
+        ge=1,
+        le=MAX_WAIT_MS,
+        description=f"scoring timeout in milliseconds, 1..{MAX_WAIT_MS} (an hour; Azure ML may allow less)",
+    )
+    ready_timeout_s: float = Field(
+        180.0, gt=0, le=MAX_WAIT_S, description=f"seconds to wait for the server, (0, {MAX_WAIT_S}]"
+    )
     instance_type: str = "Standard_NC6s_v3"
-    instance_count: int = Field(1, ge=1)
-    liveness_initial_delay_s: int = Field(600, ge=0)
+    instance_count: int = Field(
+        1, ge=1, le=MAX_NODES, description=f"deployment instances (Azure ML), 1..{MAX_NODES}"
+    )
+    liveness_initial_delay_s: int = Field(
+        600,
+        ge=0,
+        le=MAX_WAIT_S,
+        description=f"seconds before Azure ML probes the deployment, 0..{MAX_WAIT_S} (a week)",
+    )
 
 
 class ScoreSection(Section):
-    temperature: float = Field(0.6, ge=0)
-    top_p: float = Field(0.9, gt=0, le=1)
+    temperature: float = Field(0.6, ge=0, description="sampling temperature, >= 0 (finite); 0 = greedy")
+    top_p: float = Field(0.9, gt=0, le=1, description="nucleus sampling, (0, 1]")
     do_sample: bool = True
-    max_new_tokens: int = Field(200, ge=1)
-    seed: int = 42
-    timeout_s: float = Field(120.0, gt=0)
+    max_new_tokens: int = Field(
+        200, ge=1, le=MAX_TOKENS, description=f"longest reply in tokens, 1..{MAX_TOKENS}"
+    )
+    seed: int = Field(42, ge=0, le=MAX_SEED, description=f"picks the scored conversation, 0..{MAX_SEED}")
+    timeout_s: float = Field(
+        120.0, gt=0, le=MAX_WAIT_S, description=f"seconds to wait for a reply, (0, {MAX_WAIT_S}]"
+    )
 
 
 class AzureMLSection(Section):
@@ -166,10 +288,14 @@ class Config(Section):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     backend: Literal["local", "azureml"] = "local"
-    lock_timeout_s: float = Field(10.0, ge=0)
+    lock_timeout_s: float = Field(
+        10.0, ge=0, le=MAX_WAIT_S, description=f"seconds to wait for the workspace lock, 0..{MAX_WAIT_S}"
+    )
     # How often a waiting stage asks Azure ML for news (jobs, endpoints, clusters). Not part of any
     # fingerprint: changing it never makes a stage stale.
-    poll_interval_s: float = Field(30.0, ge=0)
+    poll_interval_s: float = Field(
+        30.0, ge=0, le=MAX_WAIT_S, description=f"seconds between Azure ML polls, 0..{MAX_WAIT_S}"
+    )
     model: ModelSection = Field(default_factory=ModelSection)
     compute: ComputeSection = Field(default_factory=ComputeSection)
     data: DataSection = Field(default_factory=DataSection)
