@@ -13,6 +13,7 @@ Every error names the key path, and the file and line when there is one (ConfigE
 
 from __future__ import annotations
 
+import difflib
 import os
 import types
 from collections.abc import Iterable, Mapping
@@ -574,6 +575,9 @@ def _describe(exc: ValidationError, path: Path | None, lines: dict[str, int], or
         given, origin = _origin(key, origins)
         if err["type"] == "extra_forbidden":
             problem = "unknown key"
+            meant = suggest_keys(given if given.startswith(key + ".") else key)
+            if meant:
+                problem += f" (did you mean {_meant(meant, origin)}?)"
         else:
             problem = err["msg"].removeprefix("Value error, ")
             if "input" in err and not isinstance(err["input"], dict | list):
@@ -601,3 +605,59 @@ def _origin(key: str, origins: dict[str, str]) -> tuple[str, str | None]:
         if key.startswith(given + ".") or given.startswith(key + "."):
             return given, origin
     return key, None
+
+
+def _meant(keys: list[str], origin: str | None) -> str:
+    if origin is not None and origin.startswith("FTCTL_"):
+        # Environment variables set section keys only (FTCTL_<SECTION>__<KEY>).
+        keys = [f"{k}, i.e. FTCTL_{k.upper().replace('.', '__')}" if "." in k else k for k in keys]
+    return " or ".join(keys)
+
+
+def _fields(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
+    """YAML name -> the section model for a section, None for a setting."""
+    out: dict[str, type[BaseModel] | None] = {}
+    for name, info in model.model_fields.items():
+        sub = info.annotation
+        out[info.alias or name] = sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None
+    return out
+
+
+def _settings(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every setting's key path."""
+    out: list[str] = []
+    for name, sub in _fields(model).items():
+        out.extend(_settings(sub, f"{prefix}{name}.") if sub is not None else [prefix + name])
+    return out
+
+
+def suggest_keys(key: str) -> list[str]:
+    """The known key paths an unknown `key` most likely meant (difflib's close matches), or []:
+    each part corrected within its section (finetune.learnig_rate -> finetune.learning_rate,
+    modle.name -> model.name); failing that, an unknown last part is looked for in every section
+    (learning_rate -> finetune.learning_rate; seed -> finetune.seed, score.seed)."""
+    parts = key.split(".")
+    model: type[BaseModel] | None = Config
+    fixed: list[str] = []
+    for part in parts:
+        if model is None:
+            return []  # deeper than a setting goes
+        fields = _fields(model)
+        close = [part] if part in fields else difflib.get_close_matches(part.lower(), fields, 1, 0.75)
+        if not close:
+            break
+        fixed.append(close[0])
+        model = fields[close[0]]
+    else:
+        guess = ".".join(fixed)
+        return [guess] if guess != key else []
+    if len(fixed) != len(parts) - 1:
+        return []  # an unknown section: what follows it says little
+    leaf = parts[-1].lower()
+    everywhere = _settings()
+    same = [k for k in everywhere if k.rsplit(".", 1)[-1] == leaf]
+    if same:
+        return same[:3]
+    leaves = {k.rsplit(".", 1)[-1] for k in everywhere}
+    near = difflib.get_close_matches(leaf, leaves, 1, 0.8)
+    return [k for k in everywhere if near and k.rsplit(".", 1)[-1] == near[0]][:3]

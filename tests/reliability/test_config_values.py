@@ -1,5 +1,5 @@
 """Values that parse but must not be accepted: infinities, NaN, integers beyond any sane size, odd
-booleans.
+booleans, and unknown keys (which get a "did you mean").
 
 Every float and int setting is found by walking the config model, so a setting added later is covered
 without touching this file. The checks run in-process (load_config takes about a millisecond); the last
@@ -185,6 +185,70 @@ def test_bool_settings_take_the_usual_spellings(text: str) -> None:
     assert cfg.finetune.apply_lora is want
 
 
+# --- unknown keys: did you mean ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "finetune:\n  learnig_rate: 0.1\n",
+            "c.yaml:2: finetune.learnig_rate: unknown key (did you mean finetune.learning_rate?)",
+        ),
+        ("finetune:\n  num_train_epoch: 1\n", "(did you mean finetune.num_train_epochs?)"),
+        ("modle:\n  name: x\n", "c.yaml:1: modle: unknown key (did you mean model?)"),
+        ("scor:\n  top_pp: 0.5\n", "c.yaml:1: scor: unknown key (did you mean score?)"),
+        (
+            "learning_rate: 0.1\n",
+            "c.yaml:1: learning_rate: unknown key (did you mean finetune.learning_rate?)",
+        ),
+        ("data:\n  learning_rate: 0.1\n", "(did you mean finetune.learning_rate?)"),
+        ("seed: 1\n", "(did you mean finetune.seed or score.seed?)"),
+        ("Finetune:\n  seed: 1\n", "(did you mean finetune?)"),
+        ("lock_timeout: 3\n", "(did you mean lock_timeout_s?)"),
+    ],
+)
+def test_unknown_key_in_a_file_suggests_the_closest(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert expected in refused(path=path)
+
+
+def test_unknown_key_from_set_and_env_suggests_the_closest() -> None:
+    message = refused(["finetune.learnig_rate=0.1"])
+    assert "finetune.learnig_rate (from --set): unknown key (did you mean finetune.learning_rate?)" in message
+    message = refused(environ={"FTCTL_FINETUNE__LEARNIG_RATE": "0.1"})
+    assert (
+        "finetune.learnig_rate (from FTCTL_FINETUNE__LEARNIG_RATE): unknown key "
+        "(did you mean finetune.learning_rate, i.e. FTCTL_FINETUNE__LEARNING_RATE?)"
+    ) in message
+    message = refused(["deploy.prot=5000"])
+    assert "(did you mean deploy.port?)" in message
+    # A misspelt section is reported for the section; the suggestion is the whole key that was meant.
+    message = refused(["modle.name=x"])
+    assert "modle (from --set): unknown key (did you mean model.name?)" in message
+    message = refused(environ={"FTCTL_MODLE__NAME": "x"})
+    assert (
+        "modle (from FTCTL_MODLE__NAME): unknown key (did you mean model.name, i.e. FTCTL_MODEL__NAME?)"
+        in message
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "reported"),
+    [
+        ("finetune.zzz", "finetune.zzz"),
+        ("bogus", "bogus"),
+        ("finetune.lr", "finetune.lr"),
+        ("xyzzy.name", "xyzzy"),
+    ],
+)
+def test_unknown_key_without_a_close_match_suggests_nothing(key: str, reported: str) -> None:
+    message = refused([f"{key}=1"])
+    assert f"{reported} (from --set): unknown key" in message
+    assert "did you mean" not in message
+
+
 # --- as a user sees it -----------------------------------------------------------------------------
 
 
@@ -203,6 +267,7 @@ def test_bool_settings_take_the_usual_spellings(text: str) -> None:
         ),
         ([], {"FTCTL_FINETUNE__LEARNING_RATE": "-inf"}, "(from FTCTL_FINETUNE__LEARNING_RATE)"),
         (["--set", "finetune.num_train_epochs=" + "1" + "0" * 30], {}, "less than or equal to 1000"),
+        (["--set", "finetune.learnig_rate=1e-4"], {}, "(did you mean finetune.learning_rate?)"),
         (["--set", "finetune.apply_lora=maybe"], {}, "finetune.apply_lora (from --set): Input should be"),
     ],
 )
