@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +101,21 @@ def test_select_takes_sections_and_exact_keys() -> None:
     assert picked["data.score_split"] == "test_gen"
     assert picked["score.max_new_tokens"] == 200
     assert not any(key.startswith("data.") and key != "data.score_split" for key in picked)
+
+
+def test_config_imports_no_data_preparation_module() -> None:
+    code = (
+        "import sys, ftctl.config, ftctl.constants\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('ftctl.data'))\n"
+        "assert not loaded, loaded\n"
+        "assert ftctl.config.DataSection().dataset == ftctl.constants.SAMPLE_DATASET\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+def test_the_data_layer_uses_the_same_sample_dataset_name() -> None:
+    from ftctl.constants import SAMPLE_DATASET
+    from ftctl.data import prepare
+
+    assert prepare.SAMPLE_DATASET is SAMPLE_DATASET

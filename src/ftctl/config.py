@@ -3,29 +3,105 @@
 The model defaults ARE the local quickstart (configs/local-quickstart.yaml spells them out; a test keeps
 the two equal). Precedence, lowest first: defaults, the config file, FTCTL_<SECTION>__<KEY> environment
 variables, then repeated `--set section.key=value` options.
+
+Every value is checked before anything runs: floats are finite, every integer has a deliberate upper
+bound (stated in its Field description), numbers are not true/false and true/false is not a fraction.
+YAML is read with bounds too (file size, values after alias expansion, nesting depth), so a hostile or
+mistaken file (a "billion laughs" of nested aliases, a dataset passed as --config) is refused at once.
+Every error names the key path, and the file and line when there is one (ConfigError, exit 2).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+from yaml.constructor import ConstructorError, SafeConstructor
 
-from ftctl.data.prepare import SAMPLE_DATASET
+from ftctl.constants import SAMPLE_DATASET
 from ftctl.errors import ConfigError
 
 TINY_MODEL = "ftctl/tiny-phi3-chat"
 # The notebook refuses these SKUs when the model carries no finetune allow-list.
 NOTEBOOK_DENY_LIST = ["standard_nc6", "standard_nc12", "standard_nc24", "standard_nc24r"]
 
+# --- bounds of the YAML that is read -----------------------------------------------------------------
+# A config is a few KiB with a few hundred values, nested three levels (section, key, list item).
+YAML_MAX_BYTES = 1 << 20  # larger: not a config (a dataset given as --config?); read no further
+YAML_MAX_NODES = 10_000  # keys and values once every alias is replaced by its anchor's content
+YAML_MAX_DEPTH = 20  # nesting levels
+
+# --- bounds of the values (see each Field's description) -------------------------------------------
+MAX_WAIT_S = 7 * 24 * 3600  # any timeout, delay or interval in seconds: longer is a unit mistake
+MAX_WAIT_MS = 3600 * 1000  # a request timeout in milliseconds: an hour
+MAX_NODES = 1000  # Azure ML cluster nodes or deployment instances
+MAX_GPUS_PER_NODE = 64  # no machine has more
+MAX_STEPS = 10_000_000  # optimizer steps (and step counts derived from them)
+MAX_EPOCHS = 1000
+MAX_BATCH = 4096  # sequences per device per step
+MAX_ACCUMULATION = 1024
+MAX_ROWS = 1_000_000_000  # dataset rows
+MAX_TOKENS = 1 << 20  # sequence or generation length in tokens: beyond any model's context window
+MAX_LORA_RANK = 1024
+MAX_LORA_ALPHA = 4096
+MAX_CHECKPOINTS = 1000
+MAX_SEED = 2**32 - 1  # numpy's seed range; transformers.set_seed seeds numpy too
+MAX_PORT = 65535
+
+
+def _kind(annotation: Any) -> str | None:
+    """ "int", "float" or "bool" for a setting of that type (optional or not), else None."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = {arg for arg in get_args(annotation) if arg is not type(None)}
+    else:
+        args = {annotation}
+    if len(args) != 1:
+        return None
+    (only,) = args
+    return {int: "int", float: "float", bool: "bool"}.get(only)
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_value(cls, value: Any, info: ValidationInfo) -> Any:
+        """Numbers are not true/false, true/false is not 1.0, and no number is too large to read."""
+        if info.field_name is None or value is None:
+            return value
+        kind = _kind(cls.model_fields[info.field_name].annotation)
+        if kind in ("int", "float") and isinstance(value, bool):
+            raise PydanticCustomError("number_type", "Input should be a number, not true or false")
+        if kind == "bool" and isinstance(value, float):
+            raise PydanticCustomError("bool_parsing", "Input should be true or false")
+        if kind == "int" and isinstance(value, float) and value.is_integer():
+            return int(value)  # 1.0e30 is then refused by the field's bound, as 10**30 is
+        # Digits arrive as text when YAML could not make an int of them (over 4300 digits).
+        if kind == "int" and isinstance(value, str) and len(value) > 100 and value.lstrip("+-").isdigit():
+            raise PydanticCustomError("int_too_large", "Input should be a number of at most 100 digits")
+        if kind == "float" and isinstance(value, int):
+            try:
+                float(value)
+            except OverflowError:
+                raise PydanticCustomError("finite_number", "Input should be a finite number") from None
+        return value
 
 
 def _version_text(value: Any) -> Any:
@@ -48,26 +124,35 @@ class ModelSection(Section):
 class ComputeSection(Section):
     name: str = Field("local", description="cluster name on Azure ML; a label on the local backend")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_gpus: int | None = Field(None, ge=0, description="GPUs to use; null = all that are visible")
+    num_gpus: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_GPUS_PER_NODE,
+        description=f"GPUs to use per node, 0..{MAX_GPUS_PER_NODE}; null = all that are visible",
+    )
     allow_list: list[str] | None = None
     deny_list: list[str] = Field(default_factory=lambda: list(NOTEBOOK_DENY_LIST))
     # Azure ML cluster creation (used by --backend azureml).
     size: str = "Standard_NC24ads_A100_v4"
-    min_instances: int = Field(0, ge=0)
-    max_instances: int = Field(1, ge=1)
-    idle_time_before_scale_down: int = Field(120, ge=0)
+    min_instances: int = Field(0, ge=0, le=MAX_NODES, description=f"cluster nodes kept up, 0..{MAX_NODES}")
+    max_instances: int = Field(1, ge=1, le=MAX_NODES, description=f"cluster nodes at most, 1..{MAX_NODES}")
+    idle_time_before_scale_down: int = Field(
+        120, ge=0, le=MAX_WAIT_S, description=f"seconds before idle nodes go, 0..{MAX_WAIT_S} (a week)"
+    )
 
 
 class DataSection(Section):
     dataset: str = SAMPLE_DATASET
     subset: str | None = None
     revision: str | None = None
-    split_pc: float = Field(100.0, gt=0, le=100)
+    split_pc: float = Field(100.0, gt=0, le=100, description="percent of each split to keep, (0, 100]")
     download_dir: str = Field("data", description="relative paths are inside the workspace")
     train_split: str = "train_sft"
     test_split: str = "test_sft"
     score_split: str = "test_gen"
-    min_train_rows: int = Field(10, ge=1)
+    min_train_rows: int = Field(
+        10, ge=1, le=MAX_ROWS, description=f"fewest valid training rows to go on with, 1..{MAX_ROWS}"
+    )
 
 
 LrScheduler = Literal[
@@ -76,33 +161,64 @@ LrScheduler = Literal[
 
 
 class FinetuneSection(Section):
-    num_train_epochs: int = Field(4, ge=1)
-    max_steps: int = Field(-1, ge=-1)
-    per_device_train_batch_size: int = Field(8, ge=1)
-    per_device_eval_batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
+    num_train_epochs: int = Field(
+        4, ge=1, le=MAX_EPOCHS, description=f"passes over the training data, 1..{MAX_EPOCHS}"
+    )
+    max_steps: int = Field(
+        -1,
+        ge=-1,
+        le=MAX_STEPS,
+        description=f"optimizer steps, -1..{MAX_STEPS}; -1 = as many as num_train_epochs make",
+    )
+    per_device_train_batch_size: int = Field(
+        8, ge=1, le=MAX_BATCH, description=f"training sequences per device per step, 1..{MAX_BATCH}"
+    )
+    per_device_eval_batch_size: int = Field(
+        8, ge=1, le=MAX_BATCH, description=f"evaluation sequences per device per step, 1..{MAX_BATCH}"
+    )
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        le=MAX_ACCUMULATION,
+        description=f"batches per optimizer step, 1..{MAX_ACCUMULATION}",
+    )
+    learning_rate: float = Field(
+        2e-3, gt=0, le=1, description="peak learning rate, (0, 1]: above 1 AdamW only diverges"
+    )
     lr_scheduler_type: LrScheduler = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(
+        0, ge=0, le=MAX_STEPS, description=f"learning-rate warmup steps, 0..{MAX_STEPS}"
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay, >= 0 (finite)")
     apply_lora: bool = True
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_r: int = Field(8, ge=1, le=MAX_LORA_RANK, description=f"LoRA rank, 1..{MAX_LORA_RANK}")
+    lora_alpha: int = Field(16, ge=1, le=MAX_LORA_ALPHA, description=f"LoRA scaling, 1..{MAX_LORA_ALPHA}")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout probability, [0, 1)")
     lora_target_modules: list[str] | None = None
     merge_lora_weights: bool = True
-    max_seq_length: int = Field(256, ge=16)
+    max_seq_length: int = Field(
+        256, ge=16, le=MAX_TOKENS, description=f"tokens per training row, 16..{MAX_TOKENS}"
+    )
     packing: bool = Field(True, description="pack short conversations into rows of max_seq_length (local)")
     precision: Literal["auto", "32", "16", "bf16"] = Field(
         "auto", description="auto: bf16 on GPUs that support it, else 16 on GPU, 32 on CPU"
     )
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED, description=f"training seed, 0..{MAX_SEED} (numpy's range)")
     apply_deepspeed: bool = False
     deepspeed_stage: Literal[2, 3] = 2
-    num_nodes: int = Field(1, ge=1)
-    save_total_limit: int = -1
-    logging_steps: int = Field(5, ge=1)
-    max_eval_samples: int | None = Field(64, ge=1)
+    num_nodes: int = Field(1, ge=1, le=MAX_NODES, description=f"training nodes (Azure ML), 1..{MAX_NODES}")
+    save_total_limit: int = Field(
+        -1,
+        ge=-1,
+        le=MAX_CHECKPOINTS,
+        description=f"checkpoints kept (Azure ML), -1..{MAX_CHECKPOINTS}; -1 = all",
+    )
+    logging_steps: int = Field(
+        5, ge=1, le=MAX_STEPS, description=f"steps between progress reports, 1..{MAX_STEPS}"
+    )
+    max_eval_samples: int | None = Field(
+        64, ge=1, le=MAX_ROWS, description=f"evaluation rows, 1..{MAX_ROWS}; null = all"
+    )
     use_model_defaults: bool = Field(
         True, description="apply the model's model_specific_defaults over this section, as the notebook does"
     )
@@ -116,21 +232,39 @@ class DeploySection(Section):
     endpoint_name_prefix: str = "ultrachat-completion-"
     deployment_name: str = "demo"
     host: str = "127.0.0.1"
-    port: int = Field(0, ge=0, le=65535, description="0 picks a free port")
-    request_timeout_ms: int = Field(90000, ge=1)
-    ready_timeout_s: float = Field(180.0, gt=0)
+    port: int = Field(0, ge=0, le=MAX_PORT, description=f"0..{MAX_PORT}; 0 picks a free port")
+    request_timeout_ms: int = Field(
+        90000,
+        ge=1,
+        le=MAX_WAIT_MS,
+        description=f"scoring timeout in milliseconds, 1..{MAX_WAIT_MS} (an hour; Azure ML may allow less)",
+    )
+    ready_timeout_s: float = Field(
+        180.0, gt=0, le=MAX_WAIT_S, description=f"seconds to wait for the server, (0, {MAX_WAIT_S}]"
+    )
     instance_type: str = "Standard_NC6s_v3"
-    instance_count: int = Field(1, ge=1)
-    liveness_initial_delay_s: int = Field(600, ge=0)
+    instance_count: int = Field(
+        1, ge=1, le=MAX_NODES, description=f"deployment instances (Azure ML), 1..{MAX_NODES}"
+    )
+    liveness_initial_delay_s: int = Field(
+        600,
+        ge=0,
+        le=MAX_WAIT_S,
+        description=f"seconds before Azure ML probes the deployment, 0..{MAX_WAIT_S} (a week)",
+    )
 
 
 class ScoreSection(Section):
-    temperature: float = Field(0.6, ge=0)
-    top_p: float = Field(0.9, gt=0, le=1)
+    temperature: float = Field(0.6, ge=0, description="sampling temperature, >= 0 (finite); 0 = greedy")
+    top_p: float = Field(0.9, gt=0, le=1, description="nucleus sampling, (0, 1]")
     do_sample: bool = True
-    max_new_tokens: int = Field(200, ge=1)
-    seed: int = 42
-    timeout_s: float = Field(120.0, gt=0)
+    max_new_tokens: int = Field(
+        200, ge=1, le=MAX_TOKENS, description=f"longest reply in tokens, 1..{MAX_TOKENS}"
+    )
+    seed: int = Field(42, ge=0, le=MAX_SEED, description=f"picks the scored conversation, 0..{MAX_SEED}")
+    timeout_s: float = Field(
+        120.0, gt=0, le=MAX_WAIT_S, description=f"seconds to wait for a reply, (0, {MAX_WAIT_S}]"
+    )
 
 
 class AzureMLSection(Section):
@@ -155,10 +289,14 @@ class Config(Section):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
     backend: Literal["local", "azureml"] = "local"
-    lock_timeout_s: float = Field(10.0, ge=0)
+    lock_timeout_s: float = Field(
+        10.0, ge=0, le=MAX_WAIT_S, description=f"seconds to wait for the workspace lock, 0..{MAX_WAIT_S}"
+    )
     # How often a waiting stage asks Azure ML for news (jobs, endpoints, clusters). Not part of any
     # fingerprint: changing it never makes a stage stale.
-    poll_interval_s: float = Field(30.0, ge=0)
+    poll_interval_s: float = Field(
+        30.0, ge=0, le=MAX_WAIT_S, description=f"seconds between Azure ML polls, 0..{MAX_WAIT_S}"
+    )
     model: ModelSection = Field(default_factory=ModelSection)
     compute: ComputeSection = Field(default_factory=ComputeSection)
     data: DataSection = Field(default_factory=DataSection)
@@ -213,13 +351,137 @@ def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# --- reading YAML within bounds --------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """The YAML is well-formed but beyond the bounds (or unreadable as a value): `problem` at `key`
+    (a key path, "" at the top) on `line` (1-based) of the text."""
+
+    def __init__(self, problem: str, key: str, line: int) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.key = key
+        self.line = line
+
+
+class _Unreadable(_Refused):
+    """A scalar that no constructor can build (`2024-13-45`, `!!float lots`)."""
+
+
+class _Loader(yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader):  # type: ignore[misc]
+    """PyYAML's safe loader (libyaml's parser when present: faster, and it stops at 1000 nesting
+    levels itself). A value a constructor cannot build is a ConstructorError at its line, never a
+    ValueError from deep inside PyYAML."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as exc:
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            raise ConstructorError(
+                None, None, f"cannot read {_short(node.value)} as {kind} ({exc})", node.start_mark
+            ) from None
+
+
+def _construct_int(loader: SafeConstructor, node: yaml.ScalarNode) -> Any:
+    try:
+        return loader.construct_yaml_int(node)
+    except ValueError:  # more digits than int() reads from text (4300), or `!!int twelve`
+        return loader.construct_scalar(node)  # the text: the model refuses it for what it is
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _measure(root: yaml.Node) -> dict[str, int]:
+    """Key path -> line of every mapping key in the document, checking on the way that the document,
+    with every alias replaced by its anchor's content, stays within YAML_MAX_NODES values and
+    YAML_MAX_DEPTH levels and contains no alias to itself. The walk stops at the first value past a
+    bound, so its cost is bounded too, whatever the aliases would expand to."""
+    lines: dict[str, int] = {}
+    seen: set[int] = set()
+    open_nodes: set[int] = set()  # on the path from the root: meeting one again is a cycle
+    count = 0
+
+    def visit(node: yaml.Node, depth: int, path: str, where: tuple[str, int]) -> None:
+        nonlocal count
+        if id(node) in open_nodes:
+            raise _Refused("this value contains itself (a recursive alias)", *where)
+        count += 1
+        if count > YAML_MAX_NODES:
+            if len(seen) < count - 1:
+                problem = f"aliases expand to more than {YAML_MAX_NODES} values (a YAML bomb?)"
+            else:
+                problem = f"more than {YAML_MAX_NODES} values; a config has a few hundred"
+            raise _Refused(problem, *where)
+        if depth > YAML_MAX_DEPTH:
+            raise _Refused(f"nested more than {YAML_MAX_DEPTH} levels deep", *where)
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            return
+        open_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                visit(key_node, depth + 1, path, where)
+                name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                sub = f"{path}.{name}" if path else name
+                line = key_node.start_mark.line + 1
+                lines[sub] = line
+                # Errors name at most section.key: deeper paths inside an expansion say little.
+                visit(value_node, depth + 1, sub, (sub, line) if sub.count(".") < 2 else where)
+        else:
+            for item in node.value:
+                visit(item, depth + 1, path, where)
+        open_nodes.discard(id(node))
+
+    visit(root, 0, "", ("", root.start_mark.line + 1))
+    return lines
+
+
+def _load_yaml(text: str) -> tuple[Any, dict[str, int]]:
+    """One YAML document: (its value, key path -> line). Raises yaml.YAMLError for malformed YAML,
+    _Refused for YAML beyond the bounds and _Unreadable for a value no constructor can build."""
+    loader = _Loader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:  # the pure-Python parser, without libyaml's own depth limit
+            raise _Refused(f"nested more than {YAML_MAX_DEPTH} levels deep", "", 1) from None
+        if node is None:
+            return None, {}
+        lines = _measure(node)
+        try:
+            return loader.construct_document(node), lines
+        except yaml.MarkedYAMLError as exc:
+            if exc.problem_mark is None:
+                raise
+            line = exc.problem_mark.line + 1
+            keys = [key for key, at in lines.items() if at == line]
+            key = max(keys, key=lambda k: k.count("."), default="")
+            raise _Unreadable(exc.problem or "invalid value", key, line) from None
+    finally:
+        loader.dispose()
+
+
 def parse_override(text: str, origin: str = "--set") -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"{origin} {text!r}: expected key.path=value, e.g. finetune.learning_rate=1e-4")
+    if not raw.strip():
+        return key, None
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value, _ = _load_yaml(raw)
+    except _Unreadable:
+        value = raw
+    except _Refused as exc:
+        raise ConfigError(f"invalid config: {key} (from {origin}): {exc.problem}") from None
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -236,47 +498,28 @@ def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, Any, str]]:
     return found
 
 
-def _yaml_lines(text: str) -> dict[str, int]:
-    """Map each key path of a YAML mapping document to its 1-based line number."""
-    lines: dict[str, int] = {}
-
-    def walk(node: yaml.Node, prefix: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                path = f"{prefix}{key_node.value}"
-                lines[path] = key_node.start_mark.line + 1
-                walk(value_node, path + ".")
-
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
-        return lines
-    if root is not None:
-        walk(root, "")
-    return lines
-
-
-def text_line(path: Path, offset: int) -> int:
-    """The 1-based line of byte `offset` in the file."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(offset).count(b"\n") + 1
-    except OSError:
-        return 1
-
-
 def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            raw = handle.read(YAML_MAX_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if len(raw) > YAML_MAX_BYTES:
+        raise ConfigError(
+            f"config file {path} is larger than {YAML_MAX_BYTES >> 20} MiB: is it the right file?"
+        )
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = text_line(path, exc.start)
+        line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data, lines = _load_yaml(text)
+    except _Refused as exc:
+        where = f"{path}:{exc.line}: {exc.key}" if exc.key else f"{path}:{exc.line}"
+        raise ConfigError(f"{where}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -286,7 +529,7 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, finetune:, ...)")
-    return data, _yaml_lines(text)
+    return data, lines
 
 
 def load_config(
@@ -322,22 +565,99 @@ def load_config(
     return LoadedConfig(values=values, source=path, explicit=explicit)
 
 
+# --- error messages --------------------------------------------------------------------------------
+
+
 def _describe(exc: ValidationError, path: Path | None, lines: dict[str, int], origins: dict[str, str]) -> str:
     messages = []
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"])
+        given, origin = _origin(key, origins)
         if err["type"] == "extra_forbidden":
             problem = "unknown key"
+            meant = suggest_keys(given if given.startswith(key + ".") else key)
+            if meant:
+                problem += f" (did you mean {_meant(meant, origin)}?)"
         else:
             problem = err["msg"].removeprefix("Value error, ")
             if "input" in err and not isinstance(err["input"], dict | list):
-                problem += f" (got {err['input']!r})"
-        if key in origins:
-            where = f"{key} (from {origins[key]})"
+                problem += f" (got {_short(err['input'])})"
+        if origin is not None:
+            where = f"{key} (from {origin})"
         elif path is not None:
             line = lines.get(key)
             where = f"{path}:{line}: {key}" if line else f"{path}: {key}"
         else:
             where = key
         messages.append(f"{where}: {problem}")
+    if len(messages) == 1:
+        return f"invalid config: {messages[0]}"
     return "invalid config:\n  " + "\n  ".join(messages)
+
+
+def _origin(key: str, origins: dict[str, str]) -> tuple[str, str | None]:
+    """(the key path as given, where it came from) for an error at `key`: the override that set it,
+    one that set a whole section containing it, or one under it (`--set modle.name=x` fails at
+    `modle`); (key, None) when it came from the file."""
+    if key in origins:
+        return key, origins[key]
+    for given, origin in origins.items():
+        if key.startswith(given + ".") or given.startswith(key + "."):
+            return given, origin
+    return key, None
+
+
+def _meant(keys: list[str], origin: str | None) -> str:
+    if origin is not None and origin.startswith("FTCTL_"):
+        # Environment variables set section keys only (FTCTL_<SECTION>__<KEY>).
+        keys = [f"{k}, i.e. FTCTL_{k.upper().replace('.', '__')}" if "." in k else k for k in keys]
+    return " or ".join(keys)
+
+
+def _fields(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
+    """YAML name -> the section model for a section, None for a setting."""
+    out: dict[str, type[BaseModel] | None] = {}
+    for name, info in model.model_fields.items():
+        sub = info.annotation
+        out[info.alias or name] = sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None
+    return out
+
+
+def _settings(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every setting's key path."""
+    out: list[str] = []
+    for name, sub in _fields(model).items():
+        out.extend(_settings(sub, f"{prefix}{name}.") if sub is not None else [prefix + name])
+    return out
+
+
+def suggest_keys(key: str) -> list[str]:
+    """The known key paths an unknown `key` most likely meant (difflib's close matches), or []:
+    each part corrected within its section (finetune.learnig_rate -> finetune.learning_rate,
+    modle.name -> model.name); failing that, an unknown last part is looked for in every section
+    (learning_rate -> finetune.learning_rate; seed -> finetune.seed, score.seed)."""
+    parts = key.split(".")
+    model: type[BaseModel] | None = Config
+    fixed: list[str] = []
+    for part in parts:
+        if model is None:
+            return []  # deeper than a setting goes
+        fields = _fields(model)
+        close = [part] if part in fields else difflib.get_close_matches(part.lower(), fields, 1, 0.75)
+        if not close:
+            break
+        fixed.append(close[0])
+        model = fields[close[0]]
+    else:
+        guess = ".".join(fixed)
+        return [guess] if guess != key else []
+    if len(fixed) != len(parts) - 1:
+        return []  # an unknown section: what follows it says little
+    leaf = parts[-1].lower()
+    everywhere = _settings()
+    same = [k for k in everywhere if k.rsplit(".", 1)[-1] == leaf]
+    if same:
+        return same[:3]
+    leaves = {k.rsplit(".", 1)[-1] for k in everywhere}
+    near = difflib.get_close_matches(leaf, leaves, 1, 0.8)
+    return [k for k in everywhere if near and k.rsplit(".", 1)[-1] == near[0]][:3]

@@ -34,13 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from ftctl.constants import SAMPLE_DATASET as SAMPLE_DATASET
 from ftctl.data.ultrachat import check_record, show
 from ftctl.errors import DataError
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
-
-SAMPLE_DATASET = "ftctl:ultrachat-sample"
 
 SOURCE_SAMPLE = "sample"
 SOURCE_HUB_LAYOUT = "hub-layout"

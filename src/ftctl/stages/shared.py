@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ftctl
-from ftctl.config import SAMPLE_DATASET, FinetuneSection
+from ftctl.config import FinetuneSection
+from ftctl.constants import SAMPLE_DATASET
 from ftctl.errors import ConfigError, UsageError
 from ftctl.scoring import build_request, parse_response, pick_conversation
 from ftctl.state import atomic_write_text, digest
