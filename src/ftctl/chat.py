@@ -6,7 +6,9 @@ Everything goes through Azure ML's scoring contract (`POST <scoring_uri>`, `Auth
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import sys
 import time
 import urllib.error
@@ -66,6 +68,29 @@ class EndpointError(StageFailed):
             self.exit_code = 2
 
 
+class RequestTooLarge(StageFailed):
+    """The request is over the endpoint's body limit (exit 2: the request is at fault, not the endpoint;
+    a StageFailed, so an interactive chat reports it and goes on)."""
+
+    exit_code = 2
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"request too large ({size} bytes; the endpoint accepts at most {limit})",
+            hint="send fewer or shorter conversations",
+        )
+        self.size = size
+        self.limit = limit
+
+
+def _body_limit() -> int:
+    """The most bytes the endpoint takes in one request body (only the local backend records
+    endpoints so far; its server refuses larger bodies with 413)."""
+    from ftctl.backends.local.server import MAX_BODY_BYTES  # standard library only; cheap to import
+
+    return MAX_BODY_BYTES
+
+
 @dataclass
 class Reply:
     status: int
@@ -78,7 +103,15 @@ class Reply:
 
 
 def post(ep: Endpoint, body: bytes, timeout_s: float) -> Reply:
-    """POST a scoring request; proxies are bypassed (the endpoint is local)."""
+    """POST a scoring request; proxies are bypassed (the endpoint is local).
+
+    A body over the endpoint's limit is not sent (RequestTooLarge): the server would answer 413 as soon
+    as it read the headers and close the connection while the body was still being written, which the
+    client sees as a reset connection, not as the answer.
+    """
+    limit = _body_limit()
+    if len(body) > limit:
+        raise RequestTooLarge(len(body), limit)
     request = urllib.request.Request(
         ep.scoring_uri,
         data=body,
@@ -101,9 +134,19 @@ def post(ep: Endpoint, body: bytes, timeout_s: float) -> Reply:
             message = json.loads(text).get("error") or text
         except (ValueError, AttributeError):
             message = text
+        if exc.code == 413:  # an endpoint with a lower limit: it says which ("... over N bytes")
+            stated = re.search(r"(\d+) bytes", str(message))
+            raise RequestTooLarge(len(body), int(stated.group(1)) if stated else limit) from None
         raise EndpointError(exc.code, str(message)[:300]) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+            raise StageFailed(
+                f"the endpoint at {ep.scoring_uri} closed the connection while the request "
+                f"({len(body)} bytes) was being sent ({reason})",
+                hint="an endpoint cuts off a request over its size limit like this: send a smaller one; "
+                "if that fails too, see whether the endpoint still runs (`ftctl status`)",
+            ) from None
         raise StageFailed(
             f"the endpoint at {ep.scoring_uri} is unreachable ({reason})", hint="run `ftctl deploy`"
         ) from None
@@ -125,18 +168,48 @@ def generation_parameters(ctx: Context, **overrides: Any) -> dict[str, Any]:
     return parameters
 
 
+def _utf8(data: bytes, where: str) -> str:
+    """`data` decoded as UTF-8 (a leading byte-order mark dropped); UsageError naming `where` and the
+    line and column of the first byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UsageError(
+            f"{where}:{line}:{column}: not UTF-8 text (byte 0x{data[exc.start]:02x})",
+            hint="save the request as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+        ) from None
+
+
 def read_request(path: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """A scoring request from a file (`-` for stdin): Azure's {"input_data": ...} body as it is, or
-    a bare conversation (a list of {role, content}, or {"messages": [...]}) wrapped with `parameters`."""
+    a bare conversation (a list of {role, content}, or {"messages": [...]}) wrapped with `parameters`.
+
+    UsageError (exit 2) naming the file when it cannot be read, is not UTF-8 or is not JSON (with the
+    line and column), or is not a request."""
     where = "stdin" if path == "-" else path
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        if path != "-":
+            text = _utf8(Path(path).read_bytes(), f"--file {where}")
+        elif (binary := getattr(sys.stdin, "buffer", None)) is not None:
+            text = _utf8(binary.read(), f"--file {where}")
+        else:
+            text = sys.stdin.read()
     except OSError as exc:
         raise UsageError(f"--file {where}: cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:  # a text stdin without a byte buffer
+        raise UsageError(f"--file {where}: not UTF-8 text ({exc.reason})") from None
     try:
         body = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"--file {where}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise UsageError(f"--file {where}: not usable JSON (nested too deeply)") from None
+    except ValueError:  # an integer literal longer than sys.get_int_max_str_digits()
+        raise UsageError(
+            f"--file {where}: not usable JSON (an integer of more than {sys.get_int_max_str_digits()} digits)"
+        ) from None
     if isinstance(body, dict) and "input_data" in body:
         return body
     messages = body.get("messages") if isinstance(body, dict) else body
@@ -181,20 +254,48 @@ class ChatSession:
         return answer, reply.latency_ms
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # what a surrogateescape stdin makes of bytes not UTF-8
+_NOT_UTF8_HINT = "ftctl chat reads UTF-8 text; convert the input first (e.g. iconv -f latin1 -t utf-8)"
+
+
 def input_lines(stdin: TextIO, prompt: str | None = None) -> Iterator[str]:
     """Lines from stdin, one at a time, so a pipe from another process works. With a `prompt` (stdin is
     a terminal) they are read with input(), which gives line editing and history once readline is
-    imported."""
-    while True:
-        if prompt is not None:
-            try:
-                yield input(prompt)
-            except EOFError:
-                return
-            continue
-        line = stdin.readline()
-        if not line:
+    imported.
+
+    Piped lines are read as bytes and decoded as UTF-8 one by one (whatever the locale's encoding and
+    error handler of `stdin`): a line that is not UTF-8 raises UsageError naming its number, after
+    the lines before it were answered."""
+    binary = getattr(stdin, "buffer", None) if prompt is None else None
+    for number in itertools.count(1):
+        where = f"stdin line {number}"
+        try:
+            if prompt is not None:
+                line = input(prompt)
+            elif binary is not None:
+                raw = binary.readline()
+                if not raw:
+                    return
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise UsageError(
+                        f"{where} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} "
+                        "of the line)",
+                        hint=_NOT_UTF8_HINT,
+                    ) from None
+            else:
+                line = stdin.readline()
+                if not line:
+                    return
+        except EOFError:
             return
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{where} is not UTF-8 text ({exc.reason})", hint=_NOT_UTF8_HINT) from None
+        if _SURROGATE.search(line):
+            raise UsageError(f"{where} is not UTF-8 text", hint=_NOT_UTF8_HINT)
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # a byte-order mark
         yield line.rstrip("\r\n")
 
 

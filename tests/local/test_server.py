@@ -60,7 +60,8 @@ def test_health(client: TestClient, tiny_model_dir: Path) -> None:
     assert client.get("/health/live").json() == {"status": "alive"}
     response = client.get("/health/ready")
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "model": str(tiny_model_dir)}
+    # the model's id (by default its folder's name), never its path: the route needs no key
+    assert response.json() == {"status": "ready", "model": tiny_model_dir.name}
 
 
 def test_ready_only_after_load(tmp_path: Path) -> None:

@@ -1,11 +1,18 @@
-"""Reading OpenAI chat.completions requests (the endpoint's /v1 route; served for real in test_endpoint)."""
+"""Reading OpenAI chat.completions requests (the endpoint's /v1 route; served for real in test_endpoint),
+and the `model` a request names (in-process, on the shipped tiny model)."""
 
 from __future__ import annotations
 
-import pytest
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
-from ftctl.backends.local.openai_compat import parse_chat_request
-from ftctl.backends.local.server import BadRequest
+import pytest
+from fastapi.testclient import TestClient
+
+from ftctl.backends.local.openai_compat import parse_chat_request, served_names
+from ftctl.backends.local.server import BadRequest, create_app
 
 USER = {"role": "user", "content": "Hi"}
 
@@ -85,3 +92,83 @@ def test_bad_requests_name_the_problem(body: object, message: str) -> None:
     with pytest.raises(BadRequest) as raised:
         parse_chat_request(body)
     assert message in str(raised.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model a request names (served in-process on the shipped tiny Phi-3)
+
+TINY_MODEL = Path(__file__).resolve().parents[2] / "src" / "ftctl" / "resources" / "tiny-phi3"
+KEY = "openai-compat-key-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+SERVED = "ftctl-tiny-phi3-chat-ultrachat-200k:1"  # how `ftctl deploy` names it: <registered name>:<version>
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    app = create_app(TINY_MODEL, key=KEY, request_timeout_s=30, model_name=SERVED)
+    with TestClient(app) as test_client:
+        deadline = time.monotonic() + 60
+        while test_client.get("/health/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        yield test_client
+
+
+def complete(client: TestClient, **fields: object) -> Any:
+    body = {"messages": [USER], "max_tokens": 2, "temperature": 0, **fields}
+    return client.post("/v1/chat/completions", json=body, headers=AUTH)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "model", ["gpt-4o", "anything", "", SERVED + "x", "ftctl-tiny-phi3-chat-ultrachat-200k:2"]
+)
+def test_an_unknown_model_is_404_as_openai_answers_it(client: TestClient, model: str, stream: bool) -> None:
+    response = complete(client, model=model, stream=stream)
+    assert response.status_code == 404 and response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == "model" and error["code"] == "model_not_found"
+    assert f"The model `{model}` does not exist" in error["message"] and SERVED in error["message"]
+
+
+@pytest.mark.parametrize("model", [SERVED, "ftctl-tiny-phi3-chat-ultrachat-200k", None])
+def test_the_served_model_its_bare_name_or_none_is_answered(client: TestClient, model: str | None) -> None:
+    fields = {} if model is None else {"model": model}
+    response = complete(client, **fields)
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == SERVED  # the reply names the id served, as OpenAI's do
+    streamed = complete(client, stream=True, **fields)
+    assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+
+
+def test_models_lists_the_served_id(client: TestClient) -> None:
+    listed = client.get("/v1/models", headers=AUTH).json()["data"]
+    assert [m["id"] for m in listed] == [SERVED]
+    assert complete(client, model=listed[0]["id"]).status_code == 200
+
+
+def test_served_names() -> None:
+    assert served_names(SERVED) == {SERVED, "ftctl-tiny-phi3-chat-ultrachat-200k"}
+    assert served_names("tiny-phi3") == {"tiny-phi3"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "param"),
+    [
+        ({"model": 5}, 400, "model"),
+        ({"model": ["gpt-4o"]}, 400, "model"),
+        ({"n": 2}, 400, "n"),
+        ({"max_tokens": 0}, 400, "max_tokens"),
+        ({"max_completion_tokens": 10**6}, 400, "max_completion_tokens"),
+        ({"max_tokens": 10**6, "stream": True}, 400, "max_tokens"),  # refused before the stream starts
+        ({"temperature": -1}, 400, "temperature"),
+        ({"messages": []}, 400, "messages"),
+        ({"stream": "yes"}, 400, "stream"),
+    ],
+)
+def test_errors_name_the_field(client: TestClient, fields: dict[str, Any], status: int, param: str) -> None:
+    response = complete(client, **fields)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param

@@ -3,7 +3,7 @@ fine-tuned model::
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:PORT/v1", api_key="<the endpoint key>")
-    client.chat.completions.create(model="any", messages=[{"role": "user", "content": "Hi"}])
+    client.chat.completions.create(model="<its id>", messages=[{"role": "user", "content": "Hi"}])
 
 Routes (the same `Authorization: Bearer <key>` as /score):
   POST /v1/chat/completions  {"model", "messages", "temperature", "top_p", "max_tokens" (or
@@ -11,8 +11,10 @@ Routes (the same `Authorization: Bearer <key>` as /score):
                              Omitted settings take the endpoint's defaults (as /score does); temperature
                              0 is greedy. Fields the endpoint cannot honour with a non-default value
                              (n > 1, stop, tools, logprobs, penalties) are answered with 400 rather than
-                             ignored; other fields are ignored. "model" may be any id: the endpoint
-                             serves one model and reports its own id.
+                             ignored; other fields are ignored. "model" must name the model served
+                             (its id, as GET /v1/models lists it, or that id without its ":<version>"),
+                             or be left out; another name is answered 404 with code "model_not_found",
+                             as OpenAI does.
                              stream=true answers with server-sent events: `chat.completion.chunk`
                              objects (role, then content deltas as tokens are generated, then the
                              finish_reason; a usage chunk with stream_options.include_usage), then
@@ -32,13 +34,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ftctl.backends.local.server import (
-    MAX_BODY_BYTES,
     BadRequest,
     GenerationTimeout,
     Generator,
     log,
     normalize_parameters,
+    parse_json_body,
     read_body,
+    show,
 )
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -69,38 +72,74 @@ def _content(value: Any, index: int) -> str:
                 texts.append(part["text"])
             else:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise BadRequest(f"messages[{index}].content: only text parts are supported (got {kind})")
+                if not isinstance(kind, str) or len(kind) > 40:
+                    kind = show(kind)
+                raise BadRequest(
+                    f"messages[{index}].content: only text parts are supported (got {kind})", param="messages"
+                )
         return "".join(texts)
-    raise BadRequest(f"messages[{index}].content must be a string or a list of text parts")
+    raise BadRequest(f"messages[{index}].content must be a string or a list of text parts", param="messages")
+
+
+def served_names(model_name: str) -> set[str]:
+    """The `model` values a request may name: the id served and, for an id `name:version` (how ftctl
+    deploy names a registered model), the bare name."""
+    names = {model_name}
+    if ":" in model_name:
+        names.add(model_name.rsplit(":", 1)[0])
+    return names
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _openai_names(message: str, tokens_field: str = "max_tokens") -> str:
+    """A message from the shared parameter checks, in OpenAI's field names."""
+    return message.replace("max_new_tokens", tokens_field)
+
+
+def _openai_param(param: str | None, tokens_field: str) -> str | None:
+    """The request field a shared check's `param` stands for."""
+    return tokens_field if param == "max_new_tokens" else param
 
 
 def parse_chat_request(body: Any) -> dict[str, Any]:
     """The conversation, generation settings and streaming options of a chat.completions request.
 
-    Returns {"messages", "settings", "stream", "include_usage"}; raises BadRequest naming the problem.
+    Returns {"model", "messages", "settings", "stream", "include_usage", "tokens_field"} ("model": the
+    name asked for, None when left out; "tokens_field": the field the reply length came from); raises
+    BadRequest naming the problem (and the field, as `param`).
     """
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest(f'"model" must be a string (got {show(model)})', param="model")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BadRequest('"messages" must be a non-empty list of {"role", "content"} objects')
+        raise BadRequest(
+            '"messages" must be a non-empty list of {"role", "content"} objects', param="messages"
+        )
     conversation = []
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise BadRequest(f"messages[{index}] must be an object")
+            raise BadRequest(f"messages[{index}] must be an object", param="messages")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise BadRequest(
-                f"messages[{index}].role {json.dumps(role)} is not supported (supported: {', '.join(ROLES)})"
+                f"messages[{index}].role {show(role)} is not supported (supported: {', '.join(ROLES)})",
+                param="messages",
             )
         conversation.append({"role": ROLES[role], "content": _content(message.get("content"), index)})
     for name, fine in _UNSUPPORTED.items():
         if name in body and not fine(body[name]):
-            raise BadRequest(f"{name} is not supported by this endpoint (got {json.dumps(body[name])})")
+            raise BadRequest(f"{name} is not supported by this endpoint (got {show(body[name])})", param=name)
     parameters: dict[str, Any] = {}
     for name in ("temperature", "top_p", "seed"):
         if body.get(name) is not None:
             parameters[name] = body[name]
+    tokens_field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is not None:
         parameters["max_new_tokens"] = limit
@@ -109,27 +148,38 @@ def parse_chat_request(body: Any) -> dict[str, Any]:
     try:
         settings = normalize_parameters(parameters)
     except BadRequest as exc:  # name OpenAI's field, not the /score one
-        raise BadRequest(str(exc).replace("max_new_tokens", "max_tokens")) from None
+        message = _openai_names(str(exc), tokens_field)
+        raise BadRequest(message, param=_openai_param(exc.param, tokens_field)) from None
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise BadRequest('"stream" must be true or false')
+        raise BadRequest('"stream" must be true or false', param="stream")
     options = body.get("stream_options")
     options = {} if options is None else options
     if not isinstance(options, dict):
-        raise BadRequest('"stream_options" must be an object')
+        raise BadRequest('"stream_options" must be an object', param="stream_options")
     return {
+        "model": model,
         "messages": conversation,
         "settings": settings,
         "stream": stream,
         "include_usage": bool(options.get("include_usage")),
+        "tokens_field": tokens_field,
     }
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> Any:
+def _error(
+    status: int,
+    message: str,
+    kind: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+) -> Any:
     from fastapi.responses import JSONResponse
 
+    # a lone surrogate cannot be encoded as UTF-8: escape it rather than fail the response
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": None, "code": code}}, status_code=status
+        {"error": {"message": message, "type": kind, "param": param, "code": code}}, status_code=status
     )
 
 
@@ -169,7 +219,14 @@ class _Generation:
         self.streamer = _Streamer(
             gen.tokenizer, skip_prompt=True, timeout=timeout_s, skip_special_tokens=True
         )
-        prompt = gen.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if gen.max_positions and settings["max_new_tokens"] > gen.max_positions:
+            # checked here too, so that a stream is refused with 400 rather than failing after its 200
+            raise BadRequest(
+                f"parameter max_new_tokens must be at most {gen.max_positions}, the model's context "
+                f"length (got {settings['max_new_tokens']})",
+                param="max_new_tokens",
+            )
+        prompt = gen.prompt(messages)
         self.prompt_tokens = len(gen.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         if gen.max_positions and self.prompt_tokens >= gen.max_positions:
             raise BadRequest(
@@ -221,6 +278,7 @@ def add_openai_routes(
 
     created_at = int(time.time())
     timeout_ms = round(request_timeout_s * 1000)
+    names = served_names(model_name)
 
     def refuse(request: Any) -> Any:
         if not authorized(request.headers.get("authorization")):
@@ -238,6 +296,11 @@ def add_openai_routes(
             )
         return None
 
+    def refused_request(exc: BadRequest, parsed: dict[str, Any]) -> Any:
+        """400 for a request the generator refused, in OpenAI's field names."""
+        field = parsed["tokens_field"]
+        return _error(400, _openai_names(str(exc), field), param=_openai_param(exc.param, field))
+
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
         refused = refuse(request)
@@ -253,19 +316,27 @@ def add_openai_routes(
         refused = refuse(request)
         if refused is not None:
             return refused
-        raw = await read_body(request)
+        limit = app.state.max_body_bytes
+        raw = await read_body(request, limit)
         if raw is None:
-            return _error(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+            return _error(413, f"the request body is over {limit} bytes")
         try:
-            parsed = parse_chat_request(json.loads(raw))
+            parsed = parse_chat_request(parse_json_body(raw))
+        except BadRequest as exc:  # in OpenAI's field names already
+            return _error(400, str(exc), param=exc.param)
+        if parsed["model"] is not None and parsed["model"] not in names:
+            return _error(
+                404,
+                f"The model `{_cut(parsed['model'])}` does not exist or you do not have access to "
+                f"it (this endpoint serves `{model_name}`)",
+                code="model_not_found",
+                param="model",
+            )
+        try:
             generation = _Generation(gen, parsed["messages"], parsed["settings"], request_timeout_s)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return _error(400, f"the request body is not valid JSON: {exc}")
-        except RecursionError:
-            return _error(400, "the request body is not valid JSON: nested too deeply")
         except BadRequest as exc:
-            return _error(400, str(exc))
-        except Exception as exc:  # the chat template refused the conversation, ...
+            return refused_request(exc, parsed)
+        except Exception as exc:  # a bug (what a client sends is answered 4xx above)
             log.exception("cannot prepare the generation")
             return _error(500, f"cannot prepare the generation: {type(exc).__name__}: {exc}", "server_error")
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
@@ -278,7 +349,7 @@ def add_openai_routes(
                 generation.cancel.set()
                 return _error(504, f"request timed out after {timeout_ms} ms", "timeout")
             if isinstance(generation.error, BadRequest):
-                return _error(400, str(generation.error))
+                return refused_request(generation.error, parsed)
             if generation.error is not None:
                 log.error("generation failed: %r", generation.error)
                 return _error(500, f"generation failed: {type(generation.error).__name__}", "server_error")

@@ -7,11 +7,12 @@ Run it as::
 
 Routes:
   GET  /health/live   200 {"status": "alive"} as soon as the server runs (no auth)
-  GET  /health/ready  200 {"status": "ready", "model": ...} once the model is loaded, else 503 (no auth)
+  GET  /health/ready  200 {"status": "ready", "model": "<model id>"} once the model is loaded, else 503
+                      (no auth; nothing reachable without the key names a filesystem path)
   POST /score         `Authorization: Bearer <key>`; body as in the notebook's sample_score.json.
                       One conversation -> {"output": "<text>"}; several -> {"output": ["<text>", ...]}.
                       Errors -> {"error": "..."} with 400 (bad body), 401 (key), 413 (body too large),
-                      503 (not loaded yet), 504 (timed out) or 500.
+                      503 (not loaded yet), 504 (timed out) or 500 (a bug: no client input causes it).
   POST /v1/chat/completions, GET /v1/models
                       OpenAI-compatible (same key), non-streaming and streaming (SSE); see openai_compat.
 
@@ -33,6 +34,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import threading
@@ -76,10 +78,29 @@ _PARAMETERS: dict[str, tuple[str, Any, str]] = {
 MAX_CONVERSATIONS = 64
 # Below this, a temperature divides the logits into inf/nan: it is greedy decoding, as for 0.
 MIN_SAMPLING_TEMPERATURE = 1e-5
+# A prompt is refused without tokenizing it when it has more than this many characters per token of the
+# model's context, times the length of the longest token: tokenizing megabytes takes seconds of the
+# model thread, and no token covers more characters than its own text (the factor is slack for
+# normalizers that merge characters).
+_PROMPT_CHARS_SLACK = 4
+# Values quoted in error messages are cut to this many characters.
+_SHOWN_CHARS = 80
+# Unpaired UTF-16 surrogates: JSON's "\ud800" escapes decode to them, but they are not text (no
+# tokenizer takes them, and no response containing one can be encoded as UTF-8).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Absolute filesystem paths in a message (POSIX, ~, Windows), for what the endpoint shows without a key.
+_ABSOLUTE_PATH = re.compile(r"""(?<![\w.:/\\~>-])(?:~|[A-Za-z]:)?[/\\][^\s'"`,;()\[\]{}<>|]+""")
 
 
 class BadRequest(ValueError):
-    """The request is well-formed JSON but cannot be served as asked (answered with 400)."""
+    """The request is well-formed JSON but cannot be served as asked (answered with 400).
+
+    `param` names the request field at fault, where there is one (OpenAI's error objects carry it).
+    """
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class GenerationTimeout(TimeoutError):
@@ -90,20 +111,38 @@ class GenerationTimeout(TimeoutError):
 # Request parsing (standard library only)
 
 
+def show(value: Any) -> str:
+    """`value` as JSON for an error message: at most _SHOWN_CHARS characters, ASCII (so a lone
+    surrogate is escaped), and never an exception (deeply nested values, huge integers)."""
+    try:
+        text = json.dumps(value)
+    except (ValueError, TypeError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond the float range
+        return False
+
+
 def _check_parameter(name: str, value: Any) -> Any:
     kind, check, meaning = _PARAMETERS[name]
     if kind == "bool":
         ok = isinstance(value, bool)
     elif kind == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
-    else:  # NaN and Infinity parse as JSON numbers in Python; they are not usable settings
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    else:  # NaN, Infinity and integers beyond the float range are not usable settings
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     if not ok:
         expected = {"bool": "true or false", "int": "an integer", "number": "a finite number"}[kind]
-        raise BadRequest(f"parameter {name} must be {expected} (got {json.dumps(value)})")
+        raise BadRequest(f"parameter {name} must be {expected} (got {show(value)})", param=name)
     if not check(value):
-        raise BadRequest(f"parameter {name} must be {meaning} (got {json.dumps(value)})")
-    return value
+        raise BadRequest(f"parameter {name} must be {meaning} (got {show(value)})", param=name)
+    # torch takes a Python int beyond 64 bits as a scalar operand only after a float conversion
+    return float(value) if kind == "number" else value
 
 
 def normalize_parameters(parameters: Any, params: Any = None) -> dict[str, Any]:
@@ -115,11 +154,12 @@ def normalize_parameters(parameters: Any, params: Any = None) -> dict[str, Any]:
     if parameters is None:
         parameters = {}
     if not isinstance(parameters, dict):
-        raise BadRequest('"input_data.parameters" must be an object')
+        raise BadRequest('"input_data.parameters" must be an object', param="parameters")
     unknown = sorted(set(parameters) - set(_PARAMETERS))
     if unknown:
+        names = ", ".join(name if len(name) <= _SHOWN_CHARS else show(name) for name in unknown)
         raise BadRequest(
-            f"unknown parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
+            f"unknown parameter{'s' if len(unknown) > 1 else ''}: {names} "
             f"(supported: {', '.join(_PARAMETERS)})"
         )
     merged = dict(DEFAULT_PARAMETERS)
@@ -128,6 +168,52 @@ def normalize_parameters(parameters: Any, params: Any = None) -> dict[str, Any]:
     if "seed" not in merged and isinstance(params, dict) and params.get("seed") is not None:
         merged["seed"] = _check_parameter("seed", params["seed"])
     return merged
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """The decoded JSON of a request body; BadRequest if it is not JSON, nests too deeply, holds a
+    number Python will not convert, or holds a string that is not valid Unicode (a lone surrogate)."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise BadRequest("the request body is not valid JSON: nested too deeply") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    except ValueError as exc:  # an integer literal longer than sys.get_int_max_str_digits()
+        if "integer string conversion" in str(exc):
+            raise BadRequest(
+                f"the request body holds an integer of more than {sys.get_int_max_str_digits()} digits"
+            ) from None
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    pending = [body]
+    while pending:  # iterative: a body may nest as deep as the JSON parser allows
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii() and (found := _SURROGATE.search(item)):
+                raise BadRequest(
+                    f"the request body holds a string that is not valid Unicode: a lone surrogate "
+                    f"(\\u{ord(found.group()):04x}); send text as UTF-8"
+                )
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return body
+
+
+def public_message(message: str, *paths: Path) -> str:
+    """`message` without filesystem paths, for answers given without the key: each of `paths` (as
+    given and resolved) becomes `<model dir>`, any other absolute path `<path>`."""
+    known: set[str] = set()
+    for path in paths:
+        known.add(str(path))
+        with contextlib.suppress(OSError, RuntimeError):
+            known.add(str(Path(path).resolve()))
+            known.add(str(Path(path).absolute()))
+    for text in sorted((k for k in known if len(k) > 1), key=len, reverse=True):
+        message = message.replace(text, "<model dir>")
+    return _ABSOLUTE_PATH.sub("<path>", message)
 
 
 def parse_score_body(body: Any) -> tuple[list[list[dict]], dict[str, Any], bool]:
@@ -176,6 +262,7 @@ class Generator:
         self.eos_token_ids: list[int] = []
         self.pad_token_id: int | None = None
         self.max_positions: int | None = None
+        self.max_prompt_chars: int | None = None  # longer prompts are refused without tokenizing
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._criterion_class: Any = None
@@ -244,12 +331,34 @@ class Generator:
         self.eos_token_ids = eos
         self.pad_token_id = tokenizer.pad_token_id
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        if self.max_positions:
+            longest = max((len(token) for token in tokenizer.get_vocab()), default=1)
+            self.max_prompt_chars = self.max_positions * max(1, longest) * _PROMPT_CHARS_SLACK
         self.tokenizer = tokenizer
         self.model = model  # last: `loaded` turns true only when everything above is in place
 
     def stop(self) -> None:
         """Make any generation in progress stop at its next token (server shutdown)."""
         self._stopping.set()
+
+    def prompt(self, conversation: list[dict]) -> str:
+        """The conversation as prompt text. BadRequest if the chat template refuses it (a role order
+        the model does not take) or it is far longer than the model's context (see
+        _PROMPT_CHARS_SLACK): such a prompt is refused before tokenizing it."""
+        from jinja2.exceptions import TemplateError
+
+        try:
+            text = self.tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=True, tokenize=False
+            )
+        except TemplateError as exc:
+            raise BadRequest(f"the model's chat template refused the conversation: {exc}") from None
+        if self.max_prompt_chars is not None and len(text) > self.max_prompt_chars:
+            raise BadRequest(
+                f"the prompt is {len(text):,} characters, far more than this model takes "
+                f"({self.max_positions} tokens)"
+            )
+        return text
 
     def _generation_config(self, settings: dict[str, Any]) -> Any:
         from transformers import GenerationConfig
@@ -318,7 +427,8 @@ class Generator:
         if self.max_positions and params["max_new_tokens"] > self.max_positions:
             raise BadRequest(
                 f"parameter max_new_tokens must be at most {self.max_positions}, the model's context "
-                f"length (got {params['max_new_tokens']})"
+                f"length (got {params['max_new_tokens']})",
+                param="max_new_tokens",
             )
         if streamer is not None and len(conversations) != 1:
             raise ValueError("a streamer takes exactly one conversation")
@@ -329,10 +439,7 @@ class Generator:
         if not self._lock.acquire(timeout=wait):
             raise GenerationTimeout("timed out waiting for the model")
         try:
-            prompts = [
-                self.tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
-                for conv in conversations
-            ]
+            prompts = [self.prompt(conv) for conv in conversations]
             generation_config = self._generation_config(params)
             if params.get("seed") is not None:
                 torch.manual_seed(params["seed"])
@@ -375,6 +482,8 @@ class Generator:
 def _error(status: int, message: str) -> Any:
     from fastapi.responses import JSONResponse
 
+    # a lone surrogate cannot be encoded as UTF-8: escape it rather than fail the response
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": message}, status_code=status)
 
 
@@ -411,6 +520,7 @@ def create_app(
     max_batch_size: int = 16,
     generator: Generator | None = None,
     model_name: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> "fastapi.FastAPI":
     """The scoring app. The model loads in a background thread when the app starts (lifespan), so
     /health/live answers at once and /health/ready turns 200 when loading is done.
@@ -418,7 +528,8 @@ def create_app(
     `app.state.generator` is the Generator; `app.state.load_error` holds the message if loading
     failed, and `app.state.on_load_failure` (a no-argument callable, None by default) is called then:
     `main` uses it to stop the server so the process exits non-zero. `model_name` is the model id the
-    OpenAI-compatible routes report (default: the model folder's name).
+    OpenAI-compatible routes report (default: the model folder's name); /health/ready reports it too,
+    never a path. Request bodies over `max_body_bytes` are answered with 413.
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
@@ -427,12 +538,15 @@ def create_app(
         raise ValueError("the endpoint key must not be empty")
     if request_timeout_s <= 0:
         raise ValueError("request_timeout_s must be positive")
+    if max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be >= 1")
     key_bytes = key.encode("utf-8")
     model_dir = Path(model_dir)
     gen = generator or Generator(model_dir, device=device, max_batch_size=max_batch_size)
     # Concurrent /score requests with the same settings share one generate call.
     batcher = BatchingGenerator(gen, max_batch_size=max_batch_size, timeout_error=GenerationTimeout)
     timeout_ms = round(request_timeout_s * 1000)
+    served_name = model_name or model_dir.name
 
     def _load() -> None:
         started = time.monotonic()
@@ -441,8 +555,9 @@ def create_app(
             gen.load()
         except Exception as exc:  # reported by /health/ready and by the process exit code
             message = str(exc) if isinstance(exc, FtctlError) else f"{type(exc).__name__}: {exc}"
-            app.state.load_error = message
             log.error("could not load the model: %s", message)
+            # what clients see (/health/ready answers it without the key): no paths; the log has them
+            app.state.load_error = public_message(message, model_dir) + " (the server log has details)"
             if app.state.on_load_failure is not None:
                 app.state.on_load_failure()
             return
@@ -460,6 +575,7 @@ def create_app(
         title="ftctl local endpoint", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.generator = gen
+    app.state.max_body_bytes = max_body_bytes
     app.state.load_error = None
     app.state.on_load_failure = None
 
@@ -485,7 +601,7 @@ def create_app(
     @app.get("/health/ready")
     async def ready() -> Any:
         if gen.loaded:
-            return {"status": "ready", "model": str(model_dir)}
+            return {"status": "ready", "model": served_name}
         if app.state.load_error:
             return JSONResponse({"status": "failed", "error": app.state.load_error}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
@@ -498,17 +614,11 @@ def create_app(
             if app.state.load_error:
                 return _error(503, f"the model failed to load: {app.state.load_error}")
             return _error(503, "the model is still loading; retry when /health/ready answers 200")
-        raw = await read_body(request)
+        raw = await read_body(request, max_body_bytes)
         if raw is None:
-            return _error(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+            return _error(413, f"the request body is over {max_body_bytes} bytes")
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return _error(400, f"the request body is not valid JSON: {exc}")
-        except RecursionError:
-            return _error(400, "the request body is not valid JSON: nested too deeply")
-        try:
-            conversations, settings, several = parse_score_body(body)
+            conversations, settings, several = parse_score_body(parse_json_body(raw))
         except BadRequest as exc:
             return _error(400, str(exc))
 
@@ -540,7 +650,7 @@ def create_app(
         gen,
         authorized=lambda header: _authorized(header, key_bytes),
         request_timeout_s=request_timeout_s,
-        model_name=model_name or model_dir.name,
+        model_name=served_name,
     )
     return app
 
