@@ -31,6 +31,7 @@ class Stage:
     always_run: bool = False  # an explicit `ftctl <stage>` runs it even when up to date
     needs_live: tuple[str, ...] = ()  # upstream stages whose long-lived resource must be up
     live: bool = False  # the stage keeps something running (an endpoint) that `alive` checks
+    background: bool = False  # its work goes on without ftctl (a job started with --no-wait)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -68,6 +69,7 @@ STAGES: tuple[Stage, ...] = (
             "azureml.continue_on_step_failure",
         ),
         "Fine-tune the model (a job).",
+        background=True,
     ),
     Stage("register", ("submit",), ("register",), "Register the fine-tuned model in the registry."),
     Stage("deploy", ("register",), ("deploy",), "Serve the registered model behind an endpoint.", live=True),
@@ -219,7 +221,8 @@ class Evaluator:
     def _evaluate(self, stage: Stage) -> Evaluation:
         rec = st.record(self.state, stage.name)
         status = rec["status"]
-        if status == st.RUNNING and self.unattended and not self.alive(stage):
+        carries_on = (stage.background or stage.live) and self.alive(stage)
+        if status == st.RUNNING and self.unattended and not carries_on:
             return Evaluation("interrupted", False, f"its ftctl stopped; `ftctl {stage.name}` resumes it")
         if status != st.SUCCEEDED:
             return Evaluation(status, False, None)

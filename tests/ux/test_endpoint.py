@@ -192,7 +192,7 @@ def test_openai_client_gets_a_chat_completion(deployed) -> None:
     assert score["output"] == text
 
     stream = client.chat.completions.create(
-        model="anything", messages=messages, max_tokens=16, temperature=0, stream=True,
+        model=creds["model"], messages=messages, max_tokens=16, temperature=0, stream=True,
         stream_options={"include_usage": True},
     )  # fmt: skip
     chunks = list(stream)
