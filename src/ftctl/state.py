@@ -162,7 +162,7 @@ class StateStore:
 
 def record(state: dict[str, Any], stage: str) -> dict[str, Any]:
     """The record of `stage` in `state` (created pending if missing)."""
-    stages = state.setdefault("stages", {})
+    stages: dict[str, dict[str, Any]] = state.setdefault("stages", {})
     if stage not in stages:
         stages[stage] = empty_record()
     return stages[stage]

@@ -164,5 +164,3 @@ def test_shell_completion(trained) -> None:
         capture_output=True, text=True, env={**trained.env(), "SHELL": "/bin/bash"}, timeout=60,
     )  # fmt: skip
     assert "_FTCTL_COMPLETE=complete_bash" in shown.stdout and "complete " in shown.stdout
-
-

@@ -63,7 +63,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def root(
+def root(  # noqa: PLR0913 - one parameter per global option (typer)
     ctx: typer.Context,
     workspace: Path = typer.Option(
         Path(".ftctl"),
@@ -253,7 +253,7 @@ def _flags_show_no_type() -> None:
     def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
         return None if self.is_flag else original(self, ctx)
 
-    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign,assignment]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
 
 
 if hasattr(typer.core, "TyperOption") and hasattr(typer.core.TyperOption, "display_type_rich"):
