@@ -221,3 +221,35 @@ def test_settings_added_by_a_newer_ftctl_do_not_make_stages_stale(prepared) -> N
     assert not prepared.status()["prepare-data"]["stale"]
     status = {s["name"]: s for s in prepared.json("--set", "data.min_train_rows=20", "status")["stages"]}
     assert status["prepare-data"]["stale_reason"] == "data.min_train_rows changed (null -> 20)"
+
+
+def test_top_level_help_has_examples(ftctl) -> None:
+    shown = ftctl("--help").stdout
+    assert "Examples:" in shown and "ftctl run" in shown and "--set finetune.learning_rate=1e-4" in shown
+
+
+def test_flags_show_as_flags_in_help(ftctl) -> None:
+    shown = ftctl("status", "--help").stdout
+    assert "<bool>" not in shown and "--json" in shown
+
+
+def test_set_and_config_after_the_subcommand_mean_the_same(ftctl) -> None:
+    before = ftctl.json("--set", "finetune.learning_rate=1e-4", "status")
+    after = ftctl.json("status", "--set", "finetune.learning_rate=1e-4")
+    assert before == after
+    bad = ftctl("status", "--set", "finetune.learnig_rate=1", code=2)
+    assert "did you mean finetune.learning_rate" in bad.stderr
+
+
+def test_a_closed_pipe_exits_quietly(tmp_path) -> None:
+    """`ftctl status | head -1`: a reader that leaves early gets no BrokenPipeError from ftctl."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftctl", "--workspace", str(tmp_path / "ws"), "status"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before ftctl writes a byte
+    stderr = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "BrokenPipe" not in stderr and "unexpected" not in stderr and "Traceback" not in stderr, stderr

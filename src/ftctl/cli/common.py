@@ -38,6 +38,17 @@ app = typer.Typer(
         "register, deploy, score, teardown. `ftctl run` runs them all, skipping what is up to date."
     ),
     no_args_is_help=True,
+    epilog=(
+        "Examples:\n"
+        "  # all nine stages on this machine, offline (the built-in tiny model and sample data)\n"
+        "  ftctl run\n"
+        "  # where things stand, and why a stage would run again\n"
+        "  ftctl status\n"
+        "  # one stage, with a changed setting\n"
+        "  ftctl submit --set finetune.learning_rate=1e-4\n"
+        "  # the notebook on Azure ML\n"
+        "  ftctl --backend azureml --config configs/azureml-phi3-ultrachat.yaml run"
+    ),
     add_completion=True,  # ftctl --install-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -169,9 +169,12 @@ def alive(ctx: Context, outputs: Outputs) -> bool:
 
 
 def summary(outputs: dict[str, Any]) -> str:
-    loss = outputs.get("eval_loss") or outputs.get("train_loss")
     text = f"{outputs.get('job_id')}"
-    return f"{text} loss {loss:.3f}" if isinstance(loss, float) else text
+    for name in ("eval_loss", "train_loss"):
+        loss = outputs.get(name)
+        if isinstance(loss, float):
+            return f"{text}, {name.replace('_', ' ')} {loss:.3f}"
+    return text
 
 
 __all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]
