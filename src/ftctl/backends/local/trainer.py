@@ -31,40 +31,24 @@ import math
 import os
 import sys
 import time
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from pydantic import ValidationError
+
+from ftctl.config import FinetuneSection
 from ftctl.errors import DataError, FtctlError, UsageError
 
 IGNORE_INDEX = -100
 PHI3_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
-DEFAULT_PARAMS: dict[str, Any] = {
-    "num_train_epochs": 1,
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 8,
-    "learning_rate": 2e-4,
-    "lr_scheduler_type": "linear",
-    "warmup_steps": 0,
-    "weight_decay": 0.0,
-    "apply_lora": True,
-    "lora_r": 8,
-    "lora_alpha": 16,
-    "lora_dropout": 0.0,
-    "lora_target_modules": None,
-    "max_seq_length": 256,
-    "gradient_accumulation_steps": 1,
-    "precision": "32",
-    "seed": 42,
-    "max_steps": -1,
-    "max_eval_samples": -1,
-    "merge_lora_weights": True,
-    "packing": True,
-    "logging_steps": 10,
-}
+# The fine-tuning defaults are the config's (FinetuneSection): the values a parameter takes when the
+# job spec leaves it out. One set, shared with `ftctl run` and configs/local-quickstart.yaml.
+DEFAULT_PARAMS: dict[str, Any] = FinetuneSection().model_dump()
 
 Event = dict[str, Any]
 
@@ -290,13 +274,44 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _params(spec: dict) -> dict[str, Any]:
-    params = dict(DEFAULT_PARAMS)
-    params.update({k: v for k, v in (spec.get("params") or {}).items() if v is not None})
-    if str(params["precision"]) not in {"32", "16", "bf16"}:
-        raise UsageError(f"params.precision must be one of 32, 16, bf16 (got {params['precision']!r})")
-    params["precision"] = str(params["precision"])
-    return params
+def _nullable(field: str) -> bool:
+    """Whether the config lets `field` be null (a meaningful value, not "use the default")."""
+    info = FinetuneSection.model_fields.get(field)
+    return info is not None and type(None) in typing.get_args(info.annotation)
+
+
+def _params(spec: dict) -> FinetuneSection:
+    """The job's fine-tuning parameters: spec["params"] validated by the config model, whose defaults
+    fill what the spec leaves out (or sets to null, where null is not a value of its own)."""
+    given = {k: v for k, v in (spec.get("params") or {}).items() if v is not None or _nullable(k)}
+    if given.get("precision") is not None:
+        given["precision"] = str(given["precision"])
+    targets = given.get("lora_target_modules")
+    if isinstance(targets, str):
+        given["lora_target_modules"] = [t.strip() for t in targets.split(",") if t.strip()]
+    try:
+        return FinetuneSection.model_validate(given)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"])
+            problem = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
+            if err["type"] != "extra_forbidden" and "input" in err:
+                problem += f" (got {err['input']!r})"
+            problems.append(f"params.{where}: {problem}")
+        raise UsageError("invalid job spec: " + "; ".join(problems)) from None
+
+
+def _precision(p: FinetuneSection, device: str) -> str:
+    """32, 16 or bf16: "auto" is bf16 on GPUs that support it, else 16 on a GPU, 32 on the CPU (as
+    check-compute resolves it for a submitted job)."""
+    if p.precision != "auto":
+        return p.precision
+    if device != "cuda":
+        return "32"
+    import torch
+
+    return "bf16" if torch.cuda.is_bf16_supported() else "16"
 
 
 def _flat_params(params: dict[str, Any]) -> dict[str, str]:
@@ -443,12 +458,13 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
                 "apply_deepspeed is on but DeepSpeed is not installed",
                 hint="pip install deepspeed, or turn apply_deepspeed off",
             )
+    precision = _precision(p, device)
     fp16 = bf16 = False
     if device == "cuda":
-        fp16, bf16 = p["precision"] == "16", p["precision"] == "bf16"
-    elif p["precision"] == "16":
+        fp16, bf16 = precision == "16", precision == "bf16"
+    elif precision == "16":
         emit({"type": "warning", "message": "precision 16 is not supported on cpu: training in float32"})
-    elif p["precision"] == "bf16":
+    elif precision == "bf16":
         bf16 = True
 
     from ftctl.models.layout import resolve_hf_dir
@@ -457,43 +473,44 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
         if not spec.get(key):
             raise UsageError(f"the job spec has no {key}")
     model_path = resolve_hf_dir(Path(spec["model_path"]))  # an HF folder or an MLflow model folder
-    set_seed(int(p["seed"]))
+    set_seed(int(p.seed))
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     if getattr(tokenizer, "chat_template", None) is None:
         raise UsageError(f"{model_path}: the tokenizer has no chat_template")
 
-    max_len = int(p["max_seq_length"])
+    max_len = int(p.max_seq_length)
     train_examples, dropped = load_examples(tokenizer, Path(spec["train_file"]), max_len)
     if not train_examples:
         raise DataError(f"{spec['train_file']}: no conversation has an assistant reply to train on")
     eval_examples: list[dict] = []
     if spec.get("eval_file"):
         eval_examples, _ = load_examples(
-            tokenizer, Path(spec["eval_file"]), max_len, limit=int(p["max_eval_samples"])
+            tokenizer,
+            Path(spec["eval_file"]),
+            max_len,
+            limit=-1 if p.max_eval_samples is None else p.max_eval_samples,
         )
 
     # Frozen base weights may stay in 16 bits on a GPU under LoRA; everything else trains in float32
     # (the Trainer's amp flags then do the mixed precision).
     load_dtype = torch.float32
-    if device == "cuda" and p["apply_lora"] and (fp16 or bf16):
+    if device == "cuda" and p.apply_lora and (fp16 or bf16):
         load_dtype = torch.bfloat16 if bf16 else torch.float16
     model: Any = AutoModelForCausalLM.from_pretrained(str(model_path), **_from_pretrained_kwargs(load_dtype))
     model.config.use_cache = False  # no KV cache while training; turned back on before saving
 
-    if p["apply_lora"]:
+    if p.apply_lora:
         from peft import LoraConfig, get_peft_model
 
-        targets = p["lora_target_modules"]
-        if isinstance(targets, str):
-            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        targets: list[str] | None = p.lora_target_modules
         if not targets:
             targets = PHI3_LORA_TARGETS if model.config.model_type == "phi3" else None
         lora = LoraConfig(
-            r=int(p["lora_r"]),
-            lora_alpha=int(p["lora_alpha"]),
-            lora_dropout=float(p["lora_dropout"]),
+            r=int(p.lora_r),
+            lora_alpha=int(p.lora_alpha),
+            lora_dropout=float(p.lora_dropout),
             target_modules=targets,
             bias="none",
             task_type="CAUSAL_LM",
@@ -513,23 +530,23 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
             write_deepspeed_config(job_dir, int(ds_stage))
     args_kwargs: dict[str, Any] = dict(
         output_dir=str(job_dir / "checkpoints"),
-        num_train_epochs=float(p["num_train_epochs"]),
-        max_steps=int(p["max_steps"]),
-        per_device_train_batch_size=int(p["per_device_train_batch_size"]),
-        per_device_eval_batch_size=int(p["per_device_eval_batch_size"]),
-        gradient_accumulation_steps=int(p["gradient_accumulation_steps"]),
-        learning_rate=float(p["learning_rate"]),
-        lr_scheduler_type=str(p["lr_scheduler_type"]),
-        warmup_steps=int(p["warmup_steps"]),
-        weight_decay=float(p["weight_decay"]),
-        logging_steps=max(1, int(p["logging_steps"])),
+        num_train_epochs=float(p.num_train_epochs),
+        max_steps=int(p.max_steps),
+        per_device_train_batch_size=int(p.per_device_train_batch_size),
+        per_device_eval_batch_size=int(p.per_device_eval_batch_size),
+        gradient_accumulation_steps=int(p.gradient_accumulation_steps),
+        learning_rate=float(p.learning_rate),
+        lr_scheduler_type=str(p.lr_scheduler_type),
+        warmup_steps=int(p.warmup_steps),
+        weight_decay=float(p.weight_decay),
+        logging_steps=int(p.logging_steps),
         logging_first_step=True,
         save_strategy="no",
         eval_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        seed=int(p["seed"]),
-        data_seed=int(p["seed"]),
+        seed=int(p.seed),
+        data_seed=int(p.seed),
         fp16=fp16,
         bf16=bf16,
         use_cpu=device == "cpu",
@@ -552,7 +569,7 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
         import mlflow
 
         run = _start_mlflow_run(mlflow_cfg)
-        mlflow.log_params(_flat_params({**p, "model_path": str(model_path), "device": device}))
+        mlflow.log_params(_flat_params({**p.model_dump(), "model_path": str(model_path), "device": device}))
 
     try:
         result = _train_and_save(
@@ -573,12 +590,12 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
     return result
 
 
-def _train_rows(p: dict[str, Any], train_examples: list[dict]) -> list[dict]:
+def _train_rows(p: FinetuneSection, train_examples: list[dict]) -> list[dict]:
     """The training rows: with `packing`, short conversations share rows of max_seq_length tokens
     (several times the tokens per step); else one conversation a row."""
-    if not p.get("packing"):
+    if not p.packing:
         return train_examples
-    return pack_examples(train_examples, int(p["max_seq_length"]), int(p["seed"]))
+    return pack_examples(train_examples, int(p.max_seq_length), int(p.seed))
 
 
 class _TrainOrEvalCollator:
@@ -594,7 +611,7 @@ class _TrainOrEvalCollator:
 def _train_and_save(
     spec: dict,
     job_dir: Path,
-    p: dict[str, Any],
+    p: FinetuneSection,
     model: Any,
     tokenizer: Any,
     args: Any,
@@ -620,7 +637,7 @@ def _train_and_save(
 
     collator: Any = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
     train_rows = _train_rows(p, train_examples)
-    if p.get("packing"):
+    if p.packing:
         collator = _TrainOrEvalCollator(PackedCollator(tokenizer.pad_token_id), collator)
     callback = _make_callback(emit, log_metrics)
     with _quiet_checkpointing_deprecation():
@@ -644,7 +661,7 @@ def _train_and_save(
             "eval_examples": len(eval_examples),
             "max_steps": _planned_steps(args, len(train_rows)),
             "device": device,
-            "apply_lora": bool(p["apply_lora"]),
+            "apply_lora": bool(p.apply_lora),
             "trainable_params": trainable,
         }
     )
@@ -653,7 +670,7 @@ def _train_and_save(
             {
                 "type": "warning",
                 "message": f"dropped {dropped} training conversation(s) with no assistant token "
-                f"within max_seq_length={p['max_seq_length']}",
+                f"within max_seq_length={p.max_seq_length}",
             }
         )
 
@@ -680,7 +697,7 @@ def _train_and_save(
     outputs = job_dir / "outputs"
     hf_dir = outputs / "hf_model"
     adapter_dir = outputs / "adapter"
-    if p["apply_lora"]:
+    if p.apply_lora:
         trainer.save_model(str(adapter_dir))  # every rank: gathers ZeRO-3 shards
     else:
         trainer.save_model(str(hf_dir))
@@ -690,8 +707,8 @@ def _train_and_save(
     with contextlib.suppress(OSError):
         (job_dir / "checkpoints").rmdir()  # the Trainer's output_dir; nothing is checkpointed there
 
-    if p["apply_lora"]:
-        if not p["merge_lora_weights"]:
+    if p.apply_lora:
+        if not p.merge_lora_weights:
             emit(
                 {
                     "type": "warning",
@@ -729,7 +746,7 @@ def _train_and_save(
         "model_dir": str(model_dir),
         "hf_model_dir": str(hf_dir),
     }
-    if p["apply_lora"]:
+    if p.apply_lora:
         result["adapter_dir"] = str(adapter_dir)
     if run is not None:
         import mlflow
