@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 from ftctl.backends.local import trainer as tr  # noqa: E402
-from ftctl.errors import DataError  # noqa: E402
+from ftctl.errors import DataError, UsageError  # noqa: E402
 from ftctl.models.tiny import shipped_model_dir  # noqa: E402
 
 CONVERSATIONS = [
@@ -163,6 +163,47 @@ def test_collator_pads_to_the_longest_example():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+# ------------------------------------------------------------------------------------------------
+# Job parameters: the config model's, with its defaults
+# ------------------------------------------------------------------------------------------------
+
+
+def test_the_job_parameters_default_to_the_config_model():
+    from ftctl.config import FinetuneSection
+
+    assert tr._params({}) == FinetuneSection()
+    assert FinetuneSection().model_dump() == tr.DEFAULT_PARAMS
+    given = {"learning_rate": None, "max_eval_samples": None, "precision": 32, "lora_target_modules": "q, v"}
+    p = tr._params({"params": given})
+    assert p.learning_rate == FinetuneSection().learning_rate  # null: the default
+    assert p.max_eval_samples is None  # null is a value of its own here: every eval conversation
+    assert p.precision == "32" and p.lora_target_modules == ["q", "v"]
+    assert tr._precision(tr._params({}), "cpu") == "32"  # "auto" on the CPU
+
+
+def test_the_quickstart_job_parameters_pass_through_unchanged():
+    """What `ftctl submit` writes into the job spec (check-compute resolves precision)."""
+    from ftctl.config import load_config
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "local-quickstart.yaml"
+    params = load_config(config, environ={}).values.finetune.model_dump()
+    params["precision"] = "32"
+    assert tr._params(json.loads(json.dumps({"params": params}))).model_dump() == params
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"learning_rate": 0}, "params.learning_rate: "),
+        ({"precision": "8"}, "params.precision: "),
+        ({"lr_scheduler": "cosine"}, "params.lr_scheduler: unknown parameter"),
+    ],
+)
+def test_invalid_job_parameters_are_usage_errors(params, message):
+    with pytest.raises(UsageError, match=message):
+        tr._params({"params": params})
 
 
 # ------------------------------------------------------------------------------------------------

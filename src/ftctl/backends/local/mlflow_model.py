@@ -46,33 +46,43 @@ def _to_conversations(model_input: Any) -> list[list[dict[str, str]]]:
     except ImportError:  # pragma: no cover - pandas comes with mlflow
         pd = None
     if pd is not None and isinstance(model_input, pd.DataFrame):
-        if "messages" in model_input.columns:
-            rows = list(model_input["messages"])
-        elif {"role", "content"} <= set(model_input.columns):
-            rows = [model_input[["role", "content"]].to_dict("records")]
-        elif len(model_input.columns) == 1:
-            rows = list(model_input.iloc[:, 0])
-        else:
-            raise ValueError("expected a 'messages' column (one conversation per row)")
-        return [_one_conversation(r) for r in rows]
+        return _from_dataframe(model_input)
     if isinstance(model_input, str):
         return [[{"role": "user", "content": model_input}]]
     if isinstance(model_input, dict):
-        if "messages" in model_input:
-            msgs = model_input["messages"]
-            # {"messages": [[...], [...]]} (column-oriented) or {"messages": [...]} (one conversation)
-            if msgs and isinstance(msgs, list) and all(_is_conversation(m) for m in msgs):
-                return [_one_conversation(m) for m in msgs]
-            return [_one_conversation(msgs)]
-        if "role" in model_input and "content" in model_input:
-            return [[_message(model_input)]]
-        raise ValueError("expected {'messages': [...]}")
+        return _from_dict(model_input)
     if isinstance(model_input, (list, tuple)):
         items = list(model_input)
         if items and all(isinstance(m, dict) and "role" in m for m in items):
             return [_one_conversation(items)]
         return [_one_conversation(m["messages"] if isinstance(m, dict) else m) for m in items]
     raise ValueError(f"unsupported input type {type(model_input).__name__}")
+
+
+def _from_dataframe(frame: Any) -> list[list[dict[str, str]]]:
+    """One conversation per row of a "messages" column (or of the only column); a frame of role and
+    content columns is one conversation."""
+    if "messages" in frame.columns:
+        rows = list(frame["messages"])
+    elif {"role", "content"} <= set(frame.columns):
+        rows = [frame[["role", "content"]].to_dict("records")]
+    elif len(frame.columns) == 1:
+        rows = list(frame.iloc[:, 0])
+    else:
+        raise ValueError("expected a 'messages' column (one conversation per row)")
+    return [_one_conversation(r) for r in rows]
+
+
+def _from_dict(record: dict) -> list[list[dict[str, str]]]:
+    if "messages" in record:
+        msgs = record["messages"]
+        # {"messages": [[...], [...]]} (column-oriented) or {"messages": [...]} (one conversation)
+        if msgs and isinstance(msgs, list) and all(_is_conversation(m) for m in msgs):
+            return [_one_conversation(m) for m in msgs]
+        return [_one_conversation(msgs)]
+    if "role" in record and "content" in record:
+        return [[_message(record)]]
+    raise ValueError("expected {'messages': [...]}")
 
 
 def _is_conversation(value: Any) -> bool:

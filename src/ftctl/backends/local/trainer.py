@@ -31,40 +31,25 @@ import math
 import os
 import sys
 import time
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from pydantic import ValidationError
+
+from ftctl.config import FinetuneSection
 from ftctl.errors import DataError, FtctlError, UsageError
 
 IGNORE_INDEX = -100
 PHI3_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
-DEFAULT_PARAMS: dict[str, Any] = {
-    "num_train_epochs": 1,
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 8,
-    "learning_rate": 2e-4,
-    "lr_scheduler_type": "linear",
-    "warmup_steps": 0,
-    "weight_decay": 0.0,
-    "apply_lora": True,
-    "lora_r": 8,
-    "lora_alpha": 16,
-    "lora_dropout": 0.0,
-    "lora_target_modules": None,
-    "max_seq_length": 256,
-    "gradient_accumulation_steps": 1,
-    "precision": "32",
-    "seed": 42,
-    "max_steps": -1,
-    "max_eval_samples": -1,
-    "merge_lora_weights": True,
-    "packing": True,
-    "logging_steps": 10,
-}
+# The fine-tuning defaults are the config's (FinetuneSection): the values a parameter takes when the
+# job spec leaves it out. One set, shared with `ftctl run` and configs/local-quickstart.yaml.
+DEFAULT_PARAMS: dict[str, Any] = FinetuneSection().model_dump()
 
 Event = dict[str, Any]
 
@@ -290,13 +275,44 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _params(spec: dict) -> dict[str, Any]:
-    params = dict(DEFAULT_PARAMS)
-    params.update({k: v for k, v in (spec.get("params") or {}).items() if v is not None})
-    if str(params["precision"]) not in {"32", "16", "bf16"}:
-        raise UsageError(f"params.precision must be one of 32, 16, bf16 (got {params['precision']!r})")
-    params["precision"] = str(params["precision"])
-    return params
+def _nullable(field: str) -> bool:
+    """Whether the config lets `field` be null (a meaningful value, not "use the default")."""
+    info = FinetuneSection.model_fields.get(field)
+    return info is not None and type(None) in typing.get_args(info.annotation)
+
+
+def _params(spec: dict) -> FinetuneSection:
+    """The job's fine-tuning parameters: spec["params"] validated by the config model, whose defaults
+    fill what the spec leaves out (or sets to null, where null is not a value of its own)."""
+    given = {k: v for k, v in (spec.get("params") or {}).items() if v is not None or _nullable(k)}
+    if given.get("precision") is not None:
+        given["precision"] = str(given["precision"])
+    targets = given.get("lora_target_modules")
+    if isinstance(targets, str):
+        given["lora_target_modules"] = [t.strip() for t in targets.split(",") if t.strip()]
+    try:
+        return FinetuneSection.model_validate(given)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"])
+            problem = "unknown parameter" if err["type"] == "extra_forbidden" else err["msg"]
+            if err["type"] != "extra_forbidden" and "input" in err:
+                problem += f" (got {err['input']!r})"
+            problems.append(f"params.{where}: {problem}")
+        raise UsageError("invalid job spec: " + "; ".join(problems)) from None
+
+
+def _precision(p: FinetuneSection, device: str) -> str:
+    """32, 16 or bf16: "auto" is bf16 on GPUs that support it, else 16 on a GPU, 32 on the CPU (as
+    check-compute resolves it for a submitted job)."""
+    if p.precision != "auto":
+        return p.precision
+    if device != "cuda":
+        return "32"
+    import torch
+
+    return "bf16" if torch.cuda.is_bf16_supported() else "16"
 
 
 def _flat_params(params: dict[str, Any]) -> dict[str, str]:
@@ -414,171 +430,264 @@ def _from_pretrained_kwargs(dtype: Any) -> dict[str, Any]:
     return {key: dtype}
 
 
+@dataclass
+class _Job:
+    """What every step of a training job reads: the spec, its validated parameters, where it runs."""
+
+    spec: dict
+    job_dir: Path
+    p: FinetuneSection
+    device: str  # cpu | cuda
+    on_event: Callable[[Event], None]
+    ds_stage: int | None  # DeepSpeed ZeRO stage, under a multi-process launch only
+
+    @property
+    def is_main(self) -> bool:
+        return _rank() == 0
+
+    @property
+    def use_deepspeed(self) -> bool:
+        return self.ds_stage is not None
+
+    @property
+    def outputs(self) -> Path:
+        return self.job_dir / "outputs"
+
+    def emit(self, event: Event) -> None:
+        """Pass an event on; only rank 0 reports."""
+        if self.is_main:
+            self.on_event(event)
+
+
+@dataclass
+class _Data:
+    """The tokenized conversations and the rows training sees (packed or one conversation a row)."""
+
+    train: list[dict]
+    dropped: int  # training conversations with no trainable token
+    eval: list[dict]
+    rows: list[dict]
+
+
+@dataclass
+class _Fitted:
+    """What training and the final evaluation measured."""
+
+    steps: int
+    train_loss: float
+    train_tokens: int
+    runtime: float
+    eval_loss: float | None
+    perplexity: float | None
+
+
 def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[str, Any]:
     """Run one fine-tuning job described by spec; return the result dict (see the module docstring)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+    from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # loading/saving bars; progress is reported through on_event
-    job_dir = Path(job_dir)
-    is_main = _rank() == 0
-    p = _params(spec)
+    job = _new_job(spec, Path(job_dir), on_event)
+    amp = _amp_flags(job)
+    model_path = _model_path(spec)
+    set_seed(job.p.seed)
+    tokenizer = _load_tokenizer(model_path)
+    data = _load_data(job, tokenizer)
+    model = _load_model(job, model_path, amp)
+    args = _training_arguments(job, data, amp)
+    with _mlflow_run(job, model_path) as run:
+        result = _train_and_save(job, model, tokenizer, args, data, run)
+    job.emit({"type": "done", **result})
+    return result
 
-    def emit(event: Event) -> None:
-        if is_main:
-            on_event(event)
+
+def _new_job(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> _Job:
+    p = _params(spec)
+    return _Job(spec, job_dir, p, _device(spec), on_event, _deepspeed_stage(spec))
+
+
+def _device(spec: dict) -> str:
+    """cpu or cuda, as the spec says; cuda only where torch sees a CUDA device."""
+    import torch
 
     device = str(spec.get("device") or "cpu")
     if device not in {"cpu", "cuda"}:
         raise UsageError(f"device must be cpu or cuda (got {device!r})")
     if device == "cuda" and not torch.cuda.is_available():
         raise FtctlError("device is cuda but torch sees no CUDA device", hint="set the compute to cpu")
+    return device
+
+
+def _deepspeed_stage(spec: dict) -> int | None:
+    """The ZeRO stage when this is a multi-process launch with DeepSpeed on (and installed), else None."""
     ds_stage = spec.get("deepspeed_stage")
-    if _world_size() > 1 and ds_stage is not None:
-        import importlib.util
+    if _world_size() <= 1 or ds_stage is None:
+        return None
+    import importlib.util
 
-        if importlib.util.find_spec("deepspeed") is None:
-            raise FtctlError(
-                "apply_deepspeed is on but DeepSpeed is not installed",
-                hint="pip install deepspeed, or turn apply_deepspeed off",
-            )
-    fp16 = bf16 = False
-    if device == "cuda":
-        fp16, bf16 = p["precision"] == "16", p["precision"] == "bf16"
-    elif p["precision"] == "16":
-        emit({"type": "warning", "message": "precision 16 is not supported on cpu: training in float32"})
-    elif p["precision"] == "bf16":
-        bf16 = True
+    if importlib.util.find_spec("deepspeed") is None:
+        raise FtctlError(
+            "apply_deepspeed is on but DeepSpeed is not installed",
+            hint="pip install deepspeed, or turn apply_deepspeed off",
+        )
+    return int(ds_stage)
 
+
+def _amp_flags(job: _Job) -> tuple[bool, bool]:
+    """The Trainer's (fp16, bf16) flags for the job's precision on its device."""
+    precision = _precision(job.p, job.device)
+    if job.device == "cuda":
+        return precision == "16", precision == "bf16"
+    if precision == "16":
+        job.emit({"type": "warning", "message": "precision 16 is not supported on cpu: training in float32"})
+    return False, precision == "bf16"
+
+
+def _model_path(spec: dict) -> Path:
+    """The Hugging Face folder of the model to fine-tune (the spec may name an MLflow model folder)."""
     from ftctl.models.layout import resolve_hf_dir
 
     for key in ("model_path", "train_file"):
         if not spec.get(key):
             raise UsageError(f"the job spec has no {key}")
-    model_path = resolve_hf_dir(Path(spec["model_path"]))  # an HF folder or an MLflow model folder
-    set_seed(int(p["seed"]))
+    return resolve_hf_dir(Path(spec["model_path"]))
+
+
+def _load_tokenizer(model_path: Path) -> Any:
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     if getattr(tokenizer, "chat_template", None) is None:
         raise UsageError(f"{model_path}: the tokenizer has no chat_template")
+    return tokenizer
 
-    max_len = int(p["max_seq_length"])
-    train_examples, dropped = load_examples(tokenizer, Path(spec["train_file"]), max_len)
+
+def _load_data(job: _Job, tokenizer: Any) -> _Data:
+    spec, p = job.spec, job.p
+    train_examples, dropped = load_examples(tokenizer, Path(spec["train_file"]), p.max_seq_length)
     if not train_examples:
         raise DataError(f"{spec['train_file']}: no conversation has an assistant reply to train on")
     eval_examples: list[dict] = []
     if spec.get("eval_file"):
-        eval_examples, _ = load_examples(
-            tokenizer, Path(spec["eval_file"]), max_len, limit=int(p["max_eval_samples"])
-        )
+        limit = -1 if p.max_eval_samples is None else p.max_eval_samples
+        eval_examples, _ = load_examples(tokenizer, Path(spec["eval_file"]), p.max_seq_length, limit=limit)
+    return _Data(train_examples, dropped, eval_examples, _train_rows(p, train_examples))
+
+
+def _load_model(job: _Job, model_path: Path, amp: tuple[bool, bool]) -> Any:
+    """The model to train: the base model, wrapped for LoRA when the job applies it."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
     # Frozen base weights may stay in 16 bits on a GPU under LoRA; everything else trains in float32
     # (the Trainer's amp flags then do the mixed precision).
+    fp16, bf16 = amp
     load_dtype = torch.float32
-    if device == "cuda" and p["apply_lora"] and (fp16 or bf16):
+    if job.device == "cuda" and job.p.apply_lora and (fp16 or bf16):
         load_dtype = torch.bfloat16 if bf16 else torch.float16
     model: Any = AutoModelForCausalLM.from_pretrained(str(model_path), **_from_pretrained_kwargs(load_dtype))
     model.config.use_cache = False  # no KV cache while training; turned back on before saving
+    return _with_lora(model, job.p) if job.p.apply_lora else model
 
-    if p["apply_lora"]:
-        from peft import LoraConfig, get_peft_model
 
-        targets = p["lora_target_modules"]
-        if isinstance(targets, str):
-            targets = [t.strip() for t in targets.split(",") if t.strip()]
-        if not targets:
-            targets = PHI3_LORA_TARGETS if model.config.model_type == "phi3" else None
-        lora = LoraConfig(
-            r=int(p["lora_r"]),
-            lora_alpha=int(p["lora_alpha"]),
-            lora_dropout=float(p["lora_dropout"]),
-            target_modules=targets,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-        with _quiet_checkpointing_deprecation():
-            model = get_peft_model(model, lora)
+def _with_lora(model: Any, p: FinetuneSection) -> Any:
+    from peft import LoraConfig, get_peft_model
 
-    use_deepspeed = False
-    ds_config = None
-    if _world_size() > 1 and ds_stage is not None:
-        from ftctl.backends.local.launch import deepspeed_config, write_deepspeed_config
+    targets: list[str] | None = p.lora_target_modules
+    if not targets:
+        targets = PHI3_LORA_TARGETS if model.config.model_type == "phi3" else None
+    lora = LoraConfig(
+        r=p.lora_r,
+        lora_alpha=p.lora_alpha,
+        lora_dropout=p.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with _quiet_checkpointing_deprecation():
+        return get_peft_model(model, lora)
 
-        use_deepspeed = True
-        ds_config = deepspeed_config(int(ds_stage))
-        if is_main:  # a copy for the record; the Trainer gets the dict
-            job_dir.mkdir(parents=True, exist_ok=True)
-            write_deepspeed_config(job_dir, int(ds_stage))
+
+def _deepspeed_config(job: _Job) -> dict | None:
+    """The DeepSpeed config for the Trainer (None without DeepSpeed); rank 0 writes a copy."""
+    if job.ds_stage is None:
+        return None
+    from ftctl.backends.local.launch import deepspeed_config, write_deepspeed_config
+
+    if job.is_main:  # a copy for the record; the Trainer gets the dict
+        job.job_dir.mkdir(parents=True, exist_ok=True)
+        write_deepspeed_config(job.job_dir, job.ds_stage)
+    return deepspeed_config(job.ds_stage)
+
+
+def _training_arguments(job: _Job, data: _Data, amp: tuple[bool, bool]) -> Any:
+    from transformers import TrainingArguments
+
+    p, device = job.p, job.device
     args_kwargs: dict[str, Any] = dict(
-        output_dir=str(job_dir / "checkpoints"),
-        num_train_epochs=float(p["num_train_epochs"]),
-        max_steps=int(p["max_steps"]),
-        per_device_train_batch_size=int(p["per_device_train_batch_size"]),
-        per_device_eval_batch_size=int(p["per_device_eval_batch_size"]),
-        gradient_accumulation_steps=int(p["gradient_accumulation_steps"]),
-        learning_rate=float(p["learning_rate"]),
-        lr_scheduler_type=str(p["lr_scheduler_type"]),
-        warmup_steps=int(p["warmup_steps"]),
-        weight_decay=float(p["weight_decay"]),
-        logging_steps=max(1, int(p["logging_steps"])),
+        output_dir=str(job.job_dir / "checkpoints"),
+        num_train_epochs=float(p.num_train_epochs),
+        max_steps=p.max_steps,
+        per_device_train_batch_size=p.per_device_train_batch_size,
+        per_device_eval_batch_size=p.per_device_eval_batch_size,
+        gradient_accumulation_steps=p.gradient_accumulation_steps,
+        learning_rate=p.learning_rate,
+        lr_scheduler_type=p.lr_scheduler_type,
+        warmup_steps=p.warmup_steps,
+        weight_decay=p.weight_decay,
+        logging_steps=p.logging_steps,
         logging_first_step=True,
         save_strategy="no",
         eval_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        seed=int(p["seed"]),
-        data_seed=int(p["seed"]),
-        fp16=fp16,
-        bf16=bf16,
+        seed=p.seed,
+        data_seed=p.seed,
+        fp16=amp[0],
+        bf16=amp[1],
         use_cpu=device == "cpu",
         remove_unused_columns=False,
         dataloader_pin_memory=device == "cuda",
         include_num_input_tokens_seen="non_padding",
-        deepspeed=ds_config,
+        deepspeed=_deepspeed_config(job),
     )
-    if _world_size() > 1 and not use_deepspeed:
+    if _world_size() > 1 and not job.use_deepspeed:
         args_kwargs["ddp_find_unused_parameters"] = False  # every trainable weight is used each step
-    if eval_examples:  # an eval curve: before training, about every quarter of it, and at the end
-        rows = len(_train_rows(p, train_examples))
-        quarter = math.ceil(_planned_steps(SimpleNamespace(**args_kwargs), rows) / 4)
+    if data.eval:  # an eval curve: before training, about every quarter of it, and at the end
+        quarter = math.ceil(_planned_steps(SimpleNamespace(**args_kwargs), len(data.rows)) / 4)
         args_kwargs.update(eval_strategy="steps", eval_steps=max(1, quarter), eval_on_start=True)
-    args = TrainingArguments(**args_kwargs)
+    return TrainingArguments(**args_kwargs)
 
-    run = None
-    mlflow_cfg = spec.get("mlflow") or None
-    if is_main and mlflow_cfg:
-        import mlflow
 
-        run = _start_mlflow_run(mlflow_cfg)
-        mlflow.log_params(_flat_params({**p, "model_path": str(model_path), "device": device}))
+@contextlib.contextmanager
+def _mlflow_run(job: _Job, model_path: Path) -> Iterator[Any]:
+    """The job's MLflow run on rank 0 (None without one), ended FAILED when the job fails."""
+    mlflow_cfg = job.spec.get("mlflow") or None
+    if not (job.is_main and mlflow_cfg):
+        yield None
+        return
+    import mlflow
 
+    run = _start_mlflow_run(mlflow_cfg)
+    mlflow.log_params(
+        _flat_params({**job.p.model_dump(), "model_path": str(model_path), "device": job.device})
+    )
     try:
-        result = _train_and_save(
-            spec, job_dir, p, model, tokenizer, args, train_examples, eval_examples, dropped, emit, run
-        )
+        yield run
     except BaseException:
-        if run is not None:
-            import mlflow
-
-            mlflow.end_run(status="FAILED")
+        mlflow.end_run(status="FAILED")
         raise
-    if run is not None:
-        import mlflow
-
-        mlflow.end_run()
-    if is_main:
-        emit({"type": "done", **result})
-    return result
+    mlflow.end_run()
 
 
-def _train_rows(p: dict[str, Any], train_examples: list[dict]) -> list[dict]:
+def _train_rows(p: FinetuneSection, train_examples: list[dict]) -> list[dict]:
     """The training rows: with `packing`, short conversations share rows of max_seq_length tokens
     (several times the tokens per step); else one conversation a row."""
-    if not p.get("packing"):
+    if not p.packing:
         return train_examples
-    return pack_examples(train_examples, int(p["max_seq_length"]), int(p["seed"]))
+    return pack_examples(train_examples, p.max_seq_length, p.seed)
 
 
 class _TrainOrEvalCollator:
@@ -592,120 +701,136 @@ class _TrainOrEvalCollator:
 
 
 def _train_and_save(
-    spec: dict,
-    job_dir: Path,
-    p: dict[str, Any],
-    model: Any,
-    tokenizer: Any,
-    args: Any,
-    train_examples: list[dict],
-    eval_examples: list[dict],
-    dropped: int,
-    emit: Callable[[Event], None],
-    run: Any,
+    job: _Job, model: Any, tokenizer: Any, args: Any, data: _Data, run: Any
 ) -> dict[str, Any]:
     """Train with the Trainer `args` describe, evaluate, save the model folders, log to MLflow `run`."""
-    from transformers import Trainer
-
-    is_main = _rank() == 0
-    device = "cpu" if args.use_cpu else "cuda"
-    use_deepspeed = bool(args.deepspeed)
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
+    callback = _make_callback(job.emit, _metric_logger(run))
+    trainer = _make_trainer(job, model, tokenizer, args, data, callback)
+    _announce(job, data, _planned_steps(args, len(data.rows)), trainable)
+    fitted = _fit(trainer, callback, data)
+    _save_trained(job, trainer)
+    if not job.is_main:
+        return {}
+    with contextlib.suppress(OSError):
+        (job.job_dir / "checkpoints").rmdir()  # the Trainer's output_dir; nothing is checkpointed there
+    _save_hf_model(job, trainer, tokenizer)
+    model_dir = _save_mlflow_folder(job.outputs)
+    result = _result(job, run, fitted, data, model_dir)
+    if run is not None:
+        _log_final_metrics(result, data)
+    return result
 
+
+def _metric_logger(run: Any) -> Callable[[dict, int], None]:
     def log_metrics(metrics: dict, step: int) -> None:
         if run is not None:
             import mlflow
 
             mlflow.log_metrics(metrics, step=step)
 
-    collator: Any = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device == "cuda" else None)
-    train_rows = _train_rows(p, train_examples)
-    if p.get("packing"):
+    return log_metrics
+
+
+def _make_trainer(job: _Job, model: Any, tokenizer: Any, args: Any, data: _Data, callback: Any) -> Any:
+    """The transformers Trainer, reporting through `callback` only (no progress printer)."""
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback
+
+    pad_to = 8 if job.device == "cuda" else None
+    collator: Any = PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=pad_to)
+    if job.p.packing:
         collator = _TrainOrEvalCollator(PackedCollator(tokenizer.pad_token_id), collator)
-    callback = _make_callback(emit, log_metrics)
     with _quiet_checkpointing_deprecation():
         trainer = Trainer(
             model=model,
             args=args,
-            train_dataset=train_rows,
-            eval_dataset=eval_examples or None,
+            train_dataset=data.rows,
+            eval_dataset=data.eval or None,
             data_collator=collator,
             processing_class=tokenizer,
             callbacks=[callback],
         )
-    from transformers.trainer_callback import PrinterCallback
-
     trainer.remove_callback(PrinterCallback)  # progress goes through on_event instead
-    emit(
+    return trainer
+
+
+def _announce(job: _Job, data: _Data, max_steps: int, trainable: int) -> None:
+    """The start event, and a warning for conversations dropped for want of a trainable token."""
+    job.emit(
         {
             "type": "start",
-            "train_examples": len(train_examples),
-            "dropped_examples": dropped,
-            "eval_examples": len(eval_examples),
-            "max_steps": _planned_steps(args, len(train_rows)),
-            "device": device,
-            "apply_lora": bool(p["apply_lora"]),
+            "train_examples": len(data.train),
+            "dropped_examples": data.dropped,
+            "eval_examples": len(data.eval),
+            "max_steps": max_steps,
+            "device": job.device,
+            "apply_lora": job.p.apply_lora,
             "trainable_params": trainable,
         }
     )
-    if dropped:
-        emit(
+    if data.dropped:
+        job.emit(
             {
                 "type": "warning",
-                "message": f"dropped {dropped} training conversation(s) with no assistant token "
-                f"within max_seq_length={p['max_seq_length']}",
+                "message": f"dropped {data.dropped} training conversation(s) with no assistant token "
+                f"within max_seq_length={job.p.max_seq_length}",
             }
         )
 
+
+def _fit(trainer: Any, callback: Any, data: _Data) -> _Fitted:
+    """Train, then evaluate at the last step unless the eval curve already did."""
     started = time.perf_counter()
     with _quiet_checkpointing_deprecation():
         train_output = trainer.train()
     runtime = time.perf_counter() - started
     steps = int(trainer.state.global_step)
-    train_loss = float(train_output.training_loss)
-    train_tokens = int(trainer.state.num_input_tokens_seen or 0)
-    tokens_per_second = train_tokens / runtime if runtime > 0 else 0.0
-
     eval_loss = perplexity = None
-    if eval_examples:
+    if data.eval:
         if callback.last_eval is None or callback.last_eval["step"] != steps:
             trainer.evaluate()  # the callback emits the event and logs the metrics
         if callback.last_eval is not None:
             eval_loss, perplexity = callback.last_eval["eval_loss"], callback.last_eval["perplexity"]
+    return _Fitted(
+        steps=steps,
+        train_loss=float(train_output.training_loss),
+        train_tokens=int(trainer.state.num_input_tokens_seen or 0),
+        runtime=runtime,
+        eval_loss=eval_loss,
+        perplexity=perplexity,
+    )
 
+
+def _save_trained(job: _Job, trainer: Any) -> None:
+    """Save what was trained (every rank: gathers ZeRO-3 shards): the adapter under LoRA, else the model."""
     base = trainer.accelerator.unwrap_model(trainer.model)
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
     base.config.use_cache = True  # the saved model is for inference
-
-    outputs = job_dir / "outputs"
-    hf_dir = outputs / "hf_model"
-    adapter_dir = outputs / "adapter"
-    if p["apply_lora"]:
-        trainer.save_model(str(adapter_dir))  # every rank: gathers ZeRO-3 shards
-    else:
-        trainer.save_model(str(hf_dir))
+    trainer.save_model(str(job.outputs / ("adapter" if job.p.apply_lora else "hf_model")))
     trainer.accelerator.wait_for_everyone()
-    if not is_main:
-        return {}
-    with contextlib.suppress(OSError):
-        (job_dir / "checkpoints").rmdir()  # the Trainer's output_dir; nothing is checkpointed there
 
-    if p["apply_lora"]:
-        if not p["merge_lora_weights"]:
-            emit(
+
+def _save_hf_model(job: _Job, trainer: Any, tokenizer: Any) -> None:
+    """outputs/hf_model: the complete model (LoRA merged in) and the tokenizer (rank 0)."""
+    hf_dir = job.outputs / "hf_model"
+    if job.p.apply_lora:
+        if not job.p.merge_lora_weights:
+            job.emit(
                 {
                     "type": "warning",
                     "message": "merge_lora_weights is false: the adapter alone is in outputs/adapter; "
                     "outputs/hf_model holds the merged model the later stages need",
                 }
             )
-        merged = _merged_model(trainer, spec, adapter_dir, use_deepspeed)
+        merged = _merged_model(trainer, job.spec, job.outputs / "adapter", job.use_deepspeed)
         merged.save_pretrained(str(hf_dir))
-        tokenizer.save_pretrained(str(hf_dir))
         del merged
-    else:
-        tokenizer.save_pretrained(str(hf_dir))
+    tokenizer.save_pretrained(str(hf_dir))
 
+
+def _save_mlflow_folder(outputs: Path) -> Path:
+    """outputs/mlflow_model, written afresh from outputs/hf_model."""
     from ftctl.backends.local.mlflow_model import save_mlflow_model
 
     model_dir = outputs / "mlflow_model"
@@ -713,34 +838,41 @@ def _train_and_save(
         import shutil
 
         shutil.rmtree(model_dir)
-    save_mlflow_model(hf_dir, model_dir)
+    save_mlflow_model(outputs / "hf_model", model_dir)
+    return model_dir
 
+
+def _result(job: _Job, run: Any, fitted: _Fitted, data: _Data, model_dir: Path) -> dict[str, Any]:
+    runtime = fitted.runtime
     result: dict[str, Any] = {
         "mlflow_run_id": run.info.run_id if run is not None else None,
-        "train_loss": train_loss,
-        "eval_loss": eval_loss,
-        "perplexity": perplexity,
-        "train_tokens": train_tokens,
-        "tokens_per_second": round(tokens_per_second, 1),
+        "train_loss": fitted.train_loss,
+        "eval_loss": fitted.eval_loss,
+        "perplexity": fitted.perplexity,
+        "train_tokens": fitted.train_tokens,
+        "tokens_per_second": round(fitted.train_tokens / runtime if runtime > 0 else 0.0, 1),
         "train_runtime_s": round(runtime, 3),
-        "steps": steps,
-        "train_examples": len(train_examples),
-        "dropped_examples": dropped,
+        "steps": fitted.steps,
+        "train_examples": len(data.train),
+        "dropped_examples": data.dropped,
         "model_dir": str(model_dir),
-        "hf_model_dir": str(hf_dir),
+        "hf_model_dir": str(job.outputs / "hf_model"),
     }
-    if p["apply_lora"]:
-        result["adapter_dir"] = str(adapter_dir)
-    if run is not None:
-        import mlflow
-
-        # eval_loss and perplexity at the last step were logged by the callback already.
-        final = {k: result[k] for k in ("train_loss", "train_tokens", "tokens_per_second", "train_runtime_s")}
-        final["dropped_examples"] = dropped
-        final["train_examples"] = len(train_examples)
-        mlflow.log_metrics({k: float(v) for k, v in final.items()}, step=steps)
-        mlflow.log_artifacts(str(model_dir), artifact_path="mlflow_model")
+    if job.p.apply_lora:
+        result["adapter_dir"] = str(job.outputs / "adapter")
     return result
+
+
+def _log_final_metrics(result: dict[str, Any], data: _Data) -> None:
+    """The run's final metrics (eval_loss and perplexity at the last step: logged by the callback
+    already) and the MLflow model folder as an artifact."""
+    import mlflow
+
+    final = {k: result[k] for k in ("train_loss", "train_tokens", "tokens_per_second", "train_runtime_s")}
+    final["dropped_examples"] = data.dropped
+    final["train_examples"] = len(data.train)
+    mlflow.log_metrics({k: float(v) for k, v in final.items()}, step=result["steps"])
+    mlflow.log_artifacts(result["model_dir"], artifact_path="mlflow_model")
 
 
 def _planned_steps(args: Any, n_examples: int) -> int:
