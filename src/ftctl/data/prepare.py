@@ -656,7 +656,17 @@ def prepare(
     say = progress or (lambda _line: None)
 
     if kind == SOURCE_HUB:
+        from ftctl.hub import unreachable_reason
+
         say(f"loading {dataset} from the Hugging Face hub...")
+        why = unreachable_reason()
+        if why:
+            raise DataError(
+                f"data.dataset: {dataset} is not a local folder, and the Hugging Face hub is "
+                f"unreachable: {why}",
+                hint="use a local folder (<split>.jsonl files or a downloaded hub repo) or the shipped "
+                f"sample, {SAMPLE_DATASET}",
+            ) from None
     available = source.split_names()
     if not available:
         raise DataError(f"{source.label()}: the dataset has no splits")

@@ -39,6 +39,14 @@ def resolve_model_dir(name: str, revision: str | None) -> tuple[Path, str]:
         return path.resolve(), "local"
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise UsageError(f"model.name: {name!r} is neither an existing folder nor a hub id like org/model")
+    from ftctl.hub import unreachable_reason
+
+    why = unreachable_reason()
+    if why:
+        raise UsageError(
+            f"model.name: {name} is not a local folder, and the Hugging Face hub is unreachable: {why}",
+            hint="download the model elsewhere and set model.name to its local folder",
+        )
     try:
         from huggingface_hub import snapshot_download
 
