@@ -248,7 +248,7 @@ class ChatSession:
         conversation = [*self.history, {"role": "user", "content": text}]
         body = json.dumps(build_request(conversation, self.parameters)).encode("utf-8")
         reply = post(self.ep, body, self.timeout_s)
-        answer = reply.text
+        answer = reply.text.strip()  # the model may open its turn with a newline
         self.history = [*conversation, {"role": "assistant", "content": answer}]
         self.turns += 1
         return answer, reply.latency_ms

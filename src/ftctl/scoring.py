@@ -72,6 +72,31 @@ def _prompt_messages(line: str) -> list[dict] | None:
     return [{"role": m["role"], "content": m["content"]} for m in messages[: last_user + 1]]
 
 
+def expected_reply(jsonl_path: Path, line_number: int) -> str | None:
+    """The dataset's reply to the last user turn of row `line_number` (None if it has none)."""
+    with Path(jsonl_path).open(encoding="utf-8") as fh:
+        line = next((text for number, text in enumerate(fh, start=1) if number == line_number), None)
+    if line is None:
+        return None
+    try:
+        messages = json.loads(line).get("messages") or []
+    except (ValueError, AttributeError):
+        return None
+    last_user = max(
+        (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"), default=None
+    )
+    if last_user is None:
+        return None
+    for message in messages[last_user + 1 :]:
+        if (
+            isinstance(message, dict)
+            and message.get("role") == "assistant"
+            and isinstance(message.get("content"), str)
+        ):
+            return str(message["content"])
+    return None
+
+
 def pick_conversation(jsonl_path: Path, seed: int) -> tuple[int, list[dict]]:
     """A seeded random usable row of a chat JSONL file (test_gen.jsonl), cut after its last user turn.
 

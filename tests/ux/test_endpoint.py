@@ -230,3 +230,15 @@ def test_readme_openai_snippet_runs(deployed, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip(), "the snippet printed no reply"
+
+
+def test_score_shows_the_expected_reply_and_what_the_demo_model_is(deployed) -> None:
+    """The dataset's own reply is shown beside the model's, and the built-in model says what it is."""
+    done = deployed("score")
+    assert "output: " in done.stdout and "expected (the dataset's reply): " in done.stdout
+    assert "~1M-parameter demo model" in done.stderr and "ftctl pick-model --model" in done.stderr
+    score = deployed.json("score")
+    assert isinstance(score["outputs"]["expected_output"], str) and score["outputs"]["expected_output"]
+    chat = deployed("chat", input="Hi\n")
+    assert "~1M-parameter demo model" in chat.stderr
+    assert "assistant> \n" not in chat.stdout and not chat.stdout.startswith("\n")

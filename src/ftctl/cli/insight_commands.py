@@ -89,6 +89,7 @@ def chat(
     latency. Input is read line by line, so you can pipe a conversation in; with --json every turn is
     one JSON line on stdout."""
     from ftctl.chat import HELP, ChatSession, endpoint, generation_parameters, input_lines, run_chat
+    from ftctl.stages.shared import demo_model_note
 
     ep = endpoint(ctx, "chat")
     parameters = generation_parameters(
@@ -97,6 +98,10 @@ def chat(
     session = ChatSession(ep, parameters, ctx.cfg.score.timeout_s, system=system)
     interactive = sys.stdin.isatty()
     ui = ctx.ui
+    picked = ctx.state_store.load().get("stages", {}).get("pick-model", {}).get("outputs", {})
+    note = demo_model_note(picked.get("name"))
+    if note:
+        ui.info(note)
 
     if interactive:
         with contextlib.suppress(ImportError):

@@ -14,15 +14,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ftctl
-from ftctl.config import FinetuneSection
+from ftctl.config import TINY_MODEL, FinetuneSection
 from ftctl.constants import SAMPLE_DATASET
 from ftctl.errors import ConfigError, UsageError
-from ftctl.scoring import build_request, parse_response, pick_conversation
+from ftctl.scoring import build_request, expected_reply, parse_response, pick_conversation
 from ftctl.state import atomic_write_text, digest
 
 if TYPE_CHECKING:
     from ftctl.context import Context
     from ftctl.stages.contract import Outputs, StageCall, State
+
+
+# --- the built-in model ------------------------------------------------------------------------------
+
+
+def demo_model_note(model_name: str | None) -> str | None:
+    """One line saying what the built-in model is, when it is the one picked (None otherwise)."""
+    if model_name != TINY_MODEL:
+        return None
+    return (
+        f"note: {TINY_MODEL} is a ~1M-parameter demo model: it learns the shape of answers, not facts. "
+        "For a real one: `ftctl pick-model --model microsoft/Phi-3-mini-4k-instruct` (or a local folder)."
+    )
 
 
 # --- compute ----------------------------------------------------------------------------------------
@@ -168,6 +181,7 @@ class Sample:
     request_file: Path
     split: str
     line: int
+    expected: str | None = None  # the dataset's own reply to the last user turn
 
     def report(self, raw: str, latency_ms: float, **extra: Any) -> dict[str, Any]:
         """Print the raw body and the parsed answer (any response shape); the stage's outputs."""
@@ -180,6 +194,7 @@ class Sample:
             "latency_ms": latency_ms,
             "output": text[:500],
             "output_chars": len(text),
+            "expected_output": None if self.expected is None else self.expected[:500],
         }
 
 
@@ -192,6 +207,7 @@ def write_sample(ctx: Context, call: StageCall) -> Sample:
     if split not in files:
         raise UsageError(f"data.score_split: the prepared data has no {split!r} split ({', '.join(files)})")
     line, messages = pick_conversation(Path(files[split]["path"]), cfg.seed)
+    expected = expected_reply(Path(files[split]["path"]), line)
     parameters = {
         "temperature": cfg.temperature,
         "top_p": cfg.top_p,
@@ -203,13 +219,18 @@ def write_sample(ctx: Context, call: StageCall) -> Sample:
     text = json.dumps(build_request(messages, parameters), indent=2, ensure_ascii=False) + "\n"
     atomic_write_text(request_file, text)
     ctx.ui.info(f"  {split}.jsonl line {line}: {messages[-1]['content'][:100]!r}")
-    return Sample(request_file, split, line)
+    return Sample(request_file, split, line, expected)
 
 
-def show(ctx: Context, raw: str) -> None:
-    """Print the raw response and the answer parsed from it."""
+def show(ctx: Context, call: StageCall, raw: str, sample: Sample | None = None) -> None:
+    """Print the raw response, the answer parsed from it and, beside it, the dataset's own reply."""
     ctx.ui.result(f"raw response: {raw}")
     ctx.ui.result(f"output: {parse_response(raw)}")
+    if sample is not None and sample.expected is not None:
+        ctx.ui.result(f"expected (the dataset's reply): {sample.expected[:500]}")
+    note = demo_model_note(call.outputs("pick-model").get("name"))
+    if note:
+        ctx.ui.info(note)
 
 
 # --- prepare-data (the same on both backends) -------------------------------------------------------

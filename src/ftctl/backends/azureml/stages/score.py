@@ -33,7 +33,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     latency_ms = round((time.perf_counter() - started) * 1000, 1)
     raw_text = raw if isinstance(raw, str) else json.dumps(raw)
     outputs = sample.report(raw_text, latency_ms, endpoint_name=name, deployment_name=deployment)
-    show(ctx, raw_text)
+    show(ctx, call, raw_text, sample)
     return outputs
 
 

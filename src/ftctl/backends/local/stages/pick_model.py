@@ -19,6 +19,7 @@ from ftctl.models.layout import shipped_model_dir
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.contract import nothing_to_retire as retire
+from ftctl.stages.shared import demo_model_note
 from ftctl.state import file_signature
 
 if TYPE_CHECKING:
@@ -116,6 +117,9 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         f"  {name} ({kind}): {info['architecture']}, {info['parameters'] or '?'} parameters, "
         f"context {info['context_length']}"
     )
+    note = demo_model_note(name)
+    if note:
+        ctx.ui.info(f"  {note}")
     if info["model_specific_defaults"]:
         ctx.ui.info(f"  model-specific finetune defaults: {info['model_specific_defaults']}")
     return {

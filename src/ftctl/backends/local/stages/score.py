@@ -60,7 +60,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     )
     latency_ms = round((time.perf_counter() - started) * 1000, 1)
     outputs = sample.report(raw, latency_ms, endpoint_name=endpoint.get("endpoint_name"), http_status=status)
-    show(ctx, raw)
+    show(ctx, call, raw, sample)
     return outputs
 
 
