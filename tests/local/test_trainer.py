@@ -16,7 +16,7 @@ pytest.importorskip("peft")
 
 from ftctl.backends.local import trainer as tr  # noqa: E402
 from ftctl.errors import DataError, UsageError  # noqa: E402
-from ftctl.models.tiny import shipped_model_dir  # noqa: E402
+from ftctl.models.layout import shipped_model_dir  # noqa: E402
 
 CONVERSATIONS = [
     [
