@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,21 @@ from ftctl.data import sample
 from ftctl.data.prepare import sample_dataset_dir
 from ftctl.data.ultrachat import check_record
 
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+
+
+def _load_tool(name: str):
+    """A build tool from the repository's tools/ folder (not part of the installed package)."""
+    path = TOOLS / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load_tool("build_sample_dataset")
 SHIPPED = sample.default_output_dir()
 EXPECTED_SIZES = {"train_sft": 400, "test_sft": 60, "train_gen": 400, "test_gen": 60}
 
@@ -39,7 +55,7 @@ def test_regenerating_matches_shipped_bytes(tmp_path):
     import pyarrow
     import pyarrow.parquet as pq
 
-    sample.write_sample(tmp_path)
+    build.write_sample(tmp_path)
     assert (tmp_path / "README.md").read_bytes() == (SHIPPED / "README.md").read_bytes()
     for split in sample.SPLITS:
         new, shipped = sample.split_file(tmp_path, split), sample.split_file(SHIPPED, split)
@@ -54,8 +70,8 @@ def test_regenerating_matches_shipped_bytes(tmp_path):
 
 def test_generation_is_deterministic(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    sample.write_sample(a)
-    sample.write_sample(b)
+    build.write_sample(a)
+    build.write_sample(b)
     for rel in _files():
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
@@ -63,7 +79,10 @@ def test_generation_is_deterministic(tmp_path):
 def test_module_entry_point(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "ftctl.data.sample", str(out)], capture_output=True, text=True, timeout=60
+        [sys.executable, str(TOOLS / "build_sample_dataset.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     for rel in _files():

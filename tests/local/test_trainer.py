@@ -16,7 +16,7 @@ pytest.importorskip("peft")
 
 from ftctl.backends.local import trainer as tr  # noqa: E402
 from ftctl.errors import DataError, UsageError  # noqa: E402
-from ftctl.models.tiny import shipped_model_dir  # noqa: E402
+from ftctl.models.layout import shipped_model_dir  # noqa: E402
 
 CONVERSATIONS = [
     [
@@ -211,16 +211,8 @@ def test_invalid_job_parameters_are_usage_errors(params, message):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_a_short_job_writes_models_result_events_and_an_mlflow_run(tmp_path):
-    import mlflow
-    from transformers import AutoModelForCausalLM
-
-    from ftctl.models.layout import resolve_hf_dir
-
-    job = tmp_path / "job"
-    job.mkdir()
-    db = tmp_path / "mlflow.db"
-    spec = {
+def _short_job_spec(tmp_path: Path, db: Path) -> dict:
+    return {
         "job_id": "job-1",
         "model_path": str(shipped_model_dir()),
         "train_file": str(_write_jsonl(tmp_path / "train.jsonl", CONVERSATIONS * 2)),
@@ -240,10 +232,9 @@ def test_a_short_job_writes_models_result_events_and_an_mlflow_run(tmp_path):
         "device": "cpu",
         "mlflow": {"tracking_uri": f"sqlite:///{db}", "experiment": "ftctl-test", "run_name": "job-1"},
     }
-    (job / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
-    assert tr.main([str(job)]) == 0
 
-    result = json.loads((job / "result.json").read_text())
+
+def _check_result(result: dict) -> None:
     for key in (
         "mlflow_run_id",
         "train_loss",
@@ -264,12 +255,20 @@ def test_a_short_job_writes_models_result_events_and_an_mlflow_run(tmp_path):
     assert result["perplexity"] == pytest.approx(math.exp(result["eval_loss"]))
     assert result["train_tokens"] > 0 and result["tokens_per_second"] > 0
 
+
+def _check_events(job: Path) -> None:
     events = [json.loads(line) for line in (job / "events.jsonl").read_text().splitlines()]
     kinds = [e["type"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and "eval" in kinds
     progress = [e for e in events if e["type"] == "progress"]
     assert progress and progress[-1]["step"] == 5 and progress[-1]["max_steps"] == 5
     assert set(progress[0]) >= {"step", "max_steps", "epoch", "loss", "learning_rate", "tokens_per_second"}
+
+
+def _check_model_folders(result: dict) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from ftctl.models.layout import resolve_hf_dir
 
     hf_dir = Path(result["hf_model_dir"])
     model = AutoModelForCausalLM.from_pretrained(str(hf_dir))
@@ -278,6 +277,10 @@ def test_a_short_job_writes_models_result_events_and_an_mlflow_run(tmp_path):
     model_dir = Path(result["model_dir"])
     assert (model_dir / "MLmodel").is_file()
     assert resolve_hf_dir(model_dir) == model_dir / "artifacts" / "hf_model"
+
+
+def _check_mlflow_run(db: Path, result: dict, tmp_path: Path) -> None:
+    import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{db}")
     run = mlflow.get_run(result["mlflow_run_id"])
@@ -295,6 +298,21 @@ def test_a_short_job_writes_models_result_events_and_an_mlflow_run(tmp_path):
         params={"max_new_tokens": 8},
     )
     assert isinstance(reply, list) and len(reply) == 1 and isinstance(reply[0], str)
+
+
+def test_a_short_job_writes_models_result_events_and_an_mlflow_run(tmp_path):
+    job = tmp_path / "job"
+    job.mkdir()
+    db = tmp_path / "mlflow.db"
+    spec = _short_job_spec(tmp_path, db)
+    (job / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    assert tr.main([str(job)]) == 0
+
+    result = json.loads((job / "result.json").read_text())
+    _check_result(result)
+    _check_events(job)
+    _check_model_folders(result)
+    _check_mlflow_run(db, result, tmp_path)
 
 
 def _mean_loss(model, examples) -> float:

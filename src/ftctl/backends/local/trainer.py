@@ -7,6 +7,9 @@ JOB_DIR/result.json (atomically); it exits 0, or 1 on a run-time failure / 2 on 
 on stderr, and an "error" event). Under a multi-process launch (torchrun, see launch.py) every rank
 trains, and only rank 0 writes events, the result, the model folders and the MLflow run.
 
+The spec's "params" are the `finetune` config section: validated by ftctl.config.FinetuneSection, whose
+defaults (the quickstart's) fill what a spec leaves out; an invalid or unknown parameter is bad input.
+
 Outputs (job_dir/outputs):
   hf_model/      the complete (merged) Hugging Face model + tokenizer
   mlflow_model/  an MLflow pyfunc model folder (MLmodel; the HF folder under artifacts/hf_model)

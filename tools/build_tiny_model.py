@@ -10,20 +10,31 @@ seconds on a laptop CPU.
 The build is deterministic: fixed seeds, one CPU thread, deterministic torch algorithms, inputs in a
 fixed order, so rebuilding on the same machine and library versions gives the same bytes.
 
-Regenerate the shipped copy (src/ftctl/resources/tiny-phi3) with `python -m ftctl.models.tiny`.
-Heavy imports (torch, transformers, tokenizers) happen inside functions only.
+Regenerate the shipped copy (src/ftctl/resources/tiny-phi3) with `python tools/build_tiny_model.py`.
+A build-time tool, not part of the installed package (ftctl.models.layout.shipped_model_dir says where
+the shipped copy is); it imports the ftctl of this checkout. Heavy imports (torch, transformers,
+tokenizers) happen inside functions only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+if str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))  # this checkout's ftctl, installed or not
+
+from ftctl.data.sample import iter_sample_conversations  # noqa: E402
+from ftctl.models.layout import shipped_model_dir  # noqa: E402
 
 MODEL_NAME = "ftctl/tiny-phi3-chat"
 SEED = 1234
@@ -96,8 +107,8 @@ its replies are word-like English with little meaning.
 - `{metadata}` carries what the Azure ML notebook reads from model tags (name, compute allow lists,
   model_specific_defaults).
 
-Regenerate it with `python -m ftctl.models.tiny [OUT_DIR] [--pretrain-steps N]` (deterministic: the
-same bytes on the same machine and library versions).
+Regenerate it with `python tools/build_tiny_model.py [OUT_DIR] [--pretrain-steps N]` in the ftctl
+repository (deterministic: the same bytes on the same machine and library versions).
 """
 
 
@@ -110,15 +121,8 @@ def _quiet_progress_bars() -> None:
         pass
 
 
-def shipped_model_dir() -> Path:
-    """The shipped tiny model: src/ftctl/resources/tiny-phi3."""
-    return Path(__file__).resolve().parent.parent / "resources" / "tiny-phi3"
-
-
 def _corpus(splits: tuple[str, ...] = ("train_sft", "train_gen")) -> list[list[dict[str, str]]]:
     """The sample's conversations of `splits`, in file order."""
-    from ftctl.data.sample import iter_sample_conversations
-
     conversations = []
     for split in splits:
         for record in iter_sample_conversations(split):
@@ -228,43 +232,19 @@ def _portable_tokenizer_config(out_dir: Path) -> None:
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def build(out_dir: Path, *, pretrain_steps: int = DEFAULT_PRETRAIN_STEPS, log: Any = None) -> None:
-    """Build the tiny model into out_dir (created if needed; files there are overwritten)."""
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    """One CPU thread, deterministic torch algorithms, no tokenizer parallelism; restored afterwards."""
     import torch
-    from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    _quiet_progress_bars()
     try:
-        texts = [m["content"] for conv in _corpus() for m in conv]  # the tokenizer sees both splits
-        tokenizer = build_tokenizer(texts)
-        eos_id = tokenizer.convert_tokens_to_ids(EOS)
-        end_id = tokenizer.convert_tokens_to_ids(END)
-
-        torch.manual_seed(SEED)
-        config = Phi3Config(
-            vocab_size=len(tokenizer),
-            bos_token_id=eos_id,
-            eos_token_id=eos_id,
-            pad_token_id=eos_id,
-            **ARCHITECTURE,
-        )
-        model = Phi3ForCausalLM(config)
-        if pretrain_steps > 0:
-            _pretrain(model, tokenizer, _corpus(("train_gen",)), pretrain_steps, log)
-        model.generation_config = GenerationConfig(
-            bos_token_id=eos_id, eos_token_id=[end_id, eos_id], pad_token_id=eos_id, do_sample=False
-        )
-        model.save_pretrained(str(out_dir))
-        tokenizer.save_pretrained(str(out_dir))
-        _portable_tokenizer_config(out_dir)
+        yield
     finally:
         if parallelism is None:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
@@ -273,14 +253,35 @@ def build(out_dir: Path, *, pretrain_steps: int = DEFAULT_PRETRAIN_STEPS, log: A
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
-    for f in out_dir.iterdir():  # save_pretrained may create files readable by the owner only
-        if f.is_file():
-            f.chmod(0o644)
-    (out_dir / METADATA_FILE).write_text(json.dumps(MODEL_METADATA, indent=2) + "\n", encoding="utf-8")
-    params = sum(p.numel() for p in model.parameters())
-    card = MODEL_CARD.format(
+
+def _build_model(tokenizer: Any, pretrain_steps: int, log: Any) -> Any:
+    """A seeded Phi3ForCausalLM for `tokenizer`, pre-trained on train_gen for `pretrain_steps` steps."""
+    import torch
+    from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
+
+    eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    end_id = tokenizer.convert_tokens_to_ids(END)
+    torch.manual_seed(SEED)
+    config = Phi3Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        **ARCHITECTURE,
+    )
+    model = Phi3ForCausalLM(config)
+    if pretrain_steps > 0:
+        _pretrain(model, tokenizer, _corpus(("train_gen",)), pretrain_steps, log)
+    model.generation_config = GenerationConfig(
+        bos_token_id=eos_id, eos_token_id=[end_id, eos_id], pad_token_id=eos_id, do_sample=False
+    )
+    return model
+
+
+def _model_card(model: Any, tokenizer: Any, pretrain_steps: int) -> str:
+    return MODEL_CARD.format(
         name=MODEL_NAME,
-        params_k=round(params / 1000),
+        params_k=round(sum(p.numel() for p in model.parameters()) / 1000),
         layers=ARCHITECTURE["num_hidden_layers"],
         hidden=ARCHITECTURE["hidden_size"],
         heads=ARCHITECTURE["num_attention_heads"],
@@ -294,12 +295,32 @@ def build(out_dir: Path, *, pretrain_steps: int = DEFAULT_PRETRAIN_STEPS, log: A
         lr=PRETRAIN_LR,
         metadata=METADATA_FILE,
     )
+
+
+def build(out_dir: Path, *, pretrain_steps: int = DEFAULT_PRETRAIN_STEPS, log: Any = None) -> None:
+    """Build the tiny model into out_dir (created if needed; files there are overwritten)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _deterministic():
+        _quiet_progress_bars()
+        texts = [m["content"] for conv in _corpus() for m in conv]  # the tokenizer sees both splits
+        tokenizer = build_tokenizer(texts)
+        model = _build_model(tokenizer, pretrain_steps, log)
+        model.save_pretrained(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))
+        _portable_tokenizer_config(out_dir)
+
+    for f in out_dir.iterdir():  # save_pretrained may create files readable by the owner only
+        if f.is_file():
+            f.chmod(0o644)
+    (out_dir / METADATA_FILE).write_text(json.dumps(MODEL_METADATA, indent=2) + "\n", encoding="utf-8")
+    card = _model_card(model, tokenizer, pretrain_steps)
     (out_dir / "README.md").write_text(card, encoding="utf-8", newline="\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ftctl.models.tiny", description="Build ftctl's tiny Phi-3 chat model."
+        prog="python tools/build_tiny_model.py", description="Build ftctl's tiny Phi-3 chat model."
     )
     parser.add_argument(
         "out_dir", nargs="?", default=None, help=f"output folder (default: {shipped_model_dir()})"
