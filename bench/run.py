@@ -22,10 +22,11 @@ import end_to_end  # noqa: E402
 import endpoint  # noqa: E402
 import gen_ultrachat  # noqa: E402
 import prepare_data  # noqa: E402
+import status_scale  # noqa: E402
 import train_throughput  # noqa: E402
 from common import BENCH_DIR, RESULTS_DIR  # noqa: E402
 
-NAMES = ["cli_start", "prepare_data", "train_throughput", "endpoint", "end_to_end"]
+NAMES = ["cli_start", "prepare_data", "status_scale", "train_throughput", "endpoint", "end_to_end"]
 
 
 def update_readme() -> None:
@@ -57,12 +58,14 @@ def main() -> None:
         print(f"\n== {name}", flush=True)
         if name == "cli_start":
             cli_start.main(10 if args.quick else 20)
-        elif name == "prepare_data":
-            dataset = args.dataset
-            if dataset is None:
-                dataset = Path(tempfile.mkdtemp(prefix="bench-ultrachat-"))
-                gen_ultrachat.write(dataset, scale=0.05 if args.quick else 1.0)
-            prepare_data.main(dataset.resolve(), 1 if args.quick else 3)
+        elif name in ("prepare_data", "status_scale"):
+            if args.dataset is None:
+                args.dataset = Path(tempfile.mkdtemp(prefix="bench-ultrachat-"))
+                gen_ultrachat.write(args.dataset, scale=0.05 if args.quick else 1.0)
+            if name == "prepare_data":
+                prepare_data.main(args.dataset.resolve(), 1 if args.quick else 3)
+            else:
+                status_scale.main(args.dataset.resolve(), 5 if args.quick else 10)
         elif name == "train_throughput":
             train_throughput.main(40, reps)
         elif name == "endpoint":
