@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ftctl.data.prepare import SAMPLE_DATASET, format_dropped, prepare
+from ftctl.data.prepare import SAMPLE_DATASET, PrepareOptions, format_dropped, prepare
 from ftctl.errors import DataError
 
 
@@ -37,10 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         report = prepare(
             args.dataset,
             Path(args.download_dir),
-            subset=args.dataset_subset,
-            split_pc=args.dataset_split_pc,
-            train_split=args.train_split,
-            revision=args.revision,
+            PrepareOptions(
+                subset=args.dataset_subset,
+                split_pc=args.dataset_split_pc,
+                train_split=args.train_split,
+                revision=args.revision,
+            ),
             progress=print,
         )
     except DataError as exc:

@@ -10,6 +10,7 @@ from ftctl.data import sample
 from ftctl.data.prepare import (
     SAMPLE_DATASET,
     Dropped,
+    PrepareOptions,
     PrepareReport,
     SplitReport,
     format_dropped,
@@ -69,7 +70,7 @@ def test_prepare_sample(tmp_path):
     ],
 )
 def test_prepare_sample_split_pc(tmp_path, pc, expected):
-    report = prepare(SAMPLE_DATASET, tmp_path / "out", split_pc=pc)
+    report = prepare(SAMPLE_DATASET, tmp_path / "out", PrepareOptions(split_pc=pc))
     assert {s.name: s.rows_written for s in report.splits} == expected
     # The first rows, in order.
     first = _lines(tmp_path / "out" / "test_sft.jsonl")
@@ -77,14 +78,14 @@ def test_prepare_sample_split_pc(tmp_path, pc, expected):
 
 
 def test_prepare_selected_splits(tmp_path):
-    report = prepare(SAMPLE_DATASET, tmp_path, splits=["train_sft", "test_sft"], split_pc=10)
+    report = prepare(SAMPLE_DATASET, tmp_path, PrepareOptions(splits=["train_sft", "test_sft"], split_pc=10))
     assert [s.name for s in report.splits] == ["train_sft", "test_sft"]
     assert _listing(tmp_path) == ["test_sft.jsonl", "train_sft.jsonl"]
 
 
 def test_prepare_overwrites_previous_output(tmp_path):
-    prepare(SAMPLE_DATASET, tmp_path, split_pc=50)
-    report = prepare(SAMPLE_DATASET, tmp_path, split_pc=5)
+    prepare(SAMPLE_DATASET, tmp_path, PrepareOptions(split_pc=50))
+    report = prepare(SAMPLE_DATASET, tmp_path, PrepareOptions(split_pc=5))
     assert len(_lines(tmp_path / "train_sft.jsonl")) == 20
     assert report.split("train_sft").rows_written == 20
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -129,8 +130,8 @@ def test_split_pc_rounding_matches_datasets(tmp_path, write_hub_layout, write_js
     hub = write_hub_layout(rows)
     jsonl = write_jsonl_dir(rows)
     for pc in (5, 10, 25, 50, 83, 99, 17.5):
-        a = prepare(str(hub), tmp_path / f"hub-{pc}", split_pc=pc, min_train_rows=0)
-        b = prepare(str(jsonl), tmp_path / f"jsonl-{pc}", split_pc=pc, min_train_rows=0)
+        a = prepare(str(hub), tmp_path / f"hub-{pc}", PrepareOptions(split_pc=pc, min_train_rows=0))
+        b = prepare(str(jsonl), tmp_path / f"jsonl-{pc}", PrepareOptions(split_pc=pc, min_train_rows=0))
         counts_a = {s.name: s.rows_written for s in a.splits}
         counts_b = {s.name: s.rows_written for s in b.splits}
         assert counts_a == counts_b, pc
@@ -140,7 +141,7 @@ def test_split_pc_rounding_matches_datasets(tmp_path, write_hub_layout, write_js
     # 1% of 30 rows is no row: no training row is an error, even with min_train_rows=0.
     for src in (hub, jsonl):
         with pytest.raises(DataError, match=r"only 0 valid training rows \(0 read, 0 dropped\); at least 1"):
-            prepare(str(src), tmp_path / "one-pc", split_pc=1, min_train_rows=0)
+            prepare(str(src), tmp_path / "one-pc", PrepareOptions(split_pc=1, min_train_rows=0))
 
 
 # --- a folder of <split>.jsonl files --------------------------------------------------------------
@@ -204,7 +205,7 @@ def test_jsonl_dir_bad_utf8_and_bom(tmp_path, make_chat):
     src.mkdir()
     body = "\n".join(json.dumps(make_chat(i), ensure_ascii=False) for i in range(1, 4)).encode()
     (src / "train_sft.jsonl").write_bytes(b"\xef\xbb\xbf" + body + b"\n\xff\xfe{}\n")
-    report = prepare(str(src), tmp_path / "out", min_train_rows=3)
+    report = prepare(str(src), tmp_path / "out", PrepareOptions(min_train_rows=3))
     tr = report.split("train_sft")
     assert tr.rows_written == 3
     assert tr.dropped == [Dropped(4, tr.dropped[0].reason)]
@@ -227,7 +228,7 @@ def test_too_few_train_rows_writes_nothing(tmp_path, write_jsonl_dir, make_chat)
     out.mkdir(exist_ok=True)
     (out / "train_sft.jsonl").write_text("old\n")
     with pytest.raises(DataError):
-        prepare(str(src), out, min_train_rows=3)
+        prepare(str(src), out, PrepareOptions(min_train_rows=3))
     assert _listing(out) == ["train_sft.jsonl"]
     assert (out / "train_sft.jsonl").read_text() == "old\n"
 
@@ -259,15 +260,15 @@ def test_failure_through_datasets_writes_nothing(tmp_path, write_hub_layout, mak
 
     monkeypatch.setattr(datasets, "load_dataset", flaky)
     with pytest.raises(DataError, match="corrupt parquet"):
-        prepare(str(src), out, engine="datasets")
+        prepare(str(src), out, PrepareOptions(engine="datasets"))
     assert _listing(out) == []
 
 
 @pytest.mark.parametrize("pc", [100, 37.5])
 def test_arrow_and_datasets_engines_write_the_same_files(tmp_path, pc):
     """The fast pyarrow reader and the hub path through `datasets.load_dataset` agree byte for byte."""
-    fast = prepare(SAMPLE_DATASET, tmp_path / "arrow", split_pc=pc)
-    hub = prepare(SAMPLE_DATASET, tmp_path / "datasets", split_pc=pc, engine="datasets")
+    fast = prepare(SAMPLE_DATASET, tmp_path / "arrow", PrepareOptions(split_pc=pc))
+    hub = prepare(SAMPLE_DATASET, tmp_path / "datasets", PrepareOptions(split_pc=pc, engine="datasets"))
     assert [s.name for s in fast.splits] == [s.name for s in hub.splits] == list(SAMPLE_SIZES)
     for a, b in zip(fast.splits, hub.splits, strict=True):
         assert (a.rows_written, a.sha256) == (b.rows_written, b.sha256)
@@ -277,7 +278,7 @@ def test_arrow_and_datasets_engines_write_the_same_files(tmp_path, pc):
 @pytest.mark.parametrize("pc", [0, -5, 100.5, 1000, float("nan"), "abc", None])
 def test_bad_split_pc(tmp_path, pc):
     with pytest.raises(DataError, match=r"data\.split_pc"):
-        prepare(SAMPLE_DATASET, tmp_path / "out", split_pc=pc)
+        prepare(SAMPLE_DATASET, tmp_path / "out", PrepareOptions(split_pc=pc))
     assert not (tmp_path / "out").exists()
 
 
@@ -286,13 +287,13 @@ def test_missing_train_split(tmp_path, write_jsonl_dir, make_chat):
     with pytest.raises(DataError, match="'train_sft'.*train, test|train_sft.*test, train") as info:
         prepare(str(src), tmp_path / "out")
     assert "test" in str(info.value)
-    report = prepare(str(src), tmp_path / "out", train_split="train")
+    report = prepare(str(src), tmp_path / "out", PrepareOptions(train_split="train"))
     assert [s.name for s in report.splits] == ["test", "train"]
 
 
 def test_unknown_requested_split(tmp_path):
     with pytest.raises(DataError, match="validation.*splits found: train_sft, test_sft"):
-        prepare(SAMPLE_DATASET, tmp_path / "out", splits=["train_sft", "validation"])
+        prepare(SAMPLE_DATASET, tmp_path / "out", PrepareOptions(splits=["train_sft", "validation"]))
 
 
 @pytest.mark.parametrize("name", ["./does-not-exist", "no/such/folder", "~/nope-ftctl-xyz", "data.jsonl"])
@@ -332,7 +333,7 @@ def test_unknown_builtin_dataset(tmp_path):
 
 def test_subset_rejected_for_local_sources(tmp_path):
     with pytest.raises(DataError, match=r"data\.subset"):
-        prepare(SAMPLE_DATASET, tmp_path / "out", subset="other")
+        prepare(SAMPLE_DATASET, tmp_path / "out", PrepareOptions(subset="other"))
 
 
 def test_hub_unreachable_is_a_data_error(tmp_path):

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from ftctl.backends.local.server import (
     GenerationTimeout,
     Generator,
+    ServerOptions,
     create_app,
     normalize_parameters,
     port_is_open,
@@ -46,7 +47,7 @@ def _wait_ready(client: TestClient, timeout_s: float = 30.0) -> None:
 
 @pytest.fixture(scope="module")
 def client(tiny_model_dir: Path) -> Iterator[TestClient]:
-    app = create_app(tiny_model_dir, key=KEY, request_timeout_s=30)
+    app = create_app(tiny_model_dir, key=KEY, options=ServerOptions(request_timeout_s=30))
     with TestClient(app) as test_client:
         _wait_ready(test_client)
         yield test_client
@@ -199,7 +200,9 @@ def test_timeout_is_504(tmp_path: Path) -> None:
             cancel.wait(5)
             raise GenerationTimeout("cancelled")
 
-    app = create_app(tmp_path, key=KEY, request_timeout_s=0.2, generator=Slow(tmp_path))
+    app = create_app(
+        tmp_path, key=KEY, options=ServerOptions(request_timeout_s=0.2), generator=Slow(tmp_path)
+    )
     with TestClient(app) as test_client:
         _wait_ready(test_client, 5)
         started = time.monotonic()

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import ftctl.data.prepare as prepare_module
-from ftctl.data.prepare import SAMPLE_DATASET, prepare
+from ftctl.data.prepare import SAMPLE_DATASET, PrepareOptions, prepare
 from ftctl.errors import DataError
 
 
@@ -111,7 +111,7 @@ def test_output_symlink_is_replaced_never_written_through(tmp_path: Path, kind: 
 
     # A failed run leaves the link alone ...
     with pytest.raises(DataError):
-        prepare(str(src), out, min_train_rows=13)
+        prepare(str(src), out, PrepareOptions(min_train_rows=13))
     assert os.readlink(out / "train_sft.jsonl") == str(target)
     # ... a successful one replaces it with a regular file.
     prepare(str(src), out)

@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 import ftctl.data.prepare as prepare_module
-from ftctl.data.prepare import format_dropped, prepare
+from ftctl.data.prepare import PrepareOptions, format_dropped, prepare
 from ftctl.errors import DataError
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "download_dataset.py"
@@ -184,7 +184,7 @@ def test_line_longer_than_the_limit_is_dropped_and_skipped(tmp_path: Path, monke
         str(n) for n in range(1, 14) if n != 2
     ]
     # The split_pc count pass sees the same lines: 50% of 14 is 7.
-    report = prepare(str(src), tmp_path / "half", split_pc=50, min_train_rows=1)
+    report = prepare(str(src), tmp_path / "half", PrepareOptions(split_pc=50, min_train_rows=1))
     assert report.split("train_sft").rows_read == 7
 
 
@@ -223,7 +223,7 @@ def test_all_rows_without_a_reply_is_a_data_error(tmp_path: Path) -> None:
 def test_all_rows_dropped_fails_even_with_min_train_rows_zero(tmp_path: Path) -> None:
     src = dataset(tmp_path, no_reply_rows(3))
     with pytest.raises(DataError, match="only 0 valid training rows") as info:
-        prepare(str(src), tmp_path / "out", min_train_rows=0)
+        prepare(str(src), tmp_path / "out", PrepareOptions(min_train_rows=0))
     assert f"train_sft.jsonl:1: {NO_REPLY}" in info.value.message
     assert not (tmp_path / "out").exists()
 

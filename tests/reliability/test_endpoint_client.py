@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ftctl import chat
-from ftctl.backends.local.server import MAX_BODY_BYTES, Generator, create_app
+from ftctl.backends.local.server import MAX_BODY_BYTES, Generator, ServerOptions, create_app
 from ftctl.cli.app import app
 from ftctl.errors import UsageError
 
@@ -38,7 +38,7 @@ class Stub(Generator):
 def serve(tmp_path: Path, **kwargs: Any) -> Iterator[chat.Endpoint]:
     import uvicorn
 
-    app = create_app(tmp_path, key=KEY, generator=Stub(tmp_path), **kwargs)
+    app = create_app(tmp_path, key=KEY, options=ServerOptions(**kwargs), generator=Stub(tmp_path))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from ftctl.backends.local.server import MAX_BODY_BYTES, create_app
+from ftctl.backends.local.server import MAX_BODY_BYTES, ServerOptions, create_app
 
 TINY_MODEL = Path(__file__).resolve().parents[2] / "src" / "ftctl" / "resources" / "tiny-phi3"
 KEY = "fuzz-key-0123456789"
@@ -43,7 +43,7 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    app = create_app(TINY_MODEL, key=KEY, request_timeout_s=60, model_name=MODEL_NAME)
+    app = create_app(TINY_MODEL, key=KEY, options=ServerOptions(request_timeout_s=60, model_name=MODEL_NAME))
     with TestClient(app, raise_server_exceptions=False) as test_client:
         deadline = time.monotonic() + 60
         while test_client.get("/health/ready").status_code != 200:

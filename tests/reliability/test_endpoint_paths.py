@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from ftctl.backends.local.server import Generator, create_app
+from ftctl.backends.local.server import Generator, ServerOptions, create_app
 
 TINY_MODEL = Path(__file__).resolve().parents[2] / "src" / "ftctl" / "resources" / "tiny-phi3"
 KEY = "paths-key-0123456789"
@@ -93,7 +93,7 @@ def wait_until(predicate: Any, timeout_s: float = 60) -> None:
 
 @pytest.fixture(scope="module")
 def client(model_dir: Path) -> Iterator[TestClient]:
-    app = create_app(model_dir, key=KEY, request_timeout_s=30, model_name="tiny:3")
+    app = create_app(model_dir, key=KEY, options=ServerOptions(request_timeout_s=30, model_name="tiny:3"))
     with TestClient(app) as test_client:
         wait_until(lambda: test_client.get("/health/ready").status_code == 200)
         yield test_client

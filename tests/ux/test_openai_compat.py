@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ftctl.backends.local.openai_compat import parse_chat_request, served_names
-from ftctl.backends.local.server import BadRequest, create_app
+from ftctl.backends.local.server import BadRequest, ServerOptions, create_app
 
 USER = {"role": "user", "content": "Hi"}
 
@@ -105,7 +105,7 @@ SERVED = "ftctl-tiny-phi3-chat-ultrachat-200k:1"  # how `ftctl deploy` names it:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
-    app = create_app(TINY_MODEL, key=KEY, request_timeout_s=30, model_name=SERVED)
+    app = create_app(TINY_MODEL, key=KEY, options=ServerOptions(request_timeout_s=30, model_name=SERVED))
     with TestClient(app) as test_client:
         deadline = time.monotonic() + 60
         while test_client.get("/health/ready").status_code != 200:

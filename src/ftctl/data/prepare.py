@@ -624,49 +624,44 @@ def _check_split_pc(split_pc: float) -> float:
     return value
 
 
-def prepare(
-    dataset: str,
-    download_dir: Path,
-    *,
-    subset: str | None = None,
-    split_pc: float = 100.0,
-    splits: Sequence[str] | None = None,
-    train_split: str = "train_sft",
-    min_train_rows: int = 10,
-    revision: str | None = None,
-    progress: Callable[[str], None] | None = None,
-    engine: str = "arrow",
-) -> PrepareReport:
-    """Write `<download_dir>/<split>.jsonl` for every split of `dataset` (or those in `splits`).
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What prepare() takes from a dataset, and how it reads it.
 
-    Takes the first `split_pc` percent of each split, drops invalid records (reported in the result),
-    and replaces the output files only once all splits were read and the train split has at least
-    `min_train_rows` valid rows (and never none). Raises DataError for unusable input, or a download
-    folder that cannot be written; nothing is written then.
-
-    `engine`: local hub-layout folders (and the sample) are streamed with pyarrow ("arrow", the
-    default: flat memory, several times faster), or loaded through `datasets.load_dataset` as a hub
-    dataset is ("datasets"). Hub ids always go through `datasets`.
+    `subset`: the hub configuration (local datasets have only the default one). `split_pc`: the
+    percentage of each split to keep (the first rows). `splits`: the splits to write (default: all).
+    `train_split`: the split that must hold at least `min_train_rows` valid rows (and never none).
+    `revision`: the hub revision. `engine`: local hub-layout folders (and the sample) are streamed with
+    pyarrow ("arrow", the default: flat memory, several times faster), or loaded through
+    `datasets.load_dataset` as a hub dataset is ("datasets"); hub ids always go through `datasets`.
     """
-    if engine not in ("arrow", "datasets"):
-        raise ValueError(f"engine must be arrow or datasets, not {engine!r}")
-    pc = _check_split_pc(split_pc)
-    kind = source_kind(dataset)
-    source = _Source(dataset, kind, subset, revision, engine)
-    say = progress or (lambda _line: None)
 
-    if kind == SOURCE_HUB:
-        from ftctl.hub import unreachable_reason
+    subset: str | None = None
+    split_pc: float = 100.0
+    splits: Sequence[str] | None = None
+    train_split: str = "train_sft"
+    min_train_rows: int = 10
+    revision: str | None = None
+    engine: str = "arrow"
 
-        say(f"loading {dataset} from the Hugging Face hub...")
-        why = unreachable_reason()
-        if why:
-            raise DataError(
-                f"data.dataset: {dataset} is not a local folder, and the Hugging Face hub is "
-                f"unreachable: {why}",
-                hint="use a local folder (<split>.jsonl files or a downloaded hub repo) or the shipped "
-                f"sample, {SAMPLE_DATASET}",
-            ) from None
+
+def _check_hub_reachable(dataset: str, say: Callable[[str], None]) -> None:
+    """DataError, before any download starts, when the Hugging Face hub does not answer."""
+    from ftctl.hub import unreachable_reason
+
+    say(f"loading {dataset} from the Hugging Face hub...")
+    why = unreachable_reason()
+    if why:
+        raise DataError(
+            f"data.dataset: {dataset} is not a local folder, and the Hugging Face hub is unreachable: {why}",
+            hint="use a local folder (<split>.jsonl files or a downloaded hub repo) or the shipped "
+            f"sample, {SAMPLE_DATASET}",
+        ) from None
+
+
+def _wanted_splits(source: _Source, splits: Sequence[str] | None, train_split: str) -> list[str]:
+    """The splits to write (all those of `source` unless `splits` names some), checked: they exist, make
+    file names, and include the train split."""
     available = source.split_names()
     if not available:
         raise DataError(f"{source.label()}: the dataset has no splits")
@@ -688,47 +683,91 @@ def prepare(
             f"({', '.join(wanted)})",
             hint="set data.train_split to one of them" if wanted else None,
         )
+    return wanted
 
-    download_dir = Path(download_dir)
+
+def _make_download_dir(download_dir: Path, splits: Iterable[str]) -> bool:
+    """Create the download folder if need be (True if it was created) and remove the temp files that
+    killed writers left there."""
     created_dir = not download_dir.exists()
     try:
         download_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"{download_dir}: cannot create the download folder ({_short(exc)})") from None
-    _remove_stale_temp_files(download_dir, wanted)
+    _remove_stale_temp_files(download_dir, splits)
+    return created_dir
 
+
+def _check_train_rows(source: _Source, train: SplitReport, options: PrepareOptions) -> None:
+    """DataError naming the dropped records when the train split has too few valid rows."""
+    needed = max(options.min_train_rows, 1)
+    if train.rows_written >= needed:
+        return
+    where = (
+        str(Path(source.location) / f"{options.train_split}.jsonl")
+        if source.kind == SOURCE_JSONL_DIR
+        else f"{source.label()} split {options.train_split}"
+    )
+    # Name the dropped records (file:line and why) here too: the caller's warnings about them are never
+    # printed when the stage fails.
+    why = "".join(
+        f"\n  {text}" for text in format_dropped(PrepareReport(source.dataset, source.kind, [train]), limit=5)
+    )
+    raise DataError(
+        f"{where}: only {train.rows_written} valid training rows "
+        f"({train.rows_read} read, {len(train.dropped)} dropped); at least {needed} needed" + why,
+        hint="fix or replace the dropped records, or raise data.split_pc",
+    )
+
+
+def _discard(done: dict[str, tuple[SplitReport, Path]], created_dir: Path | None) -> None:
+    """Delete the temp files written so far, and `created_dir` if it is still empty."""
+    for _, tmp in done.values():
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    if created_dir is not None:
+        with contextlib.suppress(OSError):
+            created_dir.rmdir()  # only if still empty
+
+
+def prepare(
+    dataset: str,
+    download_dir: Path,
+    options: PrepareOptions | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> PrepareReport:
+    """Write `<download_dir>/<split>.jsonl` for every split of `dataset` (or those `options` name).
+
+    Takes the first `split_pc` percent of each split, drops invalid records (reported in the result),
+    and replaces the output files only once all splits were read and the train split has at least
+    `min_train_rows` valid rows (and never none); see PrepareOptions. Raises DataError for unusable
+    input, or a download folder that cannot be written; nothing is written then. `progress` receives a
+    line per split written.
+    """
+    opts = options or PrepareOptions()
+    if opts.engine not in ("arrow", "datasets"):
+        raise ValueError(f"engine must be arrow or datasets, not {opts.engine!r}")
+    pc = _check_split_pc(opts.split_pc)
+    kind = source_kind(dataset)
+    source = _Source(dataset, kind, opts.subset, opts.revision, opts.engine)
+    say = progress or (lambda _line: None)
+    if kind == SOURCE_HUB:
+        _check_hub_reachable(dataset, say)
+    wanted = _wanted_splits(source, opts.splits, opts.train_split)
+
+    download_dir = Path(download_dir)
+    created_dir = _make_download_dir(download_dir, wanted)
     done: dict[str, tuple[SplitReport, Path]] = {}
     try:
         with contextlib.closing(_write_splits(source, wanted, pc, download_dir)) as written:
             for report, tmp in written:
                 done[report.name] = (report, tmp)
                 say(f"{report.name}: {report.rows_written} rows, {len(report.dropped)} dropped")
-        train = done[train_split][0]
-        needed = max(min_train_rows, 1)
-        if train.rows_written < needed:
-            where = (
-                str(Path(source.location) / f"{train_split}.jsonl")
-                if kind == SOURCE_JSONL_DIR
-                else f"{source.label()} split {train_split}"
-            )
-            # Name the dropped records (file:line and why) here too: the caller's warnings about them
-            # are never printed when the stage fails.
-            why = "".join(
-                f"\n  {text}" for text in format_dropped(PrepareReport(dataset, kind, [train]), limit=5)
-            )
-            raise DataError(
-                f"{where}: only {train.rows_written} valid training rows "
-                f"({train.rows_read} read, {len(train.dropped)} dropped); at least {needed} needed" + why,
-                hint="fix or replace the dropped records, or raise data.split_pc",
-            )
+        _check_train_rows(source, done[opts.train_split][0], opts)
         _commit([done[split] for split in wanted])
     except BaseException:
-        for _, tmp in done.values():
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        if created_dir:
-            with contextlib.suppress(OSError):
-                download_dir.rmdir()  # only if still empty
+        _discard(done, download_dir if created_dir else None)
         raise
     return PrepareReport(dataset=dataset, source_kind=kind, splits=[done[split][0] for split in wanted])
 

@@ -250,7 +250,7 @@ def prepare_run(ctx: Context, call: StageCall) -> Outputs:
     """The notebook's download-dataset.py step, validating every record: one <split>.jsonl per split
     under data.download_dir (inside the workspace unless absolute), with row counts, dropped records
     and sha256 per file."""
-    from ftctl.data.prepare import format_dropped, prepare
+    from ftctl.data.prepare import PrepareOptions, format_dropped, prepare
 
     cfg = ctx.cfg.data
     out_dir = ctx.data_dir()
@@ -269,11 +269,13 @@ def prepare_run(ctx: Context, call: StageCall) -> Outputs:
         report = prepare(
             cfg.dataset,
             out_dir,
-            subset=cfg.subset,
-            split_pc=cfg.split_pc,
-            train_split=cfg.train_split,
-            min_train_rows=cfg.min_train_rows,
-            revision=cfg.revision,
+            PrepareOptions(
+                subset=cfg.subset,
+                split_pc=cfg.split_pc,
+                train_split=cfg.train_split,
+                min_train_rows=cfg.min_train_rows,
+                revision=cfg.revision,
+            ),
             progress=progress,
         )
     for line in format_dropped(report):

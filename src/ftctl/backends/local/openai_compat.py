@@ -31,6 +31,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from ftctl.backends.local.server import (
@@ -104,18 +105,8 @@ def _openai_param(param: str | None, tokens_field: str) -> str | None:
     return tokens_field if param == "max_new_tokens" else param
 
 
-def parse_chat_request(body: Any) -> dict[str, Any]:
-    """The conversation, generation settings and streaming options of a chat.completions request.
-
-    Returns {"model", "messages", "settings", "stream", "include_usage", "tokens_field"} ("model": the
-    name asked for, None when left out; "tokens_field": the field the reply length came from); raises
-    BadRequest naming the problem (and the field, as `param`).
-    """
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest(f'"model" must be a string (got {show(model)})', param="model")
+def _chat_messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    """The conversation of a request's "messages", in the roles the chat template knows."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest(
@@ -132,9 +123,18 @@ def parse_chat_request(body: Any) -> dict[str, Any]:
                 param="messages",
             )
         conversation.append({"role": ROLES[role], "content": _content(message.get("content"), index)})
+    return conversation
+
+
+def _check_unsupported(body: dict[str, Any]) -> None:
+    """BadRequest for a field the endpoint cannot honour that holds more than its no-op value."""
     for name, fine in _UNSUPPORTED.items():
         if name in body and not fine(body[name]):
             raise BadRequest(f"{name} is not supported by this endpoint (got {show(body[name])})", param=name)
+
+
+def _chat_settings(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """(generation settings, the field the reply length came from) of a request."""
     parameters: dict[str, Any] = {}
     for name in ("temperature", "top_p", "seed"):
         if body.get(name) is not None:
@@ -150,6 +150,11 @@ def parse_chat_request(body: Any) -> dict[str, Any]:
     except BadRequest as exc:  # name OpenAI's field, not the /score one
         message = _openai_names(str(exc), tokens_field)
         raise BadRequest(message, param=_openai_param(exc.param, tokens_field)) from None
+    return settings, tokens_field
+
+
+def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(whether to stream, whether to send a usage chunk) of a request."""
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest('"stream" must be true or false', param="stream")
@@ -157,12 +162,31 @@ def parse_chat_request(body: Any) -> dict[str, Any]:
     options = {} if options is None else options
     if not isinstance(options, dict):
         raise BadRequest('"stream_options" must be an object', param="stream_options")
+    return stream, bool(options.get("include_usage"))
+
+
+def parse_chat_request(body: Any) -> dict[str, Any]:
+    """The conversation, generation settings and streaming options of a chat.completions request.
+
+    Returns {"model", "messages", "settings", "stream", "include_usage", "tokens_field"} ("model": the
+    name asked for, None when left out; "tokens_field": the field the reply length came from); raises
+    BadRequest naming the problem (and the field, as `param`).
+    """
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest(f'"model" must be a string (got {show(model)})', param="model")
+    conversation = _chat_messages(body)
+    _check_unsupported(body)
+    settings, tokens_field = _chat_settings(body)
+    stream, include_usage = _stream_options(body)
     return {
         "model": model,
         "messages": conversation,
         "settings": settings,
         "stream": stream,
-        "include_usage": bool(options.get("include_usage")),
+        "include_usage": include_usage,
         "tokens_field": tokens_field,
     }
 
@@ -264,6 +288,157 @@ class _Generation:
         }
 
 
+class _Answer(Exception):
+    """An error response a helper answers in place of the route: raised by it, returned by the route."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__()
+        self.response = response
+
+
+def _check_access(request: Any, app: Any, gen: Generator, authorized: Callable[[str | None], bool]) -> None:
+    """_Answer with 401 without the key, or 503 while the model is not loaded."""
+    if not authorized(request.headers.get("authorization")):
+        raise _Answer(
+            _error(
+                401,
+                "missing or invalid key: send the header `Authorization: Bearer <key>`",
+                "authentication_error",
+                "invalid_api_key",
+            )
+        )
+    if not gen.loaded:
+        if app.state.load_error:
+            raise _Answer(_error(503, f"the model failed to load: {app.state.load_error}", "server_error"))
+        raise _Answer(
+            _error(503, "the model is still loading; retry when /health/ready answers 200", "server_error")
+        )
+
+
+def _refused_request(exc: BadRequest, parsed: dict[str, Any]) -> Any:
+    """400 for a request the generator refused, in OpenAI's field names."""
+    field = parsed["tokens_field"]
+    return _error(400, _openai_names(str(exc), field), param=_openai_param(exc.param, field))
+
+
+async def _read_chat_request(request: Any, limit: int, model_name: str) -> dict[str, Any]:
+    """The parsed request (see parse_chat_request); _Answer with 413, 400 or 404 (another model)."""
+    raw = await read_body(request, limit)
+    if raw is None:
+        raise _Answer(_error(413, f"the request body is over {limit} bytes"))
+    try:
+        parsed = parse_chat_request(parse_json_body(raw))
+    except BadRequest as exc:  # in OpenAI's field names already
+        raise _Answer(_error(400, str(exc), param=exc.param)) from None
+    if parsed["model"] is not None and parsed["model"] not in served_names(model_name):
+        raise _Answer(
+            _error(
+                404,
+                f"The model `{_cut(parsed['model'])}` does not exist or you do not have access to "
+                f"it (this endpoint serves `{model_name}`)",
+                code="model_not_found",
+                param="model",
+            )
+        )
+    return parsed
+
+
+def _new_generation(gen: Generator, parsed: dict[str, Any], timeout_s: float) -> _Generation:
+    """The generation a request asks for, not started yet; _Answer with 400 if the model cannot take it."""
+    try:
+        return _Generation(gen, parsed["messages"], parsed["settings"], timeout_s)
+    except BadRequest as exc:
+        raise _Answer(_refused_request(exc, parsed)) from None
+    except Exception as exc:  # a bug (what a client sends is answered 4xx above)
+        log.exception("cannot prepare the generation")
+        raise _Answer(
+            _error(500, f"cannot prepare the generation: {type(exc).__name__}: {exc}", "server_error")
+        ) from None
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """What every object of one completion carries: its id, creation time and model."""
+
+    completion_id: str
+    created: int
+    model_name: str
+
+    def completion(self, generation: _Generation) -> dict[str, Any]:
+        """The `chat.completion` object of a finished generation."""
+        return {
+            "id": self.completion_id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model_name,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": generation.text},
+                    "finish_reason": generation.finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": generation.usage(),
+        }
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        """A `chat.completion.chunk` object."""
+        return {
+            "id": self.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model_name,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+        }
+
+
+async def _complete(generation: _Generation, parsed: dict[str, Any], reply: _Reply, timeout_s: float) -> Any:
+    """Run a non-streaming generation: the completion, or 504, 400 or 500."""
+    generation.start()
+    done = await asyncio.to_thread(generation.done.wait, timeout_s + 5)
+    if not done or isinstance(generation.error, GenerationTimeout):
+        generation.cancel.set()
+        return _error(504, f"request timed out after {round(timeout_s * 1000)} ms", "timeout")
+    if isinstance(generation.error, BadRequest):
+        return _refused_request(generation.error, parsed)
+    if generation.error is not None:
+        log.error("generation failed: %r", generation.error)
+        return _error(500, f"generation failed: {type(generation.error).__name__}", "server_error")
+    return reply.completion(generation)
+
+
+def _events(generation: _Generation, reply: _Reply, include_usage: bool, timeout_s: float) -> Iterator[str]:
+    """The server-sent events of a streaming generation (a sync iterator: Starlette runs it in a worker
+    thread)."""
+    generation.start()
+    try:
+        yield _sse(reply.chunk({"role": "assistant", "content": ""}))
+        try:
+            for piece in generation.streamer:
+                if piece:
+                    yield _sse(reply.chunk({"content": piece}))
+        except Exception:  # queue.Empty: no token for timeout_s
+            generation.cancel.set()
+            generation.error = GenerationTimeout("no token within the request timeout")
+        generation.done.wait(timeout_s)
+        if generation.error is not None:
+            if isinstance(generation.error, GenerationTimeout):
+                message, kind = f"request timed out after {round(timeout_s * 1000)} ms", "timeout"
+            else:
+                message, kind = f"generation failed: {generation.error}", "server_error"
+            yield _sse({"error": {"message": message, "type": kind, "param": None, "code": None}})
+        else:
+            yield _sse(reply.chunk({}, generation.finish_reason))
+            if include_usage:
+                yield _sse({**reply.chunk({}), "choices": [], "usage": generation.usage()})
+        yield "data: [DONE]\n\n"
+    finally:
+        generation.cancel.set()  # the client went away, or we are done: stop generating
+
+
 def add_openai_routes(
     app: Any,
     gen: Generator,
@@ -277,35 +452,13 @@ def add_openai_routes(
     from fastapi.responses import StreamingResponse
 
     created_at = int(time.time())
-    timeout_ms = round(request_timeout_s * 1000)
-    names = served_names(model_name)
-
-    def refuse(request: Any) -> Any:
-        if not authorized(request.headers.get("authorization")):
-            return _error(
-                401,
-                "missing or invalid key: send the header `Authorization: Bearer <key>`",
-                "authentication_error",
-                "invalid_api_key",
-            )
-        if not gen.loaded:
-            if app.state.load_error:
-                return _error(503, f"the model failed to load: {app.state.load_error}", "server_error")
-            return _error(
-                503, "the model is still loading; retry when /health/ready answers 200", "server_error"
-            )
-        return None
-
-    def refused_request(exc: BadRequest, parsed: dict[str, Any]) -> Any:
-        """400 for a request the generator refused, in OpenAI's field names."""
-        field = parsed["tokens_field"]
-        return _error(400, _openai_names(str(exc), field), param=_openai_param(exc.param, field))
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
-        refused = refuse(request)
-        if refused is not None:
-            return refused
+        try:
+            _check_access(request, app, gen, authorized)
+        except _Answer as answer:
+            return answer.response
         return {
             "object": "list",
             "data": [{"id": model_name, "object": "model", "created": created_at, "owned_by": "ftctl"}],
@@ -313,99 +466,17 @@ def add_openai_routes(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        refused = refuse(request)
-        if refused is not None:
-            return refused
-        limit = app.state.max_body_bytes
-        raw = await read_body(request, limit)
-        if raw is None:
-            return _error(413, f"the request body is over {limit} bytes")
         try:
-            parsed = parse_chat_request(parse_json_body(raw))
-        except BadRequest as exc:  # in OpenAI's field names already
-            return _error(400, str(exc), param=exc.param)
-        if parsed["model"] is not None and parsed["model"] not in names:
-            return _error(
-                404,
-                f"The model `{_cut(parsed['model'])}` does not exist or you do not have access to "
-                f"it (this endpoint serves `{model_name}`)",
-                code="model_not_found",
-                param="model",
-            )
-        try:
-            generation = _Generation(gen, parsed["messages"], parsed["settings"], request_timeout_s)
-        except BadRequest as exc:
-            return refused_request(exc, parsed)
-        except Exception as exc:  # a bug (what a client sends is answered 4xx above)
-            log.exception("cannot prepare the generation")
-            return _error(500, f"cannot prepare the generation: {type(exc).__name__}: {exc}", "server_error")
-        completion_id = f"chatcmpl-{secrets.token_hex(12)}"
-        created = int(time.time())
-
+            _check_access(request, app, gen, authorized)
+            parsed = await _read_chat_request(request, app.state.max_body_bytes, model_name)
+            generation = _new_generation(gen, parsed, request_timeout_s)
+        except _Answer as answer:
+            return answer.response
+        reply = _Reply(f"chatcmpl-{secrets.token_hex(12)}", int(time.time()), model_name)
         if not parsed["stream"]:
-            generation.start()
-            done = await asyncio.to_thread(generation.done.wait, request_timeout_s + 5)
-            if not done or isinstance(generation.error, GenerationTimeout):
-                generation.cancel.set()
-                return _error(504, f"request timed out after {timeout_ms} ms", "timeout")
-            if isinstance(generation.error, BadRequest):
-                return refused_request(generation.error, parsed)
-            if generation.error is not None:
-                log.error("generation failed: %r", generation.error)
-                return _error(500, f"generation failed: {type(generation.error).__name__}", "server_error")
-            return {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": model_name,
-                "system_fingerprint": None,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": generation.text},
-                        "finish_reason": generation.finish_reason,
-                        "logprobs": None,
-                    }
-                ],
-                "usage": generation.usage(),
-            }
-
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-            return {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model_name,
-                "system_fingerprint": None,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
-            }
-
-        def events() -> Iterator[str]:  # a sync iterator: Starlette runs it in a worker thread
-            generation.start()
-            try:
-                yield _sse(chunk({"role": "assistant", "content": ""}))
-                try:
-                    for piece in generation.streamer:
-                        if piece:
-                            yield _sse(chunk({"content": piece}))
-                except Exception:  # queue.Empty: no token for request_timeout_s
-                    generation.cancel.set()
-                    generation.error = GenerationTimeout("no token within the request timeout")
-                generation.done.wait(request_timeout_s)
-                if generation.error is not None:
-                    if isinstance(generation.error, GenerationTimeout):
-                        message, kind = f"request timed out after {timeout_ms} ms", "timeout"
-                    else:
-                        message, kind = f"generation failed: {generation.error}", "server_error"
-                    yield _sse({"error": {"message": message, "type": kind, "param": None, "code": None}})
-                else:
-                    yield _sse(chunk({}, generation.finish_reason))
-                    if parsed["include_usage"]:
-                        yield _sse({**chunk({}), "choices": [], "usage": generation.usage()})
-                yield "data: [DONE]\n\n"
-            finally:
-                generation.cancel.set()  # the client went away, or we are done: stop generating
-
+            return await _complete(generation, parsed, reply, request_timeout_s)
         return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            _events(generation, reply, parsed["include_usage"], request_timeout_s),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
         )

@@ -23,7 +23,7 @@ copy). Module import is cheap: fastapi, torch and transformers are imported only
 deploy stage can import `wait_until_ready` and `port_is_open` from here for free.
 
 Deliberately no `from __future__ import annotations` here: FastAPI reads the route handlers'
-annotations at runtime, and `Request` is imported inside `create_app`.
+annotations at runtime, and `Request` is imported inside the functions that add the routes.
 """
 
 import argparse
@@ -41,8 +41,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -409,15 +411,16 @@ class Generator:
             future.cancel()
             raise GenerationTimeout("timed out waiting for the model") from None
 
-    def _generate(
+    def _check_generate(
         self,
         conversations: list[list[dict]],
         params: dict[str, Any],
-        *,
-        deadline: float | None = None,
-        cancel: threading.Event | None = None,
-        streamer: Any = None,
-    ) -> list[str]:
+        deadline: float | None,
+        cancel: threading.Event | None,
+        streamer: Any,
+    ) -> None:
+        """Refuse a generation before it waits for the model: past its deadline or cancelled
+        (GenerationTimeout), no model, a reply longer than the model's context, or a misused streamer."""
         if (deadline is not None and time.monotonic() >= deadline) or (
             cancel is not None and cancel.is_set()
         ):
@@ -432,6 +435,17 @@ class Generator:
             )
         if streamer is not None and len(conversations) != 1:
             raise ValueError("a streamer takes exactly one conversation")
+
+    def _generate(
+        self,
+        conversations: list[list[dict]],
+        params: dict[str, Any],
+        *,
+        deadline: float | None = None,
+        cancel: threading.Event | None = None,
+        streamer: Any = None,
+    ) -> list[str]:
+        self._check_generate(conversations, params, deadline, cancel, streamer)
         import torch
 
         events = [self._stopping] + ([cancel] if cancel is not None else [])
@@ -447,32 +461,34 @@ class Generator:
             with torch.inference_mode():
                 for start in range(0, len(prompts), self.max_batch_size):
                     batch = prompts[start : start + self.max_batch_size]
-                    encoded = self.tokenizer(
-                        batch, return_tensors="pt", padding=True, add_special_tokens=False
-                    )
-                    prompt_len = encoded["input_ids"].shape[1]
-                    if self.max_positions and prompt_len >= self.max_positions:
-                        raise BadRequest(
-                            f"the prompt is {prompt_len} tokens; this model takes at most "
-                            f"{self.max_positions - 1} before it generates"
-                        )
                     criterion = self._criterion_class(deadline, events)
-                    from transformers import StoppingCriteriaList
-
-                    output = self.model.generate(
-                        **{k: v.to(self.device) for k, v in encoded.items()},
-                        generation_config=generation_config,
-                        stopping_criteria=StoppingCriteriaList([criterion]),
-                        **({"streamer": streamer} if streamer is not None else {}),
-                    )
-                    if criterion.fired:
-                        raise GenerationTimeout("generation stopped: deadline passed or cancelled")
-                    replies.extend(
-                        self.tokenizer.batch_decode(output[:, prompt_len:], skip_special_tokens=True)
-                    )
+                    replies.extend(self._generate_batch(batch, generation_config, criterion, streamer))
             return replies
         finally:
             self._lock.release()
+
+    def _generate_batch(
+        self, prompts: list[str], generation_config: Any, criterion: Any, streamer: Any
+    ) -> list[str]:
+        """The replies to one left-padded batch of prompts (under the lock, in inference mode)."""
+        from transformers import StoppingCriteriaList
+
+        encoded = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        prompt_len = encoded["input_ids"].shape[1]
+        if self.max_positions and prompt_len >= self.max_positions:
+            raise BadRequest(
+                f"the prompt is {prompt_len} tokens; this model takes at most "
+                f"{self.max_positions - 1} before it generates"
+            )
+        output = self.model.generate(
+            **{k: v.to(self.device) for k, v in encoded.items()},
+            generation_config=generation_config,
+            stopping_criteria=StoppingCriteriaList([criterion]),
+            **({"streamer": streamer} if streamer is not None else {}),
+        )
+        if criterion.fired:
+            raise GenerationTimeout("generation stopped: deadline passed or cancelled")
+        return list(self.tokenizer.batch_decode(output[:, prompt_len:], skip_special_tokens=True))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -511,88 +527,133 @@ def _authorized(header: str | None, key: bytes) -> bool:
     return hmac.compare_digest(token.strip().encode("utf-8"), key)
 
 
-def create_app(
-    model_dir: Path,
-    *,
-    key: str,
-    request_timeout_s: float = 90.0,
-    device: str = "cpu",
-    max_batch_size: int = 16,
-    generator: Generator | None = None,
-    model_name: str | None = None,
-    max_body_bytes: int = MAX_BODY_BYTES,
-) -> "fastapi.FastAPI":
-    """The scoring app. The model loads in a background thread when the app starts (lifespan), so
-    /health/live answers at once and /health/ready turns 200 when loading is done.
+@dataclass(frozen=True)
+class ServerOptions:
+    """How create_app serves the model.
 
-    `app.state.generator` is the Generator; `app.state.load_error` holds the message if loading
-    failed, and `app.state.on_load_failure` (a no-argument callable, None by default) is called then:
-    `main` uses it to stop the server so the process exits non-zero. `model_name` is the model id the
-    OpenAI-compatible routes report (default: the model folder's name); /health/ready reports it too,
-    never a path. Request bodies over `max_body_bytes` are answered with 413.
+    `request_timeout_s`: requests running longer are answered 504. `device` and `max_batch_size`: the
+    torch device of the Generator create_app makes, and the most conversations per generate call.
+    `model_name`: the model id the OpenAI-compatible routes and /health/ready report (default: the
+    model folder's name; never a path). Request bodies over `max_body_bytes` are answered with 413.
     """
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
 
+    request_timeout_s: float = 90.0
+    device: str = "cpu"
+    max_batch_size: int = 16
+    model_name: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+
+
+def _check_options(key: str, options: ServerOptions) -> None:
     if not key:
         raise ValueError("the endpoint key must not be empty")
-    if request_timeout_s <= 0:
+    if options.request_timeout_s <= 0:
         raise ValueError("request_timeout_s must be positive")
-    if max_body_bytes < 1:
+    if options.max_body_bytes < 1:
         raise ValueError("max_body_bytes must be >= 1")
-    key_bytes = key.encode("utf-8")
-    model_dir = Path(model_dir)
-    gen = generator or Generator(model_dir, device=device, max_batch_size=max_batch_size)
-    # Concurrent /score requests with the same settings share one generate call.
-    batcher = BatchingGenerator(gen, max_batch_size=max_batch_size, timeout_error=GenerationTimeout)
-    timeout_ms = round(request_timeout_s * 1000)
-    served_name = model_name or model_dir.name
 
-    def _load() -> None:
-        started = time.monotonic()
-        log.info("loading the model from %s (device %s)", model_dir, device)
-        try:
-            gen.load()
-        except Exception as exc:  # reported by /health/ready and by the process exit code
-            message = str(exc) if isinstance(exc, FtctlError) else f"{type(exc).__name__}: {exc}"
-            log.error("could not load the model: %s", message)
-            # what clients see (/health/ready answers it without the key): no paths; the log has them
-            app.state.load_error = public_message(message, model_dir) + " (the server log has details)"
-            if app.state.on_load_failure is not None:
-                app.state.on_load_failure()
-            return
-        log.info("model loaded in %.1f s; ready", time.monotonic() - started)
+
+def _load_model(app: Any, gen: Generator, model_dir: Path, device: str) -> None:
+    """Load the model (in the loading thread); on failure record why in `app.state.load_error` and call
+    `app.state.on_load_failure`."""
+    started = time.monotonic()
+    log.info("loading the model from %s (device %s)", model_dir, device)
+    try:
+        gen.load()
+    except Exception as exc:  # reported by /health/ready and by the process exit code
+        message = str(exc) if isinstance(exc, FtctlError) else f"{type(exc).__name__}: {exc}"
+        log.error("could not load the model: %s", message)
+        # what clients see (/health/ready answers it without the key): no paths; the log has them
+        app.state.load_error = public_message(message, model_dir) + " (the server log has details)"
+        if app.state.on_load_failure is not None:
+            app.state.on_load_failure()
+        return
+    log.info("model loaded in %.1f s; ready", time.monotonic() - started)
+
+
+def _lifespan(gen: Generator, load: Callable[[], None]) -> Any:
+    """The app's lifespan: start loading the model (`load`, in a thread) unless it is loaded; stop
+    generating at shutdown."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Any):  # type: ignore[no-untyped-def]
         gen._stopping.clear()  # a generator handed over from an app that has shut down
         if not gen.loaded:
-            threading.Thread(target=_load, name="ftctl-model-load", daemon=True).start()
+            threading.Thread(target=load, name="ftctl-model-load", daemon=True).start()
         yield
         gen.stop()
 
-    app = FastAPI(
-        title="ftctl local endpoint", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
-    )
-    app.state.generator = gen
-    app.state.max_body_bytes = max_body_bytes
-    app.state.load_error = None
-    app.state.on_load_failure = None
+    return lifespan
 
-    @app.middleware("http")
-    async def log_requests(request: Request, call_next):  # type: ignore[no-untyped-def]
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-        finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            log.info("%s %s %d %.0fms", request.method, request.url.path, status, elapsed_ms)
-        deployment = request.headers.get(DEPLOYMENT_HEADER)
-        if deployment is not None:
-            response.headers[DEPLOYMENT_HEADER] = deployment
-        return response
+
+async def _log_requests(request: Any, call_next: Any) -> Any:
+    """Middleware: log every request (method, path, status, time); echo the deployment header."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+    finally:
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        log.info("%s %s %d %.0fms", request.method, request.url.path, status, elapsed_ms)
+    deployment = request.headers.get(DEPLOYMENT_HEADER)
+    if deployment is not None:
+        response.headers[DEPLOYMENT_HEADER] = deployment
+    return response
+
+
+def _readiness(app: Any, gen: Generator, served_name: str) -> Any:
+    """The /health/ready answer."""
+    from fastapi.responses import JSONResponse
+
+    if gen.loaded:
+        return {"status": "ready", "model": served_name}
+    if app.state.load_error:
+        return JSONResponse({"status": "failed", "error": app.state.load_error}, status_code=503)
+    return JSONResponse({"status": "loading"}, status_code=503)
+
+
+def _refuse_score(request: Any, app: Any, gen: Generator, key: bytes) -> Any:
+    """401 without the key, 503 while the model is not loaded; else None."""
+    if not _authorized(request.headers.get("authorization"), key):
+        return _error(401, "missing or invalid key: send the header `Authorization: Bearer <key>`")
+    if not gen.loaded:
+        if app.state.load_error:
+            return _error(503, f"the model failed to load: {app.state.load_error}")
+        return _error(503, "the model is still loading; retry when /health/ready answers 200")
+    return None
+
+
+async def _score_reply(
+    batcher: BatchingGenerator,
+    conversations: list[list[dict]],
+    settings: dict[str, Any],
+    several: bool,
+    timeout_s: float,
+) -> Any:
+    """The /score answer: {"output": the reply, or the list of them when `several`}, or 504, 400 or 500."""
+    cancel = threading.Event()
+    deadline = time.monotonic() + timeout_s
+    try:
+        replies = await asyncio.wait_for(
+            asyncio.to_thread(batcher.generate, conversations, settings, deadline=deadline, cancel=cancel),
+            timeout=timeout_s,
+        )
+    except (asyncio.TimeoutError, GenerationTimeout):
+        cancel.set()
+        return _error(504, f"request timed out after {round(timeout_s * 1000)} ms")
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    except Exception as exc:
+        log.exception("generation failed")
+        return _error(500, f"generation failed: {type(exc).__name__}: {exc}")
+    if several:
+        return {"output": replies}
+    return {"output": replies[0]}
+
+
+def _add_health_routes(app: Any, gen: Generator, served_name: str) -> None:
+    """GET /health/live and /health/ready (no key)."""
 
     @app.get("/health/live")
     async def live() -> Any:
@@ -600,56 +661,78 @@ def create_app(
 
     @app.get("/health/ready")
     async def ready() -> Any:
-        if gen.loaded:
-            return {"status": "ready", "model": served_name}
-        if app.state.load_error:
-            return JSONResponse({"status": "failed", "error": app.state.load_error}, status_code=503)
-        return JSONResponse({"status": "loading"}, status_code=503)
+        return _readiness(app, gen, served_name)
+
+
+def _add_score_route(app: Any, gen: Generator, key: bytes, options: ServerOptions) -> None:
+    """POST /score: concurrent requests with the same settings share one generate call."""
+    from fastapi import Request
+
+    batcher = BatchingGenerator(gen, max_batch_size=options.max_batch_size, timeout_error=GenerationTimeout)
 
     @app.post("/score")
     async def score(request: Request) -> Any:
-        if not _authorized(request.headers.get("authorization"), key_bytes):
-            return _error(401, "missing or invalid key: send the header `Authorization: Bearer <key>`")
-        if not gen.loaded:
-            if app.state.load_error:
-                return _error(503, f"the model failed to load: {app.state.load_error}")
-            return _error(503, "the model is still loading; retry when /health/ready answers 200")
-        raw = await read_body(request, max_body_bytes)
+        refused = _refuse_score(request, app, gen, key)
+        if refused is not None:
+            return refused
+        raw = await read_body(request, options.max_body_bytes)
         if raw is None:
-            return _error(413, f"the request body is over {max_body_bytes} bytes")
+            return _error(413, f"the request body is over {options.max_body_bytes} bytes")
         try:
             conversations, settings, several = parse_score_body(parse_json_body(raw))
         except BadRequest as exc:
             return _error(400, str(exc))
+        return await _score_reply(batcher, conversations, settings, several, options.request_timeout_s)
 
-        cancel = threading.Event()
-        deadline = time.monotonic() + request_timeout_s
-        try:
-            replies = await asyncio.wait_for(
-                asyncio.to_thread(
-                    batcher.generate, conversations, settings, deadline=deadline, cancel=cancel
-                ),
-                timeout=request_timeout_s,
-            )
-        except (asyncio.TimeoutError, GenerationTimeout):
-            cancel.set()
-            return _error(504, f"request timed out after {timeout_ms} ms")
-        except BadRequest as exc:
-            return _error(400, str(exc))
-        except Exception as exc:
-            log.exception("generation failed")
-            return _error(500, f"generation failed: {type(exc).__name__}: {exc}")
-        if several:
-            return {"output": replies}
-        return {"output": replies[0]}
+
+def create_app(
+    model_dir: Path,
+    *,
+    key: str,
+    options: ServerOptions | None = None,
+    generator: Generator | None = None,
+) -> "fastapi.FastAPI":
+    """The scoring app, served as `options` say (see ServerOptions). The model loads in a background
+    thread when the app starts (lifespan), so /health/live answers at once and /health/ready turns 200
+    when loading is done.
+
+    `app.state.generator` is the Generator (`generator`, else one made here); `app.state.load_error`
+    holds the message if loading failed, and `app.state.on_load_failure` (a no-argument callable, None
+    by default) is called then: `main` uses it to stop the server so the process exits non-zero.
+    """
+    from fastapi import FastAPI
 
     from ftctl.backends.local.openai_compat import add_openai_routes
 
+    opts = options or ServerOptions()
+    _check_options(key, opts)
+    key_bytes = key.encode("utf-8")
+    model_dir = Path(model_dir)
+    gen = generator or Generator(model_dir, device=opts.device, max_batch_size=opts.max_batch_size)
+    served_name = opts.model_name or model_dir.name
+
+    def load() -> None:
+        _load_model(app, gen, model_dir, opts.device)
+
+    app = FastAPI(
+        title="ftctl local endpoint",
+        lifespan=_lifespan(gen, load),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.generator = gen
+    app.state.max_body_bytes = opts.max_body_bytes
+    app.state.load_error = None
+    app.state.on_load_failure = None
+    app.middleware("http")(_log_requests)
+    _add_health_routes(app, gen, served_name)
+    _add_score_route(app, gen, key_bytes, opts)
     add_openai_routes(
         app,
         gen,
         authorized=lambda header: _authorized(header, key_bytes),
-        request_timeout_s=request_timeout_s,
+        request_timeout_s=opts.request_timeout_s,
         model_name=served_name,
     )
     return app
@@ -775,13 +858,8 @@ def _wait_for_handoff(fd: int) -> bool:
     return data == HANDOFF_RECORDED
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _refuse_start(args: argparse.Namespace) -> int | None:
+    """The exit code for arguments the server cannot start with (or a handoff that failed); else None."""
     if args.handoff_fd is not None and not _wait_for_handoff(args.handoff_fd):
         log.error(
             "the ftctl that started this server exited before recording it; exiting, so that no "
@@ -794,43 +872,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_batch_size < 1:
         log.error("--max-batch-size must be >= 1")
         return 2
-    try:
-        key = args.key_file.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        log.error("cannot read the key file %s: %s", args.key_file, exc)
-        return 2
-    if not key:
-        log.error("the key file %s is empty", args.key_file)
-        return 2
-    try:
-        resolve_hf_dir(args.model_dir)
-    except FtctlError as exc:
-        log.error("%s", exc)
-        return 2
+    return None
 
+
+def _read_key(key_file: Path) -> str | None:
+    """The endpoint key in `key_file`; None (logged) when it cannot be read or is empty."""
+    try:
+        key = key_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        log.error("cannot read the key file %s: %s", key_file, exc)
+        return None
+    if not key:
+        log.error("the key file %s is empty", key_file)
+        return None
+    return key
+
+
+def _serve(args: argparse.Namespace, key: str) -> int:
+    """Run the app with uvicorn until it stops: 0, or 1 if the model failed to load."""
     import uvicorn
 
-    app = create_app(
-        args.model_dir,
-        key=key,
+    options = ServerOptions(
         request_timeout_s=args.request_timeout_ms / 1000,
         device=args.device,
         max_batch_size=args.max_batch_size,
         model_name=args.model_name,
     )
-    if args.fd is not None:
-        config = uvicorn.Config(
-            app, fd=args.fd, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=5
-        )
-    else:
-        config = uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            log_level=args.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
+    app = create_app(args.model_dir, key=key, options=options)
+    where: dict[str, Any] = {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}
+    config = uvicorn.Config(
+        app, **where, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=5
+    )
     server = uvicorn.Server(config)
 
     def _stop() -> None:
@@ -841,6 +913,27 @@ def main(argv: list[str] | None = None) -> int:
     if app.state.load_error:
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    refused = _refuse_start(args)
+    if refused is not None:
+        return refused
+    key = _read_key(args.key_file)
+    if key is None:
+        return 2
+    try:
+        resolve_hf_dir(args.model_dir)
+    except FtctlError as exc:
+        log.error("%s", exc)
+        return 2
+    return _serve(args, key)
 
 
 if __name__ == "__main__":
