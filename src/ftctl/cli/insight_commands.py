@@ -5,6 +5,7 @@ and scoring a request of your own (`ftctl score --file`, which the score stage c
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 from pathlib import Path
@@ -15,7 +16,9 @@ import typer
 from ftctl.cli.common import command
 
 if TYPE_CHECKING:
+    from ftctl.chat import Endpoint
     from ftctl.context import Context
+    from ftctl.ui import UI
 
 PANEL = "Results"
 # ruff: noqa: UP045 - typer reads Optional[...] annotations at run time (Python 3.10)
@@ -88,8 +91,7 @@ def chat(
     Type a message and press Enter; /reset starts over, /exit or Ctrl-D ends. Each reply shows its
     latency. Input is read line by line, so you can pipe a conversation in; with --json every turn is
     one JSON line on stdout."""
-    from ftctl.chat import HELP, ChatSession, endpoint, generation_parameters, input_lines, run_chat
-    from ftctl.stages.shared import demo_model_note
+    from ftctl.chat import ChatSession, endpoint, generation_parameters, input_lines, run_chat
 
     ep = endpoint(ctx, "chat")
     parameters = generation_parameters(
@@ -97,39 +99,42 @@ def chat(
     )
     session = ChatSession(ep, parameters, ctx.cfg.score.timeout_s, system=system)
     interactive = sys.stdin.isatty()
-    ui = ctx.ui
-    picked = ctx.state_store.load().get("stages", {}).get("pick-model", {}).get("outputs", {})
-    note = demo_model_note(picked.get("name"))
-    if note:
-        ui.info(note)
-
-    if interactive:
-        with contextlib.suppress(ImportError):
-            import readline  # noqa: F401 - line editing and history for input()
-        ui.info(f"chatting with {ep.model or ep.name} at {ep.url} ({HELP})")
-
-    def answer(turn: int, user: str, reply: str, latency_ms: float) -> None:
-        if ui.json_mode:
-            record = {"turn": turn, "user": user, "assistant": reply, "latency_ms": latency_ms}
-            print(json.dumps(record, ensure_ascii=False), file=ui.out, flush=True)
-            return
-        print(f"assistant> {reply}", file=ui.out, flush=True)
-        ui.info(f"  ({latency_ms:,.0f} ms)")
-
-    def waiting() -> contextlib.AbstractContextManager[None]:
-        return ui.spinner("thinking", quiet=True)
-
+    _chat_opening(ctx, ep, interactive)
     turns = run_chat(
         session,
         input_lines(sys.stdin, "you> " if interactive else None),
-        say=ui.info,
-        answer=answer,
+        say=ctx.ui.info,
+        answer=functools.partial(_show_reply, ctx.ui),
         interactive=interactive,
-        waiting=waiting,
+        waiting=lambda: ctx.ui.spinner("thinking", quiet=True),
     )
     if interactive:
         print(file=sys.stderr)
-    ui.info(f"chat ended after {turns} turn{'' if turns == 1 else 's'}")
+    ctx.ui.info(f"chat ended after {turns} turn{'' if turns == 1 else 's'}")
+
+
+def _chat_opening(ctx: Context, ep: Endpoint, interactive: bool) -> None:
+    """What the model is (the built-in demo model says so) and, on a terminal, how to chat."""
+    from ftctl.chat import HELP
+    from ftctl.stages.shared import demo_model_note
+
+    picked = ctx.state_store.load().get("stages", {}).get("pick-model", {}).get("outputs", {})
+    note = demo_model_note(picked.get("name"))
+    if note:
+        ctx.ui.info(note)
+    if interactive:
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401 - line editing and history for input()
+        ctx.ui.info(f"chatting with {ep.model or ep.name} at {ep.url} ({HELP})")
+
+
+def _show_reply(ui: UI, turn: int, user: str, reply: str, latency_ms: float) -> None:
+    if ui.json_mode:
+        record = {"turn": turn, "user": user, "assistant": reply, "latency_ms": latency_ms}
+        print(json.dumps(record, ensure_ascii=False), file=ui.out, flush=True)
+        return
+    print(f"assistant> {reply}", file=ui.out, flush=True)
+    ui.info(f"  ({latency_ms:,.0f} ms)")
 
 
 def score_file(ctx: Context, path: str) -> None:
