@@ -86,7 +86,7 @@ class RequestTooLarge(StageFailed):
 def _body_limit() -> int:
     """The most bytes the endpoint takes in one request body (only the local backend records
     endpoints so far; its server refuses larger bodies with 413)."""
-    from ftctl.backends.local.server import MAX_BODY_BYTES  # standard library only; cheap to import
+    from ftctl.constants import MAX_BODY_BYTES
 
     return MAX_BODY_BYTES
 

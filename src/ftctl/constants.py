@@ -4,3 +4,7 @@ from __future__ import annotations
 
 # The ultrachat_200k-format sample shipped with ftctl: the default `data.dataset`.
 SAMPLE_DATASET = "ftctl:ultrachat-sample"
+
+# The most bytes the local endpoint takes in one request body (it answers 413 above); `ftctl score
+# --file` and `ftctl chat` refuse larger requests before sending them.
+MAX_BODY_BYTES = 8 * 1024 * 1024

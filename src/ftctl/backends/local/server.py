@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.local.batching import BatchingGenerator
+from ftctl.constants import MAX_BODY_BYTES
 from ftctl.errors import FtctlError, StageFailed
 from ftctl.models.layout import resolve_hf_dir
 from ftctl.scoring import DEFAULT_PARAMETERS, extract_conversations
@@ -59,7 +60,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("ftctl.server")
 
 END_TOKEN = "<|end|>"
-MAX_BODY_BYTES = 8 * 1024 * 1024
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 # What `ftctl deploy` writes on the --handoff-fd pipe once the state file records this server.
 HANDOFF_RECORDED = b"recorded"
