@@ -363,6 +363,9 @@ class FakeAzureML:
         self.score_body: str = '{"output": "The capital of France is Paris."}'
         self.score_status = 200
         self.add_component("chat_completion_pipeline", "0.0.82")
+        from fakes.azureml_mlflow import FakeMlflow
+
+        self.mlflow = FakeMlflow(self)  # the workspace's MLflow tracking server (its runs follow the jobs)
 
     # --- setup helpers ---------------------------------------------------------------------------
 
@@ -648,6 +651,7 @@ class FakeAzureML:
             ),
             ("GET", ops + r"/mfeOperationsStatus/(?P<op>[^/]+)", self._operation_status),
             ("GET", ops + r"/computeOperationsStatus/(?P<op>[^/]+)", self._operation_status),
+            *self.mlflow.routes(),
         ]
 
     # --- registry --------------------------------------------------------------------------------
@@ -977,6 +981,7 @@ class FakeAzureML:
         )
         self.jobs[name] = body
         self.job_polls[name] = 0
+        self.mlflow.job_submitted(name, body)
         return _json(201, copy.deepcopy(body))
 
     def _get_job(self, r: Recorded, sub: str, rg: str, ws: str, name: str) -> tuple[int, dict[str, str], Any]:
