@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text, wait_for
 from ftctl.errors import StageFailed, UsageError
 from ftctl.stages.contract import always_alive as alive
@@ -66,6 +67,8 @@ def _gpus(ctx: Context, size: str) -> int:
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
+    if plan.offline(call, "pick-model"):
+        return plan.check_compute(ctx)
     from azure.ai.ml.entities import AmlCompute
 
     cfg = ctx.cfg.compute

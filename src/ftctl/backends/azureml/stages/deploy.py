@@ -9,6 +9,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text, wait_for
 from ftctl.errors import StageFailed, UsageError
 from ftctl.stages.contract import no_inputs as inputs
@@ -69,6 +70,8 @@ def _wait_until_settled(ctx: Context, fetch: Any, what: str) -> Any:
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
+    if plan.offline(call, "register"):
+        return plan.deploy(ctx)
     from azure.ai.ml.entities import (
         ManagedOnlineDeployment,
         ManagedOnlineEndpoint,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.client import calling, status_text
 from ftctl.backends.azureml.metadata import compute_lists, is_chat_completion, lifecycle, model_defaults
 from ftctl.errors import FtctlError
@@ -31,6 +32,8 @@ def _raw_properties(ctx: Context, name: str, version: str) -> dict[str, Any]:
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
+    if plan.offline(call, "auth"):
+        return plan.pick_model(ctx)
     cfg = ctx.cfg.model
     registry_name = ctx.cfg.azureml.registry_name
     registry = ctx.azure.registry

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text
 from ftctl.backends.azureml.params import Declared, display_params, finetune_inputs
 from ftctl.errors import Detached, StageFailed, UsageError
@@ -218,6 +219,8 @@ def _follow(ctx: Context, name: str) -> Any:
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
+    if plan.offline(call, "pick-model", "check-compute", "prepare-data"):
+        return plan.submit(ctx)
     if call.options.dry_run:
         job, info = build(ctx, call, None)
         text = show_dry_run(ctx, "pipeline job that submit would create", job)
