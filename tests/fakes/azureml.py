@@ -362,6 +362,9 @@ class FakeAzureML:
         self.deployment_final_state = "Succeeded"
         self.score_body: str = '{"output": "The capital of France is Paris."}'
         self.score_status = 200
+        # Dedicated cluster vCPU quota in the region: VM family -> (in use, limit); and the regional total.
+        self.quota: dict[str, tuple[int, int]] = {family: (0, 96) for _, family, *_ in VM_SIZES}
+        self.regional_quota = (0, 200)
         self.add_component("chat_completion_pipeline", "0.0.82")
         from fakes.azureml_mlflow import FakeMlflow
 
@@ -625,6 +628,12 @@ class FakeAzureML:
                 r"/subscriptions/[^/]+/providers/Microsoft\.MachineLearningServices/locations/(?P<loc>[^/]+)"
                 r"/vmSizes",
                 self._vm_sizes,
+            ),
+            (
+                "GET",
+                r"/subscriptions/[^/]+/providers/Microsoft\.MachineLearningServices/locations/(?P<loc>[^/]+)"
+                r"/usages",
+                self._usages,
             ),
             ("GET", ws + r"/datastores", self._datastores),
             ("GET", ws + r"/datastores/(?P<name>[^/]+)", self._datastore),
@@ -913,6 +922,34 @@ class FakeAzureML:
             for name, family, cpus, gpus, memory in VM_SIZES
         ]
         return _json(200, {"value": value})
+
+    def _usages(self, r: Recorded, loc: str) -> tuple[int, dict[str, str], Any]:
+        """Shaped after azure-rest-api-specs .../stable/2025-06-01/examples/Usage/list.json: the regional
+        total and one `vmFamily/usages` entry per family ("Standard NCADSA100v4 Family Cluster Dedicated
+        vCPUs" for the family standardNCADSA100v4Family of the VM sizes list)."""
+        sub_id = f"/subscriptions/{SUBSCRIPTION}/usages"
+
+        def entry(kind: str, name: str, used: int, limit: int, suffix: str = "") -> dict[str, Any]:
+            return {
+                "id": sub_id + suffix,
+                "amlWorkspaceLocation": loc,
+                "type": f"Microsoft.MachineLearningServices/{kind}/usages",
+                "currentValue": used,
+                "limit": limit,
+                "name": {"value": name, "localizedValue": name},
+                "unit": "Count",
+            }
+
+        value = [
+            entry("totalCores", "Clusters", 0, 100),
+            entry("dedicatedCores", "Total Cluster Dedicated Regional vCPUs", *self.regional_quota),
+        ]
+        for family, (used, limit) in self.quota.items():
+            short = family.removeprefix("standard").removesuffix("Family")
+            name = f"Standard {short} Family Cluster Dedicated vCPUs"
+            value.append(entry("vmFamily", name, used, limit, "/" + name.replace(" ", "_")))
+        value.append(entry("lowPriorityCores", "Total Cluster LowPriority Regional vCPUs", 0, 100))
+        return _json(200, {"value": value, "nextLink": None})
 
     def _datastore_body(self) -> dict[str, Any]:
         return {
