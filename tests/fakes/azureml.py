@@ -382,11 +382,14 @@ class FakeAzureML:
         is_archived: bool = False,
         stage: str | None = None,
         description: str = "",
+        finetunable: bool = True,
     ) -> dict[str, Any]:
+        # azureml-assets' model.yaml: properties.finetuning-tasks names what a model can be fine-tuned for.
+        tasks = {"finetuning-tasks": tags["task"]} if finetunable and tags and tags.get("task") else {}
         props: dict[str, Any] = {
             "description": description or f"{name} for chat completion",
             "tags": dict(tags or {}),
-            "properties": {"finetuning-tasks": tags["task"]} if tags and tags.get("task") else {},
+            "properties": tasks,
             "isArchived": is_archived,
             "isAnonymous": False,
             "flavors": {"python_function": {"data": {"loader_module": "mlflow.transformers"}}},
@@ -439,6 +442,20 @@ class FakeAzureML:
             system_metadata=system_metadata,
             is_archived=archived,
         )
+
+    def add_phi_family(self) -> None:
+        """Other Phi models beside Phi-3-mini-4k-instruct: a fine-tunable successor, one whose fine-tuning
+        was retired (and archived), one that cannot be fine-tuned, and a model of another family."""
+        chat = {"task": "chat-completion", "author": "Microsoft"}
+        self.add_registry_model("Phi-4-mini-instruct", "1", tags=dict(chat))
+        self.add_registry_model(
+            "Phi-3.5-mini-instruct",
+            "6",
+            tags={**chat, "FinetuneRetirementDate": "2025-08-30"},
+            is_archived=True,
+        )
+        self.add_registry_model("Phi-4-multimodal-instruct", "1", tags=dict(chat), finetunable=False)
+        self.add_registry_model("Llama-3.2-1B-Instruct", "3", tags={"task": "chat-completion"})
 
     def add_component(
         self, name: str, version: str, inputs: dict[str, tuple[str, dict]] | None = None
