@@ -678,6 +678,8 @@ class FakeAzureML:
             ("GET", ops + r"/mfeOperationsStatus/(?P<op>[^/]+)", self._operation_status),
             ("GET", ops + r"/computeOperationsStatus/(?P<op>[^/]+)", self._operation_status),
             *self.mlflow.routes(),
+            *self.mlflow.history_routes(),
+            ("GET", r"/discovery", self._workspace_discovery),
         ]
 
     # --- registry --------------------------------------------------------------------------------
@@ -939,6 +941,23 @@ class FakeAzureML:
             for name, family, cpus, gpus, memory in VM_SIZES
         ]
         return _json(200, {"value": value})
+
+    def _workspace_discovery(self, r: Recorded) -> tuple[int, dict[str, str], Any]:
+        """The workspace's discoveryUrl: the service base URLs azure-ai-ml looks up ("api" for run
+        history), keys as in the discovery documents the SDK reads (WorkspaceDiscoveryUrlKey)."""
+        base = f"https://{LOCATION}.api.azureml.ms"
+        keys = (
+            "api",
+            "catalog",
+            "experimentation",
+            "gallery",
+            "history",
+            "hyperdrive",
+            "labeling",
+            "modelmanagement",
+            "pipelines",
+        )
+        return _json(200, {**{key: base for key in keys}, "studio": "https://ml.azure.com"})
 
     def _usages(self, r: Recorded, loc: str) -> tuple[int, dict[str, str], Any]:
         """Shaped after azure-rest-api-specs .../stable/2025-06-01/examples/Usage/list.json: the regional

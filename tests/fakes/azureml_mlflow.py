@@ -260,6 +260,47 @@ class FakeMlflow:
             ("GET", base + r"/experiments/get", self._get_experiment),
         ]
 
+    def history_routes(self) -> list[tuple[str, str, Any]]:
+        """Run history, where azure-ai-ml's `jobs.list(parent_job_name=...)` reads a job's children: the
+        same runs, as run-history `Run` objects (azure-ai-ml's _restclient/runhistory models: runId,
+        parentRunId, rootRunId, experimentId, displayName, status with Azure ML's job states, runType,
+        properties, tags, createdUtc/startTimeUtc/endTimeUtc), paged as {"value": [...]}. The base URL is
+        the workspace discovery document's "api" entry."""
+        ws = (
+            r"/history/v1\.0/subscriptions/[^/]+/resourceGroups/[^/]+"
+            r"/providers/Microsoft\.MachineLearningServices/workspaces/[^/]+"
+        )
+        return [("GET", ws + r"/runs/(?P<run_id>[^/]+)/children", self._children)]
+
+    def _children(self, r: Recorded, run_id: str) -> tuple[int, dict[str, str], Any]:
+        parent = self._find(run_id)
+        if parent is None:
+            return self._json(404, {"error": {"code": "UserError", "message": f"Run {run_id} not found"}})
+        azure = {"SCHEDULED": "Queued", "RUNNING": "Running", "FINISHED": "Completed", "FAILED": "Failed"}
+        value = []
+        for run in self.runs.values():
+            if run.parent != run_id or not self._visible(run):
+                continue
+            status = self._status(run)
+            value.append(
+                {
+                    "runId": run.run_id,
+                    "parentRunId": run.parent,
+                    "rootRunId": run.job,
+                    "experimentId": run.experiment_id,
+                    "displayName": run.run_name,
+                    "name": run.run_name,
+                    "status": azure.get(status, "Canceled"),
+                    "runType": "azureml.PipelineRun" if run.step == 0 else "azureml.StepRun",
+                    "properties": {"azureml.nodeid": run.run_name, "azureml.runsource": "azureml.StepRun"},
+                    "tags": {},
+                    "createdUtc": "2026-01-01T00:00:00.000Z",
+                    "startTimeUtc": "2026-01-01T00:00:05.000Z",
+                    **({"endTimeUtc": "2026-01-01T01:00:00.000Z"} if status == "FINISHED" else {}),
+                }
+            )
+        return self._json(200, {"value": value, "continuationToken": None, "nextLink": None})
+
     @staticmethod
     def _json(status: int, body: Any) -> tuple[int, dict[str, str], Any]:
         return status, {"Content-Type": "application/json"}, body
