@@ -179,3 +179,14 @@ def test_without_credentials_or_network_in_a_process(tmp_path) -> None:
     assert done.stdout.count("dry run from the configuration, no login, nothing sent") == 9
     assert "<latest version>" in done.stdout
     assert list(tmp_path.iterdir()) == [], "the dry run wrote something"
+
+
+def test_the_backend_hook_runs_the_same_dry_run(tmp_path, monkeypatch, azure_env, no_network) -> None:
+    from ftctl.stages.contract import DRY_RUN
+
+    monkeypatch.chdir(tmp_path)
+    ctx, out, _ = _context(tmp_path / ".ftctl")
+    hooks = ctx.backend_impl.require(DRY_RUN)
+    results = hooks.dry_run(ctx, "register", None)
+    assert [r["stage"] for r in results] == ["register", "deploy", "score", "teardown"]
+    assert not (tmp_path / ".ftctl").exists()

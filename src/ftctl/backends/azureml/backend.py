@@ -60,6 +60,13 @@ class AzureHooks:
     def list_models(self, ctx: Context, show_all: bool) -> list[dict[str, Any]]:
         return pick_model.list_models(ctx, show_all)
 
+    def dry_run(self, ctx: Context, start: str | None, stop: str | None) -> list[dict[str, Any]]:
+        """`ftctl run --dry-run`: every stage's dry run in order, without the runner or its lock (for a
+        `Hooks.dry_run` the CLI reaches with `require(DRY_RUN)`)."""
+        from ftctl.backends.azureml.dryrun import dry_run_all
+
+        return dry_run_all(ctx, start, stop)
+
 
 BACKEND = Backend(
     name="azureml",
