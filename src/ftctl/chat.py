@@ -34,21 +34,22 @@ class Endpoint:
     key: str
     key_file: str
     model: str | None
-    openai_base_url: str | None
+    openai_base_url: str | None  # None where the endpoint has no OpenAI-compatible route (Azure ML)
+    # How to send a scoring request, for a backend whose endpoint is not reached with urllib (Azure ML:
+    # its HTTP pipeline, proxies and retries); None posts with urllib (a local endpoint).
+    send: Callable[[Endpoint, bytes, float], Reply] | None = None
 
     def credentials(self) -> dict[str, Any]:
-        """What `ftctl credentials` shows (the one place the key is shown)."""
-        data: dict[str, Any] = {
+        """What `ftctl credentials` shows (the one place the key is shown); the same keys on every
+        backend (openai_base_url and model are null where there is none)."""
+        return {
             "endpoint_name": self.name,
             "deployment_name": self.deployment,
             "scoring_uri": self.scoring_uri,
             "primary_key": self.key,
+            "openai_base_url": self.openai_base_url,
+            "model": self.model,
         }
-        if self.openai_base_url:
-            data["openai_base_url"] = self.openai_base_url
-        if self.model:
-            data["model"] = self.model
-        return data
 
 
 def endpoint(ctx: Context, command: str) -> Endpoint:
@@ -103,12 +104,15 @@ class Reply:
 
 
 def post(ep: Endpoint, body: bytes, timeout_s: float) -> Reply:
-    """POST a scoring request; proxies are bypassed (the endpoint is local).
+    """POST a scoring request: through the backend's sender if it has one, else with urllib, bypassing
+    proxies (the endpoint is local).
 
-    A body over the endpoint's limit is not sent (RequestTooLarge): the server would answer 413 as soon
-    as it read the headers and close the connection while the body was still being written, which the
-    client sees as a reset connection, not as the answer.
+    A body over the local endpoint's limit is not sent (RequestTooLarge): the server would answer 413 as
+    soon as it read the headers and close the connection while the body was still being written, which
+    the client sees as a reset connection, not as the answer.
     """
+    if ep.send is not None:
+        return ep.send(ep, body, timeout_s)
     limit = _body_limit()
     if len(body) > limit:
         raise RequestTooLarge(len(body), limit)

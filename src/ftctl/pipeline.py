@@ -9,7 +9,7 @@ state file.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -282,6 +282,8 @@ class Runner:
         self.state["backend"] = ctx.backend
         if not self.state.get("run_id"):
             self.state["run_id"] = st.new_run_id()
+        for name in ORDER:  # the state file lists every stage, pending ones too
+            st.record(self.state, name)
 
     def save(self) -> None:
         self.store.save(self.state)
@@ -375,12 +377,29 @@ class Runner:
         self.save()
 
     def dry_run(self, name: str) -> dict[str, Any]:
-        """Show what the stage would create; nothing is sent that creates anything, nothing recorded."""
-        stage = get_stage(name)
-        self.require_upstream(stage)
-        call = StageCall(name, self.state, self.options)
-        outputs = impl(self.ctx, stage).run(self.ctx, call)
+        """Show what the stage would create; nothing is sent that creates anything, nothing recorded.
+
+        Needs no earlier stage: a stage whose upstream has not run plans from the configuration, with
+        placeholders for what only the service can tell. Takes no lock and writes nothing."""
+        call = StageCall(name, self.state, replace(self.options, dry_run=True))
+        outputs = impl(self.ctx, get_stage(name)).run(self.ctx, call)
         return {"stage": name, "status": "dry run", "outputs": outputs}
+
+    def dry_run_many(self, start: str | None, stop: str | None) -> list[dict[str, Any]]:
+        """`ftctl run --dry-run`: every stage's dry run, in order."""
+        results = []
+        for name in self._range(start, stop):
+            self.ctx.ui.info(f"> {name} (dry run)")
+            results.append(self.dry_run(name))
+        self.ctx.ui.info("dry run: nothing was sent that creates anything, and nothing was recorded")
+        return results
+
+    def _range(self, start: str | None, stop: str | None) -> list[str]:
+        first = ORDER.index(get_stage(start).name) if start else 0
+        last = ORDER.index(get_stage(stop).name) if stop else len(ORDER) - 1
+        if first > last:
+            raise StateError(f"--from {start} comes after --to {stop}")
+        return ORDER[first : last + 1]
 
     def run_one(self, name: str) -> dict[str, Any]:
         """`ftctl <stage>`: run it unless it is up to date (and its resource, if any, is up)."""
@@ -410,11 +429,7 @@ class Runner:
         `ftctl run` after a full `ftctl run` does nothing, while `--to deploy`, `--to score` and
         `--from deploy` bring the endpoint back up.
         """
-        first = ORDER.index(get_stage(start).name) if start else 0
-        last = ORDER.index(get_stage(stop).name) if stop else len(ORDER) - 1
-        if first > last:
-            raise StateError(f"--from {start} comes after --to {stop}")
-        names = ORDER[first : last + 1]
+        names = self._range(start, stop)
         evaluation = Evaluator(self.ctx, self.state)
         results: list[dict[str, Any]] = []
         for name in names:

@@ -160,6 +160,18 @@ class AzureFtctl:
     def json(self, *args: str, code: int = 0) -> Any:
         return json.loads(self("--json", *args, code=code).stdout)
 
+    def piped(self, *args: str, input: str, code: int = 0) -> Any:
+        """`ftctl ...` with `input` on stdin."""
+        from ftctl.cli.app import app
+
+        argv = ["--workspace", str(self.workspace), *self.args(*args)]
+        result = self.ftctl.runner.invoke(app, argv, input=input)
+        assert result.exit_code == code, (
+            f"ftctl {' '.join(args)} exited {result.exit_code}, wanted {code}\n"
+            f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}\n{result.exception!r}"
+        )
+        return result
+
     def state(self) -> dict[str, Any]:
         return self.ftctl.state()
 
@@ -170,3 +182,14 @@ class AzureFtctl:
 @pytest.fixture
 def az(ftctl: Any, service: FakeAzureML, dataset: Path) -> AzureFtctl:
     return AzureFtctl(ftctl, service, dataset)
+
+
+@pytest.fixture
+def tracking(monkeypatch: pytest.MonkeyPatch, service: FakeAzureML) -> FakeAzureML:
+    """The fake service with its MLflow tracking server reachable by the real mlflow client (and the
+    azureml-mlflow plugin): mlflow's own requests session is served by the fake too."""
+    pytest.importorskip("azureml.mlflow", reason="azureml-mlflow is not installed (the azure extra)")
+    from fakes.azureml_mlflow import serve_mlflow
+
+    serve_mlflow(monkeypatch, service)
+    return service

@@ -140,3 +140,54 @@ def test_a_pinned_version_and_a_missing_model(az) -> None:
     missing = az("--set", "model.name=no-such-model", "pick-model", code=2)
     assert "no-such-model" in missing.stderr
     assert "ftctl pick-model --list" in missing.stderr
+
+
+def test_an_archived_model_names_its_fine_tunable_successors(az) -> None:
+    az.service.registry_models.clear()
+    az.service.add_phi3(archived=True)
+    az.service.add_phi_family()
+    result = az("run", "--to", "pick-model")
+    assert (
+        "warning: fine-tunable successors in registry 'azureml': Phi-4-mini-instruct; pick one with "
+        "--set model.name=Phi-4-mini-instruct"
+    ) in result.stderr
+    outputs = az.outputs("pick-model")
+    assert outputs["finetunable"] is False and outputs["successors"] == ["Phi-4-mini-instruct"]
+    # The suggestion works as given.
+    az("--set", "model.name=Phi-4-mini-instruct", "pick-model")
+    outputs = az.outputs("pick-model")
+    assert outputs["name"] == "Phi-4-mini-instruct" and outputs["finetunable"] is True
+    assert outputs["successors"] == [] and outputs["lifecycle"] == []
+    listed = {m["name"]: m for m in az.json("pick-model", "--list")["models"]}
+    assert listed["Phi-4-multimodal-instruct"]["finetunable"] is False
+    assert listed["Phi-3.5-mini-instruct"]["finetunable"] is False  # fine-tuning retired
+
+
+def test_a_model_that_cannot_be_fine_tuned_or_is_gone(az) -> None:
+    az.service.add_phi_family()
+    result = az("--set", "model.name=Phi-4-multimodal-instruct", "run", "--to", "pick-model")
+    assert "Phi-4-multimodal-instruct 1 does not say it can be fine-tuned" in result.stderr
+    assert "--set model.name=Phi-4-mini-instruct" in result.stderr
+    # Phi-3-mini-4k-instruct is there too, but its fine-tuning was retired; Phi-3.5 is archived.
+    assert az.outputs("pick-model")["successors"] == ["Phi-4-mini-instruct"]
+    # A model the registry no longer has: the error names the family's fine-tunable models.
+    missing = az("--set", "model.name=Phi-2", "pick-model", code=2)
+    assert "Phi-2 does not exist" in missing.stderr
+    assert "hint: fine-tunable successors in registry 'azureml': Phi-4-mini-instruct" in missing.stderr
+
+
+def test_the_successor_config_file(az) -> None:
+    """configs/azureml-phi4-mini-ultrachat.yaml: the notebook's flow on the successor model."""
+    from pathlib import Path
+
+    import yaml
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    config = yaml.safe_load((configs / "azureml-phi4-mini-ultrachat.yaml").read_text())
+    assert config["model"]["name"] == "Phi-4-mini-instruct" and config["backend"] == "azureml"
+    az.service.add_phi_family()
+    args = az.args("run", "--to", "pick-model")
+    args[args.index("--config") + 1] = str(configs / "azureml-phi4-mini-ultrachat.yaml")
+    result = az.ftctl(*args)
+    assert "warning" not in result.stderr, result.stderr
+    assert az.outputs("pick-model")["name"] == "Phi-4-mini-instruct"

@@ -31,7 +31,9 @@ def test_run_completes_all_nine_stages_with_the_notebooks_calls(az) -> None:
     assert service.unhandled == []
     hosts = {r.host for r in service.requests}
     assert all(
-        h in ("management.azure.com", "eastus.api.azureml.ms", REGISTRY_MFE[8:-1])
+        # ARM; the registry's discovery (eastus) and data plane; the workspace region's services (eastus2:
+        # discovery and run history, where submit follows the pipeline's steps)
+        h in ("management.azure.com", "eastus.api.azureml.ms", "eastus2.api.azureml.ms", REGISTRY_MFE[8:-1])
         or h.endswith((".blob.core.windows.net", ".inference.ml.azure.com"))
         for h in hosts
     ), hosts
@@ -199,3 +201,23 @@ def test_status_shows_azure_summaries_without_importing_azure(az) -> None:
     assert "AZURE []" in out, out
     assert "Phi-3-mini-4k-instruct v15" in out
     assert "gpu-cluster-big Standard_NC24ads_A100_v4 x1 GPU" in out
+
+
+def test_submit_follows_the_pipelines_steps(az) -> None:
+    """While submit waits, each step of chat_completion_pipeline is reported when its state changes
+    (run history children of the job, and of its pipeline node)."""
+    az("run", "--to", "prepare-data")
+    result = az("submit")
+    lines = [line.split("] ", 1)[1] for line in result.stderr.splitlines() if "]   step " in line]
+    assert lines[:4] == [
+        "  step ft_nlp_common_validation: Completed",
+        "  step chat_completion_model_import: Completed",
+        "  step chat_completion_datapreprocess: Completed",
+        "  step chat_completion_finetune: Running",
+    ]
+    assert "  step chat_completion_finetune: Completed" in lines
+    assert "  step chat_completion_model_converter: Completed" in lines
+    assert lines.count("  step chat_completion_finetune: Running") == 1  # said once, not every poll
+    history = az.service.find("GET", r"/history/v1\.0/.*/runs/[^/]+/children$")
+    assert history and all(r.host == "eastus2.api.azureml.ms" for r in history)
+    assert az.service.unhandled == []

@@ -111,3 +111,47 @@ def test_deploy_again_deletes_the_previous_endpoint_first(az) -> None:
     assert second != first
     assert f"deleting the previous endpoint {first}" in result.stderr
     assert list(az.service.endpoints) == [second]
+
+
+def test_check_compute_refuses_a_cluster_the_quota_cannot_hold(az) -> None:
+    az("run", "--to", "pick-model")
+    az.service.quota["standardNCADSA100v4Family"] = (0, 0)  # the subscription has no A100 quota
+    az.service.quota["standardNDASv4_A100Family"] = (0, 48)  # ND96asr_v4 needs 96: no
+    result = az("check-compute", code=2)
+    assert (
+        "compute cluster gpu-cluster-big would not fit the quota: 1 node of Standard_NC24ads_A100_v4 "
+        "(24 vCPUs each) need 24 dedicated vCPUs; Standard NCADSA100v4 Family Cluster Dedicated vCPUs: "
+        "0 of 0 free (0 in use); Total Cluster Dedicated Regional vCPUs: 200 of 200 free (0 in use)"
+    ) in result.stderr
+    assert "allowed sizes that would fit: none" not in result.stderr
+    assert "none of the allowed sizes fits; request more quota" in result.stderr
+    assert az.service.find("PUT", r"/computes/") == []
+    # The model's allow-list has sizes that fit once they have quota: they are named, with the --set.
+    az.service.quota["standardNDASv4_A100Family"] = (0, 192)
+    result = az("check-compute", code=2)
+    assert (
+        "allowed sizes that would fit: Standard_ND96asr_v4 (8 GPU, 96 vCPUs; 192 vCPUs free)" in result.stderr
+    )
+    assert "--set compute.size=Standard_ND96asr_v4" in result.stderr
+    az("--set", "compute.size=Standard_ND96asr_v4", "check-compute")
+    assert az.outputs("check-compute")["quota"]["fits"] is True
+    assert az.service.one("PUT", r"/computes/gpu-cluster-big$").body["properties"]["properties"][
+        "vmSize"
+    ] == ("Standard_ND96asr_v4")
+
+
+def test_check_compute_quota_used_elsewhere_and_scaling_warning(az) -> None:
+    az("run", "--to", "pick-model")
+    az.service.quota["standardNCADSA100v4Family"] = (80, 96)  # 16 free: one 24-vCPU node does not fit
+    result = az("check-compute", code=2)
+    assert "need 24 dedicated vCPUs; Standard NCADSA100v4 Family Cluster Dedicated vCPUs: 16 of 96 free" in (
+        result.stderr
+    )
+    az.service.quota["standardNCADSA100v4Family"] = (48, 96)  # 48 free: 1 node fits, 3 would not
+    result = az("--set", "compute.max_instances=3", "check-compute")
+    assert "warning: the cluster may scale to 3 nodes (72 vCPUs)" in result.stderr
+    # Without the permission to read usages, the check is skipped with a warning, not a failure.
+    az.service.computes.clear()
+    az.service.fail("GET", r"/usages$", 403, times=None)
+    result = az("check-compute", "--force")
+    assert "quota not checked" in result.stderr

@@ -362,7 +362,13 @@ class FakeAzureML:
         self.deployment_final_state = "Succeeded"
         self.score_body: str = '{"output": "The capital of France is Paris."}'
         self.score_status = 200
+        # Dedicated cluster vCPU quota in the region: VM family -> (in use, limit); and the regional total.
+        self.quota: dict[str, tuple[int, int]] = {family: (0, 96) for _, family, *_ in VM_SIZES}
+        self.regional_quota = (0, 200)
         self.add_component("chat_completion_pipeline", "0.0.82")
+        from fakes.azureml_mlflow import FakeMlflow
+
+        self.mlflow = FakeMlflow(self)  # the workspace's MLflow tracking server (its runs follow the jobs)
 
     # --- setup helpers ---------------------------------------------------------------------------
 
@@ -376,11 +382,14 @@ class FakeAzureML:
         is_archived: bool = False,
         stage: str | None = None,
         description: str = "",
+        finetunable: bool = True,
     ) -> dict[str, Any]:
+        # azureml-assets' model.yaml: properties.finetuning-tasks names what a model can be fine-tuned for.
+        tasks = {"finetuning-tasks": tags["task"]} if finetunable and tags and tags.get("task") else {}
         props: dict[str, Any] = {
             "description": description or f"{name} for chat completion",
             "tags": dict(tags or {}),
-            "properties": {"finetuning-tasks": tags["task"]} if tags and tags.get("task") else {},
+            "properties": tasks,
             "isArchived": is_archived,
             "isAnonymous": False,
             "flavors": {"python_function": {"data": {"loader_module": "mlflow.transformers"}}},
@@ -433,6 +442,20 @@ class FakeAzureML:
             system_metadata=system_metadata,
             is_archived=archived,
         )
+
+    def add_phi_family(self) -> None:
+        """Other Phi models beside Phi-3-mini-4k-instruct: a fine-tunable successor, one whose fine-tuning
+        was retired (and archived), one that cannot be fine-tuned, and a model of another family."""
+        chat = {"task": "chat-completion", "author": "Microsoft"}
+        self.add_registry_model("Phi-4-mini-instruct", "1", tags=dict(chat))
+        self.add_registry_model(
+            "Phi-3.5-mini-instruct",
+            "6",
+            tags={**chat, "FinetuneRetirementDate": "2025-08-30"},
+            is_archived=True,
+        )
+        self.add_registry_model("Phi-4-multimodal-instruct", "1", tags=dict(chat), finetunable=False)
+        self.add_registry_model("Llama-3.2-1B-Instruct", "3", tags={"task": "chat-completion"})
 
     def add_component(
         self, name: str, version: str, inputs: dict[str, tuple[str, dict]] | None = None
@@ -623,6 +646,12 @@ class FakeAzureML:
                 r"/vmSizes",
                 self._vm_sizes,
             ),
+            (
+                "GET",
+                r"/subscriptions/[^/]+/providers/Microsoft\.MachineLearningServices/locations/(?P<loc>[^/]+)"
+                r"/usages",
+                self._usages,
+            ),
             ("GET", ws + r"/datastores", self._datastores),
             ("GET", ws + r"/datastores/(?P<name>[^/]+)", self._datastore),
             ("POST", ws + r"/datastores/(?P<name>[^/]+)/listSecrets", self._datastore_secrets),
@@ -648,6 +677,9 @@ class FakeAzureML:
             ),
             ("GET", ops + r"/mfeOperationsStatus/(?P<op>[^/]+)", self._operation_status),
             ("GET", ops + r"/computeOperationsStatus/(?P<op>[^/]+)", self._operation_status),
+            *self.mlflow.routes(),
+            *self.mlflow.history_routes(),
+            ("GET", r"/discovery", self._workspace_discovery),
         ]
 
     # --- registry --------------------------------------------------------------------------------
@@ -910,6 +942,51 @@ class FakeAzureML:
         ]
         return _json(200, {"value": value})
 
+    def _workspace_discovery(self, r: Recorded) -> tuple[int, dict[str, str], Any]:
+        """The workspace's discoveryUrl: the service base URLs azure-ai-ml looks up ("api" for run
+        history), keys as in the discovery documents the SDK reads (WorkspaceDiscoveryUrlKey)."""
+        base = f"https://{LOCATION}.api.azureml.ms"
+        keys = (
+            "api",
+            "catalog",
+            "experimentation",
+            "gallery",
+            "history",
+            "hyperdrive",
+            "labeling",
+            "modelmanagement",
+            "pipelines",
+        )
+        return _json(200, {**{key: base for key in keys}, "studio": "https://ml.azure.com"})
+
+    def _usages(self, r: Recorded, loc: str) -> tuple[int, dict[str, str], Any]:
+        """Shaped after azure-rest-api-specs .../stable/2025-06-01/examples/Usage/list.json: the regional
+        total and one `vmFamily/usages` entry per family ("Standard NCADSA100v4 Family Cluster Dedicated
+        vCPUs" for the family standardNCADSA100v4Family of the VM sizes list)."""
+        sub_id = f"/subscriptions/{SUBSCRIPTION}/usages"
+
+        def entry(kind: str, name: str, used: int, limit: int, suffix: str = "") -> dict[str, Any]:
+            return {
+                "id": sub_id + suffix,
+                "amlWorkspaceLocation": loc,
+                "type": f"Microsoft.MachineLearningServices/{kind}/usages",
+                "currentValue": used,
+                "limit": limit,
+                "name": {"value": name, "localizedValue": name},
+                "unit": "Count",
+            }
+
+        value = [
+            entry("totalCores", "Clusters", 0, 100),
+            entry("dedicatedCores", "Total Cluster Dedicated Regional vCPUs", *self.regional_quota),
+        ]
+        for family, (used, limit) in self.quota.items():
+            short = family.removeprefix("standard").removesuffix("Family")
+            name = f"Standard {short} Family Cluster Dedicated vCPUs"
+            value.append(entry("vmFamily", name, used, limit, "/" + name.replace(" ", "_")))
+        value.append(entry("lowPriorityCores", "Total Cluster LowPriority Regional vCPUs", 0, 100))
+        return _json(200, {"value": value, "nextLink": None})
+
     def _datastore_body(self) -> dict[str, Any]:
         return {
             "id": f"{WS_ID}/datastores/workspaceblobstore",
@@ -977,6 +1054,7 @@ class FakeAzureML:
         )
         self.jobs[name] = body
         self.job_polls[name] = 0
+        self.mlflow.job_submitted(name, body)
         return _json(201, copy.deepcopy(body))
 
     def _get_job(self, r: Recorded, sub: str, rg: str, ws: str, name: str) -> tuple[int, dict[str, str], Any]:

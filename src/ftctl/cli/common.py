@@ -74,7 +74,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def root(  # noqa: PLR0913 - one parameter per global option (typer)
+def root(
     ctx: typer.Context,
     workspace: Path = typer.Option(
         Path(".ftctl"),

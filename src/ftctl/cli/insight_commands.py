@@ -64,7 +64,8 @@ def credentials(ctx: Context) -> None:
     data = endpoint(ctx, "credentials").credentials()
     ctx.ui.emit(data)
     width = max(len(key) for key in data)
-    ctx.ui.result("\n".join(f"{key:<{width}}  {value}" for key, value in data.items()))
+    shown = {key: "-" if value is None else value for key, value in data.items()}
+    ctx.ui.result("\n".join(f"{key:<{width}}  {value}" for key, value in shown.items()))
     if not ctx.ui.json_mode:
         ctx.ui.info("keep the key secret: anyone who has it can call the endpoint")
 

@@ -22,10 +22,21 @@ def run(
     from_: Optional[str] = typer.Option(None, "--from", help="First stage to consider."),
     to: Optional[str] = typer.Option(None, "--to", help="Last stage to consider."),
     force: bool = typer.Option(False, "--force", "-f", help="Re-run the stages even if up to date."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Azure ML: print, stage by stage, what would be created or called; no login, no earlier "
+        "stage needed; nothing sent, nothing recorded.",
+    ),
 ) -> None:
     """Run the stages in order, skipping those that are up to date."""
-    from ftctl.stages.contract import RunOptions
+    from ftctl.pipeline import Runner
+    from ftctl.stages.contract import DRY_RUN, RunOptions
 
+    if dry_run:  # records nothing: no lock, no state written
+        ctx.backend_impl.require(DRY_RUN)
+        ctx.ui.emit({"stages": Runner(ctx, RunOptions(dry_run=True)).dry_run_many(from_, to)})
+        return
     with runner_session(ctx, RunOptions(force=force)) as runner:
         results = runner.run_many(from_, to)
     ctx.ui.info("done: every stage succeeded or was up to date")

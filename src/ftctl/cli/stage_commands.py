@@ -15,7 +15,8 @@ PANEL = "Stages"
 DRY_RUN = typer.Option(
     False,
     "--dry-run",
-    help="Azure ML: print what would be created (SDK entities as YAML); send and record nothing.",
+    help="Azure ML: print what would be created or called (SDK entities as YAML); send and record "
+    "nothing. Needs no login and no earlier stage.",
 )
 # typer reads the annotations below at run time: Optional[...] keeps them valid on Python 3.10.
 # ruff: noqa: UP045
@@ -23,22 +24,25 @@ DRY_RUN = typer.Option(
 
 def run_stage(ctx: Context, name: str, force: bool = False, **options: bool) -> None:
     """Run one stage (unless up to date) and render the result."""
+    from ftctl.pipeline import Runner
     from ftctl.stages.contract import DRY_RUN as CAN_DRY_RUN
     from ftctl.stages.contract import RunOptions
 
     run_options = RunOptions(force=force, **options)
-    if run_options.dry_run:
-        ctx.backend_impl.require(CAN_DRY_RUN)
     ctx.ui.info(f"> {name}" + (" (dry run)" if run_options.dry_run else ""))
+    if run_options.dry_run:  # records nothing: no lock, no state written
+        ctx.backend_impl.require(CAN_DRY_RUN)
+        ctx.ui.emit(Runner(ctx, run_options).dry_run(name))
+        return
     with runner_session(ctx, run_options) as runner:
         result = runner.run_one(name)
     ctx.ui.emit(result)
 
 
 @command(PANEL)
-def auth(ctx: Context, force: bool = FORCE) -> None:
+def auth(ctx: Context, force: bool = FORCE, dry_run: bool = DRY_RUN) -> None:
     """Connect to the backend (local: create the workspace and its MLflow stores)."""
-    run_stage(ctx, "auth", force)
+    run_stage(ctx, "auth", force, dry_run=dry_run)
 
 
 @command(PANEL, "pick-model", settings={"model": "model.name"})
@@ -50,12 +54,13 @@ def pick_model(
     ),
     list_all: bool = typer.Option(False, "--all", help="With --list: every model, not only chat-completion."),
     force: bool = FORCE,
+    dry_run: bool = DRY_RUN,
 ) -> None:
     """Resolve the base model and record its metadata."""
     if list_models or list_all:
         _list_models(ctx, list_all)
     else:
-        run_stage(ctx, "pick-model", force)
+        run_stage(ctx, "pick-model", force, dry_run=dry_run)
 
 
 def _list_models(ctx: Context, show_all: bool) -> None:
@@ -99,9 +104,10 @@ def prepare_data(
         None, "--split-pc", help="Percent of each split to keep (0-100]."
     ),
     force: bool = FORCE,
+    dry_run: bool = DRY_RUN,
 ) -> None:
     """Download, validate and write the dataset splits as JSON lines."""
-    run_stage(ctx, "prepare-data", force)
+    run_stage(ctx, "prepare-data", force, dry_run=dry_run)
 
 
 @command(PANEL)
@@ -137,6 +143,7 @@ def score(
         help="Send your own request instead (a scoring request or a conversation; - reads stdin). "
         "The stage state is left alone.",
     ),
+    dry_run: bool = DRY_RUN,
 ) -> None:
     """Score a seeded random test_gen conversation on the endpoint (or your own request with --file)."""
     if file is not None:
@@ -144,7 +151,7 @@ def score(
 
         score_file(ctx, file)
     else:
-        run_stage(ctx, "score")
+        run_stage(ctx, "score", dry_run=dry_run)
 
 
 @command(PANEL)
@@ -153,10 +160,11 @@ def teardown(
     compute: bool = typer.Option(
         False, "--compute", help="Azure ML: also delete the compute cluster, if check-compute created it."
     ),
+    dry_run: bool = DRY_RUN,
 ) -> None:
     """Delete the endpoint (local: stop the server and check its port is closed)."""
     if compute:
         from ftctl.stages.contract import CLUSTER
 
         ctx.backend_impl.require(CLUSTER)
-    run_stage(ctx, "teardown", compute=compute)
+    run_stage(ctx, "teardown", compute=compute, dry_run=dry_run)

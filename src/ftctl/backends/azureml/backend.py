@@ -15,7 +15,6 @@ from ftctl.backends.azureml.stages import (
     submit,
     teardown,
 )
-from ftctl.errors import UsageError
 from ftctl.stages.contract import (
     CLUSTER,
     DRY_RUN,
@@ -23,7 +22,6 @@ from ftctl.stages.contract import (
     LIST_MODELS,
     METRICS,
     Backend,
-    Missing,
     StageImpl,
 )
 
@@ -47,11 +45,17 @@ STAGES: dict[str, StageImpl] = {
 
 
 class AzureHooks:
+    """The endpoint and metrics hooks (ftctl.backends.azureml.hooks) and the registry's model list."""
+
     def endpoint(self, ctx: Context, state: State, command: str) -> Endpoint:
-        raise UsageError(f"`ftctl {command}` is not available on --backend azureml yet")
+        from ftctl.backends.azureml import hooks
+
+        return hooks.endpoint(ctx, state, command)
 
     def metrics(self, ctx: Context, state: State, run: str | None) -> RunMetrics:
-        raise UsageError("`ftctl metrics` is not available on --backend azureml yet")
+        from ftctl.backends.azureml import hooks
+
+        return hooks.metrics(ctx, state, run)
 
     def list_models(self, ctx: Context, show_all: bool) -> list[dict[str, Any]]:
         return pick_model.list_models(ctx, show_all)
@@ -60,17 +64,6 @@ class AzureHooks:
 BACKEND = Backend(
     name="azureml",
     stages=STAGES,
-    capabilities=frozenset({CLUSTER, DRY_RUN, LIST_MODELS}),
+    capabilities=frozenset({CLUSTER, DRY_RUN, ENDPOINT, LIST_MODELS, METRICS}),
     hooks=AzureHooks(),
-    missing={
-        METRICS: Missing(
-            "`ftctl metrics` on --backend azureml is not available yet",
-            hint="the pipeline job's metrics are in Azure ML studio (Jobs > the job > Metrics)",
-        ),
-        ENDPOINT: Missing(
-            "`ftctl chat`, `ftctl credentials` and `ftctl score --file` on --backend azureml are not "
-            "available yet",
-            hint="use the default local backend (--backend local)",
-        ),
-    },
 )

@@ -181,3 +181,27 @@ def is_chat_completion(tags: dict[str, Any], properties: dict[str, Any] | None =
     """Whether a model's tags (or properties) name the chat-completion task."""
     values = [tags.get("task"), (properties or {}).get("finetuning-tasks"), tags.get("finetuning-tasks")]
     return any(isinstance(v, str) and "chat-completion" in v.lower() for v in values)
+
+
+def is_finetunable(tags: dict[str, Any], properties: dict[str, Any] | None, today: date) -> bool:
+    """Whether a registry model says it can be fine-tuned for chat completion now: its `finetuning-tasks`
+    property (azureml-assets' model.yaml) or a finetune allow-list tag, and no fine-tuning retirement
+    date that has passed."""
+    tasks = str((properties or {}).get("finetuning-tasks") or tags.get("finetuning-tasks") or "")
+    if "chat-completion" not in tasks.lower() and not tags.get(FINETUNE_TAG):
+        return False
+    return not any(
+        "retired" in note and note.startswith("fine-tuning") for note in lifecycle(tags, False, None, today)
+    )
+
+
+def family(name: str) -> str:
+    """A model family key: the leading letters of its name ('Phi-3-mini-4k-instruct' -> 'phi')."""
+    match = re.match(r"[A-Za-z]+", name.split("/")[-1])
+    return match.group(0).lower() if match else name.lower()
+
+
+def generation(name: str) -> tuple[float, str]:
+    """A sort key, newest first: the first number in the name ('Phi-3.5-...' -> 3.5), then the name."""
+    match = re.search(r"\d+(?:\.\d+)?", name)
+    return (-float(match.group(0)) if match else 0.0, name.lower())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.client import calling
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
+    if call.options.dry_run:  # never logs in: says what it would connect to
+        return plan.auth(ctx)
     azure = ctx.azure
     ref = azure.workspace_ref
     ctx.ui.info(f"  credential: {azure.credential_kind}")

@@ -1,15 +1,17 @@
 """check-compute on Azure ML: get the cluster, or create an AmlCompute (size, min/max nodes, idle time from
-the `compute` section) with progress; refuse a cluster whose provisioning failed; apply the model's
-finetune allow-list (case-insensitive) or the notebook's deny list; count the GPUs per node from
-`compute.list_sizes()`."""
+the `compute` section) with progress, once its fine-tuning nodes fit the region's vCPU quota
+(ftctl.backends.azureml.quota: refused with exit 2, naming the allowed sizes that would fit); refuse a
+cluster whose provisioning failed; apply the model's finetune allow-list (case-insensitive) or the
+notebook's deny list; count the GPUs per node from `compute.list_sizes()`."""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml import plan, quota
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text, wait_for
-from ftctl.errors import StageFailed, UsageError
+from ftctl.errors import FtctlError, StageFailed, UsageError
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
 from ftctl.stages.contract import no_output_files as output_files
@@ -53,9 +55,12 @@ def _errors(cluster: Any) -> str:
     return "; ".join(texts) or "no details given"
 
 
-def _gpus(ctx: Context, size: str) -> int:
+def _sizes(ctx: Context) -> list[Any]:
     with calling("listing the VM sizes of the workspace's region"):
-        sizes = list(ctx.azure.workspace.compute.list_sizes())
+        return list(ctx.azure.workspace.compute.list_sizes())
+
+
+def _gpus(sizes: list[Any], size: str) -> int:
     for vm in sizes:
         if (vm.name or "").lower() == size.lower():
             return int(vm.gpus or 0)
@@ -66,7 +71,43 @@ def _gpus(ctx: Context, size: str) -> int:
     )
 
 
+def _check_quota(ctx: Context, sizes: list[Any], allow: list[str] | None) -> dict[str, Any]:
+    """Refuse (exit 2) a new cluster whose fine-tuning nodes do not fit the region's vCPU quota, naming
+    the allowed sizes that would; what was checked, for the outputs."""
+    cfg = ctx.cfg.compute
+    try:
+        with calling("reading the Azure ML quota of the workspace's region"):
+            usages = list(ctx.azure.workspace.compute.list_usage())
+    except FtctlError as exc:
+        ctx.ui.warn(f"quota not checked: {exc.message}")
+        return {"checked": False, "reason": exc.message}
+    deny = {s.lower() for s in cfg.deny_list}
+    candidates = allow or [vm.name for vm in sizes if vm.gpus and (vm.name or "").lower() not in deny]
+    nodes = max(ctx.cfg.finetune.num_nodes, cfg.min_instances, 1)
+    verdict = quota.check(cfg.size, sizes, usages, nodes, cfg.max_instances, candidates)
+    if not verdict.known:
+        ctx.ui.info(f"  quota not checked: {verdict.message}")
+        return {"checked": False, "reason": verdict.message}
+    if not verdict.ok:
+        where = "allowed sizes" if allow else "GPU sizes"
+        if verdict.alternatives:
+            first = verdict.alternatives[0].split(" ", 1)[0]
+            hint = (
+                f"{where} that would fit: {', '.join(verdict.alternatives)}; pick one with "
+                f"--set compute.size={first}, or request more quota (Azure portal > Quotas)"
+            )
+        else:
+            hint = f"none of the {where} fits; request more quota (Azure portal > Quotas)"
+        raise UsageError(f"compute cluster {cfg.name} would not fit the quota: {verdict.message}", hint=hint)
+    if verdict.warning:
+        ctx.ui.warn(verdict.warning)
+    ctx.ui.info(f"  quota: {verdict.message}")
+    return {"checked": True, "fits": True, "detail": verdict.message}
+
+
 def run(ctx: Context, call: StageCall) -> Outputs:
+    if plan.offline(call, "pick-model"):
+        return plan.check_compute(ctx)
     from azure.ai.ml.entities import AmlCompute
 
     cfg = ctx.cfg.compute
@@ -74,8 +115,13 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     allow, source = _allow_list(ctx, call)
     cluster = _get_cluster(ctx, cfg.name)
     created = bool(recorded.get("created"))
+    sizes: list[Any] | None = None
+    quota_report: dict[str, Any] | None = None
     if cluster is None:
         check_lists(cfg.size, allow, cfg.deny_list, source)
+        sizes = _sizes(ctx)
+        _gpus(sizes, cfg.size)  # a size the region has
+        quota_report = _check_quota(ctx, sizes, allow)
         entity = AmlCompute(
             name=cfg.name,
             size=cfg.size,
@@ -87,7 +133,13 @@ def run(ctx: Context, call: StageCall) -> Outputs:
             show_dry_run(
                 ctx, f"compute cluster {cfg.name} does not exist; check-compute would create", entity
             )
-            return {"dry_run": True, "name": cfg.name, "size": cfg.size, "would_create": True}
+            return {
+                "dry_run": True,
+                "name": cfg.name,
+                "size": cfg.size,
+                "would_create": True,
+                "quota": quota_report,
+            }
         call.checkpoint({"name": cfg.name, "created": True})
         cluster = wait_for(
             ctx,
@@ -121,7 +173,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     if size.lower() != cfg.size.lower():
         ctx.ui.warn(f"cluster {cfg.name} exists with size {size} (compute.size is {cfg.size}); using {size}")
     check_lists(size, allow, cfg.deny_list, source)
-    gpus = _gpus(ctx, size)
+    gpus = _gpus(sizes if sizes is not None else _sizes(ctx), size)
     if gpus < 1:
         raise UsageError(
             f"compute cluster {cfg.name} ({size}) has no GPU; chat_completion_pipeline fine-tunes on GPUs",
@@ -148,6 +200,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "precision": precision,
         "allow_list": allow,
         "allow_list_source": source if allow else "deny list",
+        "quota": quota_report,
     }
 
 

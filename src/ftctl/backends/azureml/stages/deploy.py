@@ -9,6 +9,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text, wait_for
 from ftctl.errors import StageFailed, UsageError
 from ftctl.stages.contract import no_inputs as inputs
@@ -69,7 +70,20 @@ def _wait_until_settled(ctx: Context, fetch: Any, what: str) -> Any:
     return thing
 
 
-def run(ctx: Context, call: StageCall) -> Outputs:
+def _endpoint_name(ctx: Context, call: StageCall) -> str:
+    name = str(
+        call.recorded.get("endpoint_name") or f"{ctx.cfg.deploy.endpoint_name_prefix}{int(time.time())}"
+    )
+    if not ENDPOINT_NAME.match(name):
+        raise UsageError(
+            f"endpoint name {name!r} is not valid (3-32 letters, digits and '-', starting with a letter)",
+            hint="shorten deploy.endpoint_name_prefix (ftctl appends a 10-digit timestamp)",
+        )
+    return name
+
+
+def _entities(ctx: Context, call: StageCall, name: str) -> tuple[Any, Any]:
+    """The SDK's endpoint and deployment entities the notebook creates."""
     from azure.ai.ml.entities import (
         ManagedOnlineDeployment,
         ManagedOnlineEndpoint,
@@ -79,26 +93,13 @@ def run(ctx: Context, call: StageCall) -> Outputs:
 
     cfg = ctx.cfg.deploy
     registered = call.outputs("register")
-    model = call.outputs("pick-model")
-    allow = model.get("inference_compute_allow_list")
-    if allow:
-        source = model.get("allow_list_source") or "tags"
-        check_lists(cfg.instance_type, allow, [], f"the model's inference allow-list ({source})")
-    recorded = call.recorded
-    name = recorded.get("endpoint_name") or f"{cfg.endpoint_name_prefix}{int(time.time())}"
-    if not ENDPOINT_NAME.match(name):
-        raise UsageError(
-            f"endpoint name {name!r} is not valid (3-32 letters, digits and '-', starting with a letter)",
-            hint="shorten deploy.endpoint_name_prefix (ftctl appends a 10-digit timestamp)",
-        )
-    deployment_name = cfg.deployment_name
     endpoint = ManagedOnlineEndpoint(
         name=name,
         description=f"{registered.get('model_name')} v{registered.get('version')} (ftctl)",
         auth_mode="key",
     )
     deployment = ManagedOnlineDeployment(
-        name=deployment_name,
+        name=cfg.deployment_name,
         endpoint_name=name,
         model=registered["id"],
         instance_type=cfg.instance_type,
@@ -106,25 +107,26 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         liveness_probe=ProbeSettings(initial_delay=cfg.liveness_initial_delay_s),
         request_settings=OnlineRequestSettings(request_timeout_ms=cfg.request_timeout_ms),
     )
-    if call.options.dry_run:
-        show_dry_run(ctx, "online endpoint that deploy would create", endpoint)
-        show_dry_run(ctx, "deployment that deploy would create", deployment)
-        ctx.ui.result(f"# then: traffic {{{deployment_name!r}: 100}} on endpoint {name}")
-        return {"dry_run": True, "endpoint_name": name, "deployment_name": deployment_name}
+    return endpoint, deployment
 
-    ws = ctx.azure.workspace
-    call.checkpoint({"endpoint_name": name, "deployment_name": deployment_name})
 
-    def fetch_endpoint() -> Any:
-        return _get(lambda: ws.online_endpoints.get(name), f"reading endpoint {name}")
-
-    current = _wait_until_settled(ctx, fetch_endpoint, f"endpoint {name}")  # an interrupted create
+def _create_endpoint(ctx: Context, endpoint: Any) -> None:
+    ws, name = ctx.azure.workspace, endpoint.name
+    current = _wait_until_settled(ctx, lambda: _fetch_endpoint(ctx, name), f"endpoint {name}")
     if current is None or status_text(current.provisioning_state).lower() == "failed":
         wait_for(
             ctx, lambda: ws.online_endpoints.begin_create_or_update(endpoint), f"creating endpoint {name}"
         )
     else:
         ctx.ui.info(f"  endpoint {name} exists ({status_text(current.provisioning_state)})")
+
+
+def _fetch_endpoint(ctx: Context, name: str) -> Any:
+    return _get(lambda: ctx.azure.workspace.online_endpoints.get(name), f"reading endpoint {name}")
+
+
+def _create_deployment(ctx: Context, deployment: Any) -> None:
+    ws, name, deployment_name = ctx.azure.workspace, deployment.endpoint_name, deployment.name
 
     def fetch_deployment() -> Any:
         return _get(
@@ -138,7 +140,8 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         + "; `ftctl teardown` deletes the endpoint"
     )
     if existing is None or status_text(existing.provisioning_state).lower() == "failed":
-        what = f"creating deployment {deployment_name} ({cfg.instance_count} x {cfg.instance_type})"
+        size = f"{deployment.instance_count} x {deployment.instance_type}"
+        what = f"creating deployment {deployment_name} ({size})"
         try:
             wait_for(ctx, lambda: ws.online_deployments.begin_create_or_update(deployment), what)
         except StageFailed as exc:
@@ -149,7 +152,9 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     if state.lower() != "succeeded":
         raise StageFailed(f"deployment {deployment_name} of endpoint {name} is {state}", hint=hint)
 
-    current = fetch_endpoint()
+
+def _all_traffic_to(ctx: Context, name: str, deployment_name: str) -> Any:
+    current = _fetch_endpoint(ctx, name)
     if current is None:
         raise StageFailed(f"endpoint {name} disappeared during the deployment")
     if dict(current.traffic or {}) != {deployment_name: 100}:
@@ -157,10 +162,36 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         update = current
         wait_for(
             ctx,
-            lambda: ws.online_endpoints.begin_create_or_update(update),
+            lambda: ctx.azure.workspace.online_endpoints.begin_create_or_update(update),
             f"sending all traffic to {deployment_name}",
         )
-        current = fetch_endpoint()
+        current = _fetch_endpoint(ctx, name)
+    return current
+
+
+def run(ctx: Context, call: StageCall) -> Outputs:
+    if plan.offline(call, "register"):
+        return plan.deploy(ctx)
+    cfg = ctx.cfg.deploy
+    registered = call.outputs("register")
+    model = call.outputs("pick-model")
+    allow = model.get("inference_compute_allow_list")
+    if allow:
+        source = model.get("allow_list_source") or "tags"
+        check_lists(cfg.instance_type, allow, [], f"the model's inference allow-list ({source})")
+    name = _endpoint_name(ctx, call)
+    deployment_name = cfg.deployment_name
+    endpoint, deployment = _entities(ctx, call, name)
+    if call.options.dry_run:
+        show_dry_run(ctx, "online endpoint that deploy would create", endpoint)
+        show_dry_run(ctx, "deployment that deploy would create", deployment)
+        ctx.ui.result(f"# then: traffic {{{deployment_name!r}: 100}} on endpoint {name}")
+        return {"dry_run": True, "endpoint_name": name, "deployment_name": deployment_name}
+
+    call.checkpoint({"endpoint_name": name, "deployment_name": deployment_name})
+    _create_endpoint(ctx, endpoint)  # or wait for an interrupted create to settle
+    _create_deployment(ctx, deployment)
+    current = _all_traffic_to(ctx, name, deployment_name)
     ctx.ui.info(f"  endpoint {name} ready: {current.scoring_uri} (key auth; the key stays in Azure)")
     return {
         "endpoint_name": name,

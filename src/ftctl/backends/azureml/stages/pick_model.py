@@ -8,8 +8,17 @@ from __future__ import annotations
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.client import calling, status_text
-from ftctl.backends.azureml.metadata import compute_lists, is_chat_completion, lifecycle, model_defaults
+from ftctl.backends.azureml.metadata import (
+    compute_lists,
+    family,
+    generation,
+    is_chat_completion,
+    is_finetunable,
+    lifecycle,
+    model_defaults,
+)
 from ftctl.errors import FtctlError
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
@@ -32,6 +41,8 @@ def _raw_properties(ctx: Context, name: str, version: str) -> dict[str, Any]:
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
+    if plan.offline(call, "auth"):
+        return plan.pick_model(ctx)
     cfg = ctx.cfg.model
     registry_name = ctx.cfg.azureml.registry_name
     registry = ctx.azure.registry
@@ -47,7 +58,8 @@ def run(ctx: Context, call: StageCall) -> Outputs:
             else:
                 model = registry.models.get(name, label=cfg.label)
     except FtctlError as exc:
-        exc.hint = exc.hint or LIST_HINT
+        found = _successors(ctx, name)
+        exc.hint = exc.hint or (_successor_hint(ctx, found) if found else LIST_HINT)
         raise
     version = str(model.version)
     raw = _raw_properties(ctx, name, version)
@@ -70,12 +82,19 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         ctx.ui.info(f"  model-specific finetune defaults ({defaults_source}): {defaults}")
     for note in notes:
         ctx.ui.warn(f"{model.name} {version}: {note}")
-    if notes:
-        ctx.ui.warn(LIST_HINT)
+    finetunable = not archived and is_finetunable(tags, raw.get("properties"), date.today())
     if not is_chat_completion(tags, raw.get("properties")):
         ctx.ui.warn(
             f"{model.name} does not say it supports chat-completion (its task tag is {tags.get('task')!r})"
         )
+    elif not finetunable and not notes:
+        ctx.ui.warn(
+            f"{model.name} {version} does not say it can be fine-tuned (no finetuning-tasks property)"
+        )
+    successors: list[str] = []
+    if notes or not finetunable:
+        successors = _successors(ctx, model.name)
+        ctx.ui.warn(_successor_hint(ctx, successors) if successors else LIST_HINT)
     return {
         "name": model.name,
         "version": version,
@@ -86,6 +105,8 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "stage": status_text(stage) if stage else None,
         "archived": archived,
         "lifecycle": notes,
+        "finetunable": finetunable,
+        "successors": successors,
         "finetune_compute_allow_list": finetune_allow,
         "inference_compute_allow_list": inference_allow,
         "allow_list_source": lists_source,
@@ -93,6 +114,34 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "defaults_source": defaults_source,
         "content_hash": model.id,  # the asset id pins the weights (ftctl.stages.register lineage tags)
     }
+
+
+def _successors(ctx: Context, name: str) -> list[str]:
+    """Fine-tunable chat-completion models of `name`'s family in the registry (not archived, fine-tuning
+    not retired), newest generation first; [] when the registry cannot be listed."""
+    try:
+        rows = list_models(ctx)
+    except FtctlError:
+        return []
+    wanted = family(name)
+    found = [
+        row["name"]
+        for row in rows
+        if family(row["name"]) == wanted
+        and row["name"] != name
+        and row["finetunable"]
+        and not row["archived"]
+    ]
+    return sorted(found, key=generation)
+
+
+def _successor_hint(ctx: Context, successors: list[str]) -> str:
+    registry = ctx.cfg.azureml.registry_name
+    shown = ", ".join(successors[:5]) + (f" (+{len(successors) - 5} more)" if len(successors) > 5 else "")
+    return (
+        f"fine-tunable successors in registry {registry!r}: {shown}; pick one with "
+        f"--set model.name={successors[0]} (`ftctl pick-model --list` lists them all)"
+    )
 
 
 def list_models(ctx: Context, show_all: bool = False) -> list[dict[str, Any]]:
@@ -119,6 +168,7 @@ def list_models(ctx: Context, show_all: bool = False) -> list[dict[str, Any]]:
                 "latest_version": getattr(container, "latest_version", None) or props.get("latestVersion"),
                 "task": tags.get("task"),
                 "archived": bool(props.get("isArchived")),
+                "finetunable": is_finetunable(tags, props.get("properties"), date.today()),
                 "description": (props.get("description") or "").strip().splitlines()[0][:80]
                 if props.get("description")
                 else "",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.client import calling, show_dry_run
 from ftctl.errors import StageFailed
 from ftctl.stages.contract import always_alive as alive
@@ -32,6 +33,8 @@ def _existing(ctx: Context, name: str, version: str) -> Any:
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
+    if plan.offline(call, "submit"):
+        return plan.register(ctx)
     from azure.ai.ml.constants import AssetTypes
     from azure.ai.ml.entities import Model
 

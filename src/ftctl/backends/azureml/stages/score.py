@@ -8,6 +8,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
+from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.client import calling
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_output_files as output_files
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
+    if call.options.dry_run:  # never sends a request: shows it
+        return plan.score(ctx, call)
     sample = write_sample(ctx, call)
     endpoint = call.outputs("deploy")
     name, deployment = endpoint["endpoint_name"], endpoint.get("deployment_name", "demo")

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text
 from ftctl.backends.azureml.params import Declared, display_params, finetune_inputs
 from ftctl.errors import Detached, StageFailed, UsageError
@@ -202,9 +203,32 @@ def _submit(ctx: Context, call: StageCall, job_name: str) -> tuple[Any, dict[str
     return created, info
 
 
+def step_statuses(ctx: Context, name: str) -> dict[str, str]:
+    """The pipeline job's steps and their states (the chat_completion_pipeline node expanded into its own
+    steps: model import, preprocess, finetune...), in the order Azure ML lists them; {} when they cannot be
+    read. Child jobs come from run history (`jobs.list(parent_job_name=...)`); a child's own children
+    have no public call (jobs.get on a pipeline child job raises), so the run-history operation
+    behind jobs.list is asked directly."""
+    found: dict[str, str] = {}
+    try:
+        jobs = ctx.azure.workspace.jobs
+        with contextlib.redirect_stdout(io.StringIO()):
+            for child in jobs.list(parent_job_name=name):
+                if child is None:
+                    continue
+                steps = [s for s in jobs._runs_operations.get_run_children(child.name) if s is not None]
+                for step in steps or [child]:
+                    found[str(step.display_name or step.name)] = status_text(step.status)
+    except Exception:  # progress only: never what ends the stage
+        return found
+    return found
+
+
 def _follow(ctx: Context, name: str) -> Any:
+    """Wait for the job to end, saying when it or one of its steps changes state."""
     start = time.monotonic()
     last = None
+    steps: dict[str, str] = {}
     while True:
         job = _get_job(ctx, name)
         if job is None:
@@ -213,12 +237,19 @@ def _follow(ctx: Context, name: str) -> Any:
         if status != last:
             ctx.ui.info(f"  [{elapsed(start)}] job {name}: {status}")
             last = status
+        if status not in ("NotStarted", "Queued"):
+            for step, state in step_statuses(ctx, name).items():
+                if steps.get(step) != state:
+                    ctx.ui.info(f"  [{elapsed(start)}]   step {step}: {state}")
+                    steps[step] = state
         if status in TERMINAL:
             return job
         time.sleep(ctx.cfg.poll_interval_s)
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
+    if plan.offline(call, "pick-model", "check-compute", "prepare-data"):
+        return plan.submit(ctx)
     if call.options.dry_run:
         job, info = build(ctx, call, None)
         text = show_dry_run(ctx, "pipeline job that submit would create", job)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.client import calling, wait_for
 from ftctl.errors import StageFailed
 from ftctl.stages.contract import always_alive as alive
@@ -33,6 +34,8 @@ def _delete(ctx: Context, begin: Any, what: str) -> bool:
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
+    if call.options.dry_run:  # deletes nothing: says what it would delete
+        return plan.teardown(ctx, call)
     ws = ctx.azure.workspace
     name = call.outputs("deploy").get("endpoint_name")
     outputs: dict[str, Any] = {"endpoint_name": name, "endpoint_deleted": False}

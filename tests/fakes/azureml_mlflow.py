@@ -1,0 +1,386 @@
+"""The workspace's MLflow tracking server, faked at the HTTP level, for the real mlflow client and the
+azureml-mlflow plugin.
+
+What it serves, and what each answer is shaped after:
+
+- Routes: `https://<region>.api.azureml.ms/mlflow/v2.0/subscriptions/<sub>/resourceGroups/<rg>/providers/
+  Microsoft.MachineLearningServices/workspaces/<ws>/api/2.0/mlflow/...` - the base URL azureml-mlflow
+  1.62 builds from the workspace's `mlFlowTrackingUri` (`azureml://<region>.api.azureml.ms/mlflow/v1.0/...`,
+  rewritten to v2.0 for mlflow 3: azureml/mlflow/__init__.py `get_mlflow_tracking_uri_v2` and
+  `AzureMLAbstractRestStore.get_host_credentials`), then mlflow's REST paths (`runs/get`,
+  `metrics/get-history`, `runs/search`, `experiments/get`).
+- Bodies: the MLflow REST API's JSON (mlflow.org/docs/latest/rest-api: Run = {info, data, inputs}, RunInfo
+  with run_id/run_uuid/run_name/experiment_id/status/start_time/end_time/artifact_uri/lifecycle_stage;
+  Metric = {key, value, timestamp, step}); errors as `{"error_code": "RESOURCE_DOES_NOT_EXIST",
+  "message": ...}` with 404.
+- What Azure ML puts there (learn.microsoft.com, "Query & compare experiments and runs with MLflow"):
+  a job is a run whose id is the job name; pipeline steps are child runs found with
+  `tags.mlflow.parentRunId='<id>'` (the only filter this fake accepts, as string `=` on tags is what Azure
+  supports; `order_by` on attributes/metrics/params/tags is refused there and here); job states map to
+  SCHEDULED (NotStarted, Queued, Preparing), RUNNING, FINISHED (Completed), FAILED, KILLED (Canceled);
+  `runs/search` returns only the last value of each metric.
+- The step runs of chat_completion_pipeline are its `jobs:` nodes in azureml-assets (spec.yaml:
+  ft_nlp_common_validation, chat_completion_model_import, chat_completion_datapreprocess,
+  chat_completion_finetune, chat_completion_model_converter), under a run for the pipeline node itself.
+- The fine-tuning step's metric keys are the Hugging Face Trainer's as its MLflowCallback logs them
+  (`loss`, `grad_norm`, `learning_rate`, `epoch` every logging step; `eval_loss`, `eval_runtime` per
+  evaluation; `train_loss`, `train_runtime`, `train_samples_per_second` at the end) and its params the
+  TrainingArguments. This is an assumption about the finetune component (it trains with the Trainer);
+  no recorded Azure ML response was available to copy. Ids and values are made up.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fakes.azureml import FakeAzureML, Recorded
+
+MLFLOW_STATUS = {
+    "NotStarted": "SCHEDULED",
+    "Queued": "SCHEDULED",
+    "Preparing": "SCHEDULED",
+    "Starting": "SCHEDULED",
+    "Provisioning": "SCHEDULED",
+    "Running": "RUNNING",
+    "Finalizing": "RUNNING",
+    "Completed": "FINISHED",
+    "Failed": "FAILED",
+    "Canceled": "KILLED",
+    "NotResponding": "FAILED",
+}
+STEPS = [
+    "ft_nlp_common_validation",
+    "chat_completion_model_import",
+    "chat_completion_datapreprocess",
+    "chat_completion_finetune",
+    "chat_completion_model_converter",
+]
+FINETUNE = "chat_completion_finetune"
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
+
+
+@dataclass
+class FakeRun:
+    run_id: str
+    experiment_id: str
+    run_name: str
+    job: str  # the pipeline job it belongs to
+    parent: str | None
+    step: int  # -1: the job, 0: the pipeline node, 1..: its steps in order
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    # key -> [(value, timestamp ms, step)], in logging order
+    history: dict[str, list[tuple[float, int, int]]] = field(default_factory=dict)
+
+
+def trainer_history(
+    total_steps: int = 20, logging_steps: int = 5, eval_steps: int = 10
+) -> dict[str, list[tuple[float, int, int]]]:
+    """What the Trainer's MLflowCallback logs for one short fine-tuning run (made-up, decreasing loss)."""
+    out: dict[str, list[tuple[float, int, int]]] = {}
+
+    def log(key: str, value: float, step: int) -> None:
+        out.setdefault(key, []).append((value, T0 + step * 1000, step))
+
+    for step in range(logging_steps, total_steps + 1, logging_steps):
+        log("loss", round(1.6 - 0.03 * step, 4), step)
+        log("grad_norm", round(2.0 - 0.05 * step, 4), step)
+        log("learning_rate", 5e-6 * (1 - step / (total_steps + 1)), step)
+        log("epoch", round(step / total_steps, 4), step)
+        if step % eval_steps == 0:
+            log("eval_loss", round(1.5 - 0.025 * step, 4), step)
+            log("eval_runtime", 12.5, step)
+            log("eval_samples_per_second", 8.0, step)
+    log("train_loss", round(1.6 - 0.03 * total_steps / 2, 4), total_steps)
+    log("train_runtime", 612.3, total_steps)
+    log("train_samples_per_second", 1.31, total_steps)
+    return out
+
+
+class FakeMlflow:
+    """Runs and experiments of the workspace's MLflow, derived from the fake service's pipeline jobs."""
+
+    def __init__(self, service: FakeAzureML) -> None:
+        self.service = service
+        self.experiments: dict[str, dict[str, Any]] = {}  # id -> experiment
+        self.runs: dict[str, FakeRun] = {}
+        self.running_fraction = 0.5  # how much of the finetune history a Running job shows
+        self.searches: list[str] = []  # the filter strings received
+
+    # --- setup -------------------------------------------------------------------------------------
+
+    def experiment_id(self, name: str) -> str:
+        for exp_id, exp in self.experiments.items():
+            if exp["name"] == name:
+                return exp_id
+        exp_id = str(uuid.uuid4())
+        self.experiments[exp_id] = {
+            "experiment_id": exp_id,
+            "name": name,
+            "artifact_location": "",
+            "lifecycle_stage": "active",
+            "creation_time": T0,
+            "last_update_time": T0,
+            "tags": [],
+        }
+        return exp_id
+
+    def job_submitted(self, name: str, body: dict[str, Any]) -> None:
+        """A pipeline job arrived: its run, the pipeline node's run and the step runs (which show up as
+        the job advances)."""
+        props = body.get("properties") or {}
+        exp_id = self.experiment_id(props.get("experimentName") or "Default")
+        self.runs[name] = FakeRun(
+            name, exp_id, props.get("displayName") or name, name, None, -1, tags={"mlflow.rootRunId": name}
+        )
+        [(node_name, node)] = (props.get("jobs") or {"chat_completion_pipeline": {}}).items()
+        node_id = str(uuid.uuid4())
+        self.runs[node_id] = FakeRun(
+            node_id,
+            exp_id,
+            node_name,
+            name,
+            name,
+            0,
+            tags={"mlflow.parentRunId": name, "mlflow.rootRunId": name},
+        )
+        inputs = {
+            key: str(value.get("value"))
+            for key, value in (node.get("inputs") or {}).items()
+            if isinstance(value, dict) and value.get("job_input_type") == "literal"
+        }
+        for index, step in enumerate(STEPS, 1):
+            run_id = str(uuid.uuid4())
+            run = FakeRun(
+                run_id,
+                exp_id,
+                step,
+                name,
+                node_id,
+                index,
+                tags={"mlflow.parentRunId": node_id, "mlflow.rootRunId": name, "azureml.nodeid": step},
+            )
+            if step == FINETUNE:
+                run.params = {
+                    key: inputs[key]
+                    for key in (
+                        "learning_rate",
+                        "lr_scheduler_type",
+                        "num_train_epochs",
+                        "per_device_train_batch_size",
+                        "gradient_accumulation_steps",
+                        "max_steps",
+                        "logging_steps",
+                        "seed",
+                    )
+                    if key in inputs
+                }
+                run.history = trainer_history()
+            self.runs[run_id] = run
+
+    # --- what a job's state shows ------------------------------------------------------------------
+
+    def _job_status(self, run: FakeRun) -> str:
+        job = self.service.jobs.get(run.job) or {}
+        return str((job.get("properties") or {}).get("status") or "NotStarted")
+
+    def _visible(self, run: FakeRun) -> bool:
+        status = MLFLOW_STATUS.get(self._job_status(run), "SCHEDULED")
+        if run.step <= 0:
+            return run.step < 0 or status != "SCHEDULED"
+        if status == "SCHEDULED":
+            return False
+        if status == "RUNNING":
+            return STEPS[run.step - 1] in STEPS[: STEPS.index(FINETUNE) + 1]
+        return True
+
+    def _status(self, run: FakeRun) -> str:
+        status = MLFLOW_STATUS.get(self._job_status(run), "SCHEDULED")
+        if status == "RUNNING" and run.step > 0 and STEPS[run.step - 1] != FINETUNE:
+            return "FINISHED"  # the steps before the fine-tuning one are done
+        return status
+
+    def _history(self, run: FakeRun, key: str) -> list[tuple[float, int, int]]:
+        values = run.history.get(key, [])
+        if self._status(run) != "RUNNING" or run.step <= 0:
+            return values
+        last = max((step for entries in run.history.values() for _, _, step in entries), default=0)
+        upto = int(last * self.running_fraction)
+        return [entry for entry in values if entry[2] <= upto]
+
+    def _run_json(self, run: FakeRun) -> dict[str, Any]:
+        status = self._status(run)
+        info: dict[str, Any] = {
+            "run_uuid": run.run_id,
+            "run_id": run.run_id,
+            "run_name": run.run_name,
+            "experiment_id": run.experiment_id,
+            "user_id": "33333333-4444-5555-6666-777777777777",
+            "status": status,
+            "start_time": T0,
+            "artifact_uri": f"azureml://experiments/{run.experiment_id}/runs/{run.run_id}/artifacts",
+            "lifecycle_stage": "active",
+        }
+        if status in ("FINISHED", "FAILED", "KILLED"):
+            info["end_time"] = T0 + 3_600_000
+        metrics = []
+        for key in run.history:
+            values = self._history(run, key)
+            if values:
+                value, stamp, step = values[-1]
+                metrics.append({"key": key, "value": value, "timestamp": stamp, "step": step})
+        return {
+            "info": info,
+            "data": {
+                "metrics": metrics,
+                "params": [{"key": k, "value": v} for k, v in run.params.items()],
+                "tags": [
+                    {"key": k, "value": v} for k, v in {**run.tags, "mlflow.runName": run.run_name}.items()
+                ],
+            },
+            "inputs": {},
+        }
+
+    # --- routes ------------------------------------------------------------------------------------
+
+    def routes(self) -> list[tuple[str, str, Any]]:
+        base = (
+            r"/mlflow/v2\.0/subscriptions/[^/]+/resourceGroups/[^/]+"
+            r"/providers/Microsoft\.MachineLearningServices/workspaces/[^/]+/api/2\.0/mlflow"
+        )
+        return [
+            ("GET", base + r"/runs/get", self._get_run),
+            ("GET", base + r"/metrics/get-history", self._get_history),
+            ("POST", base + r"/runs/search", self._search),
+            ("GET", base + r"/experiments/get", self._get_experiment),
+        ]
+
+    def history_routes(self) -> list[tuple[str, str, Any]]:
+        """Run history, where azure-ai-ml's `jobs.list(parent_job_name=...)` reads a job's children: the
+        same runs, as run-history `Run` objects (azure-ai-ml's _restclient/runhistory models: runId,
+        parentRunId, rootRunId, experimentId, displayName, status with Azure ML's job states, runType,
+        properties, tags, createdUtc/startTimeUtc/endTimeUtc), paged as {"value": [...]}. The base URL is
+        the workspace discovery document's "api" entry."""
+        ws = (
+            r"/history/v1\.0/subscriptions/[^/]+/resourceGroups/[^/]+"
+            r"/providers/Microsoft\.MachineLearningServices/workspaces/[^/]+"
+        )
+        return [("GET", ws + r"/runs/(?P<run_id>[^/]+)/children", self._children)]
+
+    def _children(self, r: Recorded, run_id: str) -> tuple[int, dict[str, str], Any]:
+        parent = self._find(run_id)
+        if parent is None:
+            return self._json(404, {"error": {"code": "UserError", "message": f"Run {run_id} not found"}})
+        azure = {"SCHEDULED": "Queued", "RUNNING": "Running", "FINISHED": "Completed", "FAILED": "Failed"}
+        value = []
+        for run in self.runs.values():
+            if run.parent != run_id or not self._visible(run):
+                continue
+            status = self._status(run)
+            value.append(
+                {
+                    "runId": run.run_id,
+                    "parentRunId": run.parent,
+                    "rootRunId": run.job,
+                    "experimentId": run.experiment_id,
+                    "displayName": run.run_name,
+                    "name": run.run_name,
+                    "status": azure.get(status, "Canceled"),
+                    "runType": "azureml.PipelineRun" if run.step == 0 else "azureml.StepRun",
+                    "properties": {"azureml.nodeid": run.run_name, "azureml.runsource": "azureml.StepRun"},
+                    "tags": {},
+                    "createdUtc": "2026-01-01T00:00:00.000Z",
+                    "startTimeUtc": "2026-01-01T00:00:05.000Z",
+                    **({"endTimeUtc": "2026-01-01T01:00:00.000Z"} if status == "FINISHED" else {}),
+                }
+            )
+        return self._json(200, {"value": value, "continuationToken": None, "nextLink": None})
+
+    @staticmethod
+    def _json(status: int, body: Any) -> tuple[int, dict[str, str], Any]:
+        return status, {"Content-Type": "application/json"}, body
+
+    def _missing(self, what: str) -> tuple[int, dict[str, str], Any]:
+        return self._json(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"{what} not found"})
+
+    def _find(self, run_id: str | None) -> FakeRun | None:
+        run = self.runs.get(run_id or "")
+        return run if run is not None and self._visible(run) else None
+
+    def _get_run(self, r: Recorded) -> tuple[int, dict[str, str], Any]:
+        run_id = r.query.get("run_id") or r.query.get("run_uuid")
+        run = self._find(run_id)
+        if run is None:
+            return self._missing(f"Run {run_id}")
+        return self._json(200, {"run": self._run_json(run)})
+
+    def _get_history(self, r: Recorded) -> tuple[int, dict[str, str], Any]:
+        run = self._find(r.query.get("run_id") or r.query.get("run_uuid"))
+        if run is None:
+            return self._missing(f"Run {r.query.get('run_id')}")
+        key = r.query.get("metric_key", "")
+        metrics = [
+            {"key": key, "value": value, "timestamp": stamp, "step": step}
+            for value, stamp, step in self._history(run, key)
+        ]
+        return self._json(200, {"metrics": metrics} if metrics else {})
+
+    def _search(self, r: Recorded) -> tuple[int, dict[str, str], Any]:
+        body = r.body if isinstance(r.body, dict) else {}
+        text = str(body.get("filter") or "")
+        self.searches.append(text)
+        order_by = [
+            o for o in body.get("order_by") or [] if re.match(r"(attributes|metrics|params|tags)\.", o)
+        ]
+        if order_by:
+            return self._json(
+                400,
+                {"error_code": "INVALID_PARAMETER_VALUE", "message": f"order_by {order_by} is not supported"},
+            )
+        match = re.fullmatch(
+            r"\s*tags\.(?:`mlflow\.parentRunId`|mlflow\.parentRunId)\s*=\s*'([^']*)'\s*", text
+        )
+        if text and match is None:
+            return self._json(
+                400, {"error_code": "INVALID_PARAMETER_VALUE", "message": f"unsupported filter {text!r}"}
+            )
+        experiments = set(body.get("experiment_ids") or [])
+        parent = match.group(1) if match else None
+        found = [
+            self._run_json(run)
+            for run in self.runs.values()
+            if self._visible(run)
+            and run.experiment_id in experiments
+            and (parent is None or run.parent == parent)
+        ]
+        return self._json(200, {"runs": copy.deepcopy(found)} if found else {})
+
+    def _get_experiment(self, r: Recorded) -> tuple[int, dict[str, str], Any]:
+        exp = self.experiments.get(r.query.get("experiment_id", ""))
+        if exp is None:
+            return self._missing(f"Experiment {r.query.get('experiment_id')}")
+        return self._json(200, {"experiment": copy.deepcopy(exp)})
+
+
+def serve_mlflow(monkeypatch: Any, service: FakeAzureML) -> None:
+    """Point mlflow's HTTP session at the fake service (mlflow builds its own requests session, outside
+    azure-core, so the MLClient's transport does not reach it)."""
+    import requests
+    from mlflow.utils import request_utils
+
+    from fakes.azureml import _Adapter
+
+    def session(*args: Any, **kwargs: Any) -> requests.Session:
+        s = requests.Session()
+        s.trust_env = False
+        adapter = _Adapter(service)
+        s.mount("https://", adapter)
+        s.mount("http://", adapter)
+        return s
+
+    monkeypatch.setattr(request_utils, "_get_request_session", session)
