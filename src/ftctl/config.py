@@ -252,6 +252,20 @@ class DeploySection(Section):
         le=MAX_WAIT_S,
         description=f"seconds before Azure ML probes the deployment, 0..{MAX_WAIT_S} (a week)",
     )
+    ttl: str | None = Field(
+        None,
+        description="time to live of the endpoint, e.g. 30m, 4h, 2d (at most 365d); past it every command "
+        "warns, `ftctl teardown --expired` tears it down and the local server stops itself",
+    )
+
+    @field_validator("ttl")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        from ftctl.ttl import parse_duration
+
+        if value is not None:
+            parse_duration(value)  # ValueError -> a config error naming deploy.ttl
+        return value
 
 
 class ScoreSection(Section):

@@ -32,6 +32,7 @@ class Stage:
     needs_live: tuple[str, ...] = ()  # upstream stages whose long-lived resource must be up
     live: bool = False  # the stage keeps something running (an endpoint) that `alive` checks
     background: bool = False  # its work goes on without ftctl (a job started with --no-wait)
+    ignores: tuple[str, ...] = ()  # config keys among `reads` that do not make the stage stale
 
 
 STAGES: tuple[Stage, ...] = (
@@ -72,7 +73,14 @@ STAGES: tuple[Stage, ...] = (
         background=True,
     ),
     Stage("register", ("submit",), ("register",), "Register the fine-tuned model in the registry."),
-    Stage("deploy", ("register",), ("deploy",), "Serve the registered model behind an endpoint.", live=True),
+    Stage(
+        "deploy",
+        ("register",),
+        ("deploy",),
+        "Serve the registered model behind an endpoint.",
+        live=True,
+        ignores=("deploy.ttl",),  # a new expiry applies to the next deploy; it redeploys nothing
+    ),
     Stage(
         "score",
         ("deploy", "prepare-data"),
@@ -118,8 +126,9 @@ def impl(ctx: Context, stage: Stage) -> StageImpl:
 
 def fingerprint(ctx: Context, stage: Stage, state: dict[str, Any]) -> dict[str, Any]:
     files = impl(ctx, stage).inputs(ctx, state)
+    params = {key: value for key, value in ctx.config.select(stage.reads).items() if key not in stage.ignores}
     return {
-        "params": ctx.config.select(stage.reads),
+        "params": params,
         "inputs": {label: st.file_signature(Path(path)) for label, path in sorted(files.items())},
         "upstream": {up: stage_digest(st.record(state, up)) for up in stage.upstream},
     }
@@ -534,7 +543,14 @@ def _status_summary(ctx: Context, stage: Stage, rec: dict[str, Any], ev: Evaluat
     if ev.down:
         name = (rec.get("outputs") or {}).get("endpoint_name") or "the endpoint"
         return f"{name} is down: `ftctl {stage.name}` or `ftctl run --to score` starts it again"
-    return summary(ctx, stage, rec)
+    text = summary(ctx, stage, rec)
+    if stage.live and ev.status == st.SUCCEEDED:
+        from ftctl.ttl import endpoint_record, uptime
+
+        record = endpoint_record(ctx.state_store.load())
+        if record:
+            text = f"{text}, {uptime(record)}"
+    return text
 
 
 def reset(ctx: Context, name: str | None) -> list[str]:

@@ -101,6 +101,8 @@ class DeployOutputs(_Outputs):
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     pid: Count | None = None
     key_file: str | None = None
+    instance_type: str | None = None
+    expires_at: IsoTime = None
 
 
 class ScoreOutputs(_Outputs):

@@ -214,3 +214,28 @@ def test_same_script_same_json_keys_on_both_backends(az, tracking) -> None:
         assert _keys(data) == _keys(local[name]), name
         assert set(data) == set(local[name]), name
     assert local["credentials"]["openai_base_url"]  # local has an OpenAI route; Azure ML: null
+
+
+def test_an_expired_endpoint_is_warned_about_and_torn_down_by_teardown_expired(az) -> None:
+    """The cost guard on Azure ML: deploy --ttl records an expiry; past it every command warns, and
+    `teardown --expired` (cron-safe) deletes the endpoint; before it, nothing is deleted."""
+    from datetime import datetime, timedelta, timezone
+
+    az("run", "--to", "register")
+    assert "nothing to tear down" in az("teardown", "--expired").stderr  # no endpoint: a no-op
+    az("deploy", "--ttl", "2h")
+    name = az.outputs("deploy")["endpoint_name"]
+    assert az.outputs("deploy")["expires_at"]
+    shown = az("status").stdout
+    assert "expires in 1h 59m" in shown or "expires in 2h" in shown
+    assert "nothing to tear down" in az("teardown", "--expired").stderr
+    assert name in az.service.endpoints
+    state_file = az.workspace / "state.json"
+    state = json.loads(state_file.read_text())
+    past = datetime.now(timezone.utc) - timedelta(minutes=5)
+    state["stages"]["deploy"]["outputs"]["expires_at"] = past.isoformat(timespec="seconds")
+    state_file.write_text(json.dumps(state))
+    assert f"endpoint {name} is past its expiry" in az("status").stderr
+    az("teardown", "--expired")
+    assert name not in az.service.endpoints
+    assert "past its expiry" not in az("status").stderr

@@ -229,7 +229,9 @@ def command(
             with handle_errors(opts):
                 given = [(key, kwargs.pop(option)) for option, key in settings.items()]
                 extra = [f"{key}={value}" for key, value in given if value is not None]
-                body(build_context(_tctx, [*_set, *extra]), **kwargs)
+                ctx = build_context(_tctx, [*_set, *extra])
+                _warn_if_expired(ctx)
+                body(ctx, **kwargs)
 
         # typer reads the signature and the annotations (resolved in the body's module).
         wrapper.__signature__ = inspect.Signature([*own, *_COMMON])  # type: ignore[attr-defined]
@@ -241,6 +243,22 @@ def command(
         return body
 
     return decorate
+
+
+def _warn_if_expired(ctx: Context) -> None:
+    """The cost guard: every command says so when the workspace's endpoint is past its expiry."""
+    from ftctl import ttl
+    from ftctl.errors import StateError
+
+    try:
+        record = ttl.expired(ctx.state_store.load())
+    except (StateError, ValueError):
+        return  # the command itself reports an unreadable state
+    if record:
+        ctx.ui.warn(
+            f"endpoint {record.get('endpoint_name')} is past its expiry ({ttl.uptime(record)}); "
+            "`ftctl teardown` (or `ftctl teardown --expired`) tears it down"
+        )
 
 
 @contextlib.contextmanager

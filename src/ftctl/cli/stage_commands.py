@@ -127,8 +127,19 @@ def register(ctx: Context, force: bool = FORCE, dry_run: bool = DRY_RUN) -> None
     run_stage(ctx, "register", force, dry_run=dry_run)
 
 
-@command(PANEL)
-def deploy(ctx: Context, force: bool = FORCE, dry_run: bool = DRY_RUN) -> None:
+@command(PANEL, settings={"ttl": "deploy.ttl"})
+def deploy(
+    ctx: Context,
+    ttl: Optional[str] = typer.Option(
+        None,
+        "--ttl",
+        metavar="DURATION",
+        help="Time to live, e.g. 30m, 4h, 2d (deploy.ttl): past it every command warns, "
+        "`ftctl teardown --expired` tears the endpoint down, and the local server stops itself.",
+    ),
+    force: bool = FORCE,
+    dry_run: bool = DRY_RUN,
+) -> None:
     """Serve the registered model behind an endpoint (local: 127.0.0.1, key auth)."""
     run_stage(ctx, "deploy", force, dry_run=dry_run)
 
@@ -160,9 +171,21 @@ def teardown(
     compute: bool = typer.Option(
         False, "--compute", help="Azure ML: also delete the compute cluster, if check-compute created it."
     ),
+    expired: bool = typer.Option(
+        False,
+        "--expired",
+        help="Only if the endpoint is past its expiry (deploy.ttl); safe to run from cron.",
+    ),
     dry_run: bool = DRY_RUN,
 ) -> None:
     """Delete the endpoint (local: stop the server and check its port is closed)."""
+    if expired:
+        from ftctl import ttl
+
+        if ttl.expired(ctx.state_store.load()) is None:
+            ctx.ui.info("no endpoint past its expiry: nothing to tear down")
+            ctx.ui.emit({"stage": "teardown", "status": "nothing expired", "outputs": {}})
+            return
     if compute:
         from ftctl.stages.contract import CLUSTER
 

@@ -840,6 +840,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="wait on this pipe for the starter to record the server; exit if it closes unsigned",
     )
+    parser.add_argument(
+        "--expires-at",
+        type=float,
+        default=None,
+        help="unix time at which the server stops itself (deploy.ttl, the cost guard)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -909,10 +915,24 @@ def _serve(args: argparse.Namespace, key: str) -> int:
         server.should_exit = True
 
     app.state.on_load_failure = _stop
+    if args.expires_at is not None:
+        _stop_at(args.expires_at, _stop)
     server.run()
     if app.state.load_error:
         return 1
     return 0
+
+
+def _stop_at(when: float, stop: Callable[[], None]) -> None:
+    """Call `stop` at unix time `when` (the endpoint's expiry): uvicorn then shuts down gracefully."""
+
+    def expire() -> None:
+        log.warning("the endpoint reached its expiry (deploy.ttl); stopping")
+        stop()
+
+    timer = threading.Timer(max(when - time.time(), 0.0), expire)
+    timer.daemon = True
+    timer.start()
 
 
 def main(argv: list[str] | None = None) -> int:

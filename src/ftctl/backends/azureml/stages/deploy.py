@@ -15,6 +15,7 @@ from ftctl.errors import StageFailed, UsageError
 from ftctl.stages.contract import no_inputs as inputs
 from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.shared import check_lists
+from ftctl.ttl import expires_at
 
 if TYPE_CHECKING:
     from ftctl.context import Context
@@ -204,6 +205,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "model_id": registered["id"],
         "model_uri": registered.get("model_uri"),
         "model_version": registered.get("version"),
+        "expires_at": expires_at(cfg.ttl),  # the cost guard (Azure ML has no endpoint expiry of its own)
     }
 
 

@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -20,6 +21,7 @@ from ftctl.errors import StageFailed, UsageError
 from ftctl.stages.contract import no_inputs as inputs
 from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.shared import check_lists
+from ftctl.ttl import expires_at
 
 if TYPE_CHECKING:
     from ftctl.backends.local.workspace import LocalWorkspace
@@ -114,6 +116,9 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "--device", compute.get("device", "cpu"),
         "--model-name", f"{registered['model_name']}:{registered['version']}",
     )  # fmt: skip
+    expires = expires_at(cfg.ttl)
+    if expires:  # the cost guard: the server stops itself then
+        command += ["--expires-at", str(datetime.fromisoformat(expires).timestamp())]
     # The server waits on this pipe until the state file records it: if this ftctl dies before (kill -9
     # between spawning and recording), the pipe closes unsigned and the server exits, so no endpoint
     # ever runs unrecorded.
@@ -142,6 +147,8 @@ def run(ctx: Context, call: StageCall) -> Outputs:
             "model_dir": str(model_dir),
             "key_file": str(key_file),
             "log": str(log_path),
+            "instance_type": compute.get("size", "cpu"),
+            "expires_at": expires,
         }
         call.checkpoint(outputs)
         with contextlib.suppress(OSError):  # a server that already exited reads nothing
@@ -161,7 +168,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
 
 
 def summary(outputs: dict[str, Any]) -> str:
-    return f"{outputs.get('endpoint_name')} {outputs.get('url')}"
+    return f"{outputs.get('endpoint_name')} {outputs.get('url')} ({outputs.get('instance_type') or 'cpu'})"
 
 
 __all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]
