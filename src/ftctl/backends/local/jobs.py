@@ -172,7 +172,7 @@ class Job:
         """Spawn the job's supervisor, detached; returns its identity."""
         self.write_status(QUEUED, spawned_at=time.time())
         pid = procs.spawn(procs.python_command(SUPERVISOR_MODULE, str(self.dir)), self.log_path)
-        ident = procs.identity(pid) or {"pid": pid}  # gone already: the status says why
+        ident = procs.started_identity(pid) or {"pid": pid}  # gone already: the status says why
         self.supervisor = ident if procs.is_identity(ident) else None
         return ident
 
@@ -302,7 +302,7 @@ def _supervise(job_dir: Path) -> int:
         return 1
     print(f"[ftctl job {job.id}] {' '.join(command)}", flush=True)
     child = subprocess.Popen(command, cwd=job.dir, preexec_fn=_die_with(os.getpid()))
-    trainer = procs.identity(child.pid) or {"pid": child.pid}
+    trainer = procs.started_identity(child.pid, child) or {"pid": child.pid}
     # Recorded before anything trusts it: the live record first (it survives a damaged state file).
     live.write(workspace, live.JOB, job.id, {"supervisor": me, "trainer": trainer}, **details)
     job.write_status(RUNNING, supervisor=me, trainer=trainer, pid=child.pid, started_at=now_iso(),

@@ -95,6 +95,24 @@ def identity(pid: int | None) -> Identity | None:
             "pgid": int(fields[2])}  # fmt: skip
 
 
+def started_identity(
+    pid: int, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 5.0
+) -> Identity | None:
+    """The identity of a process just spawned (None if it has already exited).
+
+    Popen returns once the child's exec has begun, but for a moment after that the kernel still shows
+    an empty command line (the new program's arguments are not in place yet): wait that moment out."""
+    proc = proc or _children.get(pid)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = identity(pid)
+        if found is not None or (proc is not None and proc.poll() is not None):
+            return found
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.002)
+
+
 def is_identity(value: Any) -> bool:
     return (
         isinstance(value, dict)

@@ -163,7 +163,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         finally:
             sock.close()
             os.close(handoff_read)
-        process = procs.identity(pid) or {"pid": pid}  # gone already: it never serves
+        process = procs.started_identity(pid) or {"pid": pid}  # gone already: it never serves
         outputs = {
             "endpoint_name": name,
             "deployment_name": cfg.deployment_name,
