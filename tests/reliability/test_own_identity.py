@@ -201,3 +201,23 @@ def test_submit_reattaching_to_a_reused_pid_does_not_follow_it_forever(
     assert proc.returncode == 1, proc.stderr
     assert "job job-reused failed" in proc.stderr and "ended without recording" in proc.stderr, proc.stderr
     assert running(bystander)
+
+
+def test_an_exiting_process_is_still_the_recorded_one(
+    bystander: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a process exits, its command line reads empty (memory released) and its main thread may be a
+    zombie while other threads still exit, but its files, such as a listening socket, are still open: it
+    has not ended yet (teardown found its port still open)."""
+    real = proc_identity(bystander.pid)
+    monkeypatch.setattr(procs, "_cmdline", lambda pid: [])
+    assert procs.alive(real)
+    assert not procs.alive({**real, "start": real["start"] + 1})
+    # Its main thread already a zombie while other threads still exit: not ended either.
+    stat = procs._stat(bystander.pid)
+    assert stat is not None
+    monkeypatch.setattr(procs, "_stat", lambda pid: ["Z", *stat[1:]])
+    monkeypatch.setattr(procs, "_other_threads", lambda pid: True)
+    assert procs.alive(real)
+    monkeypatch.setattr(procs, "_other_threads", lambda pid: False)
+    assert not procs.alive(real)

@@ -73,6 +73,14 @@ def _stat(pid: int) -> list[str] | None:
     return raw[raw.rfind(b")") + 2 :].decode("ascii", "replace").split()
 
 
+def _other_threads(pid: int) -> bool:
+    """Whether threads other than the main one remain (a zombie main thread, its process exiting)."""
+    try:
+        return len(os.listdir(f"/proc/{int(pid)}/task")) > 1
+    except OSError:
+        return False
+
+
 def _cmdline(pid: int) -> list[str] | None:
     try:
         raw = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
@@ -136,16 +144,27 @@ def legacy_identity(pid: Any, *markers: str) -> Identity | None:
 
 
 def same_process(recorded: Identity | None) -> bool:
-    """Whether the recorded process still runs: same pid, start time, boot and command line."""
+    """Whether the recorded process still runs: same pid, start time, boot and command line.
+
+    A process that is exiting is not ended before its files are closed (a server's listening socket):
+    its command line reads empty once its memory is released, and its main thread shows as a zombie
+    while its other threads still exit. With the same start time it is still the recorded process."""
     if not is_identity(recorded):
         return False
     assert recorded is not None
-    current = identity(recorded["pid"])
-    if current is None:
+    pid = int(recorded["pid"])
+    fields = _stat(pid)
+    if not fields or int(fields[19]) != recorded["start"]:
         return False
-    if recorded.get("boot") and current["boot"] and recorded["boot"] != current["boot"]:
+    if fields[0] in ("Z", "X") and not _other_threads(pid):
         return False
-    return current["start"] == recorded["start"] and current["cmdline"] == recorded["cmdline"]
+    boot = _boot_id()
+    if recorded.get("boot") and boot and recorded["boot"] != boot:
+        return False
+    cmdline = _cmdline(pid)
+    if cmdline is None:  # gone since
+        return False
+    return not cmdline or cmdline == recorded["cmdline"]
 
 
 def alive(recorded: Identity | None) -> bool:
