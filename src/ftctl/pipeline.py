@@ -507,7 +507,14 @@ class Runner:
 def status_report(ctx: Context) -> dict[str, Any]:
     """What `ftctl status` shows: every stage's record, whether (and why) it is stale, whether its
     endpoint is down, and whether a `running` stage was interrupted."""
-    state = ctx.state_store.load()
+    try:
+        state = ctx.state_store.load()
+    except StateError as exc:
+        live = ctx.backend_impl.hooks.live(ctx, None)
+        if live:  # the one thing a damaged state must not hide
+            running = "; ".join(item["description"] for item in live)
+            exc.hint = f"still running: {running} (`ftctl reset --all` stops them); {exc.hint}"
+        raise
     evaluation = evaluate(ctx, state, unattended=st.lock_is_free(ctx.workspace))
     stages = []
     for stage in STAGES:
@@ -534,6 +541,7 @@ def status_report(ctx: Context) -> dict[str, Any]:
         "backend": state.get("backend") or ctx.backend,
         "run_id": state.get("run_id"),
         "stages": stages,
+        "live": ctx.backend_impl.hooks.live(ctx, state),
     }
 
 
@@ -554,14 +562,33 @@ def _status_summary(ctx: Context, stage: Stage, rec: dict[str, Any], ev: Evaluat
 
 
 def reset(ctx: Context, name: str | None) -> list[str]:
-    """`ftctl reset STAGE|--all` under the lock the caller holds. With --all, an unreadable state file is
-    moved aside (state.json.corrupt) instead of read."""
-    store = ctx.state_store
+    """`ftctl reset STAGE|--all` under the lock the caller holds. Never leaves a process ftctl started
+    running unknown: --all stops every live job and endpoint first (also when the state file is
+    unreadable, which is then moved aside as state.json.corrupt); resetting submit stops its job."""
+    from ftctl.stages.contract import LIVE_KINDS
+
+    store, hooks = ctx.state_store, ctx.backend_impl.hooks
     if name is None:
+        for stopped in hooks.stop_live(ctx, LIVE_KINDS):
+            ctx.ui.info(f"stopped {stopped}")
         try:
             store.load()
         except StateError:
             store.path.replace(store.path.with_suffix(".json.corrupt"))
             ctx.ui.info("moved the unreadable state file aside (state.json.corrupt); starting over")
             return list(ORDER)
-    return Runner(ctx, check_backend=False).reset(name)
+    names = Runner(ctx, check_backend=False).reset(name)
+    if name is not None and "submit" in names:
+        for stopped in hooks.stop_live(ctx, ("job",)):
+            ctx.ui.info(f"stopped {stopped}")
+    return names
+
+
+def restore_backup(ctx: Context) -> list[str]:
+    """`ftctl reset --restore-backup`: the previous state file back; what it does not record (a job
+    or endpoint started since) is stopped, so nothing runs that ftctl no longer knows about."""
+    from ftctl.stages.contract import LIVE_KINDS
+
+    ctx.state_store.restore_backup()
+    restored = ctx.state_store.load()
+    return ctx.backend_impl.hooks.stop_live(ctx, LIVE_KINDS, unrecorded_in=restored)

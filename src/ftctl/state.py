@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import secrets
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -54,10 +56,38 @@ def empty_record() -> dict[str, Any]:
     }
 
 
+def _refuse_link(path: Path) -> None:
+    """StateError if `path` is a symbolic link (ftctl never reads or writes through one)."""
+    if path.is_symlink():
+        raise StateError(
+            f"{path} is a symbolic link; ftctl does not follow links in its workspace",
+            hint=f"remove the link (rm {path}) and run the command again",
+        )
+
+
+def read_text_nofollow(path: Path) -> str:
+    """The text of the regular file `path`, opened without following a symbolic link (StateError if it
+    is a link or not a regular file; FileNotFoundError if it is missing)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            _refuse_link(path)
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StateError(f"{path} is not a regular file; ftctl reads only regular files there")
+        return handle.read().decode("utf-8")
+
+
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write `text` to `path` so that readers see the old or the new file, never a partial one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """Write `text` to `path` so that readers see the old or the new file, never a partial one.
+
+    The temp file gets a fresh name, created exclusively and without following links; a `path` that is
+    a symbolic link is refused (StateError naming it), never written through."""
+    _refuse_link(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -89,10 +119,10 @@ class StateStore:
 
     def load(self) -> dict[str, Any]:
         """The current state; a fresh one if the workspace has none yet."""
-        if not self.path.exists():
+        if not self.path.exists() and not self.path.is_symlink():
             return {"schema_version": SCHEMA_VERSION, "backend": None, "run_id": None, "stages": {}}
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = json.loads(read_text_nofollow(self.path))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise self._corrupt(f"cannot be parsed ({exc})") from None
         if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
@@ -139,7 +169,7 @@ class StateStore:
         text = json.dumps(strict_json(state), indent=2, sort_keys=False, allow_nan=False) + "\n"
         if self.path.exists():
             try:
-                previous = self.path.read_text(encoding="utf-8")
+                previous = read_text_nofollow(self.path)
                 json.loads(previous)
             except (OSError, ValueError):
                 pass  # never let a corrupt file overwrite the good backup
@@ -154,10 +184,11 @@ class StateStore:
         if not self.backup.exists():
             raise StateError(f"no backup to restore: {self.backup} does not exist")
         try:
-            json.loads(self.backup.read_text(encoding="utf-8"))
+            text = read_text_nofollow(self.backup)
+            json.loads(text)
         except (OSError, ValueError) as exc:
             raise StateError(f"the backup {self.backup} is unreadable too ({exc})") from None
-        atomic_write_text(self.path, self.backup.read_text(encoding="utf-8"))
+        atomic_write_text(self.path, text)
 
 
 def record(state: dict[str, Any], stage: str) -> dict[str, Any]:
@@ -266,15 +297,23 @@ class WorkspaceLock:
 
     def read_owner(self) -> dict[str, Any] | None:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = read_text_nofollow(self.path)
             owner = json.loads(text) if text.strip() else None
-        except (OSError, ValueError):
+        except (OSError, ValueError, StateError):
             return None
         return owner if isinstance(owner, dict) else None
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                _refuse_link(self.path)
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StateError(f"the lock file {self.path} is not a regular file", hint=f"remove {self.path}")
         deadline = time.monotonic() + self.timeout_s
         told = False
         while True:

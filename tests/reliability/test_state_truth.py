@@ -176,3 +176,27 @@ def test_status_hashes_each_file_once(ran: Workspace, monkeypatch: pytest.Monkey
     result = CliRunner().invoke(app, ["--workspace", str(ran.ws), "status"])
     assert result.exit_code == 0, result.output
     assert hashed and len(hashed) == len(set(hashed)), sorted(map(str, hashed))
+
+
+def test_a_damaged_state_never_hides_or_orphans_a_live_endpoint(ran: Workspace) -> None:
+    """The record of live processes survives a damaged state file: status names what still runs, and
+    `reset --all` (the documented recovery) stops it before starting over."""
+    ran.restore("ran")
+    ran.run("run", "--to", "deploy")
+    pid = endpoint_pid(ran)
+    assert pid
+    live = json.loads(ran.run("--json", "status").stdout)["live"]
+    assert [item["kind"] for item in live] == ["endpoint"] and live[0]["recorded"]
+    (ran.ws / "state.json").write_text("{ not json")
+    out = ran.run("status", code=2)
+    assert "still running: endpoint" in out.stderr and "`ftctl reset --all` stops them" in out.stderr
+    ran.run("reset", "--all")
+    for _ in range(100):
+        if (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[-1][:3]
+        ):
+            break
+        time.sleep(0.05)
+    assert ran.servers() == []
+    assert json.loads(ran.run("--json", "status").stdout)["live"] == []

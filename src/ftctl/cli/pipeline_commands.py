@@ -71,6 +71,11 @@ def status(ctx: Context) -> None:
         for s in report["stages"]
     ]
     ctx.ui.result(table(rows, ["STAGE", "STATUS", "WHEN", "OUTPUTS", "STALE"]))
+    for item in report["live"]:
+        if not item["recorded"]:
+            ctx.ui.warn(
+                f"{item['description']} runs but the state does not record it: `ftctl reset --all` stops it"
+            )
 
 
 @command(PANEL)
@@ -92,9 +97,11 @@ def reset(
     store = ctx.state_store
     with locked(ctx.workspace, ctx.command, ctx.cfg.lock_timeout_s):
         if restore_backup:
-            store.restore_backup()
+            stopped = pipeline.restore_backup(ctx)
             ctx.ui.info(f"restored {store.path} from {store.backup.name}")
-            ctx.ui.emit({"restored": str(store.path)})
+            for what in stopped:
+                ctx.ui.info(f"stopped {what}: the restored state does not record it")
+            ctx.ui.emit({"restored": str(store.path), "stopped": stopped})
             return
         names = pipeline.reset(ctx, None if all_ else stage)
     ctx.ui.info(f"reset: {', '.join(names)} (pending)")

@@ -89,6 +89,7 @@ class StageImpl(Protocol):
 # Optional capabilities: a command that needs one on a backend that lacks it says so, in one place.
 METRICS = "metrics"
 ENDPOINT = "endpoint"  # chat, credentials, score --file
+LIVE_KINDS = ("job", "endpoint")  # what Hooks.live reports and Hooks.stop_live stops
 DRY_RUN = "dry-run"
 LIST_MODELS = "list-models"
 CLUSTER = "cluster"  # a compute cluster ftctl may have created (teardown --compute)
@@ -115,6 +116,18 @@ class Hooks(Protocol):
 
     def list_models(self, ctx: Context, show_all: bool) -> list[dict[str, Any]]:
         """The registry's models (name, latest_version, task, description)."""
+        ...
+
+    def live(self, ctx: Context, state: State | None) -> list[dict[str, Any]]:
+        """The processes ftctl started that still run (training jobs, endpoints), from records kept
+        outside the state file; each with "recorded": whether `state` (None: unreadable) knows it."""
+        ...
+
+    def stop_live(
+        self, ctx: Context, kinds: tuple[str, ...], unrecorded_in: State | None = None
+    ) -> list[str]:
+        """Stop live processes of `kinds` ("job", "endpoint"); with `unrecorded_in`, only those that
+        state does not record. Returns what was stopped, described. Called under the workspace lock."""
         ...
 
 

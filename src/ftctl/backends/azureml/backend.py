@@ -60,6 +60,14 @@ class AzureHooks:
     def list_models(self, ctx: Context, show_all: bool) -> list[dict[str, Any]]:
         return pick_model.list_models(ctx, show_all)
 
+    def live(self, ctx: Context, state: State | None) -> list[dict[str, Any]]:
+        return []  # Azure ML keeps its jobs and endpoints; the state records their names
+
+    def stop_live(
+        self, ctx: Context, kinds: tuple[str, ...], unrecorded_in: State | None = None
+    ) -> list[str]:
+        return []
+
 
 BACKEND = Backend(
     name="azureml",

@@ -89,6 +89,30 @@ class LocalHooks:
         metrics.tracking_uri = ws.tracking_uri
         return metrics
 
+    def live(self, ctx: Context, state: State | None) -> list[dict[str, Any]]:
+        from ftctl.backends.local import live
+
+        unknown = {(r.kind, r.name) for r in live.unrecorded(ctx.workspace, state)} if state else None
+        return [
+            {
+                **resource.to_dict(),
+                "description": resource.describe(),
+                "recorded": unknown is not None and (resource.kind, resource.name) not in unknown,
+            }
+            for resource in live.live_resources(ctx.workspace)
+        ]
+
+    def stop_live(
+        self, ctx: Context, kinds: tuple[str, ...], unrecorded_in: State | None = None
+    ) -> list[str]:
+        from ftctl.backends.local import live
+
+        targets = live.unrecorded(ctx.workspace, unrecorded_in) if unrecorded_in is not None else None
+        if targets is not None:
+            targets = [r for r in targets if r.kind in kinds]
+        stopped = live.stop_live(ctx.workspace, targets, kinds=kinds, notify=ctx.ui.info)
+        return [resource.describe() for resource in stopped]
+
     def list_models(self, ctx: Context, show_all: bool) -> list[dict[str, Any]]:
         raise UsageError("the local backend has no model registry to list")  # not a declared capability
 

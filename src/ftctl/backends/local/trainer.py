@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import unquote
 
 from pydantic import ValidationError
 
@@ -329,9 +330,11 @@ def _flat_params(params: dict[str, Any]) -> dict[str, str]:
 
 def _default_artifact_location(tracking_uri: str) -> str | None:
     """For a sqlite store, keep run artifacts next to the database (MLflow defaults to ./mlruns)."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///") :])
-        return (db.parent / "mlartifacts").resolve().as_uri()
+    for prefix, encoded in (("sqlite:///", False), ("sqlite+pysqlite:///", True)):  # see LocalWorkspace
+        if tracking_uri.startswith(prefix):
+            raw = tracking_uri[len(prefix) :]
+            db = Path(unquote(raw) if encoded else raw)
+            return (db.parent / "mlartifacts").resolve().as_uri()
     return None
 
 
@@ -358,6 +361,20 @@ def _start_mlflow_run(cfg: dict) -> Any:
     return mlflow.start_run(experiment_id=exp_id, run_name=cfg.get("run_name"))
 
 
+class TrainingDiverged(FtctlError):
+    """The loss became NaN or infinite: the job stops (and nothing of it gets registered)."""
+
+
+def _check_finite(logs: dict | None, step: int) -> None:
+    for key in ("loss", "eval_loss"):
+        value = (logs or {}).get(key)
+        if value is not None and not math.isfinite(float(value)):
+            raise TrainingDiverged(
+                f"training diverged: {key} is {float(value)} at step {step}",
+                hint="lower finetune.learning_rate (or check the data)",
+            )
+
+
 def _make_callback(emit: Callable[[Event], None], log_metrics: Callable[[dict, int], None]) -> Any:
     from transformers import TrainerCallback
 
@@ -380,6 +397,7 @@ def _make_callback(emit: Callable[[Event], None], log_metrics: Callable[[dict, i
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "eval_loss" in logs:
+                _check_finite(logs, state.global_step)
                 eval_loss = float(logs["eval_loss"])
                 self.last_eval = {
                     "type": "eval",
@@ -394,6 +412,7 @@ def _make_callback(emit: Callable[[Event], None], log_metrics: Callable[[dict, i
                     perplexity = min(self.last_eval["perplexity"], 1e30)
                     log_metrics({"eval_loss": eval_loss, "perplexity": perplexity}, state.global_step)
                 return
+            _check_finite(logs, state.global_step)  # every rank: they all stop together
             if not state.is_world_process_zero or not logs or "loss" not in logs:
                 return
             now = time.perf_counter()
@@ -642,6 +661,7 @@ def _training_arguments(job: _Job, data: _Data, amp: tuple[bool, bool]) -> Any:
         weight_decay=p.weight_decay,
         logging_steps=p.logging_steps,
         logging_first_step=True,
+        logging_nan_inf_filter=False,  # a NaN/inf loss is logged as such: the job stops, "diverged"
         save_strategy="no",
         eval_strategy="no",
         report_to="none",
@@ -991,6 +1011,7 @@ def run_job(job_dir: Path, deepspeed_stage: int | None = None) -> dict[str, Any]
                 "message": str(exc) or type(exc).__name__,
                 "error_type": type(exc).__name__,
                 "hint": getattr(exc, "hint", None),
+                "expected": isinstance(exc, FtctlError),  # its message is the whole cause
             }
         )
         raise

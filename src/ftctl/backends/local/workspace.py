@@ -1,4 +1,8 @@
-"""The local backend's handle: the workspace folders and its MLflow tracking + registry stores."""
+"""The local backend's handle: the workspace folders and its MLflow tracking + registry stores.
+
+A workspace path may hold any character (spaces, `?`, `#`, `%`, non-ASCII): every URI built from it is
+escaped, so MLflow and SQLAlchemy create nothing outside it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ import os
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
+from urllib.parse import quote
 
+from ftctl.errors import StateError
 from ftctl.state import atomic_write_text
 
 
@@ -21,7 +27,14 @@ class LocalWorkspace:
 
     @property
     def tracking_uri(self) -> str:
-        return f"sqlite:///{self.mlflow_db}"
+        """The SQLite store's URI. SQLAlchemy ends the path at a `?` and decodes `%XX` in it, so a path
+        holding either is percent-encoded; it is then spelled `sqlite+pysqlite:///`, because MLflow
+        creates the parent folder of whatever follows a literal `sqlite:///` without decoding it (a
+        stray, encoded copy of the path). Other paths keep the plain form ftctl always recorded."""
+        path = str(self.mlflow_db)
+        if "?" not in path and "%" not in path:
+            return f"sqlite:///{path}"
+        return "sqlite+pysqlite:///" + quote(path, safe="/")
 
     @property
     def artifacts_dir(self) -> Path:
@@ -39,11 +52,15 @@ class LocalWorkspace:
     def secrets_dir(self) -> Path:
         return self.root / "secrets"
 
+    @property
+    def live_dir(self) -> Path:
+        return self.root / "live"
+
     def create(self) -> None:
         for path in (self.root, self.artifacts_dir, self.jobs_dir, self.endpoints_dir):
             path.mkdir(parents=True, exist_ok=True)
         self.secrets_dir.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.secrets_dir, 0o700)
+        os.chmod(real_dir(self.secrets_dir), 0o700)
 
     @cached_property
     def mlflow(self) -> ModuleType:
@@ -64,13 +81,32 @@ class LocalWorkspace:
         found = client.get_experiment_by_name(name)
         if found is not None:
             return str(found.experiment_id)
-        location = (self.artifacts_dir / name).as_uri()
+        folder = name.replace("/", "_").replace("\0", "_")
+        if not folder.strip("."):  # "", "." and ".." would not be a folder of their own
+            folder = f"_{folder}"
+        # as_uri percent-encodes every character a URI cannot hold as such (`?`, `#`, `%`, spaces...).
+        location = (self.artifacts_dir / folder).as_uri()
         return str(client.create_experiment(name, artifact_location=location))
 
     def write_secret(self, name: str, value: str) -> Path:
-        """A 0600 file under secrets/ (never in the state file)."""
+        """A 0600 file under secrets/ (never in the state file); neither secrets/ nor the file may be a
+        symbolic link (StateError naming it)."""
         self.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        real_dir(self.secrets_dir)
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"not a file name: {name!r}")
         path = self.secrets_dir / name
         atomic_write_text(path, value, mode=0o600)
         os.chmod(path, 0o600)
         return path
+
+
+def real_dir(path: Path) -> Path:
+    """`path`, which must be a folder and not a symbolic link (StateError naming it otherwise)."""
+    if path.is_symlink() or not path.is_dir():
+        raise StateError(
+            f"{path} is {'a symbolic link' if path.is_symlink() else 'not a folder'}; ftctl keeps its "
+            "files in real folders inside the workspace",
+            hint=f"remove {path} and run the command again",
+        )
+    return path

@@ -3,6 +3,11 @@
 Local: a FastAPI + uvicorn process on 127.0.0.1. ftctl binds the listening socket itself (a free port
 unless deploy.port is set) and hands it to the server, so the port is known before the server starts
 and nothing else can take it. The key lives in a 0600 file under secrets/, never in the state file.
+
+The server is recorded by its identity (pid, start time, command line) in <workspace>/live and in the
+state file before it may serve; its key file is written only after that, so a deploy killed before the
+server is recorded leaves no key behind (and the next deploy removes keys no live endpoint claims).
+Only a process that still carries the recorded identity is ever signalled.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from ftctl.stages.contract import no_inputs as inputs
 from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.shared import check_lists
 from ftctl.ttl import expires_at
+
+SERVER_MODULE = "ftctl.backends.local.server"
 
 if TYPE_CHECKING:
     from ftctl.backends.local.workspace import LocalWorkspace
@@ -55,31 +62,55 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def server_process(outputs: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded server's identity (None if there is none). A record from before identities were
+    recorded (a bare pid) is trusted only while that pid runs this server with this key file."""
+    from ftctl.backends.local import procs
+
+    process = outputs.get("process")
+    if isinstance(process, dict) and procs.is_identity(process):
+        return dict(process)
+    return procs.legacy_identity(outputs.get("pid"), SERVER_MODULE, str(outputs.get("key_file") or "\0"))
+
+
 def alive(ctx: Context, outputs: dict[str, Any]) -> bool:
     from ftctl.backends.local import procs
     from ftctl.backends.local.server import port_is_open
 
-    pid, port = outputs.get("pid"), outputs.get("port")
-    return bool(pid and port and procs.alive(pid) and port_is_open(outputs.get("host", "127.0.0.1"), port))
+    port = outputs.get("port")
+    return bool(
+        port and procs.alive(server_process(outputs)) and port_is_open(outputs.get("host", "127.0.0.1"), port)
+    )
+
+
+def forget(ctx: Context, outputs: dict[str, Any]) -> None:
+    """Remove an endpoint's key file and live record (once its server is stopped or gone)."""
+    from ftctl.backends.local import live
+
+    key = outputs.get("key_file")
+    if key and Path(key).parent.resolve() == ctx.local.secrets_dir.resolve():
+        with contextlib.suppress(FileNotFoundError):
+            Path(key).unlink()
+    if outputs.get("endpoint_name"):
+        live.remove(ctx.local.root, live.ENDPOINT, str(outputs["endpoint_name"]))
 
 
 def retire(ctx: Context, outputs: dict[str, Any]) -> None:
     """Before deploy runs again (--force, or stale): stop the endpoint the previous attempt started,
-    which would otherwise keep running once its record is replaced."""
-    if not alive(ctx, outputs):
-        return
+    which would otherwise keep running once its record is replaced, and drop its key."""
     from ftctl.backends.local import procs
 
-    ctx.ui.info(f"  stopping the previous endpoint {outputs.get('endpoint_name')} (pid {outputs['pid']})")
-    procs.stop(outputs["pid"])
-    if outputs.get("key_file"):
-        with contextlib.suppress(OSError):
-            Path(outputs["key_file"]).unlink()
+    process = server_process(outputs)
+    if procs.alive(process):
+        name = outputs.get("endpoint_name")
+        ctx.ui.info(f"  stopping the previous endpoint {name} ({procs.describe(process)})")
+        procs.stop(process)
+    forget(ctx, outputs)
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
     ws = ctx.local
-    from ftctl.backends.local import procs
+    from ftctl.backends.local import live, procs
     from ftctl.backends.local.server import HANDOFF_RECORDED, wait_until_ready
 
     cfg = ctx.cfg.deploy
@@ -95,13 +126,17 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     if allow:
         check_lists(compute.get("size", "cpu"), allow, [], "the model's inference_compute_allow_list")
 
+    # Endpoints that ended on their own leave a record and a key: gone now, as are keys nobody claims
+    # (a deploy killed between writing one and recording its server, by an older ftctl).
+    live.forget_ended(ws.root)
+    live.remove_orphan_keys(ws.root)
     name = f"{cfg.endpoint_name_prefix}{int(time.time())}"
     endpoint_dir = ws.endpoints_dir / name
     endpoint_dir.mkdir(parents=True, exist_ok=True)
     model_dir = registered_model_dir(
         ws, registered["model_name"], registered["version"], endpoint_dir / "model"
     )
-    key_file = ws.write_secret(f"{name}.key", secrets.token_urlsafe(32))
+    key_file = ws.secrets_dir / f"{name}.key"  # written once the server is recorded
     sock = _listen(cfg.host, cfg.port)
     port = sock.getsockname()[1]
     host = cfg.host
@@ -119,9 +154,9 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     expires = expires_at(cfg.ttl)
     if expires:  # the cost guard: the server stops itself then
         command += ["--expires-at", str(datetime.fromisoformat(expires).timestamp())]
-    # The server waits on this pipe until the state file records it: if this ftctl dies before (kill -9
-    # between spawning and recording), the pipe closes unsigned and the server exits, so no endpoint
-    # ever runs unrecorded.
+    # The server waits on this pipe until the state file records it (and only then reads its key): if
+    # this ftctl dies before (kill -9 between spawning and recording), the pipe closes unsigned and the
+    # server exits, so no endpoint ever runs unrecorded.
     handoff_read, handoff_write = os.pipe()
     try:
         try:
@@ -134,6 +169,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         finally:
             sock.close()
             os.close(handoff_read)
+        process = procs.started_identity(pid) or {"pid": pid}  # gone already: it never serves
         outputs = {
             "endpoint_name": name,
             "deployment_name": cfg.deployment_name,
@@ -142,6 +178,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
             "host": host,
             "port": port,
             "pid": pid,
+            "process": process,
             "model_uri": registered["model_uri"],
             "model_version": registered["version"],
             "model_dir": str(model_dir),
@@ -150,7 +187,10 @@ def run(ctx: Context, call: StageCall) -> Outputs:
             "instance_type": compute.get("size", "cpu"),
             "expires_at": expires,
         }
+        live.write(ws.root, live.ENDPOINT, name, {"server": process}, url=url, host=host, port=port,
+                   key_file=str(key_file), log=str(log_path))  # fmt: skip
         call.checkpoint(outputs)
+        ws.write_secret(key_file.name, secrets.token_urlsafe(32))
         with contextlib.suppress(OSError):  # a server that already exited reads nothing
             os.write(handoff_write, HANDOFF_RECORDED)
     finally:
@@ -160,7 +200,8 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         with ctx.ui.spinner("waiting for the endpoint to load the model"):
             wait_until_ready(url, cfg.ready_timeout_s, proc=procs.handle(pid))
     except StageFailed:
-        procs.stop(pid)
+        procs.stop(process)
+        forget(ctx, outputs)
         ctx.ui.info(procs.tail(log_path, 20))
         raise
     ctx.ui.info(f"  endpoint ready: POST {url}/score (key in {key_file})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import secrets
 from typing import TYPE_CHECKING, Any
 
 from ftctl.errors import StageFailed
@@ -22,6 +23,21 @@ if TYPE_CHECKING:
     from ftctl.stages.contract import Outputs, StageCall
 
 
+REGISTRATION_TAG = "ftctl.registration"
+
+
+def _registered_by(client: Any, name: str, token: str) -> Any | None:
+    """The version of `name` an earlier attempt registered with `token` (None if it did not get that
+    far)."""
+    escaped = name.replace("'", "\\'")
+    try:
+        versions = client.search_model_versions(f"name = '{escaped}'")
+    except Exception:  # noqa: BLE001 - mlflow raises MlflowException when the model does not exist
+        return None
+    found = [v for v in versions if (getattr(v, "tags", None) or {}).get(REGISTRATION_TAG) == token]
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
 def run(ctx: Context, call: StageCall) -> Outputs:
     ws = ctx.local
     job = call.outputs("submit")
@@ -33,9 +49,18 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     source = f"runs:/{run_id}/mlflow_model"
     with ctx.ui.spinner(f"registering {name} in the MLflow model registry"):
         mlflow = ws.mlflow
-        with contextlib.redirect_stderr(io.StringIO()):  # mlflow prints its own "Successfully registered"
-            version = mlflow.register_model(source, name, tags=tags)
         client = mlflow.MlflowClient()
+        # A token recorded before the registry call and carried by the version it creates: an attempt
+        # killed after the call but before its outputs were saved is found, not registered twice.
+        token = call.recorded.get("registration_token")
+        version = _registered_by(client, name, token) if token else None
+        if version is not None:
+            ctx.ui.info(f"  version {version.version} was registered by the interrupted attempt; using it")
+        else:
+            token = token or secrets.token_hex(8)
+            call.checkpoint({"registration_token": token, "model_name": name, "run_id": run_id})
+            with contextlib.redirect_stderr(io.StringIO()):  # mlflow prints "Successfully registered"
+                version = mlflow.register_model(source, name, tags={**tags, REGISTRATION_TAG: token})
         client.update_model_version(
             name,
             version.version,
@@ -49,6 +74,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "source": source,
         "run_id": run_id,
         "tags": tags,
+        "registration_token": token,
     }
 
 

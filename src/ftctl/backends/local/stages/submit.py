@@ -2,9 +2,12 @@
 
 Parameters follow the notebook: the `finetune` section, overridden by the model's
 model_specific_defaults (unless finetune.use_model_defaults is false or the key was given with --set /
-an FTCTL_ variable). Local: a detached job process (jobs.py) running the transformers + peft trainer,
-or accelerate for several GPUs. The job id is recorded before waiting, so re-running `ftctl submit`
-re-attaches to a running job instead of starting a second one.
+an FTCTL_ variable). Local: a detached job (jobs.py: a supervisor and its trainer, the transformers +
+peft trainer or torchrun for several GPUs). The job id is recorded before the job starts, so re-running
+`ftctl submit` re-attaches to a running job instead of starting a second one; and while any training
+job of the workspace runs (recorded under <workspace>/live, even if the state file lost it), no second
+one starts. A failed job is one line: its cause (the trainer's error, or the signal that killed it) and
+the log's path; the traceback stays in the log.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl.errors import Detached, StageFailed
-from ftctl.stages.contract import nothing_to_retire as retire
 from ftctl.stages.shared import data_file, display_name, finetune_params
 from ftctl.stages.shared import training_inputs as inputs
 
@@ -63,11 +65,41 @@ class _Follower:
             self.ctx.ui.warn(str(event.get("message")))
 
 
+def _job(recorded: dict[str, Any]) -> Job:
+    from ftctl.backends.local.jobs import Job
+
+    return Job(Path(recorded["job_dir"]), supervisor=recorded.get("process"))
+
+
+def retire(ctx: Context, outputs: dict[str, Any]) -> None:
+    """Before submit runs again (--force, or stale): stop the job the previous attempt started if it
+    still trains, so that two trainers never run at once. Identity-checked: a reused pid is not it."""
+    if not outputs.get("job_dir"):
+        return
+    job = _job(outputs)
+    if job.running():
+        ctx.ui.info(f"  stopping the previous training job {job.id}")
+        job.stop()
+
+
+def _refuse_second_trainer(ctx: Context) -> None:
+    from ftctl.backends.local import live
+
+    for resource in live.live_resources(ctx.local.root):
+        if resource.kind == live.JOB:
+            raise StageFailed(
+                f"{resource.describe()} is still running in this workspace, and the state file does not "
+                "record it; ftctl starts no second trainer while one runs",
+                hint="wait for it to end, or stop it with `ftctl reset submit`",
+            )
+
+
 def _start_job(ctx: Context, call: StageCall) -> Job:
     from ftctl.backends.local.jobs import Job, new_job_id
     from ftctl.backends.local.launch import launch_command
 
     ws = ctx.local
+    _refuse_second_trainer(ctx)
     model = call.outputs("pick-model")
     compute = call.outputs("check-compute")
     params, notes = finetune_params(ctx, call)
@@ -96,28 +128,30 @@ def _start_job(ctx: Context, call: StageCall) -> Job:
         "device": compute.get("device", "cpu"),
         "mlflow": {"tracking_uri": ws.tracking_uri, "experiment": experiment, "run_name": name},
         "command": command,
+        "workspace": str(ws.root),
     }
     job = Job.create(ws.jobs_dir, spec)
     # Record the job before starting it: an ftctl killed in between leaves a recorded job that the
     # next `ftctl submit` starts or re-attaches to, never one training unrecorded while a second starts.
     recorded = {"job_id": job.id, "job_dir": str(job.dir), "display_name": name}
     call.checkpoint(recorded)
-    pid = job.start()
-    call.checkpoint({**recorded, "pid": pid})
-    ctx.ui.info(f"  job {job.id} started (pid {pid}); log: {job.log_path}")
+    process = job.start()
+    call.checkpoint({**recorded, "pid": process["pid"], "process": process})
+    ctx.ui.info(f"  job {job.id} started (pid {process['pid']}); log: {job.log_path}")
     return job
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
-    from ftctl.backends.local import procs
-    from ftctl.backends.local.jobs import COMPLETED, Job
+    from ftctl.backends.local.jobs import COMPLETED, describe_failure
 
     recorded = call.recorded
     if recorded.get("job_dir"):
-        job = Job(Path(recorded["job_dir"]))
+        job = _job(recorded)
         if job.never_started():  # the attempt that recorded it was interrupted before starting it
             ctx.ui.info(f"  re-attaching to job {job.id} (its start was interrupted: starting it now)")
-            call.checkpoint({**recorded, "pid": job.start()})
+            _refuse_second_trainer(ctx)
+            process = job.start()
+            call.checkpoint({**recorded, "pid": process["pid"], "process": process})
         else:
             ctx.ui.info(f"  re-attaching to job {job.id}")
     else:
@@ -127,11 +161,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     with ctx.ui.progress("training", unit="steps") as bar:
         final = job.follow(_Follower(ctx, bar))
     if final.get("state") != COMPLETED:
-        ctx.ui.info(procs.tail(job.log_path, 20))
-        raise StageFailed(
-            f"job {job.id} failed: {final.get('error', 'unknown error')}",
-            hint=f"the whole log is in {job.log_path}",
-        )
+        raise StageFailed(describe_failure(job, final))
     result = job.result()
     eval_loss = result.get("eval_loss")
     ctx.ui.info(
@@ -162,10 +192,9 @@ def output_files(ctx: Context, outputs: Outputs) -> dict[str, Path]:
 
 def alive(ctx: Context, outputs: Outputs) -> bool:
     """Whether the job is still training (asked of a `running` record that no ftctl is following)."""
-    from ftctl.backends.local import procs
-
-    pid = outputs.get("pid")
-    return bool(pid) and procs.alive(pid)
+    if not outputs.get("job_dir"):
+        return False
+    return _job(outputs).running()
 
 
 def summary(outputs: dict[str, Any]) -> str:

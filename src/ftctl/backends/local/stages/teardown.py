@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl.errors import StageFailed
@@ -20,18 +18,26 @@ if TYPE_CHECKING:
 def run(ctx: Context, call: StageCall) -> Outputs:
     from ftctl.backends.local import procs
     from ftctl.backends.local.server import port_is_open
+    from ftctl.backends.local.stages.deploy import forget, server_process
 
     endpoint = call.outputs("deploy")
-    name, pid = endpoint.get("endpoint_name"), endpoint.get("pid")
+    name = endpoint.get("endpoint_name")
+    process = server_process(endpoint)  # None when the recorded pid is not that server any more
     host, port = endpoint.get("host", "127.0.0.1"), endpoint.get("port")
-    stopped = procs.stop(pid) if pid else False
-    if port and port_is_open(host, port):
+    stopped = procs.stop(process)
+    pid = endpoint.get("pid")
+    still_open = bool(port and port_is_open(host, port))
+    if still_open and stopped:
         raise StageFailed(f"port {host}:{port} is still open after stopping endpoint {name} (pid {pid})")
-    if endpoint.get("key_file"):
-        with contextlib.suppress(FileNotFoundError):
-            Path(endpoint["key_file"]).unlink()
-    ctx.ui.info(f"  endpoint {name} {'stopped' if stopped else 'was not running'}; port {port} closed")
-    return {"endpoint_name": name, "stopped": stopped, "port": port, "port_closed": True}
+    forget(ctx, endpoint)
+    if still_open:  # not by the endpoint: its server has ended; another process has the port now
+        ctx.ui.warn(
+            f"endpoint {name} was not running (pid {pid} is not its server any more); port {port} is "
+            "in use by another process, which ftctl leaves alone"
+        )
+    else:
+        ctx.ui.info(f"  endpoint {name} {'stopped' if stopped else 'was not running'}; port {port} closed")
+    return {"endpoint_name": name, "stopped": stopped, "port": port, "port_closed": not still_open}
 
 
 def summary(outputs: dict[str, Any]) -> str:
