@@ -200,3 +200,13 @@ def test_a_damaged_state_never_hides_or_orphans_a_live_endpoint(ran: Workspace) 
         time.sleep(0.05)
     assert ran.servers() == []
     assert json.loads(ran.run("--json", "status").stdout)["live"] == []
+
+
+def test_a_changed_registered_model_makes_register_stale(ran: Workspace) -> None:
+    ran.restore("ran")
+    model_dir = Path(ran.record("register")["outputs"]["model_dir"])
+    victim = next(p for p in sorted(model_dir.rglob("*")) if p.is_file())
+    victim.unlink()
+    stages = status(ran)
+    assert stages["register"]["stale_reason"] == "registered model changed since it was written"
+    assert stages["deploy"]["stale_reason"].startswith("register is stale")

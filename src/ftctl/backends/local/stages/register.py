@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import io
 import secrets
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
 from ftctl.errors import StageFailed
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
-from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.contract import nothing_to_retire as retire
 from ftctl.stages.shared import lineage_tags, model_name
 
@@ -67,7 +68,9 @@ def run(ctx: Context, call: StageCall) -> Outputs:
             description=f"Fine-tuned by ftctl job {job.get('job_id')} on ultrachat data",
         )
     ctx.ui.info(f"  registered {name} version {version.version} (from {source})")
+    uri = urlparse(client.get_model_version_download_uri(name, version.version))
     return {
+        "model_dir": unquote(uri.path) if uri.scheme in ("", "file") else None,
         "model_name": name,
         "version": str(version.version),
         "model_uri": f"models:/{name}/{version.version}",
@@ -76,6 +79,11 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "tags": tags,
         "registration_token": token,
     }
+
+
+def output_files(ctx: Context, outputs: Outputs) -> dict[str, Path]:
+    """The registered version's files in the workspace's artifact store (what deploy serves)."""
+    return {"registered model": Path(outputs["model_dir"])} if outputs.get("model_dir") else {}
 
 
 def summary(outputs: dict[str, Any]) -> str:
