@@ -17,7 +17,7 @@ from ftctl.backends.azureml.metadata import (
     parse_list,
     supported_computes,
 )
-from ftctl.backends.azureml.params import Declared, coerce, display_params, finetune_inputs
+from ftctl.backends.azureml.params import Declared, FinetuneSources, coerce, display_params, finetune_inputs
 from ftctl.errors import UsageError
 from ftctl.stages.shared import display_name
 
@@ -114,23 +114,25 @@ def test_finetune_inputs_merge_restrict_and_report() -> None:
         "number_of_gpu_to_use_finetuning": Declared("integer"),
     }
     result = finetune_inputs(
-        config_values={
-            "apply_lora": False,
-            "learning_rate": 1e-4,
-            "num_nodes": 2,
-            "max_eval_samples": 64,
-            "seed": 1,
-        },
-        config_set={"apply_lora", "learning_rate", "num_nodes", "max_eval_samples", "seed"},
-        explicit={"learning_rate"},
-        model_defaults={
-            "apply_lora": "true",
-            "learning_rate": 5e-6,
-            "learning_rate_min": 5e-7,
-            "deepspeed": "x.json",
-            "number_of_gpu_to_use_finetuning": 8,
-        },
-        use_model_defaults=True,
+        FinetuneSources(
+            values={
+                "apply_lora": False,
+                "learning_rate": 1e-4,
+                "num_nodes": 2,
+                "max_eval_samples": 64,
+                "seed": 1,
+            },
+            set_keys={"apply_lora", "learning_rate", "num_nodes", "max_eval_samples", "seed"},
+            explicit={"learning_rate"},
+            model_defaults={
+                "apply_lora": "true",
+                "learning_rate": 5e-6,
+                "learning_rate_min": 5e-7,
+                "deepspeed": "x.json",
+                "number_of_gpu_to_use_finetuning": 8,
+            },
+            use_model_defaults=True,
+        ),
         declared=declared,
         reserved={"number_of_gpu_to_use_finetuning"},
     )

@@ -44,87 +44,108 @@ class FinetuneInputs:
     dropped: list[str] = field(default_factory=list)  # "key=value (why)"
 
 
+def _as_string(name: str, value: Any, declared: Declared) -> str:
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float) and value.is_integer() and declared.enum:
+        text = str(int(value))
+    else:
+        text = str(value)
+    if not declared.enum:
+        return text
+    match = next((e for e in declared.enum if e.lower() == text.lower()), None)
+    if match is None:
+        raise UsageError(
+            f"finetune input {name}={value!r} is not one of the values the component accepts: "
+            f"{', '.join(declared.enum)}",
+            hint=f"set finetune.{name} (or --set finetune.{name}=...) to one of them",
+        )
+    return match
+
+
+def _as_integer(name: str, value: Any, declared: Declared) -> int:
+    wrong = UsageError(f"finetune input {name} must be an integer (got {value!r})")
+    if isinstance(value, bool):
+        raise wrong
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise wrong from None
+    if not number.is_integer():
+        raise wrong
+    return int(number)
+
+
+def _as_number(name: str, value: Any, declared: Declared) -> float:
+    wrong = UsageError(f"finetune input {name} must be a number (got {value!r})")
+    if isinstance(value, bool):
+        raise wrong
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise wrong from None
+
+
+def _as_boolean(name: str, value: Any, declared: Declared) -> bool:
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return bool(value)
+
+
+_COERCE = {"string": _as_string, "integer": _as_integer, "number": _as_number, "boolean": _as_boolean}
+
+
 def coerce(name: str, value: Any, declared: Declared) -> Any:
     """`value` in the type the component declares for `name` (UsageError when it cannot be)."""
-    kind = declared.type
-    if kind == "string":
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, float) and value.is_integer() and declared.enum:
-            text = str(int(value))
-        else:
-            text = str(value)
-        if declared.enum:
-            match = next((e for e in declared.enum if e.lower() == text.lower()), None)
-            if match is None:
-                raise UsageError(
-                    f"finetune input {name}={value!r} is not one of the values the component accepts: "
-                    f"{', '.join(declared.enum)}",
-                    hint=f"set finetune.{name} (or --set finetune.{name}=...) to one of them",
-                )
-            return match
-        return text
-    if kind == "integer":
-        if isinstance(value, bool):
-            raise UsageError(f"finetune input {name} must be an integer (got {value!r})")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise UsageError(f"finetune input {name} must be an integer (got {value!r})") from None
-        if not number.is_integer():
-            raise UsageError(f"finetune input {name} must be an integer (got {value!r})")
-        return int(number)
-    if kind == "number":
-        if isinstance(value, bool):
-            raise UsageError(f"finetune input {name} must be a number (got {value!r})")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise UsageError(f"finetune input {name} must be a number (got {value!r})") from None
-    if kind == "boolean":
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        return bool(value)
-    return value
+    convert = _COERCE.get(declared.type)
+    return convert(name, value, declared) if convert else value
 
 
-def finetune_inputs(
-    config_values: dict[str, Any],
-    config_set: set[str],
-    explicit: set[str],
-    model_defaults: dict[str, Any],
-    use_model_defaults: bool,
-    declared: dict[str, Declared],
-    reserved: set[str],
-) -> FinetuneInputs:
-    """The component inputs from the finetune section and the model's defaults.
+@dataclass
+class FinetuneSources:
+    """Where the finetune values come from.
 
-    config_values: the finetune section's values; config_set: the keys the configuration set;
-    explicit: keys given by --set / FTCTL_ variables (they beat the model's defaults);
-    reserved: inputs ftctl sets itself (model, data, computes, GPU count), never from parameters.
-    """
-    result = FinetuneInputs(inputs={})
-    candidates: dict[str, tuple[Any, str]] = {}  # component name -> (value, origin)
-    for key in sorted(config_set):
-        if key in CONTROL or key not in config_values or config_values[key] is None:
+    values: the finetune section's values; set_keys: the keys the configuration set; explicit: keys
+    given by --set / FTCTL_ variables (they beat the model's defaults); model_defaults: the model's
+    model_specific_defaults, applied when use_model_defaults."""
+
+    values: dict[str, Any]
+    set_keys: set[str]
+    explicit: set[str] = field(default_factory=set)
+    model_defaults: dict[str, Any] = field(default_factory=dict)
+    use_model_defaults: bool = False
+
+
+def _candidates(sources: FinetuneSources, result: FinetuneInputs) -> dict[str, tuple[Any, str]]:
+    """component input name -> (value, origin), from the configuration and the model's defaults."""
+    candidates: dict[str, tuple[Any, str]] = {}
+    values = sources.values
+    for key in sorted(sources.set_keys):
+        if key in CONTROL or key not in values or values[key] is None:
             continue
-        value = config_values[key]
         if key in LOCAL_ONLY:
-            result.dropped.append(f"{key}={value!r} (finetune.{key}; used by the local backend only)")
-            continue
-        if key == "precision" and value == "auto":
-            continue  # the component's default precision
-        candidates[RENAMED.get(key, key)] = (value, f"finetune.{key}")
-    if use_model_defaults:
-        for key, value in sorted(model_defaults.items()):
+            result.dropped.append(f"{key}={values[key]!r} (finetune.{key}; used by the local backend only)")
+        elif not (key == "precision" and values[key] == "auto"):  # auto: the component's default
+            candidates[RENAMED.get(key, key)] = (values[key], f"finetune.{key}")
+    if sources.use_model_defaults:
+        for key, value in sorted(sources.model_defaults.items()):
             name = RENAMED.get(key, key)
-            if key in explicit:
-                kept = candidates.get(name, (config_values.get(key),))[0]
+            if key in sources.explicit:
+                kept = candidates.get(name, (values.get(key),))[0]
                 result.notes.append(f"kept finetune.{key}={kept!r} over the model default {value!r}")
                 continue
             candidates[name] = (value, "model default")
             result.notes.append(f"model default {key}={value!r}")
-    for name, (value, origin) in candidates.items():
+    return candidates
+
+
+def finetune_inputs(
+    sources: FinetuneSources, declared: dict[str, Declared], reserved: set[str]
+) -> FinetuneInputs:
+    """The component inputs from the finetune section and the model's defaults, restricted to what the
+    component declares; reserved: inputs ftctl sets itself (model, data, computes, GPU count)."""
+    result = FinetuneInputs(inputs={})
+    for name, (value, origin) in _candidates(sources, result).items():
         if name in reserved:
             result.dropped.append(f"{name}={value!r} ({origin}; ftctl sets this input itself)")
         elif name not in declared:

@@ -192,7 +192,7 @@ def prepare_data(ctx: Context) -> Outputs:
 def _finetune_inputs(ctx: Context) -> tuple[dict[str, Any], list[str]]:
     """The finetune inputs the config sets, typed as submit would send them to a component that declares
     them (booleans as "true"/"false"); what the component does not declare is only known at submit."""
-    from ftctl.backends.azureml.params import Declared, finetune_inputs
+    from ftctl.backends.azureml.params import Declared, FinetuneSources, finetune_inputs
     from ftctl.backends.azureml.stages.submit import RESERVED
 
     cfg = ctx.cfg.finetune
@@ -209,15 +209,8 @@ def _finetune_inputs(ctx: Context) -> tuple[dict[str, Any], list[str]]:
         else:
             declared[name] = Declared("string")
     explicit = {key.split(".", 1)[1] for key in ctx.config.explicit if key.startswith("finetune.")}
-    chosen = finetune_inputs(
-        config_values=values,
-        config_set=set(cfg.model_fields_set),
-        explicit=explicit,
-        model_defaults={},
-        use_model_defaults=False,
-        declared=declared,
-        reserved=RESERVED,
-    )
+    sources = FinetuneSources(values=values, set_keys=set(cfg.model_fields_set), explicit=explicit)
+    chosen = finetune_inputs(sources, declared, RESERVED)
     return chosen.inputs, chosen.dropped
 
 

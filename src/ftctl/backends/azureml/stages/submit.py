@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text
-from ftctl.backends.azureml.params import Declared, display_params, finetune_inputs
+from ftctl.backends.azureml.params import Declared, FinetuneSources, display_params, finetune_inputs
 from ftctl.errors import Detached, StageFailed, UsageError
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_output_files as output_files
@@ -109,15 +109,14 @@ def build(ctx: Context, call: StageCall, job_name: str | None) -> tuple[Any, dic
             hint="pin azureml.component_version to a chat_completion_pipeline version that does",
         )
     explicit = {key.split(".", 1)[1] for key in ctx.config.explicit if key.startswith("finetune.")}
-    chosen = finetune_inputs(
-        config_values=cfg.finetune.model_dump(),
-        config_set=set(cfg.finetune.model_fields_set),
+    sources = FinetuneSources(
+        values=cfg.finetune.model_dump(),
+        set_keys=set(cfg.finetune.model_fields_set),
         explicit=explicit,
         model_defaults=model.get("model_specific_defaults") or {},
         use_model_defaults=cfg.finetune.use_model_defaults,
-        declared=declared,
-        reserved=RESERVED,
     )
+    chosen = finetune_inputs(sources, declared, RESERVED)
     prefix = "model default "
     applied = [note.removeprefix(prefix) for note in chosen.notes if note.startswith(prefix)]
     if applied:
