@@ -17,6 +17,7 @@ import os
 import secrets
 import socket
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,24 +109,31 @@ def retire(ctx: Context, outputs: dict[str, Any]) -> None:
     forget(ctx, outputs)
 
 
-def run(ctx: Context, call: StageCall) -> Outputs:
-    ws = ctx.local
+@dataclass
+class _Server:
+    """What deploy knows of the endpoint it is about to start."""
+
+    name: str
+    model_dir: Path
+    key_file: Path
+    log_path: Path
+    sock: socket.socket
+    command: list[str]
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host, port = self.host, self.port
+        return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+
+
+def _prepare_server(ctx: Context, call: StageCall) -> _Server:
+    """The endpoint's folder, model, listening socket and command line (nothing started yet)."""
     from ftctl.backends.local import live, procs
-    from ftctl.backends.local.server import HANDOFF_RECORDED, wait_until_ready
 
-    cfg = ctx.cfg.deploy
-    recorded = call.recorded
-    if recorded.get("pid") and alive(ctx, recorded):
-        ctx.ui.info(f"  re-attaching to endpoint {recorded['endpoint_name']} at {recorded['url']}")
-        wait_until_ready(recorded["url"], cfg.ready_timeout_s)
-        return recorded
-
-    registered = call.outputs("register")
-    compute = call.outputs("check-compute")
-    allow = call.outputs("pick-model").get("inference_compute_allow_list")
-    if allow:
-        check_lists(compute.get("size", "cpu"), allow, [], "the model's inference_compute_allow_list")
-
+    ws, cfg = ctx.local, ctx.cfg.deploy
+    registered, compute = call.outputs("register"), call.outputs("check-compute")
     # Endpoints that ended on their own leave a record and a key: gone now, as are keys nobody claims
     # (a deploy killed between writing one and recording its server, by an older ftctl).
     live.forget_ended(ws.root)
@@ -138,12 +146,8 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     )
     key_file = ws.secrets_dir / f"{name}.key"  # written once the server is recorded
     sock = _listen(cfg.host, cfg.port)
-    port = sock.getsockname()[1]
-    host = cfg.host
-    url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-    log_path = endpoint_dir / "server.log"
     command = procs.python_command(
-        "ftctl.backends.local.server",
+        SERVER_MODULE,
         "--model-dir", str(model_dir),
         "--key-file", str(key_file),
         "--fd", str(sock.fileno()),
@@ -154,57 +158,93 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     expires = expires_at(cfg.ttl)
     if expires:  # the cost guard: the server stops itself then
         command += ["--expires-at", str(datetime.fromisoformat(expires).timestamp())]
-    # The server waits on this pipe until the state file records it (and only then reads its key): if
-    # this ftctl dies before (kill -9 between spawning and recording), the pipe closes unsigned and the
-    # server exits, so no endpoint ever runs unrecorded.
+    port = int(sock.getsockname()[1])
+    return _Server(name, model_dir, key_file, endpoint_dir / "server.log", sock, command, cfg.host, port)
+
+
+def _outputs(ctx: Context, call: StageCall, server: _Server, process: dict[str, Any]) -> Outputs:
+    cfg, registered = ctx.cfg.deploy, call.outputs("register")
+    return {
+        "endpoint_name": server.name,
+        "deployment_name": cfg.deployment_name,
+        "url": server.url,
+        "scoring_uri": f"{server.url}/score",
+        "host": server.host,
+        "port": server.port,
+        "pid": process["pid"],
+        "process": process,
+        "model_uri": registered["model_uri"],
+        "model_version": registered["version"],
+        "model_dir": str(server.model_dir),
+        "key_file": str(server.key_file),
+        "log": str(server.log_path),
+        "instance_type": call.outputs("check-compute").get("size", "cpu"),
+        "expires_at": expires_at(cfg.ttl),
+    }
+
+
+def _start_recorded(ctx: Context, call: StageCall, server: _Server) -> Outputs:
+    """Start the server and record it (state, live record, then its key) before it may serve.
+
+    The server waits on a pipe until the state file records it (and only then reads its key): if this
+    ftctl dies before (kill -9 between spawning and recording), the pipe closes unsigned and the server
+    exits, so no endpoint ever runs unrecorded."""
+    from ftctl.backends.local import live, procs
+    from ftctl.backends.local.server import HANDOFF_RECORDED
+
+    ws, url = ctx.local, server.url
     handoff_read, handoff_write = os.pipe()
     try:
         try:
             pid = procs.spawn(
-                [*command, "--handoff-fd", str(handoff_read)],
-                log_path,
-                pass_fds=[sock.fileno(), handoff_read],
+                [*server.command, "--handoff-fd", str(handoff_read)],
+                server.log_path,
+                pass_fds=[server.sock.fileno(), handoff_read],
                 env={**os.environ},
             )
+            process = procs.started_identity(pid) or {"pid": pid}  # gone already: it never serves
+            outputs = _outputs(ctx, call, server, process)
         finally:
-            sock.close()
+            server.sock.close()
             os.close(handoff_read)
-        process = procs.started_identity(pid) or {"pid": pid}  # gone already: it never serves
-        outputs = {
-            "endpoint_name": name,
-            "deployment_name": cfg.deployment_name,
-            "url": url,
-            "scoring_uri": f"{url}/score",
-            "host": host,
-            "port": port,
-            "pid": pid,
-            "process": process,
-            "model_uri": registered["model_uri"],
-            "model_version": registered["version"],
-            "model_dir": str(model_dir),
-            "key_file": str(key_file),
-            "log": str(log_path),
-            "instance_type": compute.get("size", "cpu"),
-            "expires_at": expires,
-        }
-        live.write(ws.root, live.ENDPOINT, name, {"server": process}, url=url, host=host, port=port,
-                   key_file=str(key_file), log=str(log_path))  # fmt: skip
+        live.write(ws.root, live.ENDPOINT, server.name, {"server": process}, url=url, host=outputs["host"],
+                   port=outputs["port"], key_file=str(server.key_file), log=str(server.log_path))  # fmt: skip
         call.checkpoint(outputs)
-        ws.write_secret(key_file.name, secrets.token_urlsafe(32))
+        ws.write_secret(server.key_file.name, secrets.token_urlsafe(32))
         with contextlib.suppress(OSError):  # a server that already exited reads nothing
             os.write(handoff_write, HANDOFF_RECORDED)
     finally:
         os.close(handoff_write)
-    ctx.ui.info(f"  endpoint {name} starting (pid {pid}) at {url}; log: {log_path}")
+    return outputs
+
+
+def run(ctx: Context, call: StageCall) -> Outputs:
+    from ftctl.backends.local import procs
+    from ftctl.backends.local.server import wait_until_ready
+
+    cfg = ctx.cfg.deploy
+    recorded = call.recorded
+    if recorded.get("pid") and alive(ctx, recorded):
+        ctx.ui.info(f"  re-attaching to endpoint {recorded['endpoint_name']} at {recorded['url']}")
+        wait_until_ready(recorded["url"], cfg.ready_timeout_s)
+        return recorded
+    compute = call.outputs("check-compute")
+    allow = call.outputs("pick-model").get("inference_compute_allow_list")
+    if allow:
+        check_lists(compute.get("size", "cpu"), allow, [], "the model's inference_compute_allow_list")
+    server = _prepare_server(ctx, call)
+    outputs = _start_recorded(ctx, call, server)
+    url, pid, log_path = outputs["url"], outputs["pid"], server.log_path
+    ctx.ui.info(f"  endpoint {server.name} starting (pid {pid}) at {url}; log: {log_path}")
     try:
         with ctx.ui.spinner("waiting for the endpoint to load the model"):
             wait_until_ready(url, cfg.ready_timeout_s, proc=procs.handle(pid))
     except StageFailed:
-        procs.stop(process)
+        procs.stop(outputs["process"])
         forget(ctx, outputs)
         ctx.ui.info(procs.tail(log_path, 20))
         raise
-    ctx.ui.info(f"  endpoint ready: POST {url}/score (key in {key_file})")
+    ctx.ui.info(f"  endpoint ready: POST {url}/score (key in {server.key_file})")
     return outputs
 
 
