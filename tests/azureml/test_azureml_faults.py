@@ -80,7 +80,7 @@ def test_a_failed_job_fails_submit_with_the_studio_link(az) -> None:
     az.service.job_states = ["NotStarted", "Queued", "Running", "Failed"]
     az("run", "--to", "prepare-data")
     result = az("submit", code=1)
-    assert "ended Failed" in result.stderr
+    assert "failed at step chat_completion_finetune" in result.stderr  # tests/azureml/test_azureml_logs.py
     assert "https://ml.azure.com/runs/" in result.stderr
     assert "re-run it with `ftctl submit`" in result.stderr
     assert az.state()["stages"]["submit"]["status"] == "failed"

@@ -9,7 +9,10 @@ Azure/azure-rest-api-specs examples; ids, names and values are made up):
   the default datastore and its secrets, pipeline jobs (PUT, then GETs moving the status along),
   model versions, online endpoints and deployments (PUT/DELETE with Azure-AsyncOperation polling),
   listKeys;
-- the blob storage the SDK uploads local files to, and an endpoint's scoring URI.
+- the blob storage the SDK uploads local files to (and the steps' log blobs, read by SAS URL), and an
+  endpoint's scoring URI;
+- run history and MLflow (fakes/azureml_mlflow.py): a pipeline job's steps, each step's run details with
+  its log files, and the workspace's MLflow runs and metrics.
 
 Every request is recorded (`service.requests`) with its JSON body, so tests assert on what was sent.
 Faults are injected per route (`service.fail(...)`). `FakeTransport` plugs the service into azure-core:

@@ -27,6 +27,29 @@ What it serves, and what each answer is shaped after:
   evaluation; `train_loss`, `train_runtime`, `train_samples_per_second` at the end) and its params the
   TrainingArguments. This is an assumption about the finetune component (it trains with the Trainer);
   no recorded Azure ML response was available to copy. Ids and values are made up.
+- A failed pipeline job (status Failed) failed at one step (`failed_step`, default the fine-tuning one):
+  the steps before it Completed, it Failed, the ones after it never started (as a pipeline with
+  continue_on_step_failure=False stops).
+
+Run history (`history_routes`), where azure-ai-ml reads a job's steps and their logs:
+
+- `GET .../history/v1.0/.../runs/<id>/children`: the run's child runs (see `_children`).
+- `GET .../history/v1.0/.../runs/<id>/details`: a RunDetails (the route of azure-ai-ml 1.35.2's
+  `_restclient/runhistory` `build_get_details_request`; the keys of its `RunDetails` model: runId,
+  runUuid, parentRunId, rootRunId, status, startTimeUtc/endTimeUtc, error = ErrorResponse{error:
+  RootError{code, message}}, properties, logFiles...). `logFiles` maps each log's name to a read-only SAS
+  URL of the blob under the workspace storage account's `azureml` container,
+  `https://<account>.blob.core.windows.net/azureml/ExperimentRun/dcid.<run id>/<name>?sv=..&sig=..&sp=r`,
+  with the names a Common Runtime step has (`user_logs/std_log.txt`, `system_logs/lifecycler/...`). The
+  URL form and the names are those of real runs' `logFiles` as azureml-core's `Run.get_details()` prints
+  them (a StepRun's details in a public pipeline notebook's output, 2022; a run's in the GitHub issue
+  MicrosoftLearning/DP100#37, 2020). The failed step's error message is made up in the form Azure ML
+  uses for a user process that exited non-zero (not copied from a recording).
+- The user log blob itself is served by the fake's blob storage (`FakeAzureML._blob`, GET with the SAS
+  query), written when its details are read: all of it for an ended step, the first half of its lines
+  while it runs (`running_fraction`), a Python traceback appended when it failed (`failure_log`). What a
+  step prints is made up: a few lines per step, and for the fine-tuning step the Trainer's log dicts
+  (`{'loss': ..., 'learning_rate': ..., 'epoch': ...}`) from the same history its MLflow run has.
 """
 
 from __future__ import annotations
@@ -62,6 +85,33 @@ STEPS = [
 ]
 FINETUNE = "chat_completion_finetune"
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
+# The steps a pipeline that reached them ran; the log lines each printed (besides the Trainer's).
+STEP_LOGS = {
+    "ft_nlp_common_validation": ["Validating the component inputs", "Validation passed"],
+    "chat_completion_model_import": ["Importing model from mlflow_model_path", "Model imported"],
+    "chat_completion_datapreprocess": [
+        "Reading train_file_path and test_file_path",
+        "Applying the chat template to 40 training conversations",
+        "Preprocessing done",
+    ],
+    FINETUNE: ["Starting fine-tuning: LoRA r=8, DeepSpeed stage 2", "***** Running training *****"],
+    "chat_completion_model_converter": ["Converting the model to MLflow format", "Model saved"],
+}
+# What the fine-tuning step prints when it runs out of GPU memory (a Python traceback on stderr).
+FAILURE_LOG = [
+    "Traceback (most recent call last):",
+    '  File "/azureml-envs/acft/lib/python3.10/site-packages/azureml/acft/contrib/hf/nlp/tasks/'
+    'chat_completion/finetune/finetune.py", line 412, in <module>',
+    "    main()",
+    '  File "/azureml-envs/acft/lib/python3.10/site-packages/transformers/trainer.py", line 2241, in train',
+    "    return inner_training_loop(",
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
+    "of 79.15 GiB of which 1.02 GiB is free.",
+]
+STEP_FAILED_MESSAGE = (
+    "Execution failed. User process '/azureml-envs/acft/bin/python' exited with status code 1. "
+    "Please check log file 'user_logs/std_log.txt' for error details."
+)
 
 
 @dataclass
@@ -109,8 +159,11 @@ class FakeMlflow:
         self.service = service
         self.experiments: dict[str, dict[str, Any]] = {}  # id -> experiment
         self.runs: dict[str, FakeRun] = {}
-        self.running_fraction = 0.5  # how much of the finetune history a Running job shows
+        self.running_fraction = 0.5  # how much of the finetune history (and a running step's log) shows
         self.searches: list[str] = []  # the filter strings received
+        self.failed_step = FINETUNE  # the step at which a job that ends Failed failed
+        self.failure_log: list[str] = list(FAILURE_LOG)  # what that step printed last
+        self.step_logs: dict[str, list[str]] = {}  # step name -> its whole log (default: generated)
 
     # --- setup -------------------------------------------------------------------------------------
 
@@ -189,21 +242,31 @@ class FakeMlflow:
         job = self.service.jobs.get(run.job) or {}
         return str((job.get("properties") or {}).get("status") or "NotStarted")
 
+    def _step_state(self, run: FakeRun) -> str | None:
+        """The MLflow status of a step run; None while it has not started (or never will)."""
+        job = MLFLOW_STATUS.get(self._job_status(run), "SCHEDULED")
+        if job == "SCHEDULED":
+            return None
+        if job == "RUNNING":
+            stop, state = FINETUNE, "RUNNING"  # the steps before the fine-tuning one are done
+        elif job == "FAILED":
+            stop, state = self.failed_step, "FAILED"
+        else:
+            return job
+        index, last = run.step - 1, STEPS.index(stop)
+        if index < last:
+            return "FINISHED"
+        return state if index == last else None
+
     def _visible(self, run: FakeRun) -> bool:
-        status = MLFLOW_STATUS.get(self._job_status(run), "SCHEDULED")
         if run.step <= 0:
-            return run.step < 0 or status != "SCHEDULED"
-        if status == "SCHEDULED":
-            return False
-        if status == "RUNNING":
-            return STEPS[run.step - 1] in STEPS[: STEPS.index(FINETUNE) + 1]
-        return True
+            return run.step < 0 or MLFLOW_STATUS.get(self._job_status(run), "SCHEDULED") != "SCHEDULED"
+        return self._step_state(run) is not None
 
     def _status(self, run: FakeRun) -> str:
-        status = MLFLOW_STATUS.get(self._job_status(run), "SCHEDULED")
-        if status == "RUNNING" and run.step > 0 and STEPS[run.step - 1] != FINETUNE:
-            return "FINISHED"  # the steps before the fine-tuning one are done
-        return status
+        if run.step <= 0:
+            return MLFLOW_STATUS.get(self._job_status(run), "SCHEDULED")
+        return self._step_state(run) or "SCHEDULED"
 
     def _history(self, run: FakeRun, key: str) -> list[tuple[float, int, int]]:
         values = run.history.get(key, [])
@@ -270,7 +333,10 @@ class FakeMlflow:
             r"/history/v1\.0/subscriptions/[^/]+/resourceGroups/[^/]+"
             r"/providers/Microsoft\.MachineLearningServices/workspaces/[^/]+"
         )
-        return [("GET", ws + r"/runs/(?P<run_id>[^/]+)/children", self._children)]
+        return [
+            ("GET", ws + r"/runs/(?P<run_id>[^/]+)/children", self._children),
+            ("GET", ws + r"/runs/(?P<run_id>[^/]+)/details", self._details),
+        ]
 
     def _children(self, r: Recorded, run_id: str) -> tuple[int, dict[str, str], Any]:
         parent = self._find(run_id)
@@ -300,6 +366,98 @@ class FakeMlflow:
                 }
             )
         return self._json(200, {"value": value, "continuationToken": None, "nextLink": None})
+
+    def step_log(self, run: FakeRun) -> list[str]:
+        """The lines the step run has printed so far (see the module docstring)."""
+        name = run.run_name
+        lines = list(self.step_logs.get(name) or self._generated_log(run))
+        status = self._status(run)
+        if status in ("RUNNING", "FAILED"):
+            lines = lines[: max(1, int(len(lines) * self.running_fraction))]
+        if status == "FAILED":
+            lines += self.failure_log
+        return lines
+
+    def _generated_log(self, run: FakeRun) -> list[str]:
+        name = run.run_name
+        lines = [f"[2026-01-01 00:00:05] {name}: starting", *STEP_LOGS.get(name, [])]
+        if run.history:
+            steps = sorted({step for entries in run.history.values() for _, _, step in entries})
+            for step in steps:
+                logged = {
+                    key: value
+                    for key, entries in run.history.items()
+                    for value, _, at in entries
+                    if at == step
+                }
+                shown = {
+                    key: logged[key]
+                    for key in ("loss", "grad_norm", "learning_rate", "epoch", "eval_loss")
+                    if key in logged
+                }
+                if shown:
+                    lines.append(str(shown))
+        lines.append(f"[2026-01-01 00:59:55] {name}: done")
+        return lines
+
+    def _log_url(self, run: FakeRun, name: str) -> tuple[str, str]:
+        """(blob key in the fake's storage, SAS URL) of one of the run's log files."""
+        from fakes.azureml import FAKE_SIGNATURE, STORAGE_ACCOUNT
+
+        path = f"/azureml/ExperimentRun/dcid.{run.run_id}/{name}"
+        query = (
+            f"sv=2019-07-07&sr=b&sig={FAKE_SIGNATURE}&st=2026-01-01T00%3A00%3A00Z"
+            "&se=2026-01-01T08%3A00%3A00Z&sp=r"
+        )
+        return f"{STORAGE_ACCOUNT}{path}", f"https://{STORAGE_ACCOUNT}.blob.core.windows.net{path}?{query}"
+
+    def _details(self, r: Recorded, run_id: str) -> tuple[int, dict[str, str], Any]:
+        run = self._find(run_id)
+        if run is None:
+            return self._json(404, {"error": {"code": "UserError", "message": f"Run {run_id} not found"}})
+        status = self._status(run)
+        azure = {"SCHEDULED": "Queued", "RUNNING": "Running", "FINISHED": "Completed", "FAILED": "Failed"}
+        log_files: dict[str, str] = {}
+        if run.step > 0 and status != "SCHEDULED":
+            key, url = self._log_url(run, "user_logs/std_log.txt")
+            self.service.blobs[key] = ("\n".join(self.step_log(run)) + "\n").encode("utf-8")
+            log_files["user_logs/std_log.txt"] = url
+            for name in (
+                "system_logs/lifecycler/execution-wrapper.log",
+                "system_logs/lifecycler/lifecycler.log",
+            ):
+                log_files[name] = self._log_url(run, name)[1]
+        body: dict[str, Any] = {
+            "runId": run.run_id,
+            "runUuid": run.run_id,
+            "parentRunUuid": run.parent,
+            "rootRunUuid": run.job,
+            "target": "gpu-cluster-big",
+            "status": azure.get(status, "Canceled"),
+            "parentRunId": run.parent,
+            "rootRunId": run.job,
+            "createdTimeUtc": "2026-01-01T00:00:00.000Z",
+            "startTimeUtc": "2026-01-01T00:00:05.000Z",
+            "warnings": [],
+            "tags": {},
+            "properties": {
+                "azureml.nodeid": run.run_name,
+                "azureml.runsource": "azureml.StepRun",
+                "StepType": "CommandStep",
+                "ComputeTargetType": "AmlCompute",
+            },
+            "parameters": {},
+            "services": {},
+            "inputDatasets": [],
+            "outputDatasets": [],
+            "logFiles": log_files,
+            "revision": 7,
+        }
+        if status in ("FINISHED", "FAILED"):
+            body["endTimeUtc"] = "2026-01-01T01:00:00.000Z"
+        if status == "FAILED":
+            body["error"] = {"error": {"code": "UserError", "message": STEP_FAILED_MESSAGE}}
+        return self._json(200, body)
 
     @staticmethod
     def _json(status: int, body: Any) -> tuple[int, dict[str, str], Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 # isort: off
 from ftctl.cli import stage_commands  # noqa: F401
 from ftctl.cli import pipeline_commands  # noqa: F401
+from ftctl.cli import logs_commands  # noqa: F401
 from ftctl.cli import insight_commands  # noqa: F401
 
 # isort: on

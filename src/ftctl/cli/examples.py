@@ -65,6 +65,12 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("ftctl reset --all", "forget every stage (files stay)"),
         ("ftctl reset --restore-backup", "put back the previous state file"),
     ],
+    "logs": [
+        ("ftctl logs", "the fine-tuning job's log (Azure ML: the chat_completion_finetune step's)"),
+        ("ftctl logs --follow", "keep showing new lines until the job ends (Ctrl-C stops)"),
+        ("ftctl logs --step chat_completion_datapreprocess", "another step of the Azure ML pipeline job"),
+        ("ftctl logs --json", "job, step, their states and the lines as JSON"),
+    ],
     "metrics": [
         ("ftctl metrics", "the step-wise table: train/eval loss, perplexity, learning rate, tokens/s"),
         ("ftctl metrics --plot loss.png", "also a loss-curve figure"),

@@ -93,6 +93,7 @@ LIVE_KINDS = ("job", "endpoint")  # what Hooks.live reports and Hooks.stop_live 
 DRY_RUN = "dry-run"
 LIST_MODELS = "list-models"
 CLUSTER = "cluster"  # a compute cluster ftctl may have created (teardown --compute)
+LOGS = "logs"  # the fine-tuning job's log, step by step
 
 CAPABILITY_COMMANDS = {
     METRICS: "ftctl metrics",
@@ -100,7 +101,10 @@ CAPABILITY_COMMANDS = {
     DRY_RUN: "--dry-run",
     LIST_MODELS: "ftctl pick-model --list",
     CLUSTER: "teardown --compute",
+    LOGS: "ftctl logs",
 }
+
+LogWriter = Callable[[str], None]  # receives the log's lines, one at a time, without their newline
 
 
 class Hooks(Protocol):
@@ -128,6 +132,16 @@ class Hooks(Protocol):
     ) -> list[str]:
         """Stop live processes of `kinds` ("job", "endpoint"); with `unrecorded_in`, only those that
         state does not record. Returns what was stopped, described. Called under the workspace lock."""
+        ...
+
+    def logs(
+        self, ctx: Context, state: State, step: str | None, follow: bool, write: LogWriter
+    ) -> dict[str, Any]:
+        """Pass the log of one step of the job `ftctl submit` recorded (default: the fine-tuning step)
+        to `write`, line by line; with `follow`, keep passing new lines until the step ends. Returns
+        what was shown, the same keys on every backend: job, job_status, step, step_status, steps
+        ([{name, status}], in the job's order) and source (where the log was read). UsageError (exit 2)
+        for a step the job does not have, naming those it has."""
         ...
 
 

@@ -20,6 +20,7 @@ from ftctl.stages.contract import (
     DRY_RUN,
     ENDPOINT,
     LIST_MODELS,
+    LOGS,
     METRICS,
     Backend,
     StageImpl,
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from ftctl.chat import Endpoint
     from ftctl.context import Context
     from ftctl.metrics import RunMetrics
-    from ftctl.stages.contract import State
+    from ftctl.stages.contract import LogWriter, State
 
 STAGES: dict[str, StageImpl] = {
     "auth": auth,
@@ -45,7 +46,8 @@ STAGES: dict[str, StageImpl] = {
 
 
 class AzureHooks:
-    """The endpoint and metrics hooks (ftctl.backends.azureml.hooks) and the registry's model list."""
+    """The endpoint, metrics and logs hooks (ftctl.backends.azureml.hooks) and the registry's model
+    list."""
 
     def endpoint(self, ctx: Context, state: State, command: str) -> Endpoint:
         from ftctl.backends.azureml import hooks
@@ -68,10 +70,17 @@ class AzureHooks:
     ) -> list[str]:
         return []
 
+    def logs(
+        self, ctx: Context, state: State, step: str | None, follow: bool, write: LogWriter
+    ) -> dict[str, Any]:
+        from ftctl.backends.azureml import hooks
+
+        return hooks.logs(ctx, state, step, follow, write)
+
 
 BACKEND = Backend(
     name="azureml",
     stages=STAGES,
-    capabilities=frozenset({CLUSTER, DRY_RUN, ENDPOINT, LIST_MODELS, METRICS}),
+    capabilities=frozenset({CLUSTER, DRY_RUN, ENDPOINT, LIST_MODELS, LOGS, METRICS}),
     hooks=AzureHooks(),
 )

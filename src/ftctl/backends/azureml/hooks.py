@@ -10,6 +10,9 @@
   (`tags.mlflow.parentRunId`), the chat_completion_pipeline node a sub-pipeline whose
   `chat_completion_finetune` step logs the Hugging Face Trainer's metrics. A running job shows what it
   has logged so far.
+- The logs (`ftctl logs`): the user log of one step of the pipeline job, by default the
+  `chat_completion_finetune` step, read from run history and blob storage (ftctl.backends.azureml.steps);
+  `--follow` polls it while the step runs.
 
 azure.* and mlflow are imported inside the functions.
 """
@@ -28,16 +31,18 @@ from ftctl.backends.azureml.client import OVERRIDES, calling, status_text
 from ftctl.errors import FtctlError, StageFailed, StateError, UsageError
 
 if TYPE_CHECKING:
+    from ftctl.backends.azureml.steps import Step
     from ftctl.chat import Endpoint, Reply
     from ftctl.context import Context
     from ftctl.metrics import RunMetrics
-    from ftctl.stages.contract import State
+    from ftctl.stages.contract import LogWriter, State
 
 SERVING = {"succeeded", "updating"}
 # The fine-tuning step of chat_completion_pipeline (azureml-assets: its `jobs:` node name).
 FINETUNE_STEP = "chat_completion_finetune"
 TRAIN_METRICS = ("loss", "train_loss", "eval_loss")
 MAX_DEPTH = 4  # pipeline job > chat_completion_pipeline node > its steps (and a margin)
+LOG_POLL_MAX_S = 10.0  # `ftctl logs --follow` polls every poll_interval_s, at most this long apart
 
 
 def _check_backend(ctx: Context, state: State) -> None:
@@ -348,3 +353,70 @@ def _exp(value: float) -> float | None:
     except OverflowError:
         return None
     return result if math.isfinite(result) else None
+
+
+# --- the logs -------------------------------------------------------------------------------------------
+
+
+def logs(ctx: Context, state: State, step: str | None, follow: bool, write: LogWriter) -> dict[str, Any]:
+    """The user log of `step` (default chat_completion_finetune) of the pipeline job submit recorded;
+    with `follow`, new lines until the step ends (waiting for the step to start if it has not)."""
+    from ftctl.backends.azureml import steps as pipeline
+
+    _check_backend(ctx, state)
+    outputs = st.record(state, "submit").get("outputs") or {}
+    job = outputs.get("job_name")
+    if not job or outputs.get("dry_run"):
+        raise UsageError(
+            "no fine-tuning job to show: submit has not run",
+            hint="run `ftctl submit` (or `ftctl run --to submit`)",
+        )
+    wanted = step or FINETUNE_STEP
+    interval = min(ctx.cfg.poll_interval_s, LOG_POLL_MAX_S)
+    written = 0  # lines of the log already passed to `write`
+    while True:
+        job_status = pipeline.job_status(ctx, job)
+        found = pipeline.pipeline_steps(ctx, job)
+        current = next((s for s in found if s.name == wanted), None)
+        if current is None:
+            if job_status in pipeline.TERMINAL or not follow:
+                raise _no_such_step(job, job_status, wanted, found)
+            step_status, source = "NotStarted", None
+        else:
+            log = pipeline.read_log(ctx, current)
+            step_status, source = log.status, log.source
+            lines = log.text.splitlines()
+            ended = step_status in pipeline.TERMINAL or job_status in pipeline.TERMINAL
+            if follow and not ended and log.text and not log.text.endswith("\n"):
+                lines = lines[:-1]  # a line still being written: shown once it is finished
+            for line in lines[written:]:
+                write(line)
+            written = max(written, len(lines))
+            if not follow or ended:
+                break
+        time.sleep(interval)
+    return {
+        "job": job,
+        "job_status": job_status,
+        "step": wanted,
+        "step_status": step_status,
+        "steps": pipeline.as_rows(found),
+        "source": source,
+    }
+
+
+def _no_such_step(job: str, job_status: str, wanted: str, found: list[Step]) -> UsageError:
+    from ftctl.backends.azureml.steps import TERMINAL
+
+    listed = ", ".join(f"{s.name} ({s.status})" for s in found) or "none yet"
+    if job_status not in TERMINAL:
+        return UsageError(
+            f"job {job} is {job_status} and has no step {wanted} yet; its steps so far: {listed}",
+            hint="`ftctl logs --follow` waits for it; `ftctl logs --step NAME` shows another step",
+        )
+    failed = next((s.name for s in found if s.status == "Failed"), None)
+    other = failed or (found[-1].name if found else None)
+    return UsageError(
+        f"job {job} ({job_status}) has no step {wanted}; its steps: {listed}",
+        hint=f"`ftctl logs --step {other}`" if other else "the job ran no step; see it in Azure ML studio",
+    )

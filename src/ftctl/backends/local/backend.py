@@ -19,6 +19,7 @@ from ftctl.stages.contract import (
     DRY_RUN,
     ENDPOINT,
     LIST_MODELS,
+    LOGS,
     METRICS,
     Backend,
     Missing,
@@ -40,7 +41,7 @@ STAGES: dict[str, StageImpl] = {
 BACKEND = Backend(
     name="local",
     stages=STAGES,
-    capabilities=frozenset({METRICS, ENDPOINT}),
+    capabilities=frozenset({METRICS, ENDPOINT, LOGS}),
     hooks=LocalHooks(),
     missing={
         DRY_RUN: Missing("--dry-run is for --backend azureml (the local backend creates nothing remote)"),

@@ -1,8 +1,10 @@
 """What the commands outside the pipeline ask of the local backend: the live endpoint (chat,
-credentials, score --file) and the fine-tuning job's metrics from the workspace's MLflow store."""
+credentials, score --file), the fine-tuning job's metrics from the workspace's MLflow store, and its
+log (`ftctl logs`: the job folder's log.txt)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +15,11 @@ if TYPE_CHECKING:
     from ftctl.chat import Endpoint
     from ftctl.context import Context
     from ftctl.metrics import RunMetrics
-    from ftctl.stages.contract import State
+    from ftctl.stages.contract import LogWriter, State
+
+# A local job is one process: its one step, for `ftctl logs --step`.
+FINETUNE_STEP = "finetune"
+LOG_POLL_S = 0.25  # how often `ftctl logs --follow` looks for new lines (as Job.follow does for events)
 
 
 class LocalHooks:
@@ -115,6 +121,64 @@ class LocalHooks:
 
     def list_models(self, ctx: Context, show_all: bool) -> list[dict[str, Any]]:
         raise UsageError("the local backend has no model registry to list")  # not a declared capability
+
+    def logs(
+        self, ctx: Context, state: State, step: str | None, follow: bool, write: LogWriter
+    ) -> dict[str, Any]:
+        """The log.txt of the job `ftctl submit` recorded (everything the job printed). With `follow`,
+        new lines as they are written, until the job ends."""
+        from ftctl.backends.local.jobs import QUEUED, RUNNING, Job
+
+        if step is not None and step != FINETUNE_STEP:
+            raise UsageError(
+                f"--step {step}: the local job has no such step; its steps: {FINETUNE_STEP}",
+                hint=f"`ftctl logs` (or --step {FINETUNE_STEP}) shows the job's log",
+            )
+        outputs = st.record(state, "submit").get("outputs") or {}
+        if not outputs.get("job_dir"):
+            raise UsageError(
+                "no fine-tuning job to show: submit has not run",
+                hint="run `ftctl submit` (or `ftctl run --to submit`)",
+            )
+        job = Job(Path(outputs["job_dir"]))
+        if not job.dir.is_dir():
+            raise UsageError(
+                f"the job folder {job.dir} is gone", hint="run `ftctl submit --force` for a new job"
+            )
+        offset, pending = 0, b""
+        while True:
+            # The status is read before the log: a job seen ended has written all it will write.
+            status = str(job.status().get("state") or "unknown")
+            chunk, offset = _read_from(job.log_path, offset)
+            pending += chunk
+            done = not follow or status not in (QUEUED, RUNNING)  # ended (or no status to wait on)
+            *lines, pending = pending.split(b"\n")  # the last piece: a line not finished yet
+            if done and pending:
+                lines.append(pending)
+            for line in lines:
+                write(line.rstrip(b"\r").decode("utf-8", errors="replace"))
+            if done:
+                break
+            time.sleep(LOG_POLL_S)
+        return {
+            "job": job.id,
+            "job_status": status,
+            "step": FINETUNE_STEP,
+            "step_status": status,
+            "steps": [{"name": FINETUNE_STEP, "status": status}],
+            "source": str(job.log_path),
+        }
+
+
+def _read_from(path: Path, offset: int) -> tuple[bytes, int]:
+    """The bytes of `path` after `offset`, and the new offset (nothing while the file does not exist)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+    except FileNotFoundError:
+        return b"", offset
+    return chunk, offset + len(chunk)
 
 
 def _run_of_job(ctx: Context, client: Any, job_id: str) -> str | None:

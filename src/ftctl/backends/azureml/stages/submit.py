@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text
 from ftctl.backends.azureml.params import Declared, FinetuneSources, display_params, finetune_inputs
-from ftctl.errors import Detached, StageFailed, UsageError
+from ftctl.backends.azureml.steps import TERMINAL, error_line, failed_step, pipeline_steps, read_log
+from ftctl.errors import Detached, FtctlError, StageFailed, UsageError
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.contract import nothing_to_retire as retire
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from ftctl.context import Context
     from ftctl.stages.contract import Outputs, StageCall
 
-TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding", "Paused"}
 # Inputs ftctl sets itself, as the notebook does.
 RESERVED = {
     "mlflow_model_path",
@@ -203,24 +203,35 @@ def _submit(ctx: Context, call: StageCall, job_name: str) -> tuple[Any, dict[str
 
 
 def step_statuses(ctx: Context, name: str) -> dict[str, str]:
-    """The pipeline job's steps and their states (the chat_completion_pipeline node expanded into its own
-    steps: model import, preprocess, finetune...), in the order Azure ML lists them; {} when they cannot be
-    read. Child jobs come from run history (`jobs.list(parent_job_name=...)`); a child's own children
-    have no public call (jobs.get on a pipeline child job raises), so the run-history operation
-    behind jobs.list is asked directly."""
-    found: dict[str, str] = {}
+    """The pipeline job's steps and their states (steps.pipeline_steps), for progress; {} when they
+    cannot be read."""
     try:
-        jobs = ctx.azure.workspace.jobs
-        with contextlib.redirect_stdout(io.StringIO()):
-            for child in jobs.list(parent_job_name=name):
-                if child is None:
-                    continue
-                steps = [s for s in jobs._runs_operations.get_run_children(child.name) if s is not None]
-                for step in steps or [child]:
-                    found[str(step.display_name or step.name)] = status_text(step.status)
+        return {step.name: step.status for step in pipeline_steps(ctx, name)}
     except Exception:  # progress only: never what ends the stage
-        return found
-    return found
+        return {}
+
+
+def _failed(ctx: Context, name: str, studio: str | None) -> StageFailed:
+    """The error for a pipeline job that ended Failed: the step that failed and the line of its user log
+    that says why (run history's error message for the step when the log names none). The job's status
+    alone when no step says it failed or the steps cannot be read."""
+    try:
+        step = failed_step(pipeline_steps(ctx, name))
+    except FtctlError as exc:
+        ctx.ui.warn(f"could not list the job's steps: {exc.message}")
+        step = None
+    if step is None:
+        return StageFailed(f"job {name} ended Failed", hint=f"its logs are in Azure ML studio: {studio}")
+    try:
+        log = read_log(ctx, step)
+        error = error_line(log.text) or log.error
+    except FtctlError as exc:
+        ctx.ui.warn(f"could not read the log of step {step.name}: {exc.message}")
+        error = None
+    return StageFailed(
+        f"pipeline job {name} failed at step {step.name}: {error or 'its log names no error'}",
+        hint=f"the step's whole log: `ftctl logs --step {step.name}`; the job in Azure ML studio: {studio}",
+    )
 
 
 def _follow(ctx: Context, name: str) -> Any:
@@ -275,6 +286,8 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         raise Detached(f"job {name} is running on Azure ML ({studio}); follow it with `ftctl submit`")
     final = _follow(ctx, name)
     status = status_text(final.status)
+    if status == "Failed":
+        raise _failed(ctx, name, studio)
     if status != "Completed":
         raise StageFailed(
             f"job {name} ended {status}",
