@@ -108,7 +108,7 @@ def ws(tmp_path: Path) -> Iterator[Path]:
 
 def upstream_state(ws: Path, submit: dict[str, Any] | None) -> dict[str, Any]:
     """A state where everything before submit succeeded, with outputs a real submit can start from."""
-    from ftctl.models.tiny import shipped_model_dir
+    from ftctl.models.layout import shipped_model_dir
 
     data = ws / "data"
     data.mkdir(exist_ok=True)
@@ -217,9 +217,8 @@ def test_a_failed_job_is_one_line_with_its_cause_and_log(ws: Path) -> None:
 @pytest.mark.slow
 def test_a_diverging_run_fails_submit_and_registers_nothing(ws: Path) -> None:
     """The real trainer, a learning rate that blows the loss up: the job fails as 'training diverged'."""
-    from ftctl.models.tiny import shipped_model_dir
-
     from ftctl.backends.local.launch import launch_command
+    from ftctl.models.layout import shipped_model_dir
 
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
     train = ws / "train.jsonl"
@@ -234,7 +233,7 @@ def test_a_diverging_run_fails_submit_and_registers_nothing(ws: Path) -> None:
         "model_path": str(shipped_model_dir()),
         "train_file": str(train),
         "device": "cpu",
-        "params": {"max_steps": 6, "learning_rate": 1e38, "logging_steps": 1, "max_seq_length": 64,
+        "params": {"max_steps": 30, "learning_rate": 1.0, "logging_steps": 1, "max_seq_length": 64,
                    "per_device_train_batch_size": 2, "lr_scheduler_type": "constant"},
         "command": launch_command(job_dir, num_gpus=0, apply_deepspeed=False),
         "workspace": str(ws),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,19 +115,29 @@ def test_live_resources_survive_a_damaged_state_file_and_stop_live_stops_them(ws
     assert live.live_resources(ws, include_ended=True) == []
 
 
-def test_reset_all_on_a_corrupt_state_and_restore_backup_leave_live_resources_known(ws: Path) -> None:
-    """Whatever `ftctl reset` does to the state file, the live records stay (until stop_live)."""
-    start_job(ws)
-    start_server(ws)
+def test_reset_never_leaves_a_live_resource_that_ftctl_no_longer_knows(ws: Path) -> None:
+    """`reset --restore-backup` to a state that does not record the running job and endpoint stops
+    them (and says so); `reset --all` on a damaged state stops everything before starting over."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FTCTL_")}
-    (ws / "state.json").write_text("{ damaged")
-    (ws / "state.json.bak").write_text(json.dumps({"schema_version": 1, "backend": "local", "stages": {}}))
-    for args in (["reset", "--restore-backup"], ["reset", "--all"]):
-        command = [sys.executable, "-m", "ftctl", "--workspace", str(ws), *args]
+
+    def reset(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "ftctl", "--workspace", str(ws), "reset", *args]
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
         assert done.returncode == 0, done.stderr
-        assert {r.name for r in live.live_resources(ws)} == {"job-a", "ep-a"}
+        return done
+
+    empty = json.dumps({"schema_version": 1, "backend": "local", "stages": {}})
+    for args in (["--restore-backup"], ["--all"]):
+        shutil.rmtree(ws / "jobs" / "job-a", ignore_errors=True)
+        job = start_job(ws)
+        server, key = start_server(ws)
         (ws / "state.json").write_text("{ damaged")
+        (ws / "state.json.bak").write_text(empty)
+        done = reset(*args)
+        assert "stopping training job job-a" in done.stderr and "stopping endpoint ep-a" in done.stderr
+        assert server.wait(timeout=10) == -signal.SIGTERM
+        assert not job.running() and not key.exists()
+        assert live.live_resources(ws) == []
 
 
 def test_records_of_ended_resources_are_dropped_with_their_keys(ws: Path) -> None:
