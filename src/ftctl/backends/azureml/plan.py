@@ -214,14 +214,12 @@ def _finetune_inputs(ctx: Context) -> tuple[dict[str, Any], list[str]]:
     return chosen.inputs, chosen.dropped
 
 
-def submit(ctx: Context) -> Outputs:
+def _planned_display_name(ctx: Context, inputs: dict[str, Any]) -> str:
+    """The job's display name as submit would choose it; when compute.num_gpus is unset, its batch size
+    is shown as a product with the GPUs per node, known only at run time."""
     from ftctl.stages.shared import display_name
 
     cfg = ctx.cfg
-    az = cfg.azureml
-    model = _model_ref(ctx)
-    inputs, dropped = _finetune_inputs(ctx)
-    gpus: Any = cfg.compute.num_gpus or f"<GPUs per node of {cfg.compute.size}>"
     params: dict[str, Any] = {
         "per_device_train_batch_size": cfg.finetune.per_device_train_batch_size,
         "gradient_accumulation_steps": cfg.finetune.gradient_accumulation_steps,
@@ -238,15 +236,29 @@ def submit(ctx: Context) -> Outputs:
         f = cfg.finetune
         batch = f.per_device_train_batch_size * f.gradient_accumulation_steps * f.num_nodes
         name = name.replace(f"-bs{batch}-", f"-bs<{batch} x GPUs per node>-", 1)
-    component = (
+    return name
+
+
+def _component_uri(ctx: Context) -> str:
+    """The registry component's asset id: its pinned version, else its label."""
+    az = ctx.cfg.azureml
+    return (
         f"azureml://registries/{az.registry_name}/components/{az.component_name}/versions/{az.component_version}"
         if az.component_version
         else f"azureml://registries/{az.registry_name}/components/{az.component_name}/labels/{az.component_label}"
     )
+
+
+def _node_inputs(ctx: Context, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline node's inputs: the model, the cluster for every step, the data files (uploaded on
+    submit), the GPUs per node and the finetune inputs."""
+    cfg = ctx.cfg
+    model = _model_ref(ctx)
+    gpus: Any = cfg.compute.num_gpus or f"<GPUs per node of {cfg.compute.size}>"
     cluster = cfg.compute.name
     data_dir = ctx.data_dir()
     upload = "(uploaded to the workspace's default datastore on submit)"
-    node_inputs: dict[str, Any] = {
+    return {
         "mlflow_model_path": {"type": "mlflow_model", "path": model["id"]},
         **{key: cluster for key in ("compute_model_import", "compute_preprocess")},
         **{key: cluster for key in ("compute_finetune", "compute_model_evaluation")},
@@ -261,7 +273,13 @@ def submit(ctx: Context) -> Outputs:
         "number_of_gpu_to_use_finetuning": gpus,
         **inputs,
     }
-    job = {
+
+
+def _pipeline_job(ctx: Context, name: str, node_inputs: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline job submit would create, as the SDK's YAML would show it."""
+    cfg = ctx.cfg
+    az = cfg.azureml
+    return {
         "type": "pipeline",
         "name": JOB_NAME,
         "display_name": name,
@@ -271,13 +289,19 @@ def submit(ctx: Context) -> Outputs:
         "jobs": {
             az.component_name: {
                 "type": "pipeline",
-                "component": component,
+                "component": _component_uri(ctx),
                 "component_version": str(az.component_version or LATEST),
                 "inputs": node_inputs,
                 "outputs": {"mlflow_model_folder": "${{parent.outputs.trained_model}}"},
             }
         },
     }
+
+
+def submit(ctx: Context) -> Outputs:
+    az = ctx.cfg.azureml
+    inputs, dropped = _finetune_inputs(ctx)
+    job = _pipeline_job(ctx, _planned_display_name(ctx, inputs), _node_inputs(ctx, inputs))
     plan: dict[str, Any] = {
         "calls": [
             f"MLClient(registry_name={az.registry_name!r}).components.get({az.component_name!r}, "

@@ -105,11 +105,97 @@ def _check_quota(ctx: Context, sizes: list[Any], allow: list[str] | None) -> dic
     return {"checked": True, "fits": True, "detail": verdict.message}
 
 
+def _cluster_entity(ctx: Context) -> Any:
+    """The AmlCompute that check-compute creates when the cluster does not exist (the `compute` section)."""
+    from azure.ai.ml.entities import AmlCompute
+
+    cfg = ctx.cfg.compute
+    return AmlCompute(
+        name=cfg.name,
+        size=cfg.size,
+        min_instances=cfg.min_instances,
+        max_instances=cfg.max_instances,
+        idle_time_before_scale_down=cfg.idle_time_before_scale_down,
+    )
+
+
+def _create_cluster(ctx: Context, call: StageCall, entity: Any) -> Any:
+    """Record that ftctl creates the cluster, then create it, showing progress; the cluster."""
+    cfg = ctx.cfg.compute
+    call.checkpoint({"name": cfg.name, "created": True})
+    return wait_for(
+        ctx,
+        lambda: ctx.azure.workspace.compute.begin_create_or_update(entity),
+        f"creating cluster {cfg.name} ({cfg.size}, {cfg.min_instances}-{cfg.max_instances} nodes)",
+    )
+
+
+def _wait_while_busy(ctx: Context, cluster: Any) -> Any:
+    """Poll the cluster while it is being created, updated or deleted; the cluster once it is not."""
+    cfg = ctx.cfg.compute
+    start = time.monotonic()
+    while status_text(cluster.provisioning_state).lower() in BUSY:
+        ctx.ui.info(
+            f"  ... cluster {cfg.name} is {status_text(cluster.provisioning_state)} ({elapsed(start)})"
+        )
+        time.sleep(ctx.cfg.poll_interval_s)
+        cluster = _get_cluster(ctx, cfg.name)
+        if cluster is None:
+            raise StageFailed(f"compute cluster {cfg.name} disappeared while it was being provisioned")
+    return cluster
+
+
+def _provisioning_state(ctx: Context, cluster: Any, created: bool) -> str:
+    """The cluster's provisioning state; refused when it is Failed (with teardown's hint if ftctl
+    created it)."""
+    state = status_text(cluster.provisioning_state)
+    if state.lower() == "failed":
+        raise StageFailed(
+            f"compute cluster {ctx.cfg.compute.name} is in provisioning state Failed: {_errors(cluster)}",
+            hint=(
+                "delete it (Azure ML studio > Compute"
+                + (", or `ftctl teardown --compute`" if created else "")
+                + ") or set compute.name to another cluster"
+            ),
+        )
+    return state
+
+
+def _size_in_use(ctx: Context, cluster: Any) -> str:
+    """The cluster's VM size (compute.size when it names none), with a warning when it differs from
+    compute.size."""
+    cfg = ctx.cfg.compute
+    size: str = cluster.size or cfg.size
+    if size.lower() != cfg.size.lower():
+        ctx.ui.warn(f"cluster {cfg.name} exists with size {size} (compute.size is {cfg.size}); using {size}")
+    return size
+
+
+def _gpus_per_vm(ctx: Context, sizes: list[Any] | None, size: str) -> int:
+    """The GPUs of one `size` VM (listing the region's sizes unless they were listed already); refused
+    when it has none."""
+    gpus = _gpus(sizes if sizes is not None else _sizes(ctx), size)
+    if gpus < 1:
+        raise UsageError(
+            f"compute cluster {ctx.cfg.compute.name} ({size}) has no GPU; chat_completion_pipeline "
+            "fine-tunes on GPUs",
+            hint="set compute.size to a GPU size (and compute.name to a new cluster)",
+        )
+    return gpus
+
+
+def _say_cluster(ctx: Context, cluster: Any, size: str, gpus: int, state: str, created: bool) -> None:
+    """One line on the cluster in use: size, GPUs per node, node range, state."""
+    ctx.ui.info(
+        f"  cluster {ctx.cfg.compute.name}: {size}, {gpus} GPU(s) per node, "
+        f"{cluster.min_instances}-{cluster.max_instances} nodes, {state}"
+        + (" (created by ftctl)" if created else "")
+    )
+
+
 def run(ctx: Context, call: StageCall) -> Outputs:
     if plan.offline(call, "pick-model"):
         return plan.check_compute(ctx)
-    from azure.ai.ml.entities import AmlCompute
-
     cfg = ctx.cfg.compute
     recorded = call.recorded
     allow, source = _allow_list(ctx, call)
@@ -122,13 +208,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         sizes = _sizes(ctx)
         _gpus(sizes, cfg.size)  # a size the region has
         quota_report = _check_quota(ctx, sizes, allow)
-        entity = AmlCompute(
-            name=cfg.name,
-            size=cfg.size,
-            min_instances=cfg.min_instances,
-            max_instances=cfg.max_instances,
-            idle_time_before_scale_down=cfg.idle_time_before_scale_down,
-        )
+        entity = _cluster_entity(ctx)
         if call.options.dry_run:
             show_dry_run(
                 ctx, f"compute cluster {cfg.name} does not exist; check-compute would create", entity
@@ -140,51 +220,18 @@ def run(ctx: Context, call: StageCall) -> Outputs:
                 "would_create": True,
                 "quota": quota_report,
             }
-        call.checkpoint({"name": cfg.name, "created": True})
-        cluster = wait_for(
-            ctx,
-            lambda: ctx.azure.workspace.compute.begin_create_or_update(entity),
-            f"creating cluster {cfg.name} ({cfg.size}, {cfg.min_instances}-{cfg.max_instances} nodes)",
-        )
+        cluster = _create_cluster(ctx, call, entity)
         created = True
     elif call.options.dry_run:
         show_dry_run(ctx, f"compute cluster {cfg.name} exists; nothing would be created", cluster)
         return {"dry_run": True, "name": cfg.name, "size": cluster.size, "would_create": False}
-    start = time.monotonic()
-    while status_text(cluster.provisioning_state).lower() in BUSY:
-        ctx.ui.info(
-            f"  ... cluster {cfg.name} is {status_text(cluster.provisioning_state)} ({elapsed(start)})"
-        )
-        time.sleep(ctx.cfg.poll_interval_s)
-        cluster = _get_cluster(ctx, cfg.name)
-        if cluster is None:
-            raise StageFailed(f"compute cluster {cfg.name} disappeared while it was being provisioned")
-    state = status_text(cluster.provisioning_state)
-    if state.lower() == "failed":
-        raise StageFailed(
-            f"compute cluster {cfg.name} is in provisioning state Failed: {_errors(cluster)}",
-            hint=(
-                "delete it (Azure ML studio > Compute"
-                + (", or `ftctl teardown --compute`" if created else "")
-                + ") or set compute.name to another cluster"
-            ),
-        )
-    size = cluster.size or cfg.size
-    if size.lower() != cfg.size.lower():
-        ctx.ui.warn(f"cluster {cfg.name} exists with size {size} (compute.size is {cfg.size}); using {size}")
+    cluster = _wait_while_busy(ctx, cluster)
+    state = _provisioning_state(ctx, cluster, created)
+    size = _size_in_use(ctx, cluster)
     check_lists(size, allow, cfg.deny_list, source)
-    gpus = _gpus(sizes if sizes is not None else _sizes(ctx), size)
-    if gpus < 1:
-        raise UsageError(
-            f"compute cluster {cfg.name} ({size}) has no GPU; chat_completion_pipeline fine-tunes on GPUs",
-            hint="set compute.size to a GPU size (and compute.name to a new cluster)",
-        )
+    gpus = _gpus_per_vm(ctx, sizes, size)
     gpus_per_node = min(gpus, cfg.num_gpus) if cfg.num_gpus else gpus
-    ctx.ui.info(
-        f"  cluster {cfg.name}: {size}, {gpus} GPU(s) per node, "
-        f"{cluster.min_instances}-{cluster.max_instances} nodes, {state}"
-        + (" (created by ftctl)" if created else "")
-    )
+    _say_cluster(ctx, cluster, size, gpus, state, created)
     precision = ctx.cfg.finetune.precision
     return {
         "name": cfg.name,

@@ -40,9 +40,10 @@ def _raw_properties(ctx: Context, name: str, version: str) -> dict[str, Any]:
     return props if isinstance(props, dict) else {}
 
 
-def run(ctx: Context, call: StageCall) -> Outputs:
-    if plan.offline(call, "auth"):
-        return plan.pick_model(ctx)
+def _get_model(ctx: Context) -> Any:
+    """The base model from the registry: the pinned model.revision, else the one with model.label. When
+    it cannot be got, the error's hint names the family's fine-tunable successors (or how to list the
+    models)."""
     cfg = ctx.cfg.model
     registry_name = ctx.cfg.azureml.registry_name
     registry = ctx.azure.registry
@@ -54,15 +55,46 @@ def run(ctx: Context, call: StageCall) -> Outputs:
             not_found=f"no model {what} in registry {registry_name!r}",
         ):
             if cfg.revision:
-                model = registry.models.get(name, version=str(cfg.revision))
-            else:
-                model = registry.models.get(name, label=cfg.label)
+                return registry.models.get(name, version=str(cfg.revision))
+            return registry.models.get(name, label=cfg.label)
     except FtctlError as exc:
         found = _successors(ctx, name)
         exc.hint = exc.hint or (_successor_hint(ctx, found) if found else LIST_HINT)
         raise
+
+
+def _say_model(
+    ctx: Context,
+    model: Any,
+    version: str,
+    lists: tuple[list[str] | None, list[str] | None, str],
+    defaults: tuple[dict[str, Any], str],
+    notes: list[str],
+) -> None:
+    """What was read from the model: its id, its compute allow-lists (`lists`: finetune, inference and
+    where they come from), its finetune defaults (`defaults`: the values and where they come from) and
+    a warning for each lifecycle note."""
+    finetune_allow, inference_allow, lists_source = lists
+    values, defaults_source = defaults
+    ctx.ui.info(f"  {model.name} version {version}: {model.id}")
+    if finetune_allow:
+        ctx.ui.info(f"  finetune allow-list ({lists_source}): {', '.join(finetune_allow)}")
+    if inference_allow:
+        ctx.ui.info(f"  inference allow-list ({lists_source}): {', '.join(inference_allow)}")
+    if values:
+        ctx.ui.info(f"  model-specific finetune defaults ({defaults_source}): {values}")
+    for note in notes:
+        ctx.ui.warn(f"{model.name} {version}: {note}")
+
+
+def run(ctx: Context, call: StageCall) -> Outputs:
+    if plan.offline(call, "auth"):
+        return plan.pick_model(ctx)
+    cfg = ctx.cfg.model
+    registry_name = ctx.cfg.azureml.registry_name
+    model = _get_model(ctx)
     version = str(model.version)
-    raw = _raw_properties(ctx, name, version)
+    raw = _raw_properties(ctx, cfg.name, version)
     tags = dict(model.tags or {})
     system_metadata = (
         getattr(model, "_system_metadata", None) or raw.get("systemMetadata") or raw.get("system_metadata")
@@ -73,15 +105,8 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     stage = getattr(model, "stage", None)
     notes = lifecycle(tags, archived, stage, date.today())
 
-    ctx.ui.info(f"  {model.name} version {version}: {model.id}")
-    if finetune_allow:
-        ctx.ui.info(f"  finetune allow-list ({lists_source}): {', '.join(finetune_allow)}")
-    if inference_allow:
-        ctx.ui.info(f"  inference allow-list ({lists_source}): {', '.join(inference_allow)}")
-    if defaults:
-        ctx.ui.info(f"  model-specific finetune defaults ({defaults_source}): {defaults}")
-    for note in notes:
-        ctx.ui.warn(f"{model.name} {version}: {note}")
+    lists = (finetune_allow, inference_allow, lists_source)
+    _say_model(ctx, model, version, lists, (defaults, defaults_source), notes)
     finetunable = not archived and is_finetunable(tags, raw.get("properties"), date.today())
     if not is_chat_completion(tags, raw.get("properties")):
         ctx.ui.warn(

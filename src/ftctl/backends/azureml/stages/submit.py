@@ -28,6 +28,7 @@ from ftctl.stages.shared import data_file, display_name
 from ftctl.stages.shared import training_inputs as inputs
 
 if TYPE_CHECKING:
+    from ftctl.backends.azureml.params import FinetuneInputs
     from ftctl.context import Context
     from ftctl.stages.contract import Outputs, StageCall
 
@@ -92,14 +93,9 @@ def _data_path(ctx: Context, call: StageCall, split: str, setting: str, required
     return path
 
 
-def build(ctx: Context, call: StageCall, job_name: str | None) -> tuple[Any, dict[str, Any]]:
-    """The pipeline job (an SDK entity) and what ftctl records about it."""
-    from azure.ai.ml import Input
-    from azure.ai.ml.dsl import pipeline
-
-    cfg = ctx.cfg
-    model = call.outputs("pick-model")
-    compute = call.outputs("check-compute")
+def _checked_component(ctx: Context) -> tuple[Any, dict[str, Declared]]:
+    """The chat_completion_pipeline component and its declared inputs; refused when it does not declare
+    the inputs ftctl sets itself."""
     component = _component(ctx)
     declared = _declared(component)
     missing = [name for name in [*REQUIRED, *COMPUTES] if name not in declared]
@@ -108,6 +104,15 @@ def build(ctx: Context, call: StageCall, job_name: str | None) -> tuple[Any, dic
             f"component {component.name} {component.version} does not declare {', '.join(missing)}",
             hint="pin azureml.component_version to a chat_completion_pipeline version that does",
         )
+    return component, declared
+
+
+def _chosen_inputs(
+    ctx: Context, model: dict[str, Any], component: Any, declared: dict[str, Declared]
+) -> FinetuneInputs:
+    """The finetune inputs sent to the component (params.finetune_inputs), saying which of the model's
+    defaults were applied, what else was noted and what was not sent."""
+    cfg = ctx.cfg
     explicit = {key.split(".", 1)[1] for key in ctx.config.explicit if key.startswith("finetune.")}
     sources = FinetuneSources(
         values=cfg.finetune.model_dump(),
@@ -126,15 +131,34 @@ def build(ctx: Context, call: StageCall, job_name: str | None) -> tuple[Any, dic
             ctx.ui.info(f"  {note}")
     if chosen.dropped:
         ctx.ui.warn(f"not sent to {component.name} {component.version}: {'; '.join(chosen.dropped)}")
-    gpus = int(compute.get("gpus_per_node") or 1)
-    name = display_name(model["name"], display_params(chosen.inputs, declared), gpus)
-    experiment = cfg.azureml.experiment_name or f"chat_completion_{model['name'].split('/')[-1]}"
+    return chosen
+
+
+def _data_inputs(ctx: Context, call: StageCall) -> tuple[str | None, str | None, dict[str, Any]]:
+    """The train and test files (the test file None when there is no test split) and the pipeline's
+    data inputs for them."""
+    from azure.ai.ml import Input
+
+    cfg = ctx.cfg
     train = _data_path(ctx, call, cfg.data.train_split, "data.train_split", required=True)
     test = _data_path(ctx, call, cfg.data.test_split, "data.test_split", required=False)
-    cluster = compute["name"]
     data: dict[str, Any] = {"train_file_path": Input(type="uri_file", path=train)}
     if test:
         data["test_file_path"] = Input(type="uri_file", path=test)
+    return train, test, data
+
+
+def _pipeline_job(
+    component: Any,
+    model: dict[str, Any],
+    cluster: str,
+    gpus: int,
+    data: dict[str, Any],
+    inputs: dict[str, Any],
+) -> Any:
+    """The pipeline job, as the notebook builds it: one chat_completion_pipeline node on `cluster` for
+    every step, its fine-tuned model as the job's output."""
+    from azure.ai.ml.dsl import pipeline
 
     @pipeline
     def create_pipeline() -> dict[str, Any]:
@@ -146,13 +170,19 @@ def build(ctx: Context, call: StageCall, job_name: str | None) -> tuple[Any, dic
             compute_model_evaluation=cluster,
             number_of_gpu_to_use_finetuning=gpus,
             **data,
-            **chosen.inputs,
+            **inputs,
         )
         return {"trained_model": chat_completion_pipeline.outputs.mlflow_model_folder}
 
     with calling(f"building the {component.name} pipeline"):
-        job = create_pipeline()
-    job.display_name = name
+        return create_pipeline()
+
+
+def _name_job(ctx: Context, job: Any, display: str, experiment: str, job_name: str | None) -> None:
+    """Set the job's display name, experiment, pipeline settings (azureml section) and, when chosen
+    already, its name."""
+    cfg = ctx.cfg
+    job.display_name = display
     job.experiment_name = experiment
     settings = job.settings
     assert settings is not None  # a @pipeline job always has its settings object
@@ -160,6 +190,22 @@ def build(ctx: Context, call: StageCall, job_name: str | None) -> tuple[Any, dic
     settings.continue_on_step_failure = cfg.azureml.continue_on_step_failure
     if job_name:
         job.name = job_name
+
+
+def build(ctx: Context, call: StageCall, job_name: str | None) -> tuple[Any, dict[str, Any]]:
+    """The pipeline job (an SDK entity) and what ftctl records about it."""
+    cfg = ctx.cfg
+    model = call.outputs("pick-model")
+    compute = call.outputs("check-compute")
+    component, declared = _checked_component(ctx)
+    chosen = _chosen_inputs(ctx, model, component, declared)
+    gpus = int(compute.get("gpus_per_node") or 1)
+    name = display_name(model["name"], display_params(chosen.inputs, declared), gpus)
+    experiment = cfg.azureml.experiment_name or f"chat_completion_{model['name'].split('/')[-1]}"
+    train, test, data = _data_inputs(ctx, call)
+    cluster = compute["name"]
+    job = _pipeline_job(component, model, cluster, gpus, data, chosen.inputs)
+    _name_job(ctx, job, name, experiment, job_name)
     info = {
         "job_name": job_name,
         "job_id": job_name,
