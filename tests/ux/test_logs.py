@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ftctl import state as st
-from ftctl.backends.local import hooks
+from ftctl.backends.local import hooks, procs
 from ftctl.backends.local.jobs import Job
 from ftctl.state import StateStore
 
@@ -24,7 +24,8 @@ def _job(ftctl: Any, log: str, state: str = "completed") -> Job:
     """A submitted job in the workspace: its folder, and submit's record pointing at it."""
     job = Job.create(ftctl.workspace / "jobs", {"display_name": "tiny-ultrachat", "command": ["true"]})
     job.log_path.write_text(log)
-    job.write_status(state, pid=os.getpid())  # this process: alive while the test runs
+    # This process stands in for the trainer: alive (identity-checked) while the test runs.
+    job.write_status(state, pid=os.getpid(), trainer=procs.identity(os.getpid()))
     store = StateStore(ftctl.workspace)
     data = store.load()
     data["backend"] = "local"
