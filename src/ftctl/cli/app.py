@@ -7,6 +7,7 @@ from __future__ import annotations
 from ftctl.cli import stage_commands  # noqa: F401
 from ftctl.cli import pipeline_commands  # noqa: F401
 from ftctl.cli import insight_commands  # noqa: F401
+from ftctl.cli import quality_commands  # noqa: F401
 
 # isort: on
 from ftctl.cli.common import app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ftctl.backends.local.hooks import LocalHooks
+from ftctl.backends.local.quality import LocalQuality
 from ftctl.backends.local.stages import (
     auth,
     check_compute,
@@ -20,6 +21,7 @@ from ftctl.stages.contract import (
     ENDPOINT,
     LIST_MODELS,
     METRICS,
+    PLAN,
     Backend,
     Missing,
     StageImpl,
@@ -40,8 +42,9 @@ STAGES: dict[str, StageImpl] = {
 BACKEND = Backend(
     name="local",
     stages=STAGES,
-    capabilities=frozenset({METRICS, ENDPOINT}),
+    capabilities=frozenset({METRICS, ENDPOINT, PLAN}),
     hooks=LocalHooks(),
+    quality=LocalQuality(),
     missing={
         DRY_RUN: Missing("--dry-run is for --backend azureml (the local backend creates nothing remote)"),
         CLUSTER: Missing("--compute is for --backend azureml (the local backend has no cluster)"),
