@@ -226,6 +226,25 @@ class FinetuneSection(Section):
 
 class RegisterSection(Section):
     model_name: str | None = Field(None, description="default: <model>-ultrachat-200k with / replaced by -")
+    gate: Literal["improve", "off"] = Field(
+        "improve",
+        description="improve: register only a model whose held-out loss beats the base model's and the "
+        "previous version's (`register --force` overrides); off: no check",
+    )
+
+
+class PlanSection(Section):
+    """`ftctl plan` and the check `ftctl submit` makes first (no stage reads these)."""
+
+    sample_rows: int | None = Field(
+        2000,
+        ge=1,
+        le=MAX_ROWS,
+        description=f"conversations per split tokenized for the statistics, 1..{MAX_ROWS}; null = all",
+    )
+    calibration_steps: int = Field(
+        5, ge=2, le=100, description="optimizer steps timed by the calibration, 2..100 (the first warms up)"
+    )
 
 
 class DeploySection(Section):
@@ -318,6 +337,7 @@ class Config(Section):
     # "register" would shadow pydantic's BaseModel.register; the YAML key stays `register`.
     register_: RegisterSection = Field(default_factory=RegisterSection, alias="register")
     deploy: DeploySection = Field(default_factory=DeploySection)
+    plan: PlanSection = Field(default_factory=PlanSection)
     score: ScoreSection = Field(default_factory=ScoreSection)
     azureml: AzureMLSection = Field(default_factory=AzureMLSection)
 

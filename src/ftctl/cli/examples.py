@@ -29,10 +29,11 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("ftctl prepare-data --dataset ./my-jsonl-folder", "a folder of <split>.jsonl files"),
     ],
     "submit": [
-        ("ftctl submit", "fine-tune with a live progress bar (loss, tokens/s, ETA)"),
+        ("ftctl submit", "check the plan, then fine-tune with a live progress bar (loss, tokens/s, ETA)"),
         ("ftctl submit --no-wait", "start the job and return; `ftctl submit` re-attaches later"),
         ("ftctl --set finetune.learning_rate=1e-4 submit", "change a training parameter for this run"),
         ("ftctl submit 2> train.log", "plain progress lines, no control codes, when not a terminal"),
+        ("ftctl submit --no-plan", "skip the pre-flight check of tokens and memory"),
     ],
     "register": [
         ("ftctl register", "register the job's model as a new version in the MLflow registry"),
@@ -70,6 +71,12 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("ftctl logs --follow", "keep showing new lines until the job ends (Ctrl-C stops)"),
         ("ftctl logs --step chat_completion_datapreprocess", "another step of the Azure ML pipeline job"),
         ("ftctl logs --json", "job, step, their states and the lines as JSON"),
+    ],
+    "plan": [
+        ("ftctl plan", "tokens, run size, memory and (calibrated) time of the job submit would start"),
+        ("ftctl plan --set finetune.max_seq_length=512", "what another max_seq_length would cut and cost"),
+        ("ftctl plan --no-calibrate", "without timing steps on this machine (a cached calibration is used)"),
+        ("ftctl plan --json", "everything as JSON"),
     ],
     "metrics": [
         ("ftctl metrics", "the step-wise table: train/eval loss, perplexity, learning rate, tokens/s"),

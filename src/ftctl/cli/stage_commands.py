@@ -114,11 +114,16 @@ def prepare_data(
 def submit(
     ctx: Context,
     no_wait: bool = typer.Option(False, "--no-wait", help="Return once the job id is recorded."),
+    no_plan: bool = typer.Option(
+        False, "--no-plan", help="Skip the pre-flight check of tokens and memory (`ftctl plan`)."
+    ),
     force: bool = FORCE,
     dry_run: bool = DRY_RUN,
 ) -> None:
-    """Fine-tune the model as a job; streams progress (re-running re-attaches to a running job)."""
-    run_stage(ctx, "submit", force, wait=not no_wait, dry_run=dry_run)
+    """Fine-tune the model as a job; streams progress (re-running re-attaches to a running job).
+
+    A new job is checked first (`ftctl plan`): a run that cannot work is refused (exit 2)."""
+    run_stage(ctx, "submit", force, wait=not no_wait, dry_run=dry_run, plan=not no_plan)
 
 
 @command(PANEL)

@@ -20,7 +20,9 @@ from ftctl.errors import UsageError
 if TYPE_CHECKING:
     from ftctl.chat import Endpoint
     from ftctl.context import Context
+    from ftctl.evaluation import EvalReport
     from ftctl.metrics import RunMetrics
+    from ftctl.plan import Plan
 
 Outputs = dict[str, Any]
 State = dict[str, Any]
@@ -34,6 +36,8 @@ class RunOptions:
     wait: bool = True  # False with `--no-wait`: start long-running work, record its id, return
     dry_run: bool = False  # show what would be created; send nothing that creates, record nothing
     compute: bool = False  # `teardown --compute`: also delete the cluster ftctl created
+    plan: bool = True  # submit checks the plan first (tokens, memory); False with `submit --no-plan`
+    skip_gate: bool = False  # `register --force`: register even a model the promotion gate refuses
 
 
 @dataclass
@@ -94,6 +98,8 @@ DRY_RUN = "dry-run"
 LIST_MODELS = "list-models"
 CLUSTER = "cluster"  # a compute cluster ftctl may have created (teardown --compute)
 LOGS = "logs"  # the fine-tuning job's log, step by step
+PLAN = "plan"  # ftctl plan: token statistics, run size, memory and time before submitting
+EVALUATE = "evaluate"  # ftctl evaluate: held-out loss of base / fine-tuned / previous, generations
 
 CAPABILITY_COMMANDS = {
     METRICS: "ftctl metrics",
@@ -102,6 +108,8 @@ CAPABILITY_COMMANDS = {
     LIST_MODELS: "ftctl pick-model --list",
     CLUSTER: "teardown --compute",
     LOGS: "ftctl logs",
+    PLAN: "ftctl plan",
+    EVALUATE: "ftctl evaluate",
 }
 
 LogWriter = Callable[[str], None]  # receives the log's lines, one at a time, without their newline
@@ -145,6 +153,19 @@ class Hooks(Protocol):
         ...
 
 
+class QualityHooks(Protocol):
+    """What `ftctl plan` and `ftctl evaluate` ask of a backend (capabilities PLAN and EVALUATE)."""
+
+    def plan(self, ctx: Context, state: State, calibrate: bool) -> Plan:
+        """What submit would do: token statistics, run size, memory and (calibrated) time."""
+        ...
+
+    def evaluate(self, ctx: Context, state: State, samples: int) -> EvalReport:
+        """Held-out loss of the base, fine-tuned and previously registered models; `samples`
+        side-by-side generations; whether the fine-tuned model stops."""
+        ...
+
+
 @dataclass(frozen=True)
 class Missing:
     """Why a backend lacks a capability, and what to do instead."""
@@ -160,6 +181,7 @@ class Backend:
     capabilities: frozenset[str]
     hooks: Hooks
     missing: Mapping[str, Missing] = field(default_factory=dict)  # capability -> why it is missing
+    quality: QualityHooks | None = None  # plan and evaluate, where the backend has them
 
     def stage(self, name: str) -> StageImpl:
         return self.stages[name]
@@ -173,6 +195,15 @@ class Backend:
                 why = Missing(f"{what}: not available on --backend {self.name}")
             raise UsageError(why.message, hint=why.hint)
         return self.hooks
+
+    def require_quality(self, capability: str) -> QualityHooks:
+        """The plan/evaluate hooks, if this backend has `capability` (PLAN, EVALUATE)."""
+        self.require(capability)
+        if self.quality is None:
+            raise UsageError(
+                f"{CAPABILITY_COMMANDS.get(capability, capability)}: not available on --backend {self.name}"
+            )
+        return self.quality
 
 
 # Defaults for the parts of the contract a stage has no use for. A stage module re-exports the ones it

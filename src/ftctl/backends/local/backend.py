@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ftctl.backends.local.hooks import LocalHooks
+from ftctl.backends.local.quality import LocalQuality
 from ftctl.backends.local.stages import (
     auth,
     check_compute,
@@ -21,6 +22,7 @@ from ftctl.stages.contract import (
     LIST_MODELS,
     LOGS,
     METRICS,
+    PLAN,
     Backend,
     Missing,
     StageImpl,
@@ -41,8 +43,9 @@ STAGES: dict[str, StageImpl] = {
 BACKEND = Backend(
     name="local",
     stages=STAGES,
-    capabilities=frozenset({METRICS, ENDPOINT, LOGS}),
+    capabilities=frozenset({METRICS, ENDPOINT, LOGS, PLAN}),
     hooks=LocalHooks(),
+    quality=LocalQuality(),
     missing={
         DRY_RUN: Missing("--dry-run is for --backend azureml (the local backend creates nothing remote)"),
         CLUSTER: Missing("--compute is for --backend azureml (the local backend has no cluster)"),

@@ -155,6 +155,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         else:
             ctx.ui.info(f"  re-attaching to job {job.id}")
     else:
+        _plan_first(ctx, call)
         job = _start_job(ctx, call)
     if not call.options.wait:
         raise Detached(f"job {job.id} is running; follow it with `ftctl submit` or check `ftctl status`")
@@ -183,6 +184,15 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "steps": result.get("steps"),
         "params": job.spec().get("params"),
     }
+
+
+def _plan_first(ctx: Context, call: StageCall) -> None:
+    """The pre-flight plan (`ftctl plan` without a new calibration) before a new job: refuses what
+    cannot work, warns about what likely goes wrong (`submit --no-plan` skips it)."""
+    if call.options.plan:
+        from ftctl.backends.local.plan import preflight
+
+        preflight(ctx, call)
 
 
 def output_files(ctx: Context, outputs: Outputs) -> dict[str, Path]:

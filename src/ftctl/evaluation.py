@@ -1,0 +1,234 @@
+"""Evaluation and the promotion gate, backend-neutral: held-out loss of the base, fine-tuned and
+previously registered models, whether the fine-tuned model stops, side-by-side generations, the gate's
+decision, and how all of that is shown (a table, JSON, a Markdown report with figures).
+
+A backend measures (the local backend loads the models; Azure ML would read the job's metrics) and
+fills these records in. matplotlib is imported inside the functions that draw.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STOP_MESSAGE = "the model does not stop: end-of-turn tokens missing from the labels?"
+# A reply that ends its turn: most greedy generations stop before their limit...
+STOP_SHARE = 0.5
+# ...and the model gives the end-of-turn token at least this probability (median over held-out
+# conversations) right after the dataset's own reply. A model trained without the token in its labels
+# loses it quickly (bench/README.md: 0.98 -> 0.04 on the built-in model), well before its greedy
+# replies run on.
+END_PROBABILITY_MIN = 0.3
+
+
+@dataclass
+class ModelLoss:
+    label: str  # base | fine-tuned | previous
+    model: str  # what was evaluated: a name, a folder, a registry URI
+    loss: float | None  # mean held-out loss on assistant tokens (as the trainer's eval_loss)
+    source: str  # how it was obtained: "computed here", "the job's metrics", "tag of version 3"
+
+    @property
+    def perplexity(self) -> float | None:
+        if self.loss is None:
+            return None
+        return math.exp(self.loss) if self.loss < 700 else float("inf")
+
+
+@dataclass
+class StopCheck:
+    """Whether a model ends its turn: greedy replies to held-out prompts, and the end-of-turn
+    probability right after the dataset's replies."""
+
+    prompts: int
+    stopped: int  # replies that ended with an end-of-turn (or eos) token before their limit
+    max_new_tokens: list[int]  # each prompt's limit: twice its reference reply, plus 16 (32..1024)
+    end_token: str
+    end_probability: float | None  # median over held-out conversations
+    lengths: list[int] = field(default_factory=list)  # tokens generated per prompt
+
+    @property
+    def ok(self) -> bool:
+        if self.prompts and self.stopped <= self.prompts * STOP_SHARE:
+            return False
+        return self.end_probability is None or self.end_probability >= END_PROBABILITY_MIN
+
+    def describe(self) -> str:
+        prob = (
+            ""
+            if self.end_probability is None
+            else f", P({self.end_token}) after the reference reply {self.end_probability:.2f}"
+        )
+        return f"{self.stopped}/{self.prompts} greedy replies end their turn{prob}"
+
+
+@dataclass
+class Sample:
+    prompt: str  # the last user message
+    reference: str  # the dataset's reply
+    replies: dict[str, str]  # label -> greedy reply
+
+
+@dataclass
+class GateDecision:
+    policy: str  # improve | off
+    result: str  # passed | refused | forced | off | skipped
+    reasons: list[str]
+    fine_tuned: float | None = None
+    base: float | None = None
+    previous: float | None = None
+    previous_version: str | None = None
+
+    @property
+    def allows(self) -> bool:
+        return self.result != "refused"
+
+    def tags(self) -> dict[str, str]:
+        """The registered version's tags (MLflow / Azure ML tags are strings)."""
+        tags = {"ftctl.gate": self.policy, "ftctl.gate.result": self.result}
+        for name, value in (
+            ("loss", self.fine_tuned),
+            ("base_loss", self.base),
+            ("previous_loss", self.previous),
+        ):
+            if value is not None:
+                tags[f"ftctl.eval.{name}"] = f"{value:.6f}"
+        if self.previous_version is not None:
+            tags["ftctl.eval.previous_version"] = self.previous_version
+        return tags
+
+    def describe(self) -> str:
+        numbers = [f"fine-tuned {_loss(self.fine_tuned)}", f"base {_loss(self.base)}"]
+        if self.previous is not None:
+            numbers.append(f"version {self.previous_version} {_loss(self.previous)}")
+        return (
+            f"gate ({self.policy}): {self.result}: held-out loss "
+            + ", ".join(numbers)
+            + (f" ({'; '.join(self.reasons)})" if self.reasons else "")
+        )
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def decide(
+    policy: str,
+    fine_tuned: float | None,
+    base: float | None,
+    previous: float | None = None,
+    previous_version: str | None = None,
+    forced: bool = False,
+) -> GateDecision:
+    """The promotion gate: with `improve`, the fine-tuned model's held-out loss must be lower than the
+    base model's and than the previous registered version's (when there is one to compare)."""
+    decision = GateDecision(policy, "passed", [], fine_tuned, base, previous, previous_version)
+    if policy == "off":
+        decision.result = "off"
+        return decision
+    if fine_tuned is None:
+        decision.result = "skipped"
+        decision.reasons.append("no held-out loss (no test split)")
+        return decision
+    worse = []
+    if base is not None and not fine_tuned < base:  # NaN and inf fail too
+        worse.append(f"not better than the base model ({_loss(fine_tuned)} >= {_loss(base)})")
+    if previous is not None and not fine_tuned < previous:
+        worse.append(f"not better than version {previous_version} ({_loss(fine_tuned)} >= {_loss(previous)})")
+    if base is None and previous is None:
+        decision.result = "skipped"
+        decision.reasons.append("nothing to compare with")
+        return decision
+    if worse:
+        decision.reasons.extend(worse)
+        decision.result = "forced" if forced else "refused"
+    return decision
+
+
+@dataclass
+class EvalReport:
+    split: str
+    conversations: int  # held-out conversations the losses are over
+    losses: list[ModelLoss]
+    stop: StopCheck | None  # the fine-tuned model
+    base_stop: StopCheck | None
+    samples: list[Sample]
+    generation: dict[str, Any]  # the settings of the sample generations
+    job_id: str | None = None
+    gate: GateDecision | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def loss(self, label: str) -> ModelLoss | None:
+        return next((m for m in self.losses if m.label == label), None)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for entry, model in zip(data["losses"], self.losses, strict=True):
+            entry["perplexity"] = _finite(model.perplexity)
+        if self.stop is not None:
+            data["stop"]["ok"] = self.stop.ok
+            data["stop"]["message"] = None if self.stop.ok else STOP_MESSAGE
+        return data
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+# --- showing it ------------------------------------------------------------------------------------
+
+
+def _loss_rows(report: EvalReport) -> list[list[str]]:
+    base = report.loss("base")
+    rows = []
+    for m in report.losses:
+        delta = ""
+        if m.label != "base" and base is not None and base.loss is not None and m.loss is not None:
+            delta = f"{m.loss - base.loss:+.4f}"
+        ppl = m.perplexity
+        rows.append(
+            [
+                m.label,
+                _loss(m.loss),
+                "n/a" if ppl is None else ("inf" if not math.isfinite(ppl) else f"{ppl:.2f}"),
+                delta,
+                m.model,
+                m.source,
+            ]
+        )
+    return rows
+
+
+LOSS_HEADERS = ["MODEL", "LOSS", "PERPLEXITY", "VS BASE", "WHAT", "FROM"]
+
+
+def _short(text: str, width: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def render(report: EvalReport) -> str:
+    from ftctl.ui import table
+
+    lines = [
+        f"held-out loss on {report.split} ({report.conversations} conversations, assistant tokens only):",
+        table(_loss_rows(report), LOSS_HEADERS),
+    ]
+    if report.stop is not None:
+        base = f" (base: {report.base_stop.describe()})" if report.base_stop is not None else ""
+        lines.append(f"end of turn: {report.stop.describe()}{base}")
+        if not report.stop.ok:
+            lines.append(f"warning: {STOP_MESSAGE}")
+    if report.gate is not None:
+        lines.append(report.gate.describe())
+    if report.samples:
+        g = report.generation
+        lines.append(f"samples (greedy, max_new_tokens {g.get('max_new_tokens')}, seed {g.get('seed')}):")
+        for i, sample in enumerate(report.samples, 1):
+            lines.append(f"  [{i}] user: {_short(sample.prompt)}")
+            for label, reply in sample.replies.items():
+                lines.append(f"      {label + ':':<12} {_short(reply)}")
+            lines.append(f"      {'reference:':<12} {_short(sample.reference)}")
+    lines.extend(f"note: {n}" for n in report.notes)
+    return "\n".join(lines)
