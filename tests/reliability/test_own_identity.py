@@ -41,6 +41,11 @@ def make_ctx(workspace: Path) -> Any:
 def bystander() -> Iterator[subprocess.Popen[bytes]]:
     """An unrelated live process leading its own process group (what a reused pid may be)."""
     proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    # Right after exec the kernel briefly shows an empty command line: wait until it names `sleep`.
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while not cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.005)
     try:
         yield proc
     finally:
