@@ -19,6 +19,7 @@ from ftctl.stages.contract import (
     CLUSTER,
     DRY_RUN,
     ENDPOINT,
+    EVALUATE,
     LIST_MODELS,
     METRICS,
     PLAN,
@@ -42,7 +43,7 @@ STAGES: dict[str, StageImpl] = {
 BACKEND = Backend(
     name="local",
     stages=STAGES,
-    capabilities=frozenset({METRICS, ENDPOINT, PLAN}),
+    capabilities=frozenset({METRICS, ENDPOINT, PLAN, EVALUATE}),
     hooks=LocalHooks(),
     quality=LocalQuality(),
     missing={

@@ -99,6 +99,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     model_dir = registered_model_dir(
         ws, registered["model_name"], registered["version"], endpoint_dir / "model"
     )
+    _check_template(ctx, call, model_dir)
     key_file = ws.write_secret(f"{name}.key", secrets.token_urlsafe(32))
     sock = _listen(cfg.host, cfg.port)
     port = sock.getsockname()[1]
@@ -158,6 +159,13 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         raise
     ctx.ui.info(f"  endpoint ready: POST {url}/score (key in {key_file})")
     return outputs
+
+
+def _check_template(ctx: Context, call: StageCall, model_dir: Path) -> None:
+    """Refuse (UsageError) a model the endpoint would prompt differently from how it was trained."""
+    from ftctl.backends.local.evaluate import check_template
+
+    check_template(ctx, call, model_dir)
 
 
 def summary(outputs: dict[str, Any]) -> str:
