@@ -224,9 +224,14 @@ class FinetuneSection(Section):
     )
 
 
+def _off_is_text(value: Any) -> Any:
+    """YAML reads a bare `off` as false: `register.gate: off` means the word."""
+    return "off" if value is False else value
+
+
 class RegisterSection(Section):
     model_name: str | None = Field(None, description="default: <model>-ultrachat-200k with / replaced by -")
-    gate: Literal["improve", "off"] = Field(
+    gate: Annotated[Literal["improve", "off"], BeforeValidator(_off_is_text)] = Field(
         "improve",
         description="improve: register only a model whose held-out loss beats the base model's and the "
         "previous version's (`register --force` overrides); off: no check",

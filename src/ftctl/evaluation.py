@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 STOP_MESSAGE = "the model does not stop: end-of-turn tokens missing from the labels?"
@@ -44,23 +45,26 @@ class StopCheck:
     prompts: int
     stopped: int  # replies that ended with an end-of-turn (or eos) token before their limit
     max_new_tokens: list[int]  # each prompt's limit: twice its reference reply, plus 16 (32..1024)
-    end_token: str
+    end_token: str  # the tokens the endpoint stops on
     end_probability: float | None  # median over held-out conversations
     lengths: list[int] = field(default_factory=list)  # tokens generated per prompt
+    labels_end_turn: bool | None = None  # whether the trainer's labels end a reply with a stop token
 
     @property
     def ok(self) -> bool:
+        if self.labels_end_turn is False:
+            return False
         if self.prompts and self.stopped <= self.prompts * STOP_SHARE:
             return False
         return self.end_probability is None or self.end_probability >= END_PROBABILITY_MIN
 
     def describe(self) -> str:
-        prob = (
-            ""
-            if self.end_probability is None
-            else f", P({self.end_token}) after the reference reply {self.end_probability:.2f}"
-        )
-        return f"{self.stopped}/{self.prompts} greedy replies end their turn{prob}"
+        text = f"{self.stopped}/{self.prompts} greedy replies end their turn"
+        if self.end_probability is not None:
+            text += f", P({self.end_token}) after the reference reply {self.end_probability:.2f}"
+        if self.labels_end_turn is False:
+            text += f"; the training labels end no reply with {self.end_token}"
+        return text
 
 
 @dataclass
@@ -110,7 +114,9 @@ class GateDecision:
 
 
 def _loss(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if math.isfinite(value) else str(value)
 
 
 def decide(
@@ -122,7 +128,11 @@ def decide(
     forced: bool = False,
 ) -> GateDecision:
     """The promotion gate: with `improve`, the fine-tuned model's held-out loss must be lower than the
-    base model's and than the previous registered version's (when there is one to compare)."""
+    base model's and than the previous registered version's (when there is one to compare). A loss
+    that is not a number (a diverged job) is never better; a previous version whose own loss is not a
+    number (registered with --force) is not compared with."""
+    if previous is not None and not math.isfinite(previous):
+        previous, previous_version = None, None
     decision = GateDecision(policy, "passed", [], fine_tuned, base, previous, previous_version)
     if policy == "off":
         decision.result = "off"
@@ -221,7 +231,7 @@ def render(report: EvalReport) -> str:
         if not report.stop.ok:
             lines.append(f"warning: {STOP_MESSAGE}")
     if report.gate is not None:
-        lines.append(report.gate.describe())
+        lines.append(f"if registered now: {report.gate.describe()}")
     if report.samples:
         g = report.generation
         lines.append(f"samples (greedy, max_new_tokens {g.get('max_new_tokens')}, seed {g.get('seed')}):")
@@ -232,3 +242,132 @@ def render(report: EvalReport) -> str:
             lines.append(f"      {'reference:':<12} {_short(sample.reference)}")
     lines.extend(f"note: {n}" for n in report.notes)
     return "\n".join(lines)
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _loss_figure(report: EvalReport, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    shown = [m for m in report.losses if m.loss is not None and math.isfinite(m.loss)]
+    fig = Figure(figsize=(7, 3.6), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    colors = {"base": "tab:gray", "fine-tuned": "tab:blue", "previous": "tab:orange"}
+    bars = ax.bar(
+        [m.label if m.label != "previous" else f"previous ({m.model.rsplit(' ', 1)[-1]})" for m in shown],
+        [float(m.loss or 0.0) for m in shown],
+        color=[colors.get(m.label, "tab:green") for m in shown],
+    )
+    ax.bar_label(bars, fmt="%.4f", fontsize=9)
+    ax.set_ylabel("held-out loss\n(assistant tokens)")
+    ax.set_title(f"held-out loss on {report.split} ({report.conversations} conversations), lower is better")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _lengths_figure(plan: Any, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.6), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    names = ["p50", "p90", "p99", "max"]
+    width = 0.8 / max(1, len(plan.splits))
+    for k, split in enumerate(plan.splits):
+        values = [getattr(split, n) for n in names]
+        xs = [i + k * width for i in range(len(names))]
+        ax.bar(xs, values, width=width, label=split.split)
+    seq = plan.settings.get("max_seq_length")
+    if seq:
+        ax.axhline(seq, color="tab:red", linestyle="--", linewidth=1.2, label=f"max_seq_length {seq}")
+    ax.set_xticks([i + width * (len(plan.splits) - 1) / 2 for i in range(len(names))], names)
+    ax.set_ylabel("conversation length (tokens)")
+    ax.set_title("conversation lengths with the model's chat template")
+    ax.legend()
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _plan_section(plan: Any) -> list[str]:
+    from ftctl.plan import SPLIT_HEADERS, _split_rows, fmt_bytes, fmt_seconds
+
+    lines = ["## The plan", "", _md_table(SPLIT_HEADERS, _split_rows(plan)), ""]
+    lines.append(
+        "ASSISTANT: share of tokens trained on; CUT: conversations longer than max_seq_length "
+        f"({plan.settings.get('max_seq_length')}); LOST: assistant tokens cut."
+    )
+    lines += ["", "![conversation lengths](token_lengths.png)", ""]
+    run, memory, time = plan.run, plan.memory, plan.time
+    if run is not None:
+        lines.append(
+            f"- run: {run.steps:,} optimizer steps, effective batch {run.effective_batch} "
+            f"({run.per_device_batch} x {run.accumulation} x {run.devices}), {run.tokens_per_epoch:,} tokens "
+            f"per epoch ({run.trained_tokens_per_epoch:,} trained)"
+        )
+    if memory is not None:
+        limit = f" of {fmt_bytes(memory.limit_bytes)} ({memory.limit_source})" if memory.limit_bytes else ""
+        lines.append(f"- memory: about {fmt_bytes(memory.total_bytes)}{limit}: {memory.verdict}")
+    if time is not None:
+        lines.append(f"- time: about {fmt_seconds(time.train_s)} of training ({time.source})")
+    return [*lines, ""]
+
+
+def write_report(directory: Path, report: EvalReport, plan: Any = None, metrics: Any = None) -> Path:
+    """A self-contained report: DIR/report.md and the PNGs it shows (loss curves, held-out loss,
+    conversation lengths). `plan` (ftctl.plan.Plan) and `metrics` (ftctl.metrics.RunMetrics) are
+    optional sections."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Evaluation of job {report.job_id}", ""]
+    if report.gate is not None:
+        lines += [f"- if registered now: {report.gate.describe()}"]
+    if report.stop is not None:
+        verdict = "ends its turn" if report.stop.ok else f"**{STOP_MESSAGE}**"
+        lines += [f"- end of turn: the fine-tuned model {verdict} ({report.stop.describe()})"]
+        if report.base_stop is not None:
+            lines += [f"- end of turn, base model: {report.base_stop.describe()}"]
+    lines += [f"- {n}" for n in report.notes]
+    lines += ["", "## Held-out loss", "", _md_table(LOSS_HEADERS, _loss_rows(report)), ""]
+    _loss_figure(report, directory / "eval_loss.png")
+    lines += ["![held-out loss](eval_loss.png)", ""]
+    if metrics is not None:
+        from ftctl.metrics import describe_params, figure
+
+        figure(metrics).savefig(directory / "loss_curves.png", format="png")
+        lines += [
+            "## Training",
+            "",
+            f"{metrics.run_name or metrics.run_id}: {describe_params(metrics.params)}",
+            "",
+        ]
+        lines += ["![training and eval loss](loss_curves.png)", ""]
+    if plan is not None and plan.splits:
+        _lengths_figure(plan, directory / "token_lengths.png")
+        lines += _plan_section(plan)
+    if report.samples:
+        g = report.generation
+        lines += [
+            "## Samples",
+            "",
+            f"Greedy replies (max_new_tokens {g.get('max_new_tokens')}, seed {g.get('seed')}) to held-out "
+            "prompts, beside the dataset's reply.",
+            "",
+        ]
+        for i, sample in enumerate(report.samples, 1):
+            lines += [f"### {i}. {_short(sample.prompt, 80)}", "", f"**user:** {sample.prompt}", ""]
+            for label, reply in sample.replies.items():
+                lines += [f"**{label}:** {reply or '(empty)'}", ""]
+            lines += [f"**reference:** {sample.reference}", ""]
+    path = directory / "report.md"
+    path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return path

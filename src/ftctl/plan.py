@@ -69,6 +69,7 @@ class Conversation:
     tokens: int
     assistant: int
     assistant_kept: int
+    ends_turn: bool = True  # the labels end a reply with a token the endpoint stops on
 
 
 def percentile(values: Sequence[int], q: float) -> int:
@@ -98,6 +99,7 @@ class SplitStats:
     no_assistant: int  # conversations with no assistant token at all (the trainer drops them)
     dropped: int  # conversations with no assistant token left within max_seq_length (dropped too)
     tokens_kept: int = 0  # the tokens training reads: each kept conversation up to max_seq_length
+    end_of_turn_labelled: int = 0  # conversations whose labels end a reply with an end-of-turn token
     estimated: bool = False  # counts scaled up from a sample
 
     @classmethod
@@ -131,6 +133,7 @@ class SplitStats:
             no_assistant=scaled(sum(1 for c in convs if c.assistant == 0)),
             dropped=scaled(sum(1 for c in convs if c.assistant_kept == 0)),
             tokens_kept=scaled(sum(min(c.tokens, max_seq_length) for c in convs if c.assistant_kept)),
+            end_of_turn_labelled=scaled(sum(1 for c in convs if c.assistant and c.ends_turn)),
             estimated=len(convs) < total,
         )
 
@@ -541,7 +544,21 @@ def check(plan: Plan, train_split: str) -> list[Finding]:
                     hint=f"raise finetune.max_seq_length (p99 is {train.p99} tokens)",
                 )
             )
-        elif train.assistant_lost_share > TRUNCATION_WARNING:
+        elif train.end_of_turn_labelled == 0:
+            found.append(
+                Finding(
+                    "warning",
+                    f"the training labels of {train_split} end no reply with an end-of-turn token: the model "
+                    "will not learn to stop",
+                    hint="the chat template must close each assistant turn with the token the endpoint "
+                    "stops on (Phi-3: <|end|>)",
+                )
+            )
+        if (
+            train.assistant_tokens
+            and train.dropped < train.conversations
+            and (train.assistant_lost_share > TRUNCATION_WARNING)
+        ):
             found.append(
                 Finding(
                     "warning",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,30 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 @pytest.fixture
 def scratch(prepared: Workspace, tmp_path: Path) -> Workspace:
     return prepared.copy(tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
+def trained(prepared: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A copy of `prepared` trained (the test config: 6 steps) and registered once; tests copy it.
+    A copy reads the original's job and model files (their paths are in its state); it must not
+    change them."""
+    ws = prepared.copy(tmp_path_factory.mktemp("quality-trained") / "ws")
+    ws("submit")
+    ws("register")
+    return ws
+
+
+@pytest.fixture
+def template_model(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Makes a copy of the built-in model with another chat template."""
+    from ftctl.models.layout import shipped_model_dir
+
+    def make(name: str, template: str) -> Path:
+        dest = tmp_path / name
+        shutil.copytree(shipped_model_dir(), dest)
+        config = json.loads((dest / "tokenizer_config.json").read_text())
+        config["chat_template"] = template
+        (dest / "tokenizer_config.json").write_text(json.dumps(config))
+        return dest
+
+    return make

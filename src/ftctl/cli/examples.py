@@ -78,6 +78,11 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("ftctl plan --no-calibrate", "without timing steps on this machine (a cached calibration is used)"),
         ("ftctl plan --json", "everything as JSON"),
     ],
+    "evaluate": [
+        ("ftctl evaluate", "held-out loss of base, fine-tuned and previous models; end of turn; samples"),
+        ("ftctl evaluate --report report/", "also report/report.md with loss curves and figures"),
+        ("ftctl evaluate --samples 5 --json", "five side-by-side generations, everything as JSON"),
+    ],
     "metrics": [
         ("ftctl metrics", "the step-wise table: train/eval loss, perplexity, learning rate, tokens/s"),
         ("ftctl metrics --plot loss.png", "also a loss-curve figure"),

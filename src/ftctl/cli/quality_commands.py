@@ -4,7 +4,9 @@ changes the stage state, so neither takes the workspace lock."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -43,3 +45,38 @@ def plan(
     if found.errors:
         first = found.errors[0]
         raise UsageError(f"submit would refuse this run: {first.message}", hint=first.hint)
+
+
+@command(PANEL)
+def evaluate(
+    ctx: Context,
+    samples: int = typer.Option(3, "--samples", min=0, max=20, help="Side-by-side generations to show."),
+    report: Optional[Path] = typer.Option(
+        None, "--report", metavar="DIR", help="Also write DIR/report.md with its figures (PNG)."
+    ),
+) -> None:
+    """Evaluate the fine-tuned model on the held-out split, beside the base model and the previous version.
+
+    Held-out loss and perplexity on assistant tokens (as the trainer's eval_loss), whether the model ends
+    its turn, what `ftctl register`'s gate would decide, and greedy replies side by side."""
+    from ftctl import evaluation as ev
+    from ftctl.errors import FtctlError
+    from ftctl.stages.contract import EVALUATE, METRICS, PLAN
+
+    backend = ctx.backend_impl
+    hooks = backend.require_quality(EVALUATE)
+    state = ctx.state_store.load()
+    found = hooks.evaluate(ctx, state, samples)
+    ctx.ui.result(ev.render(found))
+    written = None
+    if report is not None:
+        plan = metrics = None
+        if PLAN in backend.capabilities:
+            with contextlib.suppress(FtctlError):
+                plan = hooks.plan(ctx, state, calibrate=False)
+        if METRICS in backend.capabilities:
+            with contextlib.suppress(FtctlError):
+                metrics = backend.hooks.metrics(ctx, state, None)
+        written = ev.write_report(report.expanduser(), found, plan, metrics)
+        ctx.ui.info(f"wrote {written}")
+    ctx.ui.emit({**found.to_json(), "report": str(written) if written else None})

@@ -127,9 +127,21 @@ def submit(
 
 
 @command(PANEL)
-def register(ctx: Context, force: bool = FORCE, dry_run: bool = DRY_RUN) -> None:
-    """Register the fine-tuned model as a new version with lineage tags."""
-    run_stage(ctx, "register", force, dry_run=dry_run)
+def register(
+    ctx: Context,
+    force: bool = typer.Option(
+        False,
+        "--force",
+        "-f",
+        help="Run even if up to date, and register even a model the gate refuses (recorded as forced).",
+    ),
+    dry_run: bool = DRY_RUN,
+) -> None:
+    """Register the fine-tuned model as a new version with lineage tags.
+
+    The gate comes first (register.gate: improve): a model no better than the base model, or than the
+    previous version, on held-out loss is refused (exit 1) unless --force."""
+    run_stage(ctx, "register", force, dry_run=dry_run, skip_gate=force)
 
 
 @command(PANEL, settings={"ttl": "deploy.ttl"})

@@ -19,6 +19,7 @@ from ftctl.stages.contract import (
     CLUSTER,
     DRY_RUN,
     ENDPOINT,
+    EVALUATE,
     LIST_MODELS,
     LOGS,
     METRICS,
@@ -43,7 +44,7 @@ STAGES: dict[str, StageImpl] = {
 BACKEND = Backend(
     name="local",
     stages=STAGES,
-    capabilities=frozenset({METRICS, ENDPOINT, LOGS, PLAN}),
+    capabilities=frozenset({METRICS, ENDPOINT, LOGS, PLAN, EVALUATE}),
     hooks=LocalHooks(),
     quality=LocalQuality(),
     missing={

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 NEEDS = ("pick-model", "check-compute", "prepare-data")
 UNLIMITED = 1 << 40  # tokenize without truncating: truncation is counted separately
-STATS_VERSION = 1
+STATS_VERSION = 2
 CALIBRATION_VERSION = 2
 
 
@@ -83,9 +83,10 @@ def _count_lines(path: Path) -> int:
 
 
 def measure_conversations(
-    tokenizer: Any, path: Path, max_seq_length: int, limit: int | None
+    tokenizer: Any, path: Path, max_seq_length: int, limit: int | None, stop: frozenset[int] = frozenset()
 ) -> tuple[int, list[Conversation]]:
-    """(conversations in the file, the analysed ones), tokenized as the trainer does."""
+    """(conversations in the file, the analysed ones), tokenized as the trainer does. `stop`: the
+    tokens the endpoint stops on (does a reply's last label end the turn?)."""
     from ftctl.backends.local import trainer as tr
 
     total = _count_lines(path)
@@ -105,7 +106,8 @@ def measure_conversations(
         ids, labels = tokenized
         assistant = sum(1 for label in labels if label != tr.IGNORE_INDEX)
         kept = sum(1 for label in labels[:max_seq_length] if label != tr.IGNORE_INDEX)
-        found.append(Conversation(len(ids), assistant, kept))
+        ends = not stop or any(label in stop for label in labels if label != tr.IGNORE_INDEX)
+        found.append(Conversation(len(ids), assistant, kept, ends))
     return total, found
 
 
@@ -147,7 +149,11 @@ class _Stats:
         if cache.is_file():
             data = json.loads(cache.read_text(encoding="utf-8"))
             return SplitStats(**data["stats"]), data.get("rows")
-        total, convs = measure_conversations(self.tokenizer(), path, seq, limit)
+        from ftctl.backends.local.evaluate import stop_token_ids
+
+        tokenizer = self.tokenizer()
+        stop = frozenset(stop_token_ids(tokenizer, self.model_dir))
+        total, convs = measure_conversations(tokenizer, path, seq, limit, stop)
         stats = SplitStats.build(split, str(path), total, convs, seq)
         rows = None
         if train:

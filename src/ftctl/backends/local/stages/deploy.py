@@ -144,6 +144,7 @@ def _prepare_server(ctx: Context, call: StageCall) -> _Server:
     model_dir = registered_model_dir(
         ws, registered["model_name"], registered["version"], endpoint_dir / "model"
     )
+    _check_template(ctx, call, model_dir)
     key_file = ws.secrets_dir / f"{name}.key"  # written once the server is recorded
     sock = _listen(cfg.host, cfg.port)
     command = procs.python_command(
@@ -246,6 +247,13 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         raise
     ctx.ui.info(f"  endpoint ready: POST {url}/score (key in {server.key_file})")
     return outputs
+
+
+def _check_template(ctx: Context, call: StageCall, model_dir: Path) -> None:
+    """Refuse (UsageError) a model the endpoint would prompt differently from how it was trained."""
+    from ftctl.backends.local.evaluate import check_template
+
+    check_template(ctx, call, model_dir)
 
 
 def summary(outputs: dict[str, Any]) -> str:

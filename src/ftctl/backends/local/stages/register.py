@@ -46,7 +46,8 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     if not run_id:
         raise StageFailed("submit recorded no MLflow run id; the job's model cannot be found")
     name = model_name(ctx, call)
-    tags = lineage_tags(ctx, call)
+    gate = _gate(ctx, call)
+    tags = {**lineage_tags(ctx, call), **gate.get("tags", {})}
     source = f"runs:/{run_id}/mlflow_model"
     with ctx.ui.spinner(f"registering {name} in the MLflow model registry"):
         mlflow = ws.mlflow
@@ -78,6 +79,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "run_id": run_id,
         "tags": tags,
         "registration_token": token,
+        "gate": gate.get("decision"),
     }
 
 
@@ -86,8 +88,23 @@ def output_files(ctx: Context, outputs: Outputs) -> dict[str, Path]:
     return {"registered model": Path(outputs["model_dir"])} if outputs.get("model_dir") else {}
 
 
+def _gate(ctx: Context, call: StageCall) -> dict[str, Any]:
+    """The promotion gate (register.gate): refuses (StageFailed, exit 1) a model no better than the
+    base or the previous version on held-out loss, unless `register --force`; its numbers as tags."""
+    from dataclasses import asdict
+
+    from ftctl.backends.local.evaluate import check_gate, gate_tags
+
+    decision = check_gate(ctx, call)
+    return {"decision": asdict(decision), "tags": gate_tags(ctx, call, decision)}
+
+
 def summary(outputs: dict[str, Any]) -> str:
-    return f"{outputs.get('model_name')} v{outputs.get('version')}"
+    text = f"{outputs.get('model_name')} v{outputs.get('version')}"
+    gate = outputs.get("gate")
+    if isinstance(gate, dict) and gate.get("result") == "forced":
+        text += " (forced past the gate)"
+    return text
 
 
 __all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]

@@ -170,7 +170,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         f"eval_loss {'n/a' if eval_loss is None else format(eval_loss, '.4f')}, "
         f"{result.get('tokens_per_second', 0):,.0f} tok/s; model in {result.get('model_dir')}"
     )
-    return {
+    outputs = {
         "job_id": job.id,
         "job_dir": str(job.dir),
         "display_name": job.spec().get("display_name"),
@@ -184,6 +184,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "steps": result.get("steps"),
         "params": job.spec().get("params"),
     }
+    return _with_stop_check(ctx, call, outputs, result)
 
 
 def _plan_first(ctx: Context, call: StageCall) -> None:
@@ -193,6 +194,16 @@ def _plan_first(ctx: Context, call: StageCall) -> None:
         from ftctl.backends.local.plan import preflight
 
         preflight(ctx, call)
+
+
+def _with_stop_check(ctx: Context, call: StageCall, outputs: Outputs, result: dict[str, Any]) -> Outputs:
+    """After training: whether the model ends its turn (a few greedy replies on held-out prompts)."""
+    from ftctl.backends.local.evaluate import check_model_stops
+
+    hf_dir = result.get("hf_model_dir") or result.get("model_dir")
+    if hf_dir:
+        outputs["stop_check"] = check_model_stops(ctx, call, Path(hf_dir))
+    return outputs
 
 
 def output_files(ctx: Context, outputs: Outputs) -> dict[str, Path]:
@@ -212,8 +223,17 @@ def summary(outputs: dict[str, Any]) -> str:
     for name in ("eval_loss", "train_loss"):
         loss = outputs.get(name)
         if isinstance(loss, float):
-            return f"{text}, {name.replace('_', ' ')} {loss:.3f}"
-    return text
+            text = f"{text}, {name.replace('_', ' ')} {loss:.3f}"
+            break
+    return text + _stop_note(outputs)
+
+
+def _stop_note(outputs: dict[str, Any]) -> str:
+    """The end-of-turn check's warning, for `ftctl status` (nothing when the model stops)."""
+    from ftctl.evaluation import STOP_MESSAGE
+
+    check = outputs.get("stop_check")
+    return f"; {STOP_MESSAGE}" if isinstance(check, dict) and check.get("ok") is False else ""
 
 
 __all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]
