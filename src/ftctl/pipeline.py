@@ -495,6 +495,10 @@ class Runner:
                 "the endpoint started by deploy is still running; resetting would orphan it",
                 hint="run `ftctl teardown` first",
             )
+        for n in names:  # what they started (submit's training job) stops before its record goes
+            outputs = st.record(self.state, n).get("outputs")
+            if outputs:
+                impl(self.ctx, get_stage(n)).retire(self.ctx, outputs)
         for n in names:
             self.state["stages"][n] = st.empty_record()
         self.save()
