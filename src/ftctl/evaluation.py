@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 STOP_MESSAGE = "the model does not stop: end-of-turn tokens missing from the labels?"
+# Its replies still stop, but the end of turn is fading (the early sign of the same bug).
+FADING_MESSAGE = "the model is unlearning to end its turn: end-of-turn tokens missing from the labels?"
 # A reply that ends its turn: most greedy generations stop before their limit...
 STOP_SHARE = 0.5
 # ...and the model gives the end-of-turn token at least this probability (median over held-out
@@ -57,6 +59,15 @@ class StopCheck:
         if self.prompts and self.stopped <= self.prompts * STOP_SHARE:
             return False
         return self.end_probability is None or self.end_probability >= END_PROBABILITY_MIN
+
+    @property
+    def message(self) -> str | None:
+        """None when the model ends its turn; else what to say."""
+        if self.ok:
+            return None
+        if self.labels_end_turn is False or (self.prompts and self.stopped <= self.prompts * STOP_SHARE):
+            return STOP_MESSAGE
+        return FADING_MESSAGE
 
     def describe(self) -> str:
         text = f"{self.stopped}/{self.prompts} greedy replies end their turn"
@@ -178,7 +189,7 @@ class EvalReport:
             entry["perplexity"] = _finite(model.perplexity)
         if self.stop is not None:
             data["stop"]["ok"] = self.stop.ok
-            data["stop"]["message"] = None if self.stop.ok else STOP_MESSAGE
+            data["stop"]["message"] = self.stop.message
         return data
 
 
@@ -228,8 +239,8 @@ def render(report: EvalReport) -> str:
     if report.stop is not None:
         base = f" (base: {report.base_stop.describe()})" if report.base_stop is not None else ""
         lines.append(f"end of turn: {report.stop.describe()}{base}")
-        if not report.stop.ok:
-            lines.append(f"warning: {STOP_MESSAGE}")
+        if report.stop.message:
+            lines.append(f"warning: {report.stop.message}")
     if report.gate is not None:
         lines.append(f"if registered now: {report.gate.describe()}")
     if report.samples:
@@ -332,7 +343,7 @@ def write_report(directory: Path, report: EvalReport, plan: Any = None, metrics:
     if report.gate is not None:
         lines += [f"- if registered now: {report.gate.describe()}"]
     if report.stop is not None:
-        verdict = "ends its turn" if report.stop.ok else f"**{STOP_MESSAGE}**"
+        verdict = "ends its turn" if report.stop.ok else f"does not: **{report.stop.message}**"
         lines += [f"- end of turn: the fine-tuned model {verdict} ({report.stop.describe()})"]
         if report.base_stop is not None:
             lines += [f"- end of turn, base model: {report.base_stop.describe()}"]

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 from ftctl import state as st
 from ftctl.errors import StageFailed, UsageError
 from ftctl.evaluation import (
-    STOP_MESSAGE,
     EvalReport,
     GateDecision,
     ModelLoss,
@@ -291,11 +290,12 @@ def check_model_stops(ctx: Context, call: StageCall, model_dir: Path) -> dict[st
         "end_probability": found.end_probability,
         "labels_end_turn": found.labels_end_turn,
         "ok": found.ok,
+        "message": found.message,
     }
     if found.ok:
         ctx.ui.info(f"  end of turn: {found.describe()}")
     else:
-        ctx.ui.warn(f"{STOP_MESSAGE} ({found.describe()}; `ftctl evaluate` shows replies)")
+        ctx.ui.warn(f"{found.message} ({found.describe()}; `ftctl evaluate` shows replies)")
     return result
 
 
@@ -359,16 +359,18 @@ def template_check(
     stop = stop_token_ids(serve_tok, serve_dir)
     found = TemplateCheck(conversations=len(conversations), turns=0)
     for n, messages in enumerate(conversations, 1):
+        reply = 0
         for i, message in enumerate(messages):
             if message["role"] != "assistant" or i == 0:
                 continue
+            reply += 1
             tokenized = tokenize_conversation(train_tok, messages[: i + 1], UNLIMITED)
             if tokenized is None:
                 continue
             ids, labels = tokenized
             found.turns += 1
             last = max(k for k, label in enumerate(labels) if label != IGNORE_INDEX)
-            where = f"conversation {n}, reply {i // 2 + 1}"
+            where = f"conversation {n}, reply {reply}"
             try:
                 served = _serving_ids(serve_tok, messages[:i])
             except Exception as exc:  # noqa: BLE001 - the endpoint's template refuses it (BadRequest)
