@@ -23,6 +23,9 @@ STOP_SHARE = 0.5
 # loses it quickly (bench/README.md: 0.98 -> 0.04 on the built-in model), well before its greedy
 # replies run on.
 END_PROBABILITY_MIN = 0.3
+# "Better" on held-out loss: lower by more than this. Two computations of the same model's loss (the
+# trainer's LoRA model, the merged one here) differ by ~1e-5; an identical re-run is not an improvement.
+MIN_IMPROVEMENT = 1e-4
 
 
 @dataclass
@@ -108,7 +111,7 @@ class GateDecision:
             ("previous_loss", self.previous),
         ):
             if value is not None:
-                tags[f"ftctl.eval.{name}"] = f"{value:.6f}"
+                tags[f"ftctl.eval.{name}"] = repr(float(value))
         if self.previous_version is not None:
             tags["ftctl.eval.previous_version"] = self.previous_version
         return tags
@@ -153,9 +156,9 @@ def decide(
         decision.reasons.append("no held-out loss (no test split)")
         return decision
     worse = []
-    if base is not None and not fine_tuned < base:  # NaN and inf fail too
+    if base is not None and not fine_tuned < base - MIN_IMPROVEMENT:  # NaN and inf fail too
         worse.append(f"not better than the base model ({_loss(fine_tuned)} >= {_loss(base)})")
-    if previous is not None and not fine_tuned < previous:
+    if previous is not None and not fine_tuned < previous - MIN_IMPROVEMENT:
         worse.append(f"not better than version {previous_version} ({_loss(fine_tuned)} >= {_loss(previous)})")
     if base is None and previous is None:
         decision.result = "skipped"

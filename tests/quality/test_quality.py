@@ -180,6 +180,7 @@ def test_masked_end_of_turn_labels_make_the_check_fire(prepared, tmp_path: Path,
     [
         (("improve", 3.0, 4.0), "passed"),
         (("improve", 4.0, 4.0), "refused"),
+        (("improve", 3.99999, 4.0), "refused"),  # the same model, computed twice: not an improvement
         (("improve", float("nan"), 4.0), "refused"),
         (("improve", 3.0, 4.0, 2.5, "2"), "refused"),
         (("improve", 3.0, 4.0, float("nan"), "2"), "passed"),  # a broken previous version is not compared
