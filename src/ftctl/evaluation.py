@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 STOP_MESSAGE = "the model does not stop: end-of-turn tokens missing from the labels?"
+# Its replies still stop, but the end of turn is fading (the early sign of the same bug).
+FADING_MESSAGE = "the model is unlearning to end its turn: end-of-turn tokens missing from the labels?"
 # A reply that ends its turn: most greedy generations stop before their limit...
 STOP_SHARE = 0.5
 # ...and the model gives the end-of-turn token at least this probability (median over held-out
@@ -21,6 +23,9 @@ STOP_SHARE = 0.5
 # loses it quickly (bench/README.md: 0.98 -> 0.04 on the built-in model), well before its greedy
 # replies run on.
 END_PROBABILITY_MIN = 0.3
+# "Better" on held-out loss: lower by more than this. Two computations of the same model's loss (the
+# trainer's LoRA model, the merged one here) differ by ~1e-5; an identical re-run is not an improvement.
+MIN_IMPROVEMENT = 1e-4
 
 
 @dataclass
@@ -57,6 +62,15 @@ class StopCheck:
         if self.prompts and self.stopped <= self.prompts * STOP_SHARE:
             return False
         return self.end_probability is None or self.end_probability >= END_PROBABILITY_MIN
+
+    @property
+    def message(self) -> str | None:
+        """None when the model ends its turn; else what to say."""
+        if self.ok:
+            return None
+        if self.labels_end_turn is False or (self.prompts and self.stopped <= self.prompts * STOP_SHARE):
+            return STOP_MESSAGE
+        return FADING_MESSAGE
 
     def describe(self) -> str:
         text = f"{self.stopped}/{self.prompts} greedy replies end their turn"
@@ -97,7 +111,7 @@ class GateDecision:
             ("previous_loss", self.previous),
         ):
             if value is not None:
-                tags[f"ftctl.eval.{name}"] = f"{value:.6f}"
+                tags[f"ftctl.eval.{name}"] = repr(float(value))
         if self.previous_version is not None:
             tags["ftctl.eval.previous_version"] = self.previous_version
         return tags
@@ -142,9 +156,9 @@ def decide(
         decision.reasons.append("no held-out loss (no test split)")
         return decision
     worse = []
-    if base is not None and not fine_tuned < base:  # NaN and inf fail too
+    if base is not None and not fine_tuned < base - MIN_IMPROVEMENT:  # NaN and inf fail too
         worse.append(f"not better than the base model ({_loss(fine_tuned)} >= {_loss(base)})")
-    if previous is not None and not fine_tuned < previous:
+    if previous is not None and not fine_tuned < previous - MIN_IMPROVEMENT:
         worse.append(f"not better than version {previous_version} ({_loss(fine_tuned)} >= {_loss(previous)})")
     if base is None and previous is None:
         decision.result = "skipped"
@@ -178,7 +192,7 @@ class EvalReport:
             entry["perplexity"] = _finite(model.perplexity)
         if self.stop is not None:
             data["stop"]["ok"] = self.stop.ok
-            data["stop"]["message"] = None if self.stop.ok else STOP_MESSAGE
+            data["stop"]["message"] = self.stop.message
         return data
 
 
@@ -228,8 +242,8 @@ def render(report: EvalReport) -> str:
     if report.stop is not None:
         base = f" (base: {report.base_stop.describe()})" if report.base_stop is not None else ""
         lines.append(f"end of turn: {report.stop.describe()}{base}")
-        if not report.stop.ok:
-            lines.append(f"warning: {STOP_MESSAGE}")
+        if report.stop.message:
+            lines.append(f"warning: {report.stop.message}")
     if report.gate is not None:
         lines.append(f"if registered now: {report.gate.describe()}")
     if report.samples:
@@ -332,7 +346,7 @@ def write_report(directory: Path, report: EvalReport, plan: Any = None, metrics:
     if report.gate is not None:
         lines += [f"- if registered now: {report.gate.describe()}"]
     if report.stop is not None:
-        verdict = "ends its turn" if report.stop.ok else f"**{STOP_MESSAGE}**"
+        verdict = "ends its turn" if report.stop.ok else f"does not: **{report.stop.message}**"
         lines += [f"- end of turn: the fine-tuned model {verdict} ({report.stop.describe()})"]
         if report.base_stop is not None:
             lines += [f"- end of turn, base model: {report.base_stop.describe()}"]

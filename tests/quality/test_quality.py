@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ftctl.evaluation import STOP_MESSAGE, StopCheck, decide
+from ftctl.evaluation import FADING_MESSAGE, STOP_MESSAGE, StopCheck, decide
 
 pytestmark = pytest.mark.slow
 
@@ -172,6 +172,7 @@ def test_masked_end_of_turn_labels_make_the_check_fire(prepared, tmp_path: Path,
                           ev.held_out(files["test_sft"], 64))  # fmt: skip
     assert check.labels_end_turn is True and check.end_probability is not None
     assert check.end_probability < 0.3 and not check.ok, check
+    assert check.message in (STOP_MESSAGE, FADING_MESSAGE)
 
 
 @pytest.mark.parametrize(
@@ -179,6 +180,7 @@ def test_masked_end_of_turn_labels_make_the_check_fire(prepared, tmp_path: Path,
     [
         (("improve", 3.0, 4.0), "passed"),
         (("improve", 4.0, 4.0), "refused"),
+        (("improve", 3.99999, 4.0), "refused"),  # the same model, computed twice: not an improvement
         (("improve", float("nan"), 4.0), "refused"),
         (("improve", 3.0, 4.0, 2.5, "2"), "refused"),
         (("improve", 3.0, 4.0, float("nan"), "2"), "passed"),  # a broken previous version is not compared
@@ -194,8 +196,9 @@ def test_gate_decisions(args: tuple, result: str) -> None:
 def test_stop_check_verdicts() -> None:
     good = StopCheck(8, 8, [32] * 8, "<|end|>", 0.95, labels_end_turn=True)
     assert good.ok
-    assert not StopCheck(8, 4, [32] * 8, "<|end|>", 0.95).ok  # half do not stop
-    assert not StopCheck(8, 8, [32] * 8, "<|end|>", 0.1).ok  # unlearning the end of turn
+    assert StopCheck(8, 4, [32] * 8, "<|end|>", 0.95).message == STOP_MESSAGE  # half do not stop
+    fading = StopCheck(8, 8, [32] * 8, "<|end|>", 0.1)  # replies stop, but the end of turn is fading
+    assert not fading.ok and fading.message == FADING_MESSAGE
     assert not StopCheck(8, 8, [32] * 8, "<|end|>", 0.95, labels_end_turn=False).ok
 
 

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 from ftctl import state as st
 from ftctl.errors import StageFailed, UsageError
 from ftctl.evaluation import (
-    STOP_MESSAGE,
     EvalReport,
     GateDecision,
     ModelLoss,
@@ -124,6 +123,19 @@ def _first_turn(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], s
 # --- held-out loss ---------------------------------------------------------------------------------
 
 
+def heldout_setup(path: Path, sha256: str | None, params: dict[str, Any]) -> str:
+    """A digest of what makes two held-out losses comparable: the data, max_seq_length, the number
+    of conversations and the batch size."""
+    return st.digest(
+        {
+            "data": sha256 or st.file_signature(path),
+            "seq": int(params["max_seq_length"]),
+            "limit": params.get("max_eval_samples"),
+            "batch": int(params["per_device_eval_batch_size"]),
+        }
+    )
+
+
 @dataclass
 class HeldOut:
     """The held-out set as the trainer evaluates it."""
@@ -131,20 +143,19 @@ class HeldOut:
     path: Path
     examples: list[dict]
     batch_size: int
-    setup: str  # a digest of what makes two losses comparable (data, length, count, batch)
+    setup: str  # heldout_setup()
 
     @classmethod
     def build(cls, tokenizer: Any, path: Path, sha256: str | None, params: dict[str, Any]) -> HeldOut:
         from ftctl.backends.local.trainer import load_examples
 
-        seq = int(params["max_seq_length"])
         limit = params.get("max_eval_samples")
-        examples, _ = load_examples(tokenizer, path, seq, limit=-1 if limit is None else int(limit))
-        batch = int(params["per_device_eval_batch_size"])
-        setup = st.digest(
-            {"data": sha256 or st.file_signature(path), "seq": seq, "limit": limit, "batch": batch}
+        examples, _ = load_examples(
+            tokenizer, path, int(params["max_seq_length"]), limit=-1 if limit is None else int(limit)
         )
-        return cls(path, examples, batch, setup)
+        return cls(
+            path, examples, int(params["per_device_eval_batch_size"]), heldout_setup(path, sha256, params)
+        )
 
 
 def heldout_loss(model: Any, tokenizer: Any, held: HeldOut, device: str) -> float | None:
@@ -291,11 +302,12 @@ def check_model_stops(ctx: Context, call: StageCall, model_dir: Path) -> dict[st
         "end_probability": found.end_probability,
         "labels_end_turn": found.labels_end_turn,
         "ok": found.ok,
+        "message": found.message,
     }
     if found.ok:
         ctx.ui.info(f"  end of turn: {found.describe()}")
     else:
-        ctx.ui.warn(f"{STOP_MESSAGE} ({found.describe()}; `ftctl evaluate` shows replies)")
+        ctx.ui.warn(f"{found.message} ({found.describe()}; `ftctl evaluate` shows replies)")
     return result
 
 
@@ -359,16 +371,18 @@ def template_check(
     stop = stop_token_ids(serve_tok, serve_dir)
     found = TemplateCheck(conversations=len(conversations), turns=0)
     for n, messages in enumerate(conversations, 1):
+        reply = 0
         for i, message in enumerate(messages):
             if message["role"] != "assistant" or i == 0:
                 continue
+            reply += 1
             tokenized = tokenize_conversation(train_tok, messages[: i + 1], UNLIMITED)
             if tokenized is None:
                 continue
             ids, labels = tokenized
             found.turns += 1
             last = max(k for k, label in enumerate(labels) if label != IGNORE_INDEX)
-            where = f"conversation {n}, reply {i // 2 + 1}"
+            where = f"conversation {n}, reply {reply}"
             try:
                 served = _serving_ids(serve_tok, messages[:i])
             except Exception as exc:  # noqa: BLE001 - the endpoint's template refuses it (BadRequest)
@@ -467,18 +481,36 @@ def _setup(ctx: Context, call: StageCall) -> tuple[Path, Any, HeldOut | None, di
     return base, tokenizer, held, params
 
 
+def _setup_digest(ctx: Context, call: StageCall) -> str | None:
+    """heldout_setup() of the job's held-out set (None without one), without tokenizing anything."""
+    files = prepared_files(call.state)
+    split = ctx.cfg.data.test_split
+    params = call.outputs("submit").get("params") or {}
+    if split not in files or not params:
+        return None
+    return heldout_setup(Path(files[split]["path"]), files[split].get("sha256"), params)
+
+
+def _tagged_loss(version: Any, setup: str | None) -> float | None:
+    """A registered version's held-out loss from its tags, when it was evaluated the same way."""
+    tags = dict(getattr(version, "tags", {}) or {})
+    if setup is None or tags.get("ftctl.eval.setup") != setup:
+        return None
+    try:
+        return float(tags["ftctl.eval.loss"])
+    except (KeyError, ValueError):
+        return None
+
+
 def _previous_loss(
     ctx: Context, version: Any, tokenizer: Any, held: HeldOut, device: str
 ) -> tuple[float | None, str]:
     """The previous version's held-out loss: its tag when it was evaluated the same way, else computed."""
     from ftctl.backends.local.stages.deploy import registered_model_dir
 
-    tags = dict(getattr(version, "tags", {}) or {})
-    if tags.get("ftctl.eval.setup") == held.setup and tags.get("ftctl.eval.loss"):
-        try:
-            return float(tags["ftctl.eval.loss"]), f"tag of version {version.version}"
-        except ValueError:
-            pass
+    tagged = _tagged_loss(version, held.setup)
+    if tagged is not None:
+        return tagged, f"tag of version {version.version}"
     folder = registered_model_dir(
         ctx.local, version.name, str(version.version), ctx.workspace / "evaluate" / "previous"
     )
@@ -487,27 +519,31 @@ def _previous_loss(
 
 def gate(ctx: Context, call: StageCall) -> GateDecision:
     """register's gate: the fine-tuned model's held-out loss (the job's last eval_loss) against the base
-    model's (the job's eval_loss at step 0) and the previous registered version's."""
+    model's (the job's eval_loss at step 0) and the previous registered version's (its tag; computed
+    only when it has none comparable, or when the job logged no step-0 figure)."""
     policy = ctx.cfg.register_.gate
     if policy == "off":
         return decide("off", None, None)
     submit = call.outputs("submit")
     run_id = submit.get("mlflow_run_id")
-    base_dir, tokenizer, held, _ = _setup(ctx, call)
+    setup = _setup_digest(ctx, call)
     fine_tuned = submit.get("eval_loss")
     if fine_tuned is None:
-        if held is None:
+        if setup is None:
             return decide(policy, None, None, forced=call.options.skip_gate)
         fine_tuned = float("nan")  # evaluated, but not a number: the job diverged
-    device = str(call.outputs("check-compute").get("device") or "cpu")
     base = base_loss_from_metrics(ctx, run_id)
-    if base is None and held is not None:
-        base = _Models(device).loss(base_dir, tokenizer, held)
     previous = previous_version(ctx, model_name(ctx, call), run_id)
-    prev_loss = None
-    if previous is not None and held is not None:
-        prev_loss, _ = _previous_loss(ctx, previous, tokenizer, held, device)
-    decision = decide(
+    prev_loss = None if previous is None else _tagged_loss(previous, setup)
+    if setup is not None and (base is None or (previous is not None and prev_loss is None)):
+        device = str(call.outputs("check-compute").get("device") or "cpu")
+        base_dir, tokenizer, held, _ = _setup(ctx, call)
+        assert held is not None
+        if base is None:
+            base = _Models(device).loss(base_dir, tokenizer, held)
+        if previous is not None and prev_loss is None:
+            prev_loss, _ = _previous_loss(ctx, previous, tokenizer, held, device)
+    return decide(
         policy,
         float(fine_tuned),
         base,
@@ -515,21 +551,14 @@ def gate(ctx: Context, call: StageCall) -> GateDecision:
         None if previous is None else str(previous.version),
         forced=call.options.skip_gate,
     )
-    return decision
 
 
 def gate_tags(ctx: Context, call: StageCall, decision: GateDecision) -> dict[str, str]:
     """The gate's numbers as tags of the registered version, with what makes them comparable later."""
     tags = decision.tags()
-    if decision.fine_tuned is not None:
-        files = prepared_files(call.state)
-        split = ctx.cfg.data.test_split
-        params = call.outputs("submit").get("params") or {}
-        if split in files and params:
-            seq, limit = int(params["max_seq_length"]), params.get("max_eval_samples")
-            batch = int(params["per_device_eval_batch_size"])
-            sha = files[split].get("sha256") or st.file_signature(Path(files[split]["path"]))
-            tags["ftctl.eval.setup"] = st.digest({"data": sha, "seq": seq, "limit": limit, "batch": batch})
+    setup = _setup_digest(ctx, call)
+    if decision.fine_tuned is not None and setup is not None:
+        tags["ftctl.eval.setup"] = setup
     stops = call.outputs("submit").get("stop_check")
     if isinstance(stops, dict) and stops.get("prompts"):
         tags["ftctl.eval.stops"] = f"{stops.get('stopped')}/{stops.get('prompts')}"

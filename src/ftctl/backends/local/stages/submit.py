@@ -233,7 +233,9 @@ def _stop_note(outputs: dict[str, Any]) -> str:
     from ftctl.evaluation import STOP_MESSAGE
 
     check = outputs.get("stop_check")
-    return f"; {STOP_MESSAGE}" if isinstance(check, dict) and check.get("ok") is False else ""
+    if isinstance(check, dict) and check.get("ok") is False:
+        return f"; {check.get('message') or STOP_MESSAGE}"
+    return ""
 
 
 __all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]
