@@ -13,6 +13,7 @@ import pytest
 
 from ftctl import plan as p
 from ftctl.backends.local import trainer as tr
+from ftctl.data.chat_tokens import load_chat_tokenizer
 from ftctl.models.layout import shipped_model_dir
 
 
@@ -23,7 +24,7 @@ def _files(ws) -> dict[str, Path]:
 def test_plan_counts_tokens_rows_and_steps_as_the_trainer_does(scratch) -> None:
     data = scratch.json("plan", "--no-calibrate")
     train = next(s for s in data["splits"] if s["split"] == "train_sft")
-    tokenizer = tr._load_tokenizer(shipped_model_dir())
+    tokenizer = load_chat_tokenizer(shipped_model_dir())
     path = _files(scratch)["train_sft"]
     examples, dropped = tr.load_examples(tokenizer, path, 128)
     full, _ = tr.load_examples(tokenizer, path, 1 << 30)

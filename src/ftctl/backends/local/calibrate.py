@@ -152,7 +152,7 @@ def calibrate(spec: dict[str, Any], work_dir: Path) -> dict[str, Any]:
     amp = tr._amp_flags(job)
     model_path = tr._model_path(spec)
     set_seed(job.p.seed)
-    tokenizer = tr._load_tokenizer(model_path)
+    tokenizer = tr.load_chat_tokenizer(model_path)
     data = tr._load_data(job, tokenizer)
     model = tr._load_model(job, model_path, amp)
     load_s = time.perf_counter() - started

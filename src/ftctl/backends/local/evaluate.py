@@ -57,12 +57,12 @@ def load_tokenizer(model_dir: Path) -> Any:
     """The tokenizer as the trainer loads it (pad token set, chat template required)."""
     from transformers.utils import logging as hf_logging
 
-    from ftctl.backends.local import trainer as tr
+    from ftctl.data.chat_tokens import load_chat_tokenizer
     from ftctl.models.layout import resolve_hf_dir
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    return tr._load_tokenizer(resolve_hf_dir(model_dir))
+    return load_chat_tokenizer(resolve_hf_dir(model_dir))
 
 
 def load_model(model_dir: Path, device: str) -> Any:

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from ftctl import state as st
 from ftctl.config import FinetuneSection
+from ftctl.data.chat_tokens import load_chat_tokenizer, measure_conversations
 from ftctl.errors import UsageError
 from ftctl.plan import (
-    Conversation,
     GiB,
     MemoryEstimate,
     MemorySetup,
@@ -36,7 +36,6 @@ from ftctl.plan import (
     evals_during_training,
     packed_rows,
     planned_steps,
-    sample_indices,
 )
 from ftctl.stages.contract import StageCall
 from ftctl.stages.shared import finetune_params, prepared_files
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
     from ftctl.stages.contract import State
 
 NEEDS = ("pick-model", "check-compute", "prepare-data")
-UNLIMITED = 1 << 40  # tokenize without truncating: truncation is counted separately
 STATS_VERSION = 2
 CALIBRATION_VERSION = 2
 
@@ -77,40 +75,6 @@ def job_settings(ctx: Context, state: State) -> tuple[dict[str, Any], list[str]]
 # --- token statistics ------------------------------------------------------------------------------
 
 
-def _count_lines(path: Path) -> int:
-    with path.open("rb") as fh:
-        return sum(1 for line in fh if line.strip())
-
-
-def measure_conversations(
-    tokenizer: Any, path: Path, max_seq_length: int, limit: int | None, stop: frozenset[int] = frozenset()
-) -> tuple[int, list[Conversation]]:
-    """(conversations in the file, the analysed ones), tokenized as the trainer does. `stop`: the
-    tokens the endpoint stops on (does a reply's last label end the turn?)."""
-    from ftctl.backends.local import trainer as tr
-
-    total = _count_lines(path)
-    wanted = set(sample_indices(total, limit))
-    found: list[Conversation] = []
-    for index, (lineno, messages) in enumerate(tr.read_conversations(path)):
-        if index not in wanted:
-            continue
-        try:
-            tokenized = tr.tokenize_conversation(tokenizer, messages, UNLIMITED)
-        except Exception as exc:  # noqa: BLE001 - a template error names the line, as in training
-            raise UsageError(f"{path}:{lineno}: cannot render with the chat template: {exc}") from None
-        if tokenized is None:
-            n = len(tr._encode(tokenizer, tr._render(tokenizer, messages)))
-            found.append(Conversation(n, 0, 0))
-            continue
-        ids, labels = tokenized
-        assistant = sum(1 for label in labels if label != tr.IGNORE_INDEX)
-        kept = sum(1 for label in labels[:max_seq_length] if label != tr.IGNORE_INDEX)
-        ends = not stop or any(label in stop for label in labels if label != tr.IGNORE_INDEX)
-        found.append(Conversation(len(ids), assistant, kept, ends))
-    return total, found
-
-
 class _Stats:
     """The token statistics of the splits (cached), and the training rows they make."""
 
@@ -125,10 +89,8 @@ class _Stats:
         if self._tokenizer is None:
             from transformers.utils import logging as hf_logging
 
-            from ftctl.backends.local import trainer as tr
-
             hf_logging.set_verbosity_error()
-            self._tokenizer = tr._load_tokenizer(self.model_dir)
+            self._tokenizer = load_chat_tokenizer(self.model_dir)
         return self._tokenizer
 
     def split(self, split: str, path: Path, train: bool) -> tuple[SplitStats, int | None]:

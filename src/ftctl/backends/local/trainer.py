@@ -36,7 +36,7 @@ import sys
 import time
 import typing
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -46,9 +46,14 @@ from urllib.parse import unquote
 from pydantic import ValidationError
 
 from ftctl.config import FinetuneSection
+from ftctl.data.chat_tokens import (
+    IGNORE_INDEX,
+    load_chat_tokenizer,
+    read_conversations,
+    tokenize_conversation,
+)
 from ftctl.errors import DataError, FtctlError, UsageError
 
-IGNORE_INDEX = -100
 PHI3_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
 # The fine-tuning defaults are the config's (FinetuneSection): the values a parameter takes when the
@@ -59,108 +64,8 @@ Event = dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------------------
-# Tokenisation and masking
-# --------------------------------------------------------------------------------------------------
-
-
-def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
-
-
-def _common_prefix_len(a: list[int] | str, b: list[int] | str) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def tokenize_conversation(
-    tokenizer: Any, messages: list[dict[str, str]], max_seq_length: int
-) -> tuple[list[int], list[int]] | None:
-    """Tokenise a conversation with its chat template; labels are -100 except on assistant replies.
-
-    Trainable tokens: each assistant turn's content and the end-of-turn token closing it (`<|end|>`
-    for Phi-3; plus the eos token where a template appends one after the last turn). Returns
-    (input_ids, labels) truncated to max_seq_length, or None when no trainable token is left.
-
-    Works for any chat template: a reply starts where render(messages[:i], add_generation_prompt=True)
-    ends (that rendering is a prefix of the full one), and ends where the tokens of
-    render(messages[:i+1]) stop agreeing with the tokens of the full rendering, less trailing whitespace.
-    Comparing tokens rather than characters keeps a turn from ending inside the next turn's marker.
-    """
-    if not getattr(tokenizer, "is_fast", False):
-        raise TypeError("tokenize_conversation needs a fast tokenizer (it uses offset mappings)")
-    full = _render(tokenizer, messages)
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    offsets = [tuple(o) for o in enc["offset_mapping"]]
-    labels = [IGNORE_INDEX] * len(ids)
-    search_from = 0
-    for i, message in enumerate(messages):
-        if message.get("role") != "assistant":
-            continue
-        try:
-            prompt = _render(tokenizer, messages[:i], add_generation_prompt=True)
-        except Exception:  # noqa: BLE001 - some templates refuse a conversation that starts here
-            prompt = None
-        if prompt is not None and full.startswith(prompt) and len(prompt) >= search_from:
-            start = len(prompt)
-        else:
-            # The template renders earlier turns differently once more follow (rare): find the reply.
-            start = full.find(str(message.get("content", "")), search_from)
-            if start < 0:
-                continue
-        common = _common_prefix_len(_encode(tokenizer, _render(tokenizer, messages[: i + 1])), ids)
-        end = offsets[common - 1][1] if common else 0
-        while end > start and full[end - 1].isspace():
-            end -= 1
-        if end <= start:
-            continue
-        search_from = end
-        for t in range(len(ids)):
-            s, e = offsets[t]
-            if e > s and s < end and e > start:
-                labels[t] = ids[t]
-    ids, labels = ids[:max_seq_length], labels[:max_seq_length]
-    if all(x == IGNORE_INDEX for x in labels):
-        return None
-    return ids, labels
-
-
-# --------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------
-
-
-def read_conversations(path: Path) -> Iterable[tuple[int, list[dict[str, str]]]]:
-    """Yield (line number, messages) from a jsonl file of {"messages": [{role, content}, ...]}."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            messages = record.get("messages") if isinstance(record, dict) else None
-            if not isinstance(messages, list) or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages
-            ):
-                raise DataError(
-                    f'{path}:{lineno}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}'
-                )
-            yield lineno, [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def load_examples(tokenizer: Any, path: Path, max_seq_length: int, limit: int = -1) -> tuple[list[dict], int]:
@@ -513,7 +418,7 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
     amp = _amp_flags(job)
     model_path = _model_path(spec)
     set_seed(job.p.seed)
-    tokenizer = _load_tokenizer(model_path)
+    tokenizer = load_chat_tokenizer(model_path)
     data = _load_data(job, tokenizer)
     model = _load_model(job, model_path, amp)
     args = _training_arguments(job, data, amp)
@@ -573,17 +478,6 @@ def _model_path(spec: dict) -> Path:
         if not spec.get(key):
             raise UsageError(f"the job spec has no {key}")
     return resolve_hf_dir(Path(spec["model_path"]))
-
-
-def _load_tokenizer(model_path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise UsageError(f"{model_path}: the tokenizer has no chat_template")
-    return tokenizer
 
 
 def _load_data(job: _Job, tokenizer: Any) -> _Data:
