@@ -119,3 +119,14 @@ def test_the_data_layer_uses_the_same_sample_dataset_name() -> None:
     from ftctl.data import prepare
 
     assert prepare.SAMPLE_DATASET is SAMPLE_DATASET
+
+
+@pytest.mark.parametrize("given", ["32", 32, "16", 16])
+def test_precision_given_as_a_number_means_the_word(given) -> None:
+    """`--set finetune.precision=32` (and YAML's `precision: 16`) arrive as numbers; they are the words,
+    not an error (found planning an Azure ML run)."""
+    from ftctl.config import FinetuneSection
+
+    assert FinetuneSection(precision=given).precision == str(given)
+    with pytest.raises(ValueError):
+        FinetuneSection(precision=8)

@@ -160,6 +160,11 @@ LrScheduler = Literal[
 ]
 
 
+def _number_is_text(value: Any) -> Any:
+    """`--set finetune.precision=32` and YAML's `precision: 16` read as numbers: they mean the words."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 class FinetuneSection(Section):
     num_train_epochs: int = Field(
         4, ge=1, le=MAX_EPOCHS, description=f"passes over the training data, 1..{MAX_EPOCHS}"
@@ -200,7 +205,7 @@ class FinetuneSection(Section):
         256, ge=16, le=MAX_TOKENS, description=f"tokens per training row, 16..{MAX_TOKENS}"
     )
     packing: bool = Field(True, description="pack short conversations into rows of max_seq_length (local)")
-    precision: Literal["auto", "32", "16", "bf16"] = Field(
+    precision: Annotated[Literal["auto", "32", "16", "bf16"], BeforeValidator(_number_is_text)] = Field(
         "auto", description="auto: bf16 on GPUs that support it, else 16 on GPU, 32 on CPU"
     )
     seed: int = Field(42, ge=0, le=MAX_SEED, description=f"training seed, 0..{MAX_SEED} (numpy's range)")
@@ -249,6 +254,18 @@ class PlanSection(Section):
     )
     calibration_steps: int = Field(
         5, ge=2, le=100, description="optimizer steps timed by the calibration, 2..100 (the first warms up)"
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="azureml: the model's tokenizer, for exact token counts: a local folder with its "
+        "tokenizer files, or a hub id (org/name) found in this machine's Hugging Face cache; null = the "
+        "model's hub id when ftctl knows it and it is cached, else token counts are estimated",
+    )
+    chars_per_token: float = Field(
+        4.0,
+        ge=1,
+        le=10,
+        description="azureml without a tokenizer: characters per token for the estimate, 1..10",
     )
 
 

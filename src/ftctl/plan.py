@@ -35,7 +35,10 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ftctl.ui import UI
 
 # --- the memory model's coefficients (values kept per token; see the module docstring) ---------------
 ACT_HIDDEN = 6.85
@@ -53,6 +56,10 @@ MEMORY_TOLERANCE = 0.15  # the estimate of torch's peak is within 15% on the CPU
 DEFINITE_OOM = 1 / (1 - MEMORY_TOLERANCE)  # even the low end of the estimate does not fit
 TIGHT = 0.9  # within 10% of the limit: warn
 TRUNCATION_WARNING = 0.05  # warn when more than 5% of the assistant tokens are cut
+
+# Every linear module of a Phi-3 decoder layer: the local trainer's LoRA targets, and the plan's
+# assumption for Azure ML's (whose finetune step does not say which it adapts).
+PHI3_LINEAR = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -178,6 +185,31 @@ class RunSize:
     trained_tokens_per_epoch: int  # the assistant tokens within max_seq_length (what the loss sees)
     evals: int  # evaluation passes during training (before, about every quarter, at the end)
 
+    @classmethod
+    def build(  # noqa: PLR0913 - the job's parameters and what the data and devices make of them
+        cls, params: dict[str, Any], rows: int, devices: int, train: SplitStats, packing: bool, evals: bool
+    ) -> RunSize:
+        """The size of a run over `rows` training rows (`train`'s tokens) on `devices` devices;
+        `evals`: whether the trainer evaluates during training (ftctl's local trainer does)."""
+        batch = int(params["per_device_train_batch_size"])
+        accumulation = int(params["gradient_accumulation_steps"])
+        epochs, max_steps = int(params["num_train_epochs"]), int(params["max_steps"])
+        steps = planned_steps(rows, batch, accumulation, devices, epochs, max_steps)
+        return cls(
+            train_rows=rows,
+            packing=packing,
+            epochs=epochs,
+            max_steps=max_steps,
+            steps=steps,
+            per_device_batch=batch,
+            accumulation=accumulation,
+            devices=devices,
+            effective_batch=batch * accumulation * devices,
+            tokens_per_epoch=train.tokens_kept,
+            trained_tokens_per_epoch=train.assistant_tokens - train.assistant_tokens_lost,
+            evals=evals_during_training(steps) if evals else 0,
+        )
+
 
 def planned_steps(rows: int, batch: int, accumulation: int, devices: int, epochs: int, max_steps: int) -> int:
     """The trainer's count of optimizer steps (ftctl.backends.local.trainer._planned_steps)."""
@@ -228,10 +260,11 @@ class ModelShape:
         head_dim = int(text.get("head_dim") or (hidden // heads if heads else 0))
         intermediate = int(text.get("intermediate_size") or text.get("n_inner") or 4 * hidden)
         vocab = int(text.get("vocab_size") or 0)
-        if parameters is None:  # embeddings (tied) + per layer attention and gated MLP
+        if parameters is None:  # embeddings (and an untied output layer) + per layer attention, gated MLP
             per_layer = hidden * (heads + 2 * kv_heads) * head_dim + heads * head_dim * hidden
             per_layer += 3 * hidden * intermediate + 2 * hidden
-            parameters = vocab * hidden + layers * per_layer
+            tied = text.get("tie_word_embeddings", config.get("tie_word_embeddings", True))
+            parameters = vocab * hidden * (1 if tied else 2) + layers * per_layer + hidden
         return cls(
             parameters=int(parameters),
             hidden=hidden,
@@ -492,6 +525,8 @@ class Plan:
     tokens_source: str  # how the tokens were counted
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    tokens_exact: bool = True  # False: estimated from characters (no tokenizer on this machine)
+    time_note: str | None = None  # why there is no time estimate, when there is none
 
     @property
     def errors(self) -> list[Finding]:
@@ -704,10 +739,42 @@ def _memory_lines(memory: MemoryEstimate | None) -> list[str]:
 def _time_lines(plan: Plan) -> list[str]:
     t = plan.time
     if t is None:
-        return ["time: not calibrated (`ftctl plan` measures a few steps on this machine)"]
+        return [
+            f"time: {plan.time_note or 'not calibrated (`ftctl plan` measures a few steps on this machine)'}"
+        ]
     evals = f" + {t.evals} evaluations x {t.eval_s:.2f} s" if t.eval_s is not None and t.evals else ""
     load = f", plus about {fmt_seconds(t.load_s)} to load" if t.load_s else ""
     return [
         f"time: {t.steps:,} steps x {t.step_s:.3f} s{evals} = about {fmt_seconds(t.train_s)} of "
         f"training{load} ({t.source})"
     ]
+
+
+def submit_check(ui: UI, plan: Plan) -> None:
+    """What `ftctl submit` does with the plan before it starts a job: shows the run's size in a line,
+    warns about what likely goes wrong, and refuses (UsageError, exit 2) what cannot work."""
+    from ftctl.errors import UsageError
+
+    run, memory, time = plan.run, plan.memory, plan.time
+    if run is not None:
+        line = (
+            f"  plan: {run.steps:,} steps, effective batch {run.effective_batch}, "
+            f"{run.tokens_per_epoch:,} tokens/epoch" + ("" if plan.tokens_exact else " (estimated)")
+        )
+        if memory is not None:
+            line += f"; memory about {fmt_bytes(memory.total_bytes)}"
+            if memory.limit_bytes:
+                line += f" of {fmt_bytes(memory.limit_bytes)}"
+        if time is not None:
+            line += f"; about {fmt_seconds(time.train_s)} of training"
+        ui.info(line)
+    for finding in plan.warnings:
+        ui.warn(finding.message + (f" ({finding.hint})" if finding.hint else ""))
+    if plan.errors:
+        first, *others = plan.errors
+        message = first.message + "".join(f"; {f.message}" for f in others)
+        hint = first.hint or ""
+        hint = (
+            hint + "; " if hint else ""
+        ) + "`ftctl plan` shows the whole plan; `submit --no-plan` skips the check"
+        raise UsageError(f"submit refused: {message}", hint=hint)

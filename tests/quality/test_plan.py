@@ -174,9 +174,11 @@ def test_memory_findings_and_the_change_that_fits() -> None:
     assert sharded.components["optimizer"] * 4 == single.components["optimizer"]
 
 
-def test_plan_is_not_available_on_azureml(scratch) -> None:
+def test_plan_on_azureml_does_not_read_a_local_run(scratch) -> None:
+    """A workspace that holds a local run has no Azure ML plan (tests/azureml/test_azureml_plan.py plans
+    Azure ML runs)."""
     refused = scratch("--backend", "azureml", "plan", code=2)
-    assert "ftctl plan: not available on --backend azureml" in refused.stderr
+    assert "holds a local run, but the backend is now azureml" in refused.stderr
 
 
 @pytest.mark.parametrize(

@@ -162,3 +162,10 @@ def measure_conversations(
         ends = not stop or any(label in stop for label in trained)
         found.append(Conversation(len(ids), len(trained), kept, ends))
     return total, found
+
+
+def end_of_turn_ids(tokenizer: Any, end_token: str = "<|end|>") -> list[int]:
+    """The tokens a reply ends its turn with: Phi-3's end-of-turn token (when the vocabulary has it) and
+    the eos token."""
+    ids = [tokenizer.get_vocab().get(end_token), tokenizer.eos_token_id]
+    return [i for n, i in enumerate(ids) if isinstance(i, int) and i not in ids[:n]]

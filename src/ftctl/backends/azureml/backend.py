@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml.quality import AzureQuality
 from ftctl.backends.azureml.stages import (
     auth,
     check_compute,
@@ -22,6 +23,7 @@ from ftctl.stages.contract import (
     LIST_MODELS,
     LOGS,
     METRICS,
+    PLAN,
     Backend,
     StageImpl,
 )
@@ -81,6 +83,7 @@ class AzureHooks:
 BACKEND = Backend(
     name="azureml",
     stages=STAGES,
-    capabilities=frozenset({CLUSTER, DRY_RUN, ENDPOINT, LIST_MODELS, LOGS, METRICS}),
+    capabilities=frozenset({CLUSTER, DRY_RUN, ENDPOINT, LIST_MODELS, LOGS, METRICS, PLAN}),
     hooks=AzureHooks(),
+    quality=AzureQuality(),
 )

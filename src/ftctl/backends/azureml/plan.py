@@ -189,9 +189,12 @@ def prepare_data(ctx: Context) -> Outputs:
     )
 
 
-def _finetune_inputs(ctx: Context) -> tuple[dict[str, Any], list[str]]:
-    """The finetune inputs the config sets, typed as submit would send them to a component that declares
-    them (booleans as "true"/"false"); what the component does not declare is only known at submit."""
+def finetune_inputs_offline(
+    ctx: Context, model_defaults: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """The finetune inputs the config sets (and `model_defaults` over them, when given and
+    finetune.use_model_defaults), typed as submit would send them to a component that declares them
+    (booleans as "true"/"false"); what the component does not declare is only known at submit."""
     from ftctl.backends.azureml.params import Declared, FinetuneSources, finetune_inputs
     from ftctl.backends.azureml.stages.submit import RESERVED
 
@@ -209,7 +212,13 @@ def _finetune_inputs(ctx: Context) -> tuple[dict[str, Any], list[str]]:
         else:
             declared[name] = Declared("string")
     explicit = {key.split(".", 1)[1] for key in ctx.config.explicit if key.startswith("finetune.")}
-    sources = FinetuneSources(values=values, set_keys=set(cfg.model_fields_set), explicit=explicit)
+    sources = FinetuneSources(
+        values=values,
+        set_keys=set(cfg.model_fields_set),
+        explicit=explicit,
+        model_defaults=model_defaults or {},
+        use_model_defaults=bool(model_defaults) and cfg.use_model_defaults,
+    )
     chosen = finetune_inputs(sources, declared, RESERVED)
     return chosen.inputs, chosen.dropped
 
@@ -300,7 +309,7 @@ def _pipeline_job(ctx: Context, name: str, node_inputs: dict[str, Any]) -> dict[
 
 def submit(ctx: Context) -> Outputs:
     az = ctx.cfg.azureml
-    inputs, dropped = _finetune_inputs(ctx)
+    inputs, dropped = finetune_inputs_offline(ctx)
     job = _pipeline_job(ctx, _planned_display_name(ctx, inputs), _node_inputs(ctx, inputs))
     plan: dict[str, Any] = {
         "calls": [

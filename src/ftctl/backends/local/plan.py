@@ -33,9 +33,8 @@ from ftctl.plan import (
     TimeEstimate,
     check,
     estimate_memory,
-    evals_during_training,
     packed_rows,
-    planned_steps,
+    submit_check,
 )
 from ftctl.stages.contract import StageCall
 from ftctl.stages.shared import finetune_params, prepared_files
@@ -306,27 +305,7 @@ def _run_size(
     params: dict[str, Any], compute: dict[str, Any], train: SplitStats, rows: int, has_eval: bool
 ) -> RunSize:
     devices = max(1, int(compute.get("gpus_per_node") or 0))
-    batch, accumulation = (
-        int(params["per_device_train_batch_size"]),
-        int(params["gradient_accumulation_steps"]),
-    )
-    steps = planned_steps(
-        rows, batch, accumulation, devices, int(params["num_train_epochs"]), int(params["max_steps"])
-    )
-    return RunSize(
-        train_rows=rows,
-        packing=bool(params["packing"]),
-        epochs=int(params["num_train_epochs"]),
-        max_steps=int(params["max_steps"]),
-        steps=steps,
-        per_device_batch=batch,
-        accumulation=accumulation,
-        devices=devices,
-        effective_batch=batch * accumulation * devices,
-        tokens_per_epoch=train.tokens_kept,
-        trained_tokens_per_epoch=train.assistant_tokens - train.assistant_tokens_lost,
-        evals=evals_during_training(steps) if has_eval else 0,
-    )
+    return RunSize.build(params, rows, devices, train, bool(params["packing"]), evals=has_eval)
 
 
 def _memory(
@@ -404,38 +383,8 @@ def _eval_file(ctx: Context, state: State) -> str | None:
 
 
 def preflight(ctx: Context, call: StageCall) -> Plan:
-    """What `ftctl submit` checks before it starts a job: refuses (UsageError) what cannot work, warns
-    about what likely goes wrong, and shows the run's size in a line or two."""
+    """What `ftctl submit` checks before it starts a job (ftctl.plan.submit_check): the plan without a
+    new calibration (a cached one is used)."""
     plan = build_plan(ctx, call.state, calibrate=False, command="submit")
-    run, memory, time = plan.run, plan.memory, plan.time
-    if run is not None:
-        line = (
-            f"  plan: {run.steps:,} steps, effective batch {run.effective_batch}, "
-            f"{run.tokens_per_epoch:,} tokens/epoch"
-        )
-        if memory is not None:
-            line += f"; memory about {_gib(memory.total_bytes)}"
-            if memory.limit_bytes:
-                line += f" of {_gib(memory.limit_bytes)}"
-        if time is not None:
-            from ftctl.plan import fmt_seconds
-
-            line += f"; about {fmt_seconds(time.train_s)} of training"
-        ctx.ui.info(line)
-    for finding in plan.warnings:
-        ctx.ui.warn(finding.message + (f" ({finding.hint})" if finding.hint else ""))
-    if plan.errors:
-        first, *others = plan.errors
-        message = first.message + "".join(f"; {f.message}" for f in others)
-        hint = first.hint or ""
-        hint = (
-            hint + "; " if hint else ""
-        ) + "`ftctl plan` shows the whole plan; `submit --no-plan` skips the check"
-        raise UsageError(f"submit refused: {message}", hint=hint)
+    submit_check(ctx.ui, plan)
     return plan
-
-
-def _gib(n: int) -> str:
-    from ftctl.plan import fmt_bytes
-
-    return fmt_bytes(n)

@@ -53,8 +53,9 @@ from ftctl.data.chat_tokens import (
     tokenize_conversation,
 )
 from ftctl.errors import DataError, FtctlError, UsageError
+from ftctl.plan import PHI3_LINEAR
 
-PHI3_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+PHI3_LORA_TARGETS = list(PHI3_LINEAR)
 
 # The fine-tuning defaults are the config's (FinetuneSection): the values a parameter takes when the
 # job spec leaves it out. One set, shared with `ftctl run` and configs/local-quickstart.yaml.

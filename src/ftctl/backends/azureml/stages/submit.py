@@ -324,6 +324,10 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         ctx.ui.info(f"  job {name} was recorded but never reached Azure ML; submitting it now")
         job, info = _submit(ctx, call, name)
     else:
+        if call.options.plan:
+            from ftctl.backends.azureml.preflight import preflight
+
+            preflight(ctx, call)
         job, info = _submit(ctx, call, _new_job_name())
         name = info["job_name"]
     assert name is not None
