@@ -222,3 +222,14 @@ def test_the_estimate_counts_what_max_seq_length_keeps() -> None:
     # The reply starts after 14 (user) + 2 (<|assistant|>, newline) tokens: 20 keeps 4 of its 11.
     assert preflight.estimate_conversation(messages, 20, 4.0).assistant_kept == 4
     assert preflight.estimate_conversation(messages, 10, 4.0).assistant_kept == 0
+
+
+def test_tight_memory_is_a_warning_with_the_safer_setting(az) -> None:
+    az("run", "--to", "prepare-data")
+    tight = ["--set", "finetune.apply_lora=false", "--set", "finetune.precision=32"]
+    tight += ["--set", "finetune.per_device_train_batch_size=128"]
+    data = az.json(*tight, "plan")
+    assert data["memory"]["verdict"] == "tight" and data["ok"] is True
+    submitted = az(*tight, "submit", "--no-wait", code=None)
+    assert "memory is tight" in submitted.stderr and "gradient_accumulation_steps x2" in submitted.stderr
+    assert _jobs(az) == 1
