@@ -19,6 +19,8 @@ from ftctl.plan import Conversation, sample_indices
 
 IGNORE_INDEX = -100
 UNLIMITED = 1 << 40  # tokenize without truncating (plan counts truncation itself)
+# What a model folder holds when it holds a tokenizer (a fast one, or the files to build one from).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 def render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
@@ -43,6 +45,8 @@ def load_chat_tokenizer(model_path: Path) -> Any:
     """The tokenizer of a model folder as the trainer uses it: a pad token set, a chat template required."""
     from transformers import AutoTokenizer
 
+    if Path(model_path).is_dir() and not any((Path(model_path) / name).is_file() for name in TOKENIZER_FILES):
+        raise UsageError(f"{model_path}: no tokenizer files ({', '.join(TOKENIZER_FILES)})")
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
@@ -108,13 +112,27 @@ def tokenize_conversation(
     return ids, labels
 
 
-def read_conversations(path: Path) -> Iterable[tuple[int, list[dict[str, str]]]]:
-    """Yield (line number, messages) from a jsonl file of {"messages": [{role, content}, ...]}."""
-    path = Path(path)
+MISSING_HINT = "prepare-data writes it: run `ftctl prepare-data` (or `ftctl run --to prepare-data`)"
+
+
+def _require_file(path: Path) -> None:
     if not path.is_file():
-        raise DataError(f"{path}: no such data file")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+        raise DataError(f"{path}: no such data file", hint=MISSING_HINT)
+
+
+def read_conversations(path: Path) -> Iterable[tuple[int, list[dict[str, str]]]]:
+    """Yield (line number, messages) from a jsonl file of {"messages": [{role, content}, ...]}; DataError
+    naming the file and line for a line that is not UTF-8, not JSON, or not a conversation."""
+    path = Path(path)
+    _require_file(path)
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}:{lineno}: not valid UTF-8 (byte {exc.start + 1} of the line)"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -134,6 +152,7 @@ def read_conversations(path: Path) -> Iterable[tuple[int, list[dict[str, str]]]]
 
 def count_lines(path: Path) -> int:
     """Conversations in a jsonl file (its non-blank lines)."""
+    _require_file(path)
     with path.open("rb") as fh:
         return sum(1 for line in fh if line.strip())
 
