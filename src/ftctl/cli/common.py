@@ -239,10 +239,27 @@ def command(
             **{k: v for k, v in body.__annotations__.items() if k not in (first.name, "return")},
             **{param.name: param.annotation for param in _COMMON},
         }
-        app.command(name, rich_help_panel=panel)(wrapper)
+        app.command(name, rich_help_panel=panel, help=reflow(body.__doc__))(wrapper)
         return body
 
     return decorate
+
+
+def reflow(doc: str | None) -> str | None:
+    """A docstring as help text: each paragraph's lines joined, so the terminal wraps it at its width
+    (typer's rich help keeps a docstring's line breaks); list items keep their own lines."""
+    if not doc:
+        return doc
+    paragraphs = []
+    for block in inspect.cleandoc(doc).split("\n\n"):
+        lines: list[str] = []
+        for line in block.splitlines():
+            if lines and not line.lstrip().startswith(("- ", "* ")):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line.strip())
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
 
 
 def _warn_if_expired(ctx: Context) -> None:

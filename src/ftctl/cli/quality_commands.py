@@ -25,7 +25,7 @@ def plan(
     calibrate: bool = typer.Option(
         True,
         "--calibrate/--no-calibrate",
-        help="Time a few optimizer steps on this machine (cached per model and settings).",
+        help="Time a few optimizer steps on this machine (cached per model and settings; local backend).",
     ),
 ) -> None:
     """Show what `ftctl submit` would do, before it costs anything: tokens, run size, memory, time.
@@ -33,7 +33,11 @@ def plan(
     Token statistics of the train and test splits with the model's own tokenizer and chat template
     (length percentiles, the share of assistant tokens, what max_seq_length cuts), optimizer steps and
     effective batch, a memory estimate against the device, and the training time from a short
-    calibration. Exits 2 when submit would refuse the run."""
+    calibration. Exits 2 when submit would refuse the run.
+
+    On --backend azureml it needs no login and sends nothing: tokens with a tokenizer found on this
+    machine (plan.tokenizer) or a labelled estimate, memory against one GPU of the cluster's instance
+    type, steps and tokens instead of a time."""
     from ftctl import plan as p
     from ftctl.errors import UsageError
     from ftctl.stages.contract import PLAN
