@@ -29,6 +29,7 @@ annotations at runtime, and `Request` is imported inside the functions that add 
 import argparse
 import asyncio
 import contextlib
+import errno
 import hmac
 import json
 import logging
@@ -751,6 +752,15 @@ def port_is_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
+UNREACHABLE_TRIES = 5  # "network unreachable" this many times in a row (about 2 s): no route will come
+
+
+def _no_route(reason: Any) -> bool:
+    """A connection that failed for want of any route (the loopback interface down), not for want of a
+    listener: waiting longer does not help."""
+    return isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH, errno.EADDRNOTAVAIL)
+
+
 def wait_until_ready(url: str, timeout_s: float, proc: Any = None) -> None:
     """Poll `<url>/health/ready` until it answers 200.
 
@@ -767,6 +777,7 @@ def wait_until_ready(url: str, timeout_s: float, proc: Any = None) -> None:
     deadline = time.monotonic() + timeout_s
     delay = 0.1
     last = "no answer yet"
+    unreachable = 0  # consecutive tries that found no route at all
     while True:
         if proc is not None and proc.poll() is not None:
             raise StageFailed(
@@ -797,6 +808,13 @@ def wait_until_ready(url: str, timeout_s: float, proc: Any = None) -> None:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             last = f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
+            unreachable = unreachable + 1 if _no_route(reason) else 0
+            if unreachable >= UNREACHABLE_TRIES:
+                raise StageFailed(
+                    f"cannot connect to the scoring server at {base}: {last}; the loopback interface is "
+                    "down (a network namespace without it, e.g. `unshare -n`)",
+                    hint="bring it up (`ip link set lo up`) where the server runs",
+                ) from None
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 1.5, 1.0)
 
