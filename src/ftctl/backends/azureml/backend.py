@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml.quality import AzureQuality
 from ftctl.backends.azureml.stages import (
     auth,
     check_compute,
@@ -19,6 +20,7 @@ from ftctl.stages.contract import (
     CLUSTER,
     DRY_RUN,
     ENDPOINT,
+    EVALUATE,
     LIST_MODELS,
     LOGS,
     METRICS,
@@ -81,6 +83,7 @@ class AzureHooks:
 BACKEND = Backend(
     name="azureml",
     stages=STAGES,
-    capabilities=frozenset({CLUSTER, DRY_RUN, ENDPOINT, LIST_MODELS, LOGS, METRICS}),
+    capabilities=frozenset({CLUSTER, DRY_RUN, ENDPOINT, EVALUATE, LIST_MODELS, LOGS, METRICS}),
     hooks=AzureHooks(),
+    quality=AzureQuality(),
 )
