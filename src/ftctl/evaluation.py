@@ -2,8 +2,9 @@
 previously registered models, whether the fine-tuned model stops, side-by-side generations, the gate's
 decision, and how all of that is shown (a table, JSON, a Markdown report with figures).
 
-A backend measures (the local backend loads the models; Azure ML would read the job's metrics) and
-fills these records in. matplotlib is imported inside the functions that draw.
+A backend measures (the local backend loads the models; Azure ML reads the job's metrics) and fills
+these records in; what the gate does with the numbers (refuse, warn, tag the version) is the same on
+both and lives here. matplotlib is imported inside the functions that draw.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ftctl import state as st
+from ftctl.errors import StageFailed, UsageError
+
+if TYPE_CHECKING:
+    from ftctl.ui import UI
 
 STOP_MESSAGE = "the model does not stop: end-of-turn tokens missing from the labels?"
 # Its replies still stop, but the end of turn is fading (the early sign of the same bug).
@@ -167,6 +174,77 @@ def decide(
     if worse:
         decision.reasons.extend(worse)
         decision.result = "forced" if forced else "refused"
+    return decision
+
+
+# --- the gate in register, the same on every backend -------------------------------------------------
+
+GATE_HINT = (
+    "`ftctl evaluate` compares the models; `ftctl register --force` registers it anyway "
+    "(recorded as forced); register.gate: off turns the check off"
+)
+
+
+def require_fine_tuned(state: dict[str, Any], output: str) -> None:
+    """UsageError (exit 2) unless submit succeeded and recorded `output` (where its model is)."""
+    rec = st.record(state, "submit")
+    if rec["status"] != st.SUCCEEDED or not (rec.get("outputs") or {}).get(output):
+        raise UsageError(
+            f"there is no fine-tuned model to evaluate: submit is {rec['status']}",
+            hint="run `ftctl submit` (or `ftctl run --to submit`) first",
+        )
+
+
+def heldout_setup(
+    path: Path, sha256: str | None, params: dict[str, Any], base_model: str | None = None
+) -> str:
+    """A digest of what makes two held-out losses comparable: the data, max_seq_length, the number
+    of conversations and the batch size; and, where given, the base model (Azure ML's registry serves
+    newer versions of a model under the same name). Stored as a version's `ftctl.eval.setup` tag: a
+    later version compares its loss with that version's tag only when the digests match."""
+    setup = {
+        "data": sha256 or st.file_signature(path),
+        "seq": int(params["max_seq_length"]),
+        "limit": params.get("max_eval_samples"),
+        "batch": int(params["per_device_eval_batch_size"]),
+    }
+    if base_model is not None:  # absent from the local digest, so the tags it already wrote still match
+        setup["base"] = base_model
+    return st.digest(setup)
+
+
+def tagged_loss(version: Any, setup: str | None) -> float | None:
+    """A registered version's held-out loss from its tags, when it was evaluated the same way."""
+    tags = dict(getattr(version, "tags", {}) or {})
+    if setup is None or tags.get("ftctl.eval.setup") != setup:
+        return None
+    try:
+        return float(tags["ftctl.eval.loss"])
+    except (KeyError, ValueError):
+        return None
+
+
+def gate_tags(decision: GateDecision, setup: str | None) -> dict[str, str]:
+    """The gate's numbers as tags of the registered version, with what makes them comparable later."""
+    tags = decision.tags()
+    if decision.fine_tuned is not None and setup is not None:
+        tags["ftctl.eval.setup"] = setup
+    return tags
+
+
+def enforce(decision: GateDecision, ui: UI) -> GateDecision:
+    """register's side of the gate: a refusal is StageFailed (exit 1) with the numbers; registering past
+    it (--force) is a warning; any other verdict one line."""
+    if decision.result == "refused":
+        raise StageFailed(
+            "register refused by the gate (register.gate: improve): the fine-tuned model is "
+            + "; ".join(decision.reasons),
+            hint=GATE_HINT,
+        )
+    if decision.result == "forced":
+        ui.warn(f"registering past the gate (--force): the fine-tuned model is {'; '.join(decision.reasons)}")
+    else:
+        ui.info(f"  {decision.describe()}")
     return decision
 
 

@@ -8,6 +8,7 @@ are closed to anything but the loopback interface for the duration of each test.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import socket
 import sys
@@ -116,6 +117,12 @@ def service(monkeypatch: pytest.MonkeyPatch, azure_env: None) -> FakeAzureML:
     monkeypatch.setattr(
         _blob_storage_helper, "BlobServiceClient", functools.partial(real, transport=transport)
     )
+    # The workspace's MLflow, where register's gate reads the job's eval_loss (mlflow comes with the
+    # azure extra; without it the gate says so).
+    if importlib.util.find_spec("mlflow") is not None:
+        from fakes.azureml_mlflow import serve_mlflow
+
+        serve_mlflow(monkeypatch, fake)
     return fake
 
 
@@ -185,11 +192,9 @@ def az(ftctl: Any, service: FakeAzureML, dataset: Path) -> AzureFtctl:
 
 
 @pytest.fixture
-def tracking(monkeypatch: pytest.MonkeyPatch, service: FakeAzureML) -> FakeAzureML:
-    """The fake service with its MLflow tracking server reachable by the real mlflow client (and the
-    azureml-mlflow plugin): mlflow's own requests session is served by the fake too."""
+def tracking(service: FakeAzureML) -> FakeAzureML:
+    """The fake service, for a test that reads its MLflow tracking server through the real mlflow client
+    and the azureml-mlflow plugin (mlflow's own requests session is served by the fake: see `service`);
+    skipped without azureml-mlflow."""
     pytest.importorskip("azureml.mlflow", reason="azureml-mlflow is not installed (the azure extra)")
-    from fakes.azureml_mlflow import serve_mlflow
-
-    serve_mlflow(monkeypatch, service)
     return service

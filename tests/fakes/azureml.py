@@ -538,12 +538,16 @@ class FakeAzureML:
 
     @property
     def mutations(self) -> list[Recorded]:
-        """Requests that create, change or delete something in Azure ML (not blob uploads or reads)."""
+        """Requests that create, change or delete something in Azure ML (not blob uploads or reads, such
+        as listing keys or searching MLflow runs)."""
         return [
             r
             for r in self.requests
             if r.method in ("PUT", "PATCH", "DELETE")
-            or (r.method == "POST" and not r.path.endswith(("/listKeys", "/listSecrets", "/score")))
+            or (
+                r.method == "POST"
+                and not r.path.endswith(("/listKeys", "/listSecrets", "/score", "/mlflow/runs/search"))
+            )
         ]
 
     # --- dispatch --------------------------------------------------------------------------------

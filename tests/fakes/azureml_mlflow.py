@@ -129,23 +129,38 @@ class FakeRun:
 
 
 def trainer_history(
-    total_steps: int = 20, logging_steps: int = 5, eval_steps: int = 10
+    total_steps: int = 20,
+    logging_steps: int = 5,
+    eval_steps: int = 10,
+    start_eval_loss: float | None = None,
+    final_eval_loss: float | None = None,
 ) -> dict[str, list[tuple[float, int, int]]]:
-    """What the Trainer's MLflowCallback logs for one short fine-tuning run (made-up, decreasing loss)."""
+    """What the Trainer's MLflowCallback logs for one short fine-tuning run (made-up, decreasing loss).
+
+    `start_eval_loss`: an evaluation before the first step, logged at step 0 (what the Trainer's
+    `eval_on_start` does); `final_eval_loss`: the last evaluation's eval_loss instead of the made-up one."""
     out: dict[str, list[tuple[float, int, int]]] = {}
 
     def log(key: str, value: float, step: int) -> None:
         out.setdefault(key, []).append((value, T0 + step * 1000, step))
 
+    def evaluation(value: float, step: int) -> None:
+        log("eval_loss", value, step)
+        log("eval_runtime", 12.5, step)
+        log("eval_samples_per_second", 8.0, step)
+
+    if start_eval_loss is not None:
+        evaluation(start_eval_loss, 0)
+        log("epoch", 0.0, 0)
     for step in range(logging_steps, total_steps + 1, logging_steps):
         log("loss", round(1.6 - 0.03 * step, 4), step)
         log("grad_norm", round(2.0 - 0.05 * step, 4), step)
         log("learning_rate", 5e-6 * (1 - step / (total_steps + 1)), step)
         log("epoch", round(step / total_steps, 4), step)
         if step % eval_steps == 0:
-            log("eval_loss", round(1.5 - 0.025 * step, 4), step)
-            log("eval_runtime", 12.5, step)
-            log("eval_samples_per_second", 8.0, step)
+            last = step + eval_steps > total_steps
+            made_up = round(1.5 - 0.025 * step, 4)
+            evaluation(final_eval_loss if last and final_eval_loss is not None else made_up, step)
     log("train_loss", round(1.6 - 0.03 * total_steps / 2, 4), total_steps)
     log("train_runtime", 612.3, total_steps)
     log("train_samples_per_second", 1.31, total_steps)
@@ -164,6 +179,10 @@ class FakeMlflow:
         self.failed_step = FINETUNE  # the step at which a job that ends Failed failed
         self.failure_log: list[str] = list(FAILURE_LOG)  # what that step printed last
         self.step_logs: dict[str, list[str]] = {}  # step name -> its whole log (default: generated)
+        # The fine-tuning step's evaluations, for the jobs submitted from now on: eval_loss at step 0
+        # (None: no evaluation before training), and the last eval_loss (None: the made-up 1.0).
+        self.start_eval_loss: float | None = None
+        self.final_eval_loss: float | None = None
 
     # --- setup -------------------------------------------------------------------------------------
 
@@ -233,7 +252,9 @@ class FakeMlflow:
                     )
                     if key in inputs
                 }
-                run.history = trainer_history()
+                run.history = trainer_history(
+                    start_eval_loss=self.start_eval_loss, final_eval_loss=self.final_eval_loss
+                )
             self.runs[run_id] = run
 
     # --- what a job's state shows ------------------------------------------------------------------

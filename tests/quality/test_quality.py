@@ -202,8 +202,8 @@ def test_stop_check_verdicts() -> None:
     assert not StopCheck(8, 8, [32] * 8, "<|end|>", 0.95, labels_end_turn=False).ok
 
 
-def test_evaluate_is_not_available_on_azureml(prepared) -> None:
-    assert (
-        "ftctl evaluate: not available on --backend azureml"
-        in prepared("--backend", "azureml", "evaluate", code=2).stderr
-    )
+def test_evaluate_on_azureml_refuses_a_local_workspace(prepared) -> None:
+    """Azure ML evaluates from its job's metrics (tests/azureml/test_azureml_gate.py); a workspace that
+    holds a local run has no such job."""
+    stderr = prepared("--backend", "azureml", "evaluate", code=2).stderr
+    assert "holds a local run, but the backend is now azureml" in stderr

@@ -163,6 +163,16 @@ def lineage_tags(ctx: Context, call: StageCall) -> dict[str, str]:
     return tags
 
 
+def register_summary(outputs: Outputs) -> str:
+    """register's line in `ftctl status`: the version, and whether the gate was forced (so a model
+    registered past a refusal stays visible)."""
+    text = f"{outputs.get('model_name')} v{outputs.get('version')}"
+    gate = outputs.get("gate")
+    if isinstance(gate, dict) and gate.get("result") == "forced":
+        text += " (forced past the gate)"
+    return text
+
+
 # --- score ------------------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from ftctl.stages.contract import (
     CLUSTER,
     DRY_RUN,
     ENDPOINT,
+    EVALUATE,
     LIST_MODELS,
     LOGS,
     METRICS,
@@ -83,7 +84,7 @@ class AzureHooks:
 BACKEND = Backend(
     name="azureml",
     stages=STAGES,
-    capabilities=frozenset({CLUSTER, DRY_RUN, ENDPOINT, LIST_MODELS, LOGS, METRICS, PLAN}),
+    capabilities=frozenset({CLUSTER, DRY_RUN, ENDPOINT, EVALUATE, LIST_MODELS, LOGS, METRICS, PLAN}),
     hooks=AzureHooks(),
     quality=AzureQuality(),
 )

@@ -45,7 +45,7 @@ MAX_DEPTH = 4  # pipeline job > chat_completion_pipeline node > its steps (and a
 LOG_POLL_MAX_S = 10.0  # `ftctl logs --follow` polls every poll_interval_s, at most this long apart
 
 
-def _check_backend(ctx: Context, state: State) -> None:
+def check_backend(ctx: Context, state: State) -> None:
     """A workspace that holds another backend's run has no Azure ML endpoint or job (as the runner says
     for the stages)."""
     backend = state.get("backend")
@@ -73,7 +73,7 @@ def _model_of(outputs: dict[str, Any]) -> str | None:
 def endpoint(ctx: Context, state: State, command: str) -> Endpoint:
     from ftctl.chat import Endpoint
 
-    _check_backend(ctx, state)
+    check_backend(ctx, state)
     rec = st.record(state, "deploy")
     outputs = rec.get("outputs") or {}
     name = outputs.get("endpoint_name")
@@ -215,13 +215,15 @@ def tracking_uri(ctx: Context) -> str:
     return str(uri)
 
 
-def mlflow_client(ctx: Context) -> tuple[Any, str]:
+def mlflow_client(ctx: Context, needed_by: str = "`ftctl metrics` on Azure ML") -> tuple[Any, str]:
+    """An MLflow client of the workspace's tracking server, and its URI; UsageError naming `needed_by`
+    when mlflow or azureml-mlflow is not installed."""
     try:
         import azureml.mlflow  # noqa: F401 - registers the azureml:// tracking store
         from mlflow.tracking import MlflowClient
     except ImportError:
         raise UsageError(
-            "`ftctl metrics` on Azure ML needs mlflow and azureml-mlflow",
+            f"{needed_by} needs mlflow and azureml-mlflow",
             hint="pip install 'ftctl[azure]' (it pins azureml-mlflow==1.62.0.post6 with mlflow<=3.15.0)",
         ) from None
     uri = tracking_uri(ctx)
@@ -286,10 +288,42 @@ def find_finetune_run(client: Any, top: Any) -> tuple[Any | None, list[Any]]:
     return fallback, seen
 
 
+def job_run(client: Any, job: str) -> Any:
+    """The MLflow run of a pipeline job (its id is the job's name); UsageError when there is none yet."""
+    with _mlflow_call(f"reading MLflow run {job}"):
+        try:
+            return client.get_run(job)
+        except Exception as exc:
+            if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                raise UsageError(
+                    f"no MLflow run {job!r} in the workspace yet",
+                    hint="a job that was just submitted appears within a minute; try again",
+                ) from None
+            raise
+
+
+def eval_losses(ctx: Context, job: str, needed_by: str) -> list[tuple[int, float]]:
+    """The held-out losses the job's fine-tuning step logged: (step, eval_loss) in step order, a
+    diverged evaluation as NaN (what the gate and `ftctl evaluate` compare). The same run as
+    `ftctl metrics` shows; StageFailed when the job has no fine-tuning step run."""
+    client, _ = mlflow_client(ctx, needed_by)
+    top = job_run(client, job)
+    step, _ = find_finetune_run(client, top)
+    if step is None:
+        raise StageFailed(
+            f"job {job} ({status_text(top.info.status)}) has no {FINETUNE_STEP} run in MLflow",
+            hint="`ftctl metrics` and `ftctl logs` show what the job logged",
+        )
+    with _mlflow_call(f"reading the eval_loss of run {step.info.run_id}"):
+        history = client.get_metric_history(step.info.run_id, "eval_loss")
+    ordered = sorted(history, key=lambda m: (m.step, m.timestamp))
+    return [(int(m.step), float(m.value)) for m in ordered]
+
+
 def metrics(ctx: Context, state: State, run: str | None) -> RunMetrics:
     from ftctl.metrics import RunMetrics, fetch
 
-    _check_backend(ctx, state)
+    check_backend(ctx, state)
     submit = st.record(state, "submit")
     outputs = submit.get("outputs") or {}
     job = run or outputs.get("job_name")
@@ -299,16 +333,7 @@ def metrics(ctx: Context, state: State, run: str | None) -> RunMetrics:
             hint="run `ftctl submit` (or `ftctl run --to submit`), or pass --run JOB_NAME",
         )
     client, uri = mlflow_client(ctx)
-    with _mlflow_call(f"reading MLflow run {job}"):
-        try:
-            top = client.get_run(job)
-        except Exception as exc:
-            if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
-                raise UsageError(
-                    f"no MLflow run {job!r} in the workspace yet",
-                    hint="a job that was just submitted appears within a minute; try again",
-                ) from None
-            raise
+    top = job_run(client, job)
     step, _ = find_finetune_run(client, top)
     if step is None:
         ctx.ui.info(
@@ -363,7 +388,7 @@ def logs(ctx: Context, state: State, step: str | None, follow: bool, write: LogW
     with `follow`, new lines until the step ends (waiting for the step to start if it has not)."""
     from ftctl.backends.azureml import steps as pipeline
 
-    _check_backend(ctx, state)
+    check_backend(ctx, state)
     outputs = st.record(state, "submit").get("outputs") or {}
     job = outputs.get("job_name")
     if not job or outputs.get("dry_run"):

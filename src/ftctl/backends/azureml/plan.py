@@ -355,7 +355,22 @@ def register(ctx: Context) -> Outputs:
     return show(
         ctx,
         "register",
-        {"calls": ["models.create_or_update(<the model below>)"], "would_create": _entity(entity)},
+        {
+            "calls": ["models.create_or_update(<the model below>)"],
+            "gate": gate(ctx),
+            "would_create": _entity(entity),
+        },
+    )
+
+
+def gate(ctx: Context) -> str:
+    """What register's gate would compare (a dry run reads no metrics: they need a login)."""
+    if ctx.cfg.register_.gate == "off":
+        return "off (register.gate): registers without comparing"
+    return (
+        "improve (register.gate): when registering, the job's last eval_loss (its chat_completion_finetune "
+        "MLflow run) must beat its eval_loss at step 0 and the previous version's ftctl.eval.loss tag; "
+        "not read in a dry run"
     )
 
 

@@ -279,9 +279,9 @@ def _max_seq_length(value: Any, shape: ModelShape | None) -> tuple[int, str | No
 
 def build_plan(ctx: Context, state: State, command: str = "ftctl plan") -> Plan:
     """The plan of the pipeline job `ftctl submit` would start now."""
-    from ftctl.backends.azureml.hooks import _check_backend
+    from ftctl.backends.azureml.hooks import check_backend
 
-    _check_backend(ctx, state)
+    check_backend(ctx, state)
     _require_data(state, command)
     call = StageCall("plan", state)
     model_name = str(call.outputs("pick-model").get("name") or ctx.cfg.model.name)

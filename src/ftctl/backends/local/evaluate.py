@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftctl import evaluation
 from ftctl import state as st
-from ftctl.errors import StageFailed, UsageError
+from ftctl.errors import UsageError
 from ftctl.evaluation import (
     EvalReport,
     GateDecision,
@@ -36,6 +37,8 @@ from ftctl.evaluation import (
     Sample,
     StopCheck,
     decide,
+    heldout_setup,
+    tagged_loss,
 )
 from ftctl.stages.contract import StageCall
 from ftctl.stages.shared import model_name, prepared_files
@@ -121,19 +124,6 @@ def _first_turn(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], s
 
 
 # --- held-out loss ---------------------------------------------------------------------------------
-
-
-def heldout_setup(path: Path, sha256: str | None, params: dict[str, Any]) -> str:
-    """A digest of what makes two held-out losses comparable: the data, max_seq_length, the number
-    of conversations and the batch size."""
-    return st.digest(
-        {
-            "data": sha256 or st.file_signature(path),
-            "seq": int(params["max_seq_length"]),
-            "limit": params.get("max_eval_samples"),
-            "batch": int(params["per_device_eval_batch_size"]),
-        }
-    )
 
 
 @dataclass
@@ -491,24 +481,13 @@ def _setup_digest(ctx: Context, call: StageCall) -> str | None:
     return heldout_setup(Path(files[split]["path"]), files[split].get("sha256"), params)
 
 
-def _tagged_loss(version: Any, setup: str | None) -> float | None:
-    """A registered version's held-out loss from its tags, when it was evaluated the same way."""
-    tags = dict(getattr(version, "tags", {}) or {})
-    if setup is None or tags.get("ftctl.eval.setup") != setup:
-        return None
-    try:
-        return float(tags["ftctl.eval.loss"])
-    except (KeyError, ValueError):
-        return None
-
-
 def _previous_loss(
     ctx: Context, version: Any, tokenizer: Any, held: HeldOut, device: str
 ) -> tuple[float | None, str]:
     """The previous version's held-out loss: its tag when it was evaluated the same way, else computed."""
     from ftctl.backends.local.stages.deploy import registered_model_dir
 
-    tagged = _tagged_loss(version, held.setup)
+    tagged = tagged_loss(version, held.setup)
     if tagged is not None:
         return tagged, f"tag of version {version.version}"
     folder = registered_model_dir(
@@ -534,7 +513,7 @@ def gate(ctx: Context, call: StageCall) -> GateDecision:
         fine_tuned = float("nan")  # evaluated, but not a number: the job diverged
     base = base_loss_from_metrics(ctx, run_id)
     previous = previous_version(ctx, model_name(ctx, call), run_id)
-    prev_loss = None if previous is None else _tagged_loss(previous, setup)
+    prev_loss = None if previous is None else tagged_loss(previous, setup)
     if setup is not None and (base is None or (previous is not None and prev_loss is None)):
         device = str(call.outputs("check-compute").get("device") or "cpu")
         base_dir, tokenizer, held, _ = _setup(ctx, call)
@@ -554,11 +533,9 @@ def gate(ctx: Context, call: StageCall) -> GateDecision:
 
 
 def gate_tags(ctx: Context, call: StageCall, decision: GateDecision) -> dict[str, str]:
-    """The gate's numbers as tags of the registered version, with what makes them comparable later."""
-    tags = decision.tags()
-    setup = _setup_digest(ctx, call)
-    if decision.fine_tuned is not None and setup is not None:
-        tags["ftctl.eval.setup"] = setup
+    """The gate's numbers as tags of the registered version (ftctl.evaluation.gate_tags), and the
+    end-of-turn check's count."""
+    tags = evaluation.gate_tags(decision, _setup_digest(ctx, call))
     stops = call.outputs("submit").get("stop_check")
     if isinstance(stops, dict) and stops.get("prompts"):
         tags["ftctl.eval.stops"] = f"{stops.get('stopped')}/{stops.get('prompts')}"
@@ -569,37 +546,15 @@ def check_gate(ctx: Context, call: StageCall) -> GateDecision:
     """Run the gate; StageFailed (exit 1, with the numbers) when it refuses."""
     with ctx.ui.spinner("comparing held-out loss with the base model and the previous version", quiet=True):
         decision = gate(ctx, call)
-    if decision.result == "refused":
-        raise StageFailed(
-            "register refused by the gate (register.gate: improve): the fine-tuned model is "
-            + "; ".join(decision.reasons),
-            hint="`ftctl evaluate` compares the models; `ftctl register --force` registers it anyway "
-            "(recorded as forced); register.gate: off turns the check off",
-        )
-    if decision.result == "forced":
-        ctx.ui.warn(
-            f"registering past the gate (--force): the fine-tuned model is {'; '.join(decision.reasons)}"
-        )
-    else:
-        ctx.ui.info(f"  {decision.describe()}")
-    return decision
+    return evaluation.enforce(decision, ctx.ui)
 
 
 # --- ftctl evaluate --------------------------------------------------------------------------------
 
 
-def _require(state: State) -> None:
-    rec = st.record(state, "submit")
-    if rec["status"] != st.SUCCEEDED or not (rec.get("outputs") or {}).get("model_dir"):
-        raise UsageError(
-            f"there is no fine-tuned model to evaluate: submit is {rec['status']}",
-            hint="run `ftctl submit` (or `ftctl run --to submit`) first",
-        )
-
-
 def evaluate(ctx: Context, state: State, samples: int) -> EvalReport:
     """Held-out loss of the base, fine-tuned and previous models; end of turn; `samples` generations."""
-    _require(state)
+    evaluation.require_fine_tuned(state, "model_dir")
     call = StageCall("evaluate", state)
     submit = call.outputs("submit")
     fine_dir = Path(submit["model_dir"])

@@ -18,6 +18,7 @@ from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
 from ftctl.stages.contract import nothing_to_retire as retire
 from ftctl.stages.shared import lineage_tags, model_name
+from ftctl.stages.shared import register_summary as summary
 
 if TYPE_CHECKING:
     from ftctl.context import Context
@@ -97,14 +98,6 @@ def _gate(ctx: Context, call: StageCall) -> dict[str, Any]:
 
     decision = check_gate(ctx, call)
     return {"decision": asdict(decision), "tags": gate_tags(ctx, call, decision)}
-
-
-def summary(outputs: dict[str, Any]) -> str:
-    text = f"{outputs.get('model_name')} v{outputs.get('version')}"
-    gate = outputs.get("gate")
-    if isinstance(gate, dict) and gate.get("result") == "forced":
-        text += " (forced past the gate)"
-    return text
 
 
 __all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]
