@@ -98,7 +98,7 @@ class Sample:
 @dataclass
 class GateDecision:
     policy: str  # improve | off
-    result: str  # passed | refused | forced | off | skipped
+    result: str  # passed | refused | forced | off | skipped | same (the model is registered already)
     reasons: list[str]
     fine_tuned: float | None = None
     base: float | None = None

@@ -77,10 +77,12 @@ def test_evaluate_computes_the_jobs_losses_and_writes_a_report(trained, tmp_path
 def test_the_gate_refuses_a_worse_model_and_register_force_records_it(trained, tmp_path: Path) -> None:
     ws = trained.copy(tmp_path / "ws")
     first = ws.outputs("register")["version"]
-    # The same job again (deterministic): not better than the version it would replace.
+    # The same job again (deterministic: the same base model, data, settings and held-out loss) is the
+    # model version `first` already holds: register uses it, neither refusing it nor registering it twice.
     ws("submit", "--force")
-    same = ws("register", code=1)
-    assert f"not better than version {first} (" in same.stderr and "register --force" in same.stderr
+    same = ws("register")
+    assert f"the same model as version {first}" in same.stderr
+    assert ws.outputs("register")["version"] == first and ws.outputs("register")["gate"]["result"] == "same"
     # A harmful learning rate: worse than the base model.
     ws("submit", "--set", "finetune.learning_rate=0.5")
     bad = ws("register", "--set", "finetune.learning_rate=0.5", code=1)
@@ -93,9 +95,21 @@ def test_the_gate_refuses_a_worse_model_and_register_force_records_it(trained, t
     assert out["gate"]["result"] == "forced" and int(out["version"]) == int(first) + 1
     assert _registered_tags(ws)["ftctl.gate.result"] == "forced"
     assert "(forced past the gate)" in ws("status", "--set", "finetune.learning_rate=0.5").stdout
+    # The forced model again, even with --force: it is version first + 1 already.
+    again = ws("register", "--force", "--set", "finetune.learning_rate=0.5")
+    assert f"the same model as version {int(first) + 1}" in again.stderr
     # register.gate: off registers without comparing.
-    ws("register", "--force", "--set", "finetune.learning_rate=0.5", "--set", "register.gate=off")
-    assert ws.outputs("register")["gate"]["result"] == "off" and "(forced" not in ws("status").stdout
+    off = ["--set", "finetune.learning_rate=0.3", "--set", "register.gate=off"]
+    ws("submit", *off)
+    ws("register", *off)
+    assert ws.outputs("register")["gate"]["result"] == "off" and "(forced" not in ws("status", *off).stdout
+    assert int(ws.outputs("register")["version"]) == int(first) + 2
+    # Back to the default learning rate after the experiment: the job trains the model of version
+    # `first` again, and the pipeline goes on with that version (found walking the quickstart: it was
+    # refused as "not better than version 1", which it is, being the same).
+    back = ws("run", "--to", "register")
+    assert f"the same model as version {first}" in back.stderr
+    assert ws.outputs("register")["version"] == first
 
 
 def test_deploy_refuses_a_model_prompted_differently_from_training(

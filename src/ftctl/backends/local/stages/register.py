@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from ftctl.errors import StageFailed
+from ftctl.evaluation import MIN_IMPROVEMENT
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
 from ftctl.stages.contract import nothing_to_retire as retire
@@ -28,16 +30,46 @@ if TYPE_CHECKING:
 REGISTRATION_TAG = "ftctl.registration"
 
 
-def _registered_by(client: Any, name: str, token: str) -> Any | None:
-    """The version of `name` an earlier attempt registered with `token` (None if it did not get that
-    far)."""
+# Lineage tags that differ between two jobs that train the same model (ftctl.stages.shared.lineage_tags).
+PER_JOB_TAGS = ("ftctl.job_id", "ftctl.display_name", "ftctl.version")
+
+
+def _versions(client: Any, name: str) -> list[Any]:
+    """The registered versions of `name`, newest first ([] when the model is not registered yet)."""
     escaped = name.replace("'", "\\'")
     try:
         versions = client.search_model_versions(f"name = '{escaped}'")
     except Exception:  # noqa: BLE001 - mlflow raises MlflowException when the model does not exist
+        return []
+    return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+
+def _tags(version: Any) -> dict[str, str]:
+    return dict(getattr(version, "tags", None) or {})
+
+
+def _registered_by(client: Any, name: str, token: str) -> Any | None:
+    """The version of `name` an earlier attempt registered with `token` (None if it did not get that
+    far)."""
+    return next((v for v in _versions(client, name) if _tags(v).get(REGISTRATION_TAG) == token), None)
+
+
+def _same_model(client: Any, name: str, lineage: dict[str, str], loss: Any) -> Any | None:
+    """The newest version of `name` that holds this job's model already: trained from the same base
+    model, data and settings (its lineage tags), with the same held-out loss. A deterministic re-run (the
+    same settings again, e.g. back to the defaults after an experiment) trains exactly that model."""
+    if not isinstance(loss, (int, float)) or not math.isfinite(loss):
         return None
-    found = [v for v in versions if (getattr(v, "tags", None) or {}).get(REGISTRATION_TAG) == token]
-    return max(found, key=lambda v: int(v.version)) if found else None
+    wanted = {key: value for key, value in lineage.items() if key not in PER_JOB_TAGS}
+    for version in _versions(client, name):
+        tags = _tags(version)
+        try:
+            tagged = float(tags["ftctl.eval.loss"])
+        except (KeyError, ValueError):
+            continue
+        if all(tags.get(k) == v for k, v in wanted.items()) and abs(tagged - loss) <= MIN_IMPROVEMENT:
+            return version
+    return None
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
@@ -47,8 +79,13 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     if not run_id:
         raise StageFailed("submit recorded no MLflow run id; the job's model cannot be found")
     name = model_name(ctx, call)
+    lineage = lineage_tags(ctx, call)
+    if not call.recorded.get("registration_token"):
+        same = _same_model(ws.mlflow.MlflowClient(), name, lineage, job.get("eval_loss"))
+        if same is not None:
+            return _reuse(ctx, name, same)
     gate = _gate(ctx, call)
-    tags = {**lineage_tags(ctx, call), **gate.get("tags", {})}
+    tags = {**lineage, **gate.get("tags", {})}
     source = f"runs:/{run_id}/mlflow_model"
     with ctx.ui.spinner(f"registering {name} in the MLflow model registry"):
         mlflow = ws.mlflow
@@ -70,17 +107,47 @@ def run(ctx: Context, call: StageCall) -> Outputs:
             description=f"Fine-tuned by ftctl job {job.get('job_id')} on ultrachat data",
         )
     ctx.ui.info(f"  registered {name} version {version.version} (from {source})")
+    return {
+        **_version_outputs(client, name, version),
+        "source": source,
+        "run_id": run_id,
+        "tags": tags,
+        "registration_token": token,
+        "gate": gate.get("decision"),
+    }
+
+
+def _version_outputs(client: Any, name: str, version: Any) -> Outputs:
     uri = urlparse(client.get_model_version_download_uri(name, version.version))
     return {
         "model_dir": unquote(uri.path) if uri.scheme in ("", "file") else None,
         "model_name": name,
         "version": str(version.version),
         "model_uri": f"models:/{name}/{version.version}",
-        "source": source,
-        "run_id": run_id,
+    }
+
+
+def _reuse(ctx: Context, name: str, version: Any) -> Outputs:
+    """register's outputs for a version that already holds this job's model: nothing is registered."""
+    client = ctx.local.mlflow.MlflowClient()
+    tags = _tags(version)
+    loss = float(tags["ftctl.eval.loss"])
+    reason = f"the same model as version {version.version} (same base model, data and settings; held-out loss"
+    ctx.ui.info(f"  {reason} {loss:.4f}): using it, nothing new to register")
+    decision = {
+        "policy": ctx.cfg.register_.gate,
+        "result": "same",
+        "reasons": [f"{reason} {loss!r})"],
+        "fine_tuned": loss,
+        "previous_version": str(version.version),
+    }
+    return {
+        **_version_outputs(client, name, version),
+        "source": getattr(version, "source", None),
+        "run_id": getattr(version, "run_id", None),
         "tags": tags,
-        "registration_token": token,
-        "gate": gate.get("decision"),
+        "registration_token": tags.get(REGISTRATION_TAG),
+        "gate": decision,
     }
 
 
