@@ -250,3 +250,13 @@ def test_evaluate_report_on_azureml(az, tracking, tmp_path: Path) -> None:
     assert "## Samples" not in text and "side-by-side generations" in text
     for png in ("eval_loss.png", "loss_curves.png"):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_job_whose_evaluation_diverged_is_refused(az, tracking) -> None:
+    """A final eval_loss that is not a number (a diverged job the service still completed) is never
+    better: refused, and no version is created."""
+    az.service.mlflow.start_eval_loss = 1.6
+    az.service.mlflow.final_eval_loss = float("nan")
+    refused = az("run", "--to", "register", code=1)
+    assert f"{REFUSED} not better than the base model (nan >= 1.6000)" in refused.stderr
+    assert _versions(az.service) == {}

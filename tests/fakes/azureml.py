@@ -26,6 +26,7 @@ import base64
 import copy
 import io
 import json
+import math
 import re
 import time
 import uuid
@@ -281,6 +282,18 @@ class FakeCredential:
         self.scopes.append(scopes)
         audience = scopes[0].removesuffix("/.default") if scopes else ""
         return AccessToken(fake_jwt(audience), int(time.time()) + 3600)
+
+
+def _finite_json(value: Any) -> Any:
+    """`value` with non-finite floats as the strings protobuf's JSON mapping writes ("NaN", "Infinity",
+    "-Infinity"): how the MLflow server sends a NaN metric (bare NaN is not JSON; its client refuses it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
 
 
 class _Adapter(BaseAdapter):
@@ -602,7 +615,7 @@ class FakeAzureML:
         elif isinstance(payload, str):
             data = payload.encode("utf-8")
         else:
-            data = json.dumps(payload).encode("utf-8")
+            data = json.dumps(_finite_json(payload), allow_nan=False).encode("utf-8")
         return status, out_headers, data
 
     def _answer(self, r: Recorded, raw_body: bytes | None) -> tuple[int, dict[str, str], Any]:
