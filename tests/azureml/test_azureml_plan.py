@@ -233,3 +233,38 @@ def test_tight_memory_is_a_warning_with_the_safer_setting(az) -> None:
     submitted = az(*tight, "submit", "--no-wait", code=None)
     assert "memory is tight" in submitted.stderr and "gradient_accumulation_steps x2" in submitted.stderr
     assert _jobs(az) == 1
+
+
+def test_a_completed_jobs_measured_pace_gives_the_next_plan_a_time(az, tracking) -> None:
+    """submit records the fine-tuning step's pace (the Trainer's train_runtime over its last step: the
+    fake's job logs 612.3 s at step 20); the next plan with the same settings on the same VM size turns
+    it into a time, without asking Azure ML; other settings get none."""
+    az("run", "--to", "submit")
+    pace = az.outputs("submit")["pace"]
+    assert pace["steps"] == 20 and pace["train_runtime_s"] == 612.3
+    assert pace["instance_type"] == "Standard_NC24ads_A100_v4" and pace["model"] == "Phi-3-mini-4k-instruct"
+    requests = len(az.service.requests)
+    data = az.json("plan")
+    assert len(az.service.requests) == requests
+    time = data["time"]
+    assert time["step_s"] == pytest.approx(612.3 / 20)
+    assert time["train_s"] == pytest.approx(612.3 / 20 * data["run"]["steps"])
+    assert time["source"].startswith(f"measured: job {az.outputs('submit')['job_name']} ran 20 steps")
+    assert "time: 40 steps x 30.615 s = about 20 min 24 s" in az("plan").stdout
+    other = az.json("--set", "finetune.per_device_train_batch_size=2", "plan")
+    assert other["time"] is None and "not estimated on Azure ML" in other["time_note"]
+
+
+def test_no_pace_when_the_metrics_cannot_be_read(az, monkeypatch) -> None:
+    """A job whose metrics cannot be read (here: azureml-mlflow missing) still completes; its plan has
+    no measured time."""
+    from ftctl.backends.azureml import hooks
+    from ftctl.errors import UsageError
+
+    def missing(*args, **kwargs):
+        raise UsageError("measuring the job's pace needs mlflow and azureml-mlflow")
+
+    monkeypatch.setattr(hooks, "mlflow_client", missing)
+    az("run", "--to", "submit")
+    assert "pace" not in az.outputs("submit")
+    assert az.json("plan")["time"] is None

@@ -320,6 +320,24 @@ def eval_losses(ctx: Context, job: str, needed_by: str) -> list[tuple[int, float
     return [(int(m.step), float(m.value)) for m in ordered]
 
 
+def training_pace(ctx: Context, job: str) -> dict[str, float] | None:
+    """The fine-tuning step's measured pace: the Trainer's train_runtime (logged once, at the last
+    optimizer step) over that step. None when the job logged none."""
+    client, _ = mlflow_client(ctx, "measuring the job's pace")
+    step, _ = find_finetune_run(client, job_run(client, job))
+    if step is None:
+        return None
+    with _mlflow_call(f"reading the train_runtime of run {step.info.run_id}"):
+        history = client.get_metric_history(step.info.run_id, "train_runtime")
+    if not history:
+        return None
+    last = max(history, key=lambda m: (m.step, m.timestamp))
+    runtime, steps = float(last.value), int(last.step)
+    if steps <= 0 or not math.isfinite(runtime) or runtime <= 0:
+        return None
+    return {"train_runtime_s": runtime, "steps": steps, "seconds_per_step": runtime / steps}
+
+
 def metrics(ctx: Context, state: State, run: str | None) -> RunMetrics:
     from ftctl.metrics import RunMetrics, fetch
 

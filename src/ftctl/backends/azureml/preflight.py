@@ -13,8 +13,9 @@ where a stage has not run.
   model's defaults), the component's own defaults for the rest (COMPONENT_DEFAULTS), the service's rules
   (no packing; max_seq_length -1 = the model's context length; at least MIN_TRAIN_ROWS rows).
 - Memory: ftctl.plan's estimate on one GPU of the cluster's size (ftctl.backends.azureml.gpus).
-- Time: not estimated; the plan gives steps and tokens (a time needs a measured figure, which Azure ML
-  jobs do not leave behind in a form ftctl can reuse yet).
+- Time: from a measured figure only: the pace of the last completed job (submit records the fine-tuning
+  step's train_runtime over its steps) when it trained the same model on the same VM size with the same
+  batch, sequence and precision settings; otherwise steps and tokens.
 
 `preflight` is what `ftctl submit` runs before it submits a new job.
 """
@@ -40,8 +41,10 @@ from ftctl.plan import (
     Plan,
     RunSize,
     SplitStats,
+    TimeEstimate,
     check,
     estimate_memory,
+    fmt_seconds,
     sample_indices,
     submit_check,
 )
@@ -334,12 +337,53 @@ def build_plan(ctx: Context, state: State, command: str = "ftctl plan") -> Plan:
     if train is not None:
         plan.run = _run_size(params, gpus, train)
         plan.memory = _memory(shape, params, plan, entry, size)
+        plan.time = measured_time(call, params, plan)
         plan.time_note = (
             f"not estimated on Azure ML ({plan.run.steps:,} optimizer steps, "
-            f"{plan.run.tokens_per_epoch:,} tokens per epoch{'' if counter.exact else ', estimated'})"
+            f"{plan.run.tokens_per_epoch:,} tokens per epoch{'' if counter.exact else ', estimated'}); "
+            "a completed job with these settings on this VM size gives a measured figure"
         )
     plan.findings = check(plan, data.train_split) + _service_rules(plan, data.train_split)
     return plan
+
+
+# The settings a job's pace (seconds per optimizer step) depends on, besides the model and the VM size.
+PACE_SETTINGS = (
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_seq_length",
+    "apply_lora",
+    "lora_r",
+    "precision",
+    "apply_deepspeed",
+    "deepspeed_stage",
+    "num_nodes_finetune",
+)
+
+
+def measured_time(call: StageCall, params: dict[str, Any], plan: Plan) -> TimeEstimate | None:
+    """The time from the last completed job's measured pace (submit records it), when that job trained
+    the same model on the same VM size and GPUs with the same batch, sequence and precision settings;
+    None otherwise. Nothing is asked of Azure ML here."""
+    assert plan.run is not None
+    last = call.outputs("submit")
+    pace = last.get("pace")
+    if not isinstance(pace, dict) or not pace.get("seconds_per_step"):
+        return None
+    before = {**COMPONENT_DEFAULTS, **(last.get("params") or {})}
+    same = (
+        pace.get("model") == plan.model["name"]
+        and str(pace.get("instance_type")).lower() == str(plan.settings["instance_type"]).lower()
+        and pace.get("gpus_per_node") == plan.settings["gpus_per_node"]
+        and all(str(before.get(key)) == str(params.get(key)) for key in PACE_SETTINGS)
+    )
+    if not same:
+        return None
+    source = (
+        f"measured: job {last.get('job_name')} ran {int(pace['steps']):,} steps in "
+        f"{fmt_seconds(float(pace['train_runtime_s']))} on {pace.get('instance_type')}"
+    )
+    return TimeEstimate.build({"step_s": float(pace["seconds_per_step"])}, plan.run.steps, 0, 0, source)
 
 
 def _trainable(shape: ModelShape | None, lora: bool, rank: int) -> int | None:

@@ -344,13 +344,36 @@ def run(ctx: Context, call: StageCall) -> Outputs:
             hint=f"its logs are in Azure ML studio: {studio}",
         )
     ctx.ui.info(f"  job {name} completed; model output azureml://jobs/{name}/outputs/trained_model")
-    return {
+    outputs = {
         **{k: v for k, v in info.items() if k != "submitted"},
         "job_name": name,
         "job_id": name,
         "status": status,
         "studio_url": studio,
         "trained_model": f"azureml://jobs/{name}/outputs/trained_model",
+    }
+    pace = _measured_pace(ctx, call, name)
+    return {**outputs, "pace": pace} if pace else outputs
+
+
+def _measured_pace(ctx: Context, call: StageCall, name: str) -> dict[str, Any] | None:
+    """The job's measured seconds per optimizer step, with what they depend on (the model, the VM size,
+    its GPUs): what `ftctl plan` estimates the next job's time from. Best effort: the job completed
+    whether or not its metrics can be read."""
+    from ftctl.backends.azureml.hooks import training_pace
+
+    try:
+        found = training_pace(ctx, name)
+    except Exception:  # noqa: BLE001 - no mlflow, no run yet, a transient error: no pace, nothing else
+        return None
+    if found is None:
+        return None
+    compute = call.outputs("check-compute")
+    return {
+        **found,
+        "model": call.outputs("pick-model").get("name"),
+        "instance_type": compute.get("size"),
+        "gpus_per_node": compute.get("gpus_per_node"),
     }
 
 
