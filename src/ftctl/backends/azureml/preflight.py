@@ -36,6 +36,7 @@ from ftctl.plan import (
     Conversation,
     Finding,
     GiB,
+    MemoryEstimate,
     MemorySetup,
     ModelShape,
     Plan,
@@ -405,7 +406,7 @@ def _run_size(params: dict[str, Any], gpus: int, train: SplitStats) -> RunSize:
 
 def _memory(
     shape: ModelShape | None, params: dict[str, Any], plan: Plan, entry: GpuSize | None, size: str
-) -> Any:
+) -> MemoryEstimate | None:
     """ftctl.plan's estimate for one GPU of `size` (None without the model's shape)."""
     assert plan.run is not None
     train = plan.splits[0]
