@@ -31,10 +31,12 @@ stated tolerance is MEMORY_TOLERANCE.
 
 from __future__ import annotations
 
+import json
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -143,6 +145,22 @@ class SplitStats:
             end_of_turn_labelled=scaled(sum(1 for c in convs if c.assistant and c.ends_turn)),
             estimated=len(convs) < total,
         )
+
+
+def cached_split(
+    cache: Path, measure: Callable[[], tuple[SplitStats, int | None]]
+) -> tuple[SplitStats, int | None]:
+    """A split's statistics and training rows from `cache` (a plan/tokens-*.json file), or measured and
+    written there; `measure`'s inputs are part of the file's name, so a cached file is never stale."""
+    from ftctl import state as st
+
+    if cache.is_file():
+        data = json.loads(cache.read_text(encoding="utf-8"))
+        return SplitStats(**data["stats"]), data.get("rows")
+    stats, rows = measure()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    st.atomic_write_text(cache, json.dumps({"stats": stats.__dict__, "rows": rows}, indent=1) + "\n")
+    return stats, rows
 
 
 def sample_indices(total: int, limit: int | None) -> list[int]:

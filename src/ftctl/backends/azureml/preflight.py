@@ -43,6 +43,7 @@ from ftctl.plan import (
     RunSize,
     SplitStats,
     TimeEstimate,
+    cached_split,
     check,
     estimate_memory,
     fmt_seconds,
@@ -73,7 +74,7 @@ COMPONENT_DEFAULTS: dict[str, Any] = {
 }
 MIN_TRAIN_ROWS = 10  # the service's preprocess refuses fewer training rows
 TEMPLATE_TOKENS = 4  # per message in Phi-3's template: <|role|>, a newline, <|end|>, a newline
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: the cache file holds {stats, rows}, as the local backend's
 
 
 def _yes(value: Any) -> bool:
@@ -220,12 +221,7 @@ class _Counter:
             }
         )
         cache = self.ctx.workspace / "plan" / f"tokens-{split}-{key}.json"
-        if cache.is_file():
-            return SplitStats(**json.loads(cache.read_text(encoding="utf-8")))
-        stats = self._measure(split, path, limit)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        st.atomic_write_text(cache, json.dumps(stats.__dict__, indent=1) + "\n")
-        return stats
+        return cached_split(cache, lambda: (self._measure(split, path, limit), None))[0]
 
     def _measure(self, split: str, path: Path, limit: int | None) -> SplitStats:
         from ftctl.data.chat_tokens import end_of_turn_ids, load_chat_tokenizer, measure_conversations

@@ -31,6 +31,7 @@ from ftctl.plan import (
     RunSize,
     SplitStats,
     TimeEstimate,
+    cached_split,
     check,
     estimate_memory,
     packed_rows,
@@ -106,12 +107,14 @@ class _Stats:
                 "seed": self.params["seed"],
             }
         )
-        cache = plan_dir(self.ctx) / f"tokens-{split}-{key}.json"
-        if cache.is_file():
-            data = json.loads(cache.read_text(encoding="utf-8"))
-            return SplitStats(**data["stats"]), data.get("rows")
+        return cached_split(
+            plan_dir(self.ctx) / f"tokens-{split}-{key}.json", lambda: self._measure(split, path, train)
+        )
+
+    def _measure(self, split: str, path: Path, train: bool) -> tuple[SplitStats, int | None]:
         from ftctl.backends.local.evaluate import stop_token_ids
 
+        seq, limit = int(self.params["max_seq_length"]), self.ctx.cfg.plan.sample_rows
         tokenizer = self.tokenizer()
         stop = frozenset(stop_token_ids(tokenizer, self.model_dir))
         total, convs = measure_conversations(tokenizer, path, seq, limit, stop)
@@ -122,8 +125,6 @@ class _Stats:
             rows = packed_rows(kept, seq, int(self.params["seed"])) if self.params["packing"] else len(kept)
             if stats.estimated and convs:
                 rows = round(rows * total / len(convs))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        st.atomic_write_text(cache, json.dumps({"stats": stats.__dict__, "rows": rows}, indent=1) + "\n")
         return stats, rows
 
 
