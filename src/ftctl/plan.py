@@ -155,8 +155,11 @@ def cached_split(
     from ftctl import state as st
 
     if cache.is_file():
-        data = json.loads(cache.read_text(encoding="utf-8"))
-        return SplitStats(**data["stats"]), data.get("rows")
+        try:
+            data = json.loads(cache.read_text(encoding="utf-8"))
+            return SplitStats(**data["stats"]), data.get("rows")
+        except (ValueError, TypeError, KeyError):  # damaged: measured again and rewritten below
+            pass
     stats, rows = measure()
     cache.parent.mkdir(parents=True, exist_ok=True)
     st.atomic_write_text(cache, json.dumps({"stats": stats.__dict__, "rows": rows}, indent=1) + "\n")

@@ -58,3 +58,18 @@ def test_a_tokenizer_folder_without_a_tokenizer(ftctl, prepared: Path, tmp_path:
     empty.mkdir()
     with pytest.raises(UsageError, match="no tokenizer files"):
         load_chat_tokenizer(empty)
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b'{"stats": {"split": 1}}', b"\xff\xfe", b""])
+def test_a_damaged_token_cache_is_measured_again(ftctl, prepared: Path, damage: bytes) -> None:
+    """plan/tokens-*.json damaged (a killed writer on a filesystem without atomic rename, a hand edit):
+    the statistics are counted again and the file rewritten, never an "unexpected" error."""
+    first = _plan(ftctl)
+    assert first.exit_code == 0, first.stderr
+    caches = sorted((ftctl.workspace / "plan").glob("tokens-*.json"))
+    assert caches
+    for cache in caches:
+        cache.write_bytes(damage)
+    again = _plan(ftctl, "--json")
+    assert again.exit_code == 0, again.stderr
+    assert all(cache.read_bytes() != damage for cache in caches)
