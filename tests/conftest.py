@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ftctl.cli.app import app
+from ftctl.cli.common import BackendOptions
 
 
 class Ftctl:
@@ -19,9 +20,14 @@ class Ftctl:
         self.root = root
         self.workspace = root / ".ftctl"
         self.runner = CliRunner()
+        # Injected into the backend's handles, as an embedding caller would (the fake Azure ML service).
+        self.backend_options: dict[str, Any] = {}
+
+    def invoke(self, argv: list[str], input: str | None = None) -> Any:
+        return self.runner.invoke(app, argv, input=input, obj=BackendOptions(self.backend_options))
 
     def __call__(self, *args: str, code: int | None = 0) -> Any:
-        result = self.runner.invoke(app, ["--workspace", str(self.workspace), *args])
+        result = self.invoke(["--workspace", str(self.workspace), *args])
         if code is not None:
             assert result.exit_code == code, (
                 f"ftctl {' '.join(args)} exited {result.exit_code}, wanted {code}\n"

@@ -1,8 +1,9 @@
 """The shape of the package, checked: which module may import which, and what `--help`/`status` load.
 
 Import directions (walked with `ast`, so a lazy import inside a function counts too):
-- a backend-neutral module (anything outside ftctl.backends, except ftctl.context, the one module that
-  builds backend handles) imports no backend;
+- a backend-neutral module (anything outside a backend's package ftctl.backends.<name>; the registry
+  ftctl.backends and the base class ftctl.backends.base are neutral) imports no backend, with no
+  exemption: the Context builds its backend through the registry, by name;
 - one backend never imports the other;
 - stage code (ftctl.stages.*, ftctl.backends.<name>.stages.*) imports neither the runner nor the CLI;
 - nothing but the CLI (and `python -m ftctl`) imports the CLI.
@@ -46,15 +47,20 @@ def imports_of(path: Path) -> set[str]:
     return {name for name in found if name == "ftctl" or name.startswith("ftctl.")}
 
 
+BACKEND_PACKAGES = {path.name for path in (PACKAGE / "backends").iterdir() if (path / "__init__.py").exists()}
+
+
 def backend_of(module: str) -> str | None:
     parts = module.split(".")
-    return parts[2] if len(parts) > 2 and parts[1] == "backends" else None
+    if len(parts) > 2 and parts[1] == "backends" and parts[2] in BACKEND_PACKAGES:
+        return parts[2]
+    return None
 
 
 def wrong_way(importer: str, imported: str) -> str | None:
     """Why `importer` must not import `imported` (None when it may)."""
     mine, theirs = backend_of(importer), backend_of(imported)
-    if theirs and mine is None and importer != "ftctl.context":
+    if theirs and mine is None:
         return "a backend-neutral module imports a backend"
     if theirs and mine and theirs != mine:
         return "one backend imports the other"
@@ -74,7 +80,9 @@ def test_rules_catch_each_wrong_way_import() -> None:
     assert wrong_way("ftctl.backends.local.stages.submit", "ftctl.pipeline")
     assert wrong_way("ftctl.stages.contract", "ftctl.cli.common")
     assert wrong_way("ftctl.pipeline", "ftctl.cli.common")
-    assert wrong_way("ftctl.context", "ftctl.backends.local.workspace") is None
+    assert wrong_way("ftctl.context", "ftctl.backends.local.workspace")
+    assert wrong_way("ftctl.context", "ftctl.backends.base") is None
+    assert wrong_way("ftctl.config", "ftctl.backends.NAMES") is None
     assert wrong_way("ftctl.backends.local.stages.submit", "ftctl.stages.shared") is None
     assert wrong_way("ftctl.cli.common", "ftctl.pipeline") is None
 
@@ -90,16 +98,30 @@ def test_no_module_imports_the_wrong_way() -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_every_stage_has_an_implementation_on_both_backends() -> None:
-    from ftctl.backends.azureml.backend import BACKEND as AZUREML
-    from ftctl.backends.local.backend import BACKEND as LOCAL
+def test_every_backend_is_one_registered_class_with_every_stage() -> None:
+    from ftctl.backends import NAMES, backend_class
+    from ftctl.backends.base import Backend
     from ftctl.pipeline import ORDER
 
-    for backend in (LOCAL, AZUREML):
+    assert set(NAMES) == BACKEND_PACKAGES  # the registry is the only list, and it lists them all
+    for name in NAMES:
+        cls = backend_class(name)
+        assert issubclass(cls, Backend) and cls.name == name
+        backend = cls(ctx=None)  # type: ignore[arg-type]  # the table needs no context
         assert list(backend.stages) == ORDER
-        for name, impl in backend.stages.items():
-            for member in ("run", "inputs", "alive", "retire", "summary"):
-                assert callable(getattr(impl, member, None)), f"{backend.name} {name} lacks {member}"
+        assert set(cls.reads) <= set(ORDER)
+        for stage, impl in backend.stages.items():
+            for member in ("run", "inputs", "output_files", "alive", "retire", "summary"):
+                assert callable(getattr(impl, member, None)), f"{name} {stage} lacks {member}"
+
+
+def test_a_declared_capability_needs_its_method_and_a_method_its_capability() -> None:
+    from ftctl.backends.base import Backend, Capabilities
+
+    with pytest.raises(TypeError, match="capability metrics is True but its method is not overridden"):
+        type("Claims", (Backend,), {"name": "x", "capabilities": Capabilities(metrics=True)})
+    with pytest.raises(TypeError, match="capability logs is False but its method is overridden"):
+        type("Hides", (Backend,), {"name": "y", "logs": lambda self, *a: {}})
 
 
 GUARD = textwrap.dedent(

@@ -54,9 +54,8 @@ class Endpoint:
 
 def endpoint(ctx: Context, command: str) -> Endpoint:
     """The endpoint `ftctl deploy` started, checked to be up; UsageError (exit 2) naming what to run."""
-    from ftctl.stages.contract import ENDPOINT
-
-    return ctx.backend_impl.require(ENDPOINT).endpoint(ctx, ctx.state_store.load(), command)
+    ctx.backend.require("endpoint")
+    return ctx.backend.endpoint(ctx.state_store.load(), command)
 
 
 class EndpointError(StageFailed):

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -34,6 +35,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from yaml.constructor import ConstructorError, SafeConstructor
 
+from ftctl.backends import DEFAULT as DEFAULT_BACKEND
+from ftctl.backends import NAMES as BACKENDS
 from ftctl.constants import SAMPLE_DATASET
 from ftctl.errors import ConfigError
 
@@ -229,6 +232,12 @@ class FinetuneSection(Section):
     )
 
 
+def _known_backend(value: str) -> str:
+    if value not in BACKENDS:
+        raise PydanticCustomError("backend", "must be {names}", {"names": " or ".join(BACKENDS)})
+    return value
+
+
 def _off_is_text(value: Any) -> Any:
     """YAML reads a bare `off` as false: `register.gate: off` means the word."""
     return "off" if value is False else value
@@ -343,7 +352,7 @@ class AzureMLSection(Section):
 class Config(Section):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
-    backend: Literal["local", "azureml"] = "local"
+    backend: Annotated[str, AfterValidator(_known_backend)] = DEFAULT_BACKEND
     lock_timeout_s: float = Field(
         10.0, ge=0, le=MAX_WAIT_S, description=f"seconds to wait for the workspace lock, 0..{MAX_WAIT_S}"
     )

@@ -1,27 +1,26 @@
-"""The client context: the one place that builds backend handles.
+"""The client context: what every command and stage shares.
 
-The CLI's root callback builds a Context; every stage receives it and asks it for the backend handle
-(`ctx.local` for the embedded backend; Azure ML's MLClient and registry client for `azureml`). Handles
-are built lazily, once per process, so `ftctl --help` and `ftctl status` import nothing heavy and
-`ftctl run` pays each import only once.
+The CLI's root callback builds a Context; every stage receives it. It holds the workspace, the loaded
+configuration, the UI, and ONE `backend` (ftctl.backends.base.Backend), built on first use from the
+registry in ftctl.backends — the backend owns its handles (the local workspace's MLflow stores; Azure
+ML's MLClients) and builds them lazily, so `ftctl --help` and `ftctl status` import nothing heavy and
+`ftctl run` pays each import only once. This module names no backend.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ftctl.config import Config, LoadedConfig
-from ftctl.errors import UsageError
 from ftctl.state import StateStore
 from ftctl.ui import UI
 
 if TYPE_CHECKING:
-    from ftctl.backends.azureml.client import AzureHandles
-    from ftctl.backends.local.workspace import LocalWorkspace
-    from ftctl.stages.contract import Backend
+    from ftctl.backends.base import Backend
 
 
 @dataclass(frozen=True)
@@ -34,50 +33,28 @@ class Context:
     ui: UI = field(default_factory=UI)
     debug: bool = False
     command: str = "ftctl"
+    # What the caller injects into the backend's handles (tests: Azure ML's transport and credential).
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def cfg(self) -> Config:
         return self.config.values
 
     @property
-    def backend(self) -> str:
+    def backend_name(self) -> str:
         return self.cfg.backend
+
+    @cached_property
+    def backend(self) -> Backend:
+        """The configured backend: its stages, capabilities and commands (its module imports nothing
+        heavy; its handles are built when a stage first needs them)."""
+        from ftctl.backends import create
+
+        return create(self, self.backend_options)
 
     @cached_property
     def state_store(self) -> StateStore:
         return StateStore(self.workspace)
-
-    @cached_property
-    def backend_impl(self) -> Backend:
-        """The backend's stage table, capabilities and hooks (its modules import nothing heavy)."""
-        if self.backend == "azureml":
-            from ftctl.backends.azureml.backend import BACKEND as AZUREML
-
-            return AZUREML
-        from ftctl.backends.local.backend import BACKEND as LOCAL
-
-        return LOCAL
-
-    @cached_property
-    def local(self) -> LocalWorkspace:
-        """The embedded backend's handle: folders plus MLflow tracking and registry stores."""
-        if self.backend != "local":
-            raise UsageError(f"the local workspace is not available with --backend {self.backend}")
-        from ftctl.backends.local.workspace import LocalWorkspace
-
-        return LocalWorkspace(self.workspace)
-
-    @cached_property
-    def azure(self) -> AzureHandles:
-        """Azure ML's handles: the credential, the workspace MLClient and the registry MLClient.
-
-        Built once per process (the registry client on first use); azure.* is imported only here.
-        """
-        if self.backend != "azureml":
-            raise UsageError(f"Azure ML is not available with --backend {self.backend}")
-        from ftctl.backends.azureml.client import AzureHandles
-
-        return AzureHandles(self)
 
     def data_dir(self) -> Path:
         path = Path(self.cfg.data.download_dir).expanduser()

@@ -1,9 +1,9 @@
 """The nine stages, their dependencies and fingerprints, and the rules for running them.
 
 What a stage implementation provides is the `StageImpl` contract (ftctl.stages.contract); each backend
-lists its nine implementations in its `BACKEND` table. This module knows the stages by name, computes
-fingerprints and staleness, and runs stages under the workspace lock, recording everything in the
-state file.
+class (ftctl.backends.base.Backend) lists its nine implementations and the config keys they read there.
+This module knows the stages by name, computes fingerprints and staleness (why a stage would run
+again), and runs stages under the workspace lock, recording everything in the state file.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 class Stage:
     name: str
     upstream: tuple[str, ...]
-    reads: tuple[str, ...]  # config key paths (or section prefixes) whose values the stage uses
+    reads: tuple[str, ...]  # config key paths (or section prefixes) it uses on every backend; a backend
+    # adds its own (Backend.reads)
     help: str
     always_run: bool = False  # an explicit `ftctl <stage>` runs it even when up to date
     needs_live: tuple[str, ...] = ()  # upstream stages whose long-lived resource must be up
@@ -39,14 +40,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "auth",
         (),
-        (
-            "backend",
-            "azureml.subscription_id",
-            "azureml.resource_group",
-            "azureml.workspace_name",
-            "azureml.workspace_config",
-            "azureml.registry_name",
-        ),
+        ("backend",),
         "Connect to the backend: local MLflow stores or Azure ML.",
     ),
     Stage("pick-model", ("auth",), ("model",), "Resolve the base model and read its metadata."),
@@ -60,15 +54,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "submit",
         ("check-compute", "prepare-data"),
-        (
-            "finetune",
-            "azureml.experiment_name",
-            "azureml.component_name",
-            "azureml.component_version",
-            "azureml.component_label",
-            "azureml.force_rerun",
-            "azureml.continue_on_step_failure",
-        ),
+        ("finetune",),
         "Fine-tune the model (a job).",
         background=True,
     ),
@@ -121,12 +107,18 @@ def stage_digest(rec: dict[str, Any]) -> str:
 
 
 def impl(ctx: Context, stage: Stage) -> StageImpl:
-    return ctx.backend_impl.stage(stage.name)
+    return ctx.backend.stage(stage.name)
+
+
+def reads(ctx: Context, stage: Stage) -> tuple[str, ...]:
+    """The config keys `stage` reads on the context's backend."""
+    return (*stage.reads, *ctx.backend.reads.get(stage.name, ()))
 
 
 def fingerprint(ctx: Context, stage: Stage, state: dict[str, Any]) -> dict[str, Any]:
     files = impl(ctx, stage).inputs(ctx, state)
-    params = {key: value for key, value in ctx.config.select(stage.reads).items() if key not in stage.ignores}
+    selected = ctx.config.select(reads(ctx, stage))
+    params = {key: value for key, value in selected.items() if key not in stage.ignores}
     return {
         "params": params,
         "inputs": {label: st.file_signature(Path(path)) for label, path in sorted(files.items())},
@@ -283,12 +275,12 @@ class Runner:
         self.store = ctx.state_store
         self.state = self.store.load()
         backend = self.state.get("backend")
-        if check_backend and backend and backend != ctx.backend:
+        if check_backend and backend and backend != ctx.backend_name:
             raise StateError(
-                f"workspace {ctx.workspace} holds a {backend} run, but the backend is now {ctx.backend}",
+                f"workspace {ctx.workspace} holds a {backend} run, but the backend is now {ctx.backend_name}",
                 hint=f"pass --backend {backend}, use another --workspace, or `ftctl reset --all`",
             )
-        self.state["backend"] = ctx.backend
+        self.state["backend"] = ctx.backend_name
         if not self.state.get("run_id"):
             self.state["run_id"] = st.new_run_id()
         for name in ORDER:  # the state file lists every stage, pending ones too
@@ -514,7 +506,7 @@ def status_report(ctx: Context) -> dict[str, Any]:
     try:
         state = ctx.state_store.load()
     except StateError as exc:
-        live = ctx.backend_impl.hooks.live(ctx, None)
+        live = ctx.backend.live(None)
         if live:  # the one thing a damaged state must not hide
             running = "; ".join(item["description"] for item in live)
             exc.hint = f"still running: {running} (`ftctl reset --all` stops them); {exc.hint}"
@@ -542,10 +534,10 @@ def status_report(ctx: Context) -> dict[str, Any]:
         )
     return {
         "workspace": str(ctx.workspace),
-        "backend": state.get("backend") or ctx.backend,
+        "backend": state.get("backend") or ctx.backend_name,
         "run_id": state.get("run_id"),
         "stages": stages,
-        "live": ctx.backend_impl.hooks.live(ctx, state),
+        "live": ctx.backend.live(state),
     }
 
 
@@ -571,9 +563,9 @@ def reset(ctx: Context, name: str | None) -> list[str]:
     unreadable, which is then moved aside as state.json.corrupt); resetting submit stops its job."""
     from ftctl.stages.contract import LIVE_KINDS
 
-    store, hooks = ctx.state_store, ctx.backend_impl.hooks
+    store, backend = ctx.state_store, ctx.backend
     if name is None:
-        for stopped in hooks.stop_live(ctx, LIVE_KINDS):
+        for stopped in backend.stop_live(LIVE_KINDS):
             ctx.ui.info(f"stopped {stopped}")
         try:
             store.load()
@@ -583,7 +575,7 @@ def reset(ctx: Context, name: str | None) -> list[str]:
             return list(ORDER)
     names = Runner(ctx, check_backend=False).reset(name)
     if name is not None and "submit" in names:
-        for stopped in hooks.stop_live(ctx, ("job",)):
+        for stopped in backend.stop_live(("job",)):
             ctx.ui.info(f"stopped {stopped}")
     return names
 
@@ -595,4 +587,4 @@ def restore_backup(ctx: Context) -> list[str]:
 
     ctx.state_store.restore_backup()
     restored = ctx.state_store.load()
-    return ctx.backend_impl.hooks.stop_live(ctx, LIVE_KINDS, unrecorded_in=restored)
+    return ctx.backend.stop_live(LIVE_KINDS, unrecorded_in=restored)

@@ -137,9 +137,10 @@ class StateStore:
         return data
 
     def _check_records(self, data: dict[str, Any]) -> None:
+        from ftctl.backends import NAMES
         from ftctl.records import check_record
 
-        if data.get("backend") not in (None, "local", "azureml"):
+        if data.get("backend") is not None and data.get("backend") not in NAMES:
             raise self._corrupt(f"names an unknown backend {data.get('backend')!r}")
         if not isinstance(data.get("run_id"), str | None):
             raise self._corrupt("has a run_id that is not a string")

@@ -1,7 +1,8 @@
 """Fixtures for the Azure ML backend's tests: the fake Azure ML service wired into azure-ai-ml.
 
 Nothing leaves this machine: every MLClient gets the fake service's transport and a fake credential
-(client.OVERRIDES), the blob client azure-ai-ml builds for uploads gets the same transport, and sockets
+(injected into the Azure backend's handles by the CLI harness, as `app(obj=BackendOptions(...))`),
+the blob client azure-ai-ml builds for uploads gets the same transport, and sockets
 are closed to anything but the loopback interface for the duration of each test.
 """
 
@@ -18,8 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-
-from ftctl.backends.azureml import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for `fakes`
 
@@ -100,7 +99,7 @@ def azure_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def service(monkeypatch: pytest.MonkeyPatch, azure_env: None) -> FakeAzureML:
+def service(monkeypatch: pytest.MonkeyPatch, azure_env: None, ftctl: Any) -> FakeAzureML:
     """The fake Azure ML service with Phi-3-mini-4k-instruct (tags layout) in its registry."""
     pytest.importorskip("azure.ai.ml", reason="the azure extra is not installed (pip install -e '.[azure]')")
     from fakes.azureml import FakeAzureML, FakeCredential, FakeTransport
@@ -108,8 +107,7 @@ def service(monkeypatch: pytest.MonkeyPatch, azure_env: None) -> FakeAzureML:
     fake = FakeAzureML()
     fake.add_phi3()
     transport = FakeTransport(fake)
-    monkeypatch.setattr(client.OVERRIDES, "transport", transport)
-    monkeypatch.setattr(client.OVERRIDES, "credential", FakeCredential())
+    ftctl.backend_options.update(transport=transport, credential=FakeCredential())
     # azure-ai-ml builds the blob client for uploads without the MLClient's transport: give it the fake's.
     from azure.ai.ml._artifacts import _blob_storage_helper
 
@@ -169,10 +167,8 @@ class AzureFtctl:
 
     def piped(self, *args: str, input: str, code: int = 0) -> Any:
         """`ftctl ...` with `input` on stdin."""
-        from ftctl.cli.app import app
-
         argv = ["--workspace", str(self.workspace), *self.args(*args)]
-        result = self.ftctl.runner.invoke(app, argv, input=input)
+        result = self.ftctl.invoke(argv, input=input)
         assert result.exit_code == code, (
             f"ftctl {' '.join(args)} exited {result.exit_code}, wanted {code}\n"
             f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}\n{result.exception!r}"

@@ -18,11 +18,11 @@ NOT_LOGGED_IN = "no Azure credential is available"
 
 
 @pytest.fixture
-def logged_out(monkeypatch: pytest.MonkeyPatch, service: Any) -> None:
+def logged_out(monkeypatch: pytest.MonkeyPatch, service: Any, ftctl: Any) -> None:
     """The real DefaultAzureCredential chain (developer credentials only), with nobody logged in: no Azure
     CLI, azd or PowerShell on PATH and an empty HOME. The fake service still answers anything that would
     get through (nothing should)."""
-    monkeypatch.setattr(client.OVERRIDES, "credential", None)
+    ftctl.backend_options.pop("credential")
     monkeypatch.setenv("PATH", "/nonexistent")
 
 

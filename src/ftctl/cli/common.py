@@ -24,6 +24,7 @@ import typer
 import typer.core
 
 from ftctl import __version__
+from ftctl.backends import DEFAULT, NAMES
 from ftctl.errors import FtctlError
 
 if TYPE_CHECKING:
@@ -65,6 +66,13 @@ class Options:
     overrides: list[str] = field(default_factory=list)
     json: bool = False
     debug: bool = False
+    # What a caller embedding ftctl injects into the backend's handles (`app(obj=BackendOptions(...))`;
+    # the tests pass their fake Azure ML transport and credential this way).
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class BackendOptions(dict[str, Any]):
+    """Handed to the app as its `obj` by a caller that injects into the backend (see Options)."""
 
 
 def _version(value: bool) -> None:
@@ -87,7 +95,11 @@ def root(
         None, "--config", "-c", envvar="FTCTL_CONFIG", help="Config YAML; default: the local quickstart."
     ),
     backend: str | None = typer.Option(
-        None, "--backend", "-b", envvar="FTCTL_BACKEND", help="local (default) or azureml."
+        None,
+        "--backend",
+        "-b",
+        envvar="FTCTL_BACKEND",
+        help=" or ".join(f"{name} (default)" if name == DEFAULT else name for name in NAMES) + ".",
     ),
     overrides: list[str] = typer.Option(
         [],
@@ -112,7 +124,8 @@ def root(
     if workspace_config is not None:  # the same as --set azureml.workspace_config=PATH
         path = json.dumps(str(workspace_config.expanduser().absolute()))
         overrides.insert(0, f"azureml.workspace_config={path}")
-    ctx.obj = Options(workspace, config, backend, overrides, json_output, debug)
+    injected = ctx.obj if isinstance(ctx.obj, BackendOptions) else {}
+    ctx.obj = Options(workspace, config, backend, overrides, json_output, debug, injected)
 
 
 def options(tctx: typer.Context) -> Options:
@@ -128,8 +141,8 @@ def build_context(tctx: typer.Context, extra: Sequence[str] = ()) -> Context:
     from ftctl.ui import UI
 
     opts = options(tctx)
-    if opts.backend is not None and opts.backend not in ("local", "azureml"):
-        raise UsageError(f"--backend must be local or azureml (got {opts.backend!r})")
+    if opts.backend is not None and opts.backend not in NAMES:
+        raise UsageError(f"--backend must be {' or '.join(NAMES)} (got {opts.backend!r})")
     loaded = load_config(opts.config, [*opts.overrides, *extra], backend=opts.backend)
     return Context(
         workspace=opts.workspace.expanduser().absolute(),
@@ -137,6 +150,7 @@ def build_context(tctx: typer.Context, extra: Sequence[str] = ()) -> Context:
         ui=UI(json_mode=opts.json),
         debug=opts.debug,
         command=shlex.join(["ftctl", *sys.argv[1:]]),
+        backend_options=opts.backend_options,
     )
 
 

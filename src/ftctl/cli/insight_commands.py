@@ -39,13 +39,12 @@ def metrics(
     One row per logged step, then the final values; --plot also draws the loss curves."""
     from ftctl import metrics as m
     from ftctl.errors import UsageError
-    from ftctl.stages.contract import METRICS
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot}: give a .png file name")
-    hooks = ctx.backend_impl.require(METRICS)
+    ctx.backend.require("metrics")
     with ctx.ui.spinner("reading metrics from MLflow", quiet=True):
-        found = hooks.metrics(ctx, ctx.state_store.load(), run)
+        found = ctx.backend.metrics(ctx.state_store.load(), run)
     written = None
     if plot is not None:
         written = m.plot(found, plot.expanduser())

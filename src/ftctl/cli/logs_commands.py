@@ -38,9 +38,7 @@ def logs(
     ML it is the user log (user_logs/std_log.txt) of one step of the pipeline job, by default
     chat_completion_finetune. The lines go to stdout, a summary (job, step, their states) to stderr;
     with --json one object holds both."""
-    from ftctl.stages.contract import LOGS
-
-    hooks = ctx.backend_impl.require(LOGS)
+    ctx.backend.require("logs")
     collected: list[str] = []  # with --json: the lines, for the one object at the end
     written = 0
 
@@ -53,11 +51,11 @@ def logs(
             print(line, file=ctx.ui.out, flush=True)
 
     try:
-        shown = hooks.logs(ctx, ctx.state_store.load(), step, follow, write)
+        shown = ctx.backend.logs(ctx.state_store.load(), step, follow, write)
     except KeyboardInterrupt:
         ctx.ui.info(f"stopped after {written} line{'' if written == 1 else 's'}; the job keeps running")
         raise
-    ctx.ui.emit({"backend": ctx.backend_impl.name, **shown, "lines": collected})
+    ctx.ui.emit({"backend": ctx.backend.name, **shown, "lines": collected})
     if not written:
         ctx.ui.info(f"the log of step {shown['step']} is empty so far ({shown['source']})")
     ctx.ui.info(

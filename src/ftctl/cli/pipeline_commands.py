@@ -31,10 +31,10 @@ def run(
 ) -> None:
     """Run the stages in order, skipping those that are up to date."""
     from ftctl.pipeline import Runner
-    from ftctl.stages.contract import DRY_RUN, RunOptions
+    from ftctl.stages.contract import RunOptions
 
     if dry_run:  # records nothing: no lock, no state written
-        ctx.backend_impl.require(DRY_RUN)
+        ctx.backend.require("dry_run")
         ctx.ui.emit({"stages": Runner(ctx, RunOptions(dry_run=True)).dry_run_many(from_, to)})
         return
     with runner_session(ctx, RunOptions(force=force)) as runner:

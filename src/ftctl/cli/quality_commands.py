@@ -40,10 +40,9 @@ def plan(
     type, steps and tokens instead of a time."""
     from ftctl import plan as p
     from ftctl.errors import UsageError
-    from ftctl.stages.contract import PLAN
 
-    hooks = ctx.backend_impl.require_quality(PLAN)
-    found = hooks.plan(ctx, ctx.state_store.load(), calibrate)
+    ctx.backend.require("plan")
+    found = ctx.backend.plan(ctx.state_store.load(), calibrate)
     ctx.ui.result(p.render(found))
     ctx.ui.emit(found.to_json())
     if found.errors:
@@ -65,22 +64,21 @@ def evaluate(
     its turn, what `ftctl register`'s gate would decide, and greedy replies side by side."""
     from ftctl import evaluation as ev
     from ftctl.errors import FtctlError
-    from ftctl.stages.contract import EVALUATE, METRICS, PLAN
 
-    backend = ctx.backend_impl
-    hooks = backend.require_quality(EVALUATE)
+    backend = ctx.backend
+    backend.require("evaluate")
     state = ctx.state_store.load()
-    found = hooks.evaluate(ctx, state, samples)
+    found = backend.evaluate(state, samples)
     ctx.ui.result(ev.render(found))
     written = None
     if report is not None:
         plan = metrics = None
-        if PLAN in backend.capabilities:
+        if backend.has("plan"):
             with contextlib.suppress(FtctlError):
-                plan = hooks.plan(ctx, state, calibrate=False)
-        if METRICS in backend.capabilities:
+                plan = backend.plan(state, calibrate=False)
+        if backend.has("metrics"):
             with contextlib.suppress(FtctlError):
-                metrics = backend.hooks.metrics(ctx, state, None)
+                metrics = backend.metrics(state, None)
         written = ev.write_report(report.expanduser(), found, plan, metrics)
         ctx.ui.info(f"wrote {written}")
     ctx.ui.emit({**found.to_json(), "report": str(written) if written else None})

@@ -25,13 +25,12 @@ DRY_RUN = typer.Option(
 def run_stage(ctx: Context, name: str, force: bool = False, **options: bool) -> None:
     """Run one stage (unless up to date) and render the result."""
     from ftctl.pipeline import Runner
-    from ftctl.stages.contract import DRY_RUN as CAN_DRY_RUN
     from ftctl.stages.contract import RunOptions
 
     run_options = RunOptions(force=force, **options)
     ctx.ui.info(f"> {name}" + (" (dry run)" if run_options.dry_run else ""))
     if run_options.dry_run:  # records nothing: no lock, no state written
-        ctx.backend_impl.require(CAN_DRY_RUN)
+        ctx.backend.require("dry_run")
         ctx.ui.emit(Runner(ctx, run_options).dry_run(name))
         return
     with runner_session(ctx, run_options) as runner:
@@ -64,10 +63,10 @@ def pick_model(
 
 
 def _list_models(ctx: Context, show_all: bool) -> None:
-    from ftctl.stages.contract import LIST_MODELS
     from ftctl.ui import table
 
-    rows = ctx.backend_impl.require(LIST_MODELS).list_models(ctx, show_all)
+    ctx.backend.require("list_models")
+    rows = ctx.backend.list_models(show_all)
     registry = ctx.cfg.azureml.registry_name
     kind = "models" if show_all else "chat-completion models"
     ctx.ui.info(f"{len(rows)} {kind} in registry {registry!r}")
@@ -204,7 +203,5 @@ def teardown(
             ctx.ui.emit({"stage": "teardown", "status": "nothing expired", "outputs": {}})
             return
     if compute:
-        from ftctl.stages.contract import CLUSTER
-
-        ctx.backend_impl.require(CLUSTER)
+        ctx.backend.require("cluster")
     run_stage(ctx, "teardown", compute=compute, dry_run=dry_run)

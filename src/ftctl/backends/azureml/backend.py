@@ -1,90 +1,129 @@
-"""The Azure ML backend's table: its nine stage implementations, capabilities and hooks."""
+"""The Azure ML backend: the notebook's nine stages through azure-ai-ml. It owns the Azure handles (the
+credential and the workspace and registry MLClients), built on first use with what the caller injects
+(`transport`, `credential`: the tests' fake Azure ML service)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from ftctl.backends.azureml.quality import AzureQuality
-from ftctl.backends.azureml.stages import (
-    auth,
-    check_compute,
-    deploy,
-    pick_model,
-    prepare_data,
-    register,
-    score,
-    submit,
-    teardown,
-)
-from ftctl.stages.contract import (
-    CLUSTER,
-    DRY_RUN,
-    ENDPOINT,
-    EVALUATE,
-    LIST_MODELS,
-    LOGS,
-    METRICS,
-    PLAN,
-    Backend,
-    StageImpl,
-)
+from ftctl.backends.base import Backend, Capabilities
+from ftctl.errors import UsageError
 
 if TYPE_CHECKING:
+    from ftctl.backends.azureml.client import AzureHandles
     from ftctl.chat import Endpoint
     from ftctl.context import Context
+    from ftctl.evaluation import EvalReport
     from ftctl.metrics import RunMetrics
-    from ftctl.stages.contract import LogWriter, State
-
-STAGES: dict[str, StageImpl] = {
-    "auth": auth,
-    "pick-model": pick_model,
-    "check-compute": check_compute,
-    "prepare-data": prepare_data,
-    "submit": submit,
-    "register": register,
-    "deploy": deploy,
-    "score": score,
-    "teardown": teardown,
-}
+    from ftctl.plan import Plan
+    from ftctl.stages.contract import LogWriter, StageImpl, State
 
 
-class AzureHooks:
-    """The endpoint, metrics and logs hooks (ftctl.backends.azureml.hooks) and the registry's model
-    list."""
+class AzureBackend(Backend):
+    name = "azureml"
+    capabilities = Capabilities(
+        endpoint=True,
+        metrics=True,
+        logs=True,
+        plan=True,
+        evaluate=True,
+        list_models=True,
+        dry_run=True,
+        cluster=True,
+    )
+    reads = {
+        "auth": (
+            "azureml.subscription_id",
+            "azureml.resource_group",
+            "azureml.workspace_name",
+            "azureml.workspace_config",
+            "azureml.registry_name",
+        ),
+        "submit": (
+            "azureml.experiment_name",
+            "azureml.component_name",
+            "azureml.component_version",
+            "azureml.component_label",
+            "azureml.force_rerun",
+            "azureml.continue_on_step_failure",
+        ),
+    }
 
-    def endpoint(self, ctx: Context, state: State, command: str) -> Endpoint:
+    @cached_property
+    def handles(self) -> AzureHandles:
+        """The credential, the workspace MLClient and the registry MLClient (azure.* imported here)."""
+        from ftctl.backends.azureml.client import AzureHandles
+
+        return AzureHandles(
+            self.ctx, transport=self.options.get("transport"), credential=self.options.get("credential")
+        )
+
+    @cached_property
+    def stages(self) -> Mapping[str, StageImpl]:
+        from ftctl.backends.azureml.stages import (
+            auth,
+            check_compute,
+            deploy,
+            pick_model,
+            prepare_data,
+            register,
+            score,
+            submit,
+            teardown,
+        )
+
+        table: dict[str, StageImpl] = {
+            "auth": auth,
+            "pick-model": pick_model,
+            "check-compute": check_compute,
+            "prepare-data": prepare_data,
+            "submit": submit,
+            "register": register,
+            "deploy": deploy,
+            "score": score,
+            "teardown": teardown,
+        }
+        return table
+
+    def endpoint(self, state: State, command: str) -> Endpoint:
         from ftctl.backends.azureml import hooks
 
-        return hooks.endpoint(ctx, state, command)
+        return hooks.endpoint(self.ctx, state, command)
 
-    def metrics(self, ctx: Context, state: State, run: str | None) -> RunMetrics:
+    def metrics(self, state: State, run: str | None) -> RunMetrics:
         from ftctl.backends.azureml import hooks
 
-        return hooks.metrics(ctx, state, run)
+        return hooks.metrics(self.ctx, state, run)
 
-    def list_models(self, ctx: Context, show_all: bool) -> list[dict[str, Any]]:
-        return pick_model.list_models(ctx, show_all)
-
-    def live(self, ctx: Context, state: State | None) -> list[dict[str, Any]]:
-        return []  # Azure ML keeps its jobs and endpoints; the state records their names
-
-    def stop_live(
-        self, ctx: Context, kinds: tuple[str, ...], unrecorded_in: State | None = None
-    ) -> list[str]:
-        return []
-
-    def logs(
-        self, ctx: Context, state: State, step: str | None, follow: bool, write: LogWriter
-    ) -> dict[str, Any]:
+    def logs(self, state: State, step: str | None, follow: bool, write: LogWriter) -> dict[str, Any]:
         from ftctl.backends.azureml import hooks
 
-        return hooks.logs(ctx, state, step, follow, write)
+        return hooks.logs(self.ctx, state, step, follow, write)
+
+    def plan(self, state: State, calibrate: bool) -> Plan:
+        """No calibration on Azure ML (ftctl.backends.azureml.preflight): steps and tokens, and a time
+        only from a job's measured pace; planning needs no login."""
+        from ftctl.backends.azureml.preflight import build_plan
+
+        return build_plan(self.ctx, state)
+
+    def evaluate(self, state: State, samples: int) -> EvalReport:
+        """Held-out losses from the job's metrics and the previous version's tags."""
+        from ftctl.backends.azureml.evaluate import evaluate
+
+        return evaluate(self.ctx, state, samples)
+
+    def list_models(self, show_all: bool) -> list[dict[str, Any]]:
+        from ftctl.backends.azureml.stages.pick_model import list_models
+
+        return list_models(self.ctx, show_all)
 
 
-BACKEND = Backend(
-    name="azureml",
-    stages=STAGES,
-    capabilities=frozenset({CLUSTER, DRY_RUN, ENDPOINT, EVALUATE, LIST_MODELS, LOGS, METRICS, PLAN}),
-    hooks=AzureHooks(),
-    quality=AzureQuality(),
-)
+def azure(ctx: Context) -> AzureHandles:
+    """The Azure ML handles of `ctx`'s backend (UsageError on another backend)."""
+    backend = ctx.backend
+    if not isinstance(backend, AzureBackend):
+        raise UsageError(f"Azure ML is not available with --backend {backend.name}")
+    return backend.handles

@@ -1,7 +1,7 @@
 """Azure ML handles: the credential, the workspace MLClient and the registry MLClient.
 
-`Context.azure` builds one `AzureHandles` per process; every azureml stage goes through it. This is the
-only module that constructs credentials and MLClients.
+The Azure backend (ftctl.backends.azureml.backend) builds one `AzureHandles` per process; every azureml
+stage goes through it (`azure(ctx)`). This is the only module that constructs credentials and MLClients.
 
 - Credential: DefaultAzureCredential, checked with a token for the management scope. When it finds
   nothing and a terminal is attached (and `azureml.interactive_login` is on), InteractiveBrowserCredential
@@ -12,9 +12,9 @@ only module that constructs credentials and MLClients.
 - Registry: `MLClient(credential, registry_name=azureml.registry_name)`, built on first use (its
   constructor calls the registry discovery service).
 
-Tests set `OVERRIDES.transport` (an azure-core transport, the fake Azure ML service) and
-`OVERRIDES.credential` (a fake TokenCredential): every MLClient is then built with them, so the SDK's
-own code runs and only the HTTP layer is fake.
+A caller may inject a `transport` (an azure-core transport: the tests' fake Azure ML service) and a
+`credential` (a TokenCredential): every MLClient, and the endpoint's scoring client, is then built with
+them, so the SDK's own code runs and only the HTTP layer is fake.
 
 Errors from the SDK become ftctl errors in `calling(...)`: one line and a hint, never a traceback.
 Tokens and keys are never recorded or printed.
@@ -30,7 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,18 +56,6 @@ WORKSPACE_HINT = (
     "azureml.workspace_name (or AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP, AZUREML_WORKSPACE_NAME)"
 )
 TRANSIENT = {408, 429, 500, 502, 503, 504}
-
-
-@dataclass
-class Overrides:
-    """What tests inject: the transport every MLClient uses, and the credential."""
-
-    transport: Any = None
-    credential: Any = None
-    client_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-OVERRIDES = Overrides()
 
 
 def _first_line(text: object, limit: int = 300) -> str:
@@ -102,8 +90,6 @@ def terminal_attached() -> bool:
 
 def get_credential(ctx: Context) -> tuple[TokenCredential, str]:
     """A credential that has just produced a management token, and its kind (never the token)."""
-    if OVERRIDES.credential is not None:
-        return OVERRIDES.credential, type(OVERRIDES.credential).__name__
     from azure.core.exceptions import ClientAuthenticationError
     from azure.identity import DefaultAzureCredential
 
@@ -275,20 +261,27 @@ class RawBodies:
 class AzureHandles:
     """The credential and the two MLClients, built once per process and on first use."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(
+        self, ctx: Context, transport: Any = None, credential: TokenCredential | None = None
+    ) -> None:
+        """transport, credential: injected (tests); None for azure-core's own and DefaultAzureCredential."""
         global _SILENCE_SDK_LOGS
         self.ctx = ctx
+        self.transport = transport
+        self.injected_credential = credential
         self.raw = RawBodies()
         _SILENCE_SDK_LOGS = not ctx.debug
 
     def _kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"show_progress": False, **OVERRIDES.client_kwargs}
-        if OVERRIDES.transport is not None:
-            kwargs["transport"] = OVERRIDES.transport
+        kwargs: dict[str, Any] = {"show_progress": False}
+        if self.transport is not None:
+            kwargs["transport"] = self.transport
         return kwargs
 
     @cached_property
     def _credential(self) -> tuple[TokenCredential, str]:
+        if self.injected_credential is not None:
+            return self.injected_credential, type(self.injected_credential).__name__
         quiet_sdk_logging(self.ctx.debug)  # DefaultAzureCredential logs a warning per failed credential
         with calling("getting an Azure token"):
             return get_credential(self.ctx)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl import evaluation
+from ftctl.backends.azureml.backend import azure
 from ftctl.errors import FtctlError, StageFailed, UsageError
 from ftctl.evaluation import EvalReport, GateDecision, ModelLoss, decide, heldout_setup, tagged_loss
 from ftctl.stages.contract import StageCall
@@ -123,7 +124,7 @@ def previous_version(ctx: Context, name: str, job: str) -> Any | None:
 
     with calling(f"listing the versions of model {name}"):
         try:
-            versions = list(ctx.azure.workspace.models.list(name=name))
+            versions = list(azure(ctx).workspace.models.list(name=name))
         except ResourceNotFoundError:  # no version of that name yet
             versions = []
     return max((v for v in versions if not _from_job(v, job)), key=_age, default=None)

@@ -20,6 +20,7 @@ azure.* and mlflow are imported inside the functions.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -27,7 +28,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ftctl import state as st
-from ftctl.backends.azureml.client import OVERRIDES, calling, status_text
+from ftctl.backends.azureml.backend import azure
+from ftctl.backends.azureml.client import calling, status_text
 from ftctl.errors import FtctlError, StageFailed, StateError, UsageError
 
 if TYPE_CHECKING:
@@ -82,7 +84,8 @@ def endpoint(ctx: Context, state: State, command: str) -> Endpoint:
             f"there is no endpoint: deploy is {rec['status']}",
             hint="run `ftctl deploy` (or `ftctl run --to deploy`)",
         )
-    ws = ctx.azure.workspace
+    handles = azure(ctx)
+    ws = handles.workspace
     from azure.core.exceptions import ResourceNotFoundError
 
     with calling(f"reading endpoint {name}"):
@@ -120,13 +123,13 @@ def endpoint(ctx: Context, state: State, command: str) -> Endpoint:
         key_file="",  # the key stays in Azure (online_endpoints.get_keys), never in a file
         model=_model_of(outputs),
         openai_base_url=None,  # a managed online endpoint of chat_completion_pipeline's model has none
-        send=send,
+        send=functools.partial(send, transport=handles.transport),
     )
 
 
-def send(ep: Endpoint, body: bytes, timeout_s: float) -> Reply:
-    """POST a scoring request as `online_endpoints.invoke` does, through azure-core (the test transport
-    when one is set)."""
+def send(ep: Endpoint, body: bytes, timeout_s: float, transport: Any = None) -> Reply:
+    """POST a scoring request as `online_endpoints.invoke` does, through azure-core (with the Azure
+    handles' transport: azure-core's own, or the one injected)."""
     from azure.core import PipelineClient
     from azure.core.exceptions import ServiceRequestError, ServiceResponseError
     from azure.core.pipeline.policies import (
@@ -149,7 +152,7 @@ def send(ep: Endpoint, body: bytes, timeout_s: float) -> Reply:
         RetryPolicy(retry_total=3, retry_backoff_factor=0.8, timeout=timeout_s),
         NetworkTraceLoggingPolicy(),
     ]
-    client: Any = PipelineClient(base_url=ep.url, policies=policies, transport=OVERRIDES.transport)
+    client: Any = PipelineClient(base_url=ep.url, policies=policies, transport=transport)
     request = HttpRequest(
         "POST",
         ep.scoring_uri,
@@ -205,7 +208,7 @@ def _error_message(raw: str) -> str:
 def tracking_uri(ctx: Context) -> str:
     """The workspace's MLflow tracking URI. Reading the workspace through azure-ai-ml (with azureml-mlflow
     installed) also gives the plugin ftctl's credential for that URI."""
-    client = ctx.azure.workspace
+    client = azure(ctx).workspace
     name = client.workspace_name
     with calling(f"reading workspace {name}", not_found=f"workspace {name} not found"):
         workspace = client.workspaces.get(name)

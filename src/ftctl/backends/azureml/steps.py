@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, status_text
 from ftctl.errors import UsageError
 
@@ -61,7 +62,7 @@ def job_status(ctx: Context, name: str) -> str:
 
     with calling(f"reading job {name}"):
         try:
-            job = ctx.azure.workspace.jobs.get(name)
+            job = azure(ctx).workspace.jobs.get(name)
         except ResourceNotFoundError:
             job = None
     if job is None:
@@ -75,7 +76,7 @@ def job_status(ctx: Context, name: str) -> str:
 def pipeline_steps(ctx: Context, name: str) -> list[Step]:
     """The steps of pipeline job `name` (the chat_completion_pipeline node expanded into its own steps),
     in the order Azure ML lists them; a child without steps of its own is a step itself."""
-    jobs = ctx.azure.workspace.jobs
+    jobs = azure(ctx).workspace.jobs
     found: list[Step] = []
     with calling(f"listing the steps of job {name}"), contextlib.redirect_stdout(io.StringIO()):
         for child in jobs.list(parent_job_name=name):
@@ -102,7 +103,7 @@ def read_log(ctx: Context, step: Step) -> StepLog:
     """The step's status (now) and its user log as it stands."""
     from azure.ai.ml._utils.utils import create_requests_pipeline_with_retry, download_text_from_url
 
-    ws = ctx.azure.workspace
+    ws = azure(ctx).workspace
     with calling(f"reading the details of step {step.name}"):
         details = ws.jobs._runs_operations.get_run_details(step.run_id)
     found = user_log_file(details.log_files)

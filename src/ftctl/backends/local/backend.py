@@ -1,57 +1,110 @@
-"""The local backend's table: its nine stage implementations, capabilities and hooks."""
+"""The local backend: the nine stages on this machine, offline (transformers + peft, MLflow, a local
+endpoint). It owns the workspace handle (folders and MLflow stores), built on first use."""
 
 from __future__ import annotations
 
-from ftctl.backends.local.hooks import LocalHooks
-from ftctl.backends.local.quality import LocalQuality
-from ftctl.backends.local.stages import (
-    auth,
-    check_compute,
-    deploy,
-    pick_model,
-    prepare_data,
-    register,
-    score,
-    submit,
-    teardown,
-)
-from ftctl.stages.contract import (
-    CLUSTER,
-    DRY_RUN,
-    ENDPOINT,
-    EVALUATE,
-    LIST_MODELS,
-    LOGS,
-    METRICS,
-    PLAN,
-    Backend,
-    Missing,
-    StageImpl,
-)
+from collections.abc import Mapping
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-STAGES: dict[str, StageImpl] = {
-    "auth": auth,
-    "pick-model": pick_model,
-    "check-compute": check_compute,
-    "prepare-data": prepare_data,
-    "submit": submit,
-    "register": register,
-    "deploy": deploy,
-    "score": score,
-    "teardown": teardown,
-}
+from ftctl.backends.base import Backend, Capabilities
+from ftctl.errors import UsageError
 
-BACKEND = Backend(
-    name="local",
-    stages=STAGES,
-    capabilities=frozenset({METRICS, ENDPOINT, LOGS, PLAN, EVALUATE}),
-    hooks=LocalHooks(),
-    quality=LocalQuality(),
-    missing={
-        DRY_RUN: Missing("--dry-run is for --backend azureml (the local backend creates nothing remote)"),
-        CLUSTER: Missing("--compute is for --backend azureml (the local backend has no cluster)"),
-        LIST_MODELS: Missing(
-            "--list lists an Azure ML registry's models", hint="use --backend azureml (and its config)"
+if TYPE_CHECKING:
+    from ftctl.backends.local.workspace import LocalWorkspace
+    from ftctl.chat import Endpoint
+    from ftctl.context import Context
+    from ftctl.evaluation import EvalReport
+    from ftctl.metrics import RunMetrics
+    from ftctl.plan import Plan
+    from ftctl.stages.contract import LogWriter, StageImpl, State
+
+
+class LocalBackend(Backend):
+    name = "local"
+    capabilities = Capabilities(endpoint=True, metrics=True, logs=True, plan=True, evaluate=True)
+    unsupported = {
+        "dry_run": ("--dry-run is for --backend azureml (the local backend creates nothing remote)", None),
+        "cluster": ("--compute is for --backend azureml (the local backend has no cluster)", None),
+        "list_models": (
+            "--list lists an Azure ML registry's models",
+            "use --backend azureml (and its config)",
         ),
-    },
-)
+    }
+
+    @cached_property
+    def workspace(self) -> LocalWorkspace:
+        """The folders plus MLflow tracking and registry stores."""
+        from ftctl.backends.local.workspace import LocalWorkspace
+
+        return LocalWorkspace(self.ctx.workspace)
+
+    @cached_property
+    def stages(self) -> Mapping[str, StageImpl]:
+        from ftctl.backends.local.stages import (
+            auth,
+            check_compute,
+            deploy,
+            pick_model,
+            prepare_data,
+            register,
+            score,
+            submit,
+            teardown,
+        )
+
+        table: dict[str, StageImpl] = {
+            "auth": auth,
+            "pick-model": pick_model,
+            "check-compute": check_compute,
+            "prepare-data": prepare_data,
+            "submit": submit,
+            "register": register,
+            "deploy": deploy,
+            "score": score,
+            "teardown": teardown,
+        }
+        return table
+
+    def endpoint(self, state: State, command: str) -> Endpoint:
+        from ftctl.backends.local import hooks
+
+        return hooks.endpoint(self.ctx, state)
+
+    def metrics(self, state: State, run: str | None) -> RunMetrics:
+        from ftctl.backends.local import hooks
+
+        return hooks.metrics(self.ctx, state, run)
+
+    def logs(self, state: State, step: str | None, follow: bool, write: LogWriter) -> dict[str, Any]:
+        from ftctl.backends.local import hooks
+
+        return hooks.logs(state, step, follow, write)
+
+    def plan(self, state: State, calibrate: bool) -> Plan:
+        from ftctl.backends.local.plan import build_plan
+
+        return build_plan(self.ctx, state, calibrate)
+
+    def evaluate(self, state: State, samples: int) -> EvalReport:
+        from ftctl.backends.local.evaluate import evaluate
+
+        return evaluate(self.ctx, state, samples)
+
+    def live(self, state: State | None) -> list[dict[str, Any]]:
+        from ftctl.backends.local import hooks
+
+        return hooks.live(self.ctx, state)
+
+    def stop_live(self, kinds: tuple[str, ...], unrecorded_in: State | None = None) -> list[str]:
+        from ftctl.backends.local import hooks
+
+        return hooks.stop_live(self.ctx, kinds, unrecorded_in)
+
+
+def local(ctx: Context) -> LocalWorkspace:
+    """The local workspace handle of `ctx`'s backend (UsageError on another backend)."""
+    backend = ctx.backend
+    if not isinstance(backend, LocalBackend):
+        raise UsageError(f"the local workspace is not available with --backend {backend.name}")
+    return backend.workspace

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftctl import evaluation
 from ftctl import state as st
+from ftctl.backends.local.backend import local
 from ftctl.errors import UsageError
 from ftctl.evaluation import (
     EvalReport,
@@ -420,7 +421,7 @@ def _run_id(version: Any) -> str | None:
 
 def previous_version(ctx: Context, name: str, run_id: str | None) -> Any | None:
     """The newest registered version of `name` that is not from the run `run_id`."""
-    client = ctx.local.mlflow.MlflowClient()
+    client = local(ctx).mlflow.MlflowClient()
     escaped = name.replace("'", "\\'")
     try:
         versions = client.search_model_versions(f"name='{escaped}'")
@@ -434,7 +435,7 @@ def base_loss_from_metrics(ctx: Context, run_id: str | None) -> float | None:
     """The job's eval_loss before training (step 0): the base model on the held-out set."""
     if not run_id:
         return None
-    client = ctx.local.mlflow.MlflowClient()
+    client = local(ctx).mlflow.MlflowClient()
     try:
         history = client.get_metric_history(run_id, "eval_loss")
     except Exception:  # noqa: BLE001 - an unknown run
@@ -491,7 +492,7 @@ def _previous_loss(
     if tagged is not None:
         return tagged, f"tag of version {version.version}"
     folder = registered_model_dir(
-        ctx.local, version.name, str(version.version), ctx.workspace / "evaluate" / "previous"
+        local(ctx), version.name, str(version.version), ctx.workspace / "evaluate" / "previous"
     )
     return _Models(device).loss(folder, tokenizer, held), "computed here"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml import plan
+from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
@@ -20,20 +21,20 @@ if TYPE_CHECKING:
 def run(ctx: Context, call: StageCall) -> Outputs:
     if call.options.dry_run:  # never logs in: says what it would connect to
         return plan.auth(ctx)
-    azure = ctx.azure
-    ref = azure.workspace_ref
-    ctx.ui.info(f"  credential: {azure.credential_kind}")
+    handles = azure(ctx)
+    ref = handles.workspace_ref
+    ctx.ui.info(f"  credential: {handles.credential_kind}")
     ctx.ui.info(f"  workspace {ref.workspace_name} (resource group {ref.resource_group}) from {ref.source}")
-    client = azure.workspace
+    client = handles.workspace
     with calling(
         f"reading workspace {ref.workspace_name}", not_found=f"workspace {ref.workspace_name} not found"
     ):
         workspace = client.workspaces.get(client.workspace_name)
     registry_name = ctx.cfg.azureml.registry_name
-    registry = azure.registry
+    registry = handles.registry
     ctx.ui.info(f"  workspace location {workspace.location}; registry {registry_name!r} connected")
     return {
-        "credential": azure.credential_kind,
+        "credential": handles.credential_kind,
         "subscription_id": client.subscription_id,
         "resource_group": client.resource_group_name,
         "workspace_name": client.workspace_name,

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml import plan, quota
+from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text, wait_for
 from ftctl.errors import FtctlError, StageFailed, UsageError
 from ftctl.stages.contract import always_alive as alive
@@ -30,7 +31,7 @@ def _get_cluster(ctx: Context, name: str) -> Any:
 
     with calling(f"getting compute cluster {name}"):
         try:
-            return ctx.azure.workspace.compute.get(name)
+            return azure(ctx).workspace.compute.get(name)
         except ResourceNotFoundError:
             return None
 
@@ -57,7 +58,7 @@ def _errors(cluster: Any) -> str:
 
 def _sizes(ctx: Context) -> list[Any]:
     with calling("listing the VM sizes of the workspace's region"):
-        return list(ctx.azure.workspace.compute.list_sizes())
+        return list(azure(ctx).workspace.compute.list_sizes())
 
 
 def _gpus(sizes: list[Any], size: str) -> int:
@@ -77,7 +78,7 @@ def _check_quota(ctx: Context, sizes: list[Any], allow: list[str] | None) -> dic
     cfg = ctx.cfg.compute
     try:
         with calling("reading the Azure ML quota of the workspace's region"):
-            usages = list(ctx.azure.workspace.compute.list_usage())
+            usages = list(azure(ctx).workspace.compute.list_usage())
     except FtctlError as exc:
         ctx.ui.warn(f"quota not checked: {exc.message}")
         return {"checked": False, "reason": exc.message}
@@ -125,7 +126,7 @@ def _create_cluster(ctx: Context, call: StageCall, entity: Any) -> Any:
     call.checkpoint({"name": cfg.name, "created": True})
     return wait_for(
         ctx,
-        lambda: ctx.azure.workspace.compute.begin_create_or_update(entity),
+        lambda: azure(ctx).workspace.compute.begin_create_or_update(entity),
         f"creating cluster {cfg.name} ({cfg.size}, {cfg.min_instances}-{cfg.max_instances} nodes)",
     )
 

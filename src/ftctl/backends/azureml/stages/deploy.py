@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml import plan
+from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text, wait_for
 from ftctl.errors import StageFailed, UsageError
 from ftctl.stages.contract import no_inputs as inputs
@@ -41,7 +42,7 @@ def alive(ctx: Context, outputs: dict[str, Any]) -> bool:
     name = outputs.get("endpoint_name")
     if not name:
         return False
-    endpoints = ctx.azure.workspace.online_endpoints
+    endpoints = azure(ctx).workspace.online_endpoints
     endpoint = _get(lambda: endpoints.get(name), f"reading endpoint {name}")
     return endpoint is not None and status_text(endpoint.provisioning_state).lower() in (
         "succeeded",
@@ -55,7 +56,7 @@ def retire(ctx: Context, outputs: dict[str, Any]) -> None:
     name = outputs.get("endpoint_name")
     if not name:
         return
-    endpoints = ctx.azure.workspace.online_endpoints
+    endpoints = azure(ctx).workspace.online_endpoints
     if _get(lambda: endpoints.get(name), f"reading endpoint {name}") is None:
         return
     wait_for(ctx, lambda: endpoints.begin_delete(name=name), f"deleting the previous endpoint {name}")
@@ -112,7 +113,7 @@ def _entities(ctx: Context, call: StageCall, name: str) -> tuple[Any, Any]:
 
 
 def _create_endpoint(ctx: Context, endpoint: Any) -> None:
-    ws, name = ctx.azure.workspace, endpoint.name
+    ws, name = azure(ctx).workspace, endpoint.name
     current = _wait_until_settled(ctx, lambda: _fetch_endpoint(ctx, name), f"endpoint {name}")
     if current is None or status_text(current.provisioning_state).lower() == "failed":
         wait_for(
@@ -123,11 +124,11 @@ def _create_endpoint(ctx: Context, endpoint: Any) -> None:
 
 
 def _fetch_endpoint(ctx: Context, name: str) -> Any:
-    return _get(lambda: ctx.azure.workspace.online_endpoints.get(name), f"reading endpoint {name}")
+    return _get(lambda: azure(ctx).workspace.online_endpoints.get(name), f"reading endpoint {name}")
 
 
 def _create_deployment(ctx: Context, deployment: Any) -> None:
-    ws, name, deployment_name = ctx.azure.workspace, deployment.endpoint_name, deployment.name
+    ws, name, deployment_name = azure(ctx).workspace, deployment.endpoint_name, deployment.name
 
     def fetch_deployment() -> Any:
         return _get(
@@ -163,7 +164,7 @@ def _all_traffic_to(ctx: Context, name: str, deployment_name: str) -> Any:
         update = current
         wait_for(
             ctx,
-            lambda: ctx.azure.workspace.online_endpoints.begin_create_or_update(update),
+            lambda: azure(ctx).workspace.online_endpoints.begin_create_or_update(update),
             f"sending all traffic to {deployment_name}",
         )
         current = _fetch_endpoint(ctx, name)

@@ -9,6 +9,7 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml import plan
+from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, status_text
 from ftctl.backends.azureml.metadata import (
     compute_lists,
@@ -35,7 +36,7 @@ LIST_HINT = (
 
 
 def _raw_properties(ctx: Context, name: str, version: str) -> dict[str, Any]:
-    body = ctx.azure.raw.latest(f"/models/{name}/versions/{version}")
+    body = azure(ctx).raw.latest(f"/models/{name}/versions/{version}")
     props = body.get("properties") if isinstance(body, dict) else None
     return props if isinstance(props, dict) else {}
 
@@ -46,7 +47,7 @@ def _get_model(ctx: Context) -> Any:
     models)."""
     cfg = ctx.cfg.model
     registry_name = ctx.cfg.azureml.registry_name
-    registry = ctx.azure.registry
+    registry = azure(ctx).registry
     name = cfg.name
     what = f"{name} version {cfg.revision}" if cfg.revision else f"{name} (label {cfg.label})"
     try:
@@ -172,11 +173,11 @@ def _successor_hint(ctx: Context, successors: list[str]) -> str:
 def list_models(ctx: Context, show_all: bool = False) -> list[dict[str, Any]]:
     """The registry's models (its model containers): the chat-completion ones, or all with show_all."""
     registry_name = ctx.cfg.azureml.registry_name
-    registry = ctx.azure.registry
+    registry = azure(ctx).registry
     with calling(f"listing the models of registry {registry_name!r}"):
         containers = list(registry.models.list())
     raw: dict[str, dict[str, Any]] = {}
-    for page in ctx.azure.raw.all("/models"):
+    for page in azure(ctx).raw.all("/models"):
         for item in page.get("value") or [] if isinstance(page, dict) else []:
             if isinstance(item, dict) and item.get("name"):
                 raw[item["name"]] = item.get("properties") or {}

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml import plan
+from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, show_dry_run
 from ftctl.errors import StageFailed
 from ftctl.stages.contract import always_alive as alive
@@ -33,7 +34,7 @@ def _existing(ctx: Context, name: str, version: str) -> Any:
 
     with calling(f"reading model {name} version {version}"):
         try:
-            return ctx.azure.workspace.models.get(name=name, version=version)
+            return azure(ctx).workspace.models.get(name=name, version=version)
         except ResourceNotFoundError:
             return None
 
@@ -84,7 +85,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     registered = _existing(ctx, name, version) if recorded.get("version") else None
     if registered is None:
         with calling(f"registering model {name} version {version}"):
-            registered = ctx.azure.workspace.models.create_or_update(entity)
+            registered = azure(ctx).workspace.models.create_or_update(entity)
         ctx.ui.info(f"  registered {name} version {version} from {path}")
     else:
         ctx.ui.info(f"  {name} version {version} was already registered by the interrupted attempt")

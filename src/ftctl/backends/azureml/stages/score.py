@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ftctl.backends.azureml import plan
+from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_output_files as output_files
@@ -30,7 +31,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     name, deployment = endpoint["endpoint_name"], endpoint.get("deployment_name", "demo")
     started = time.perf_counter()
     with calling(f"scoring endpoint {name} (deployment {deployment})"):
-        raw = ctx.azure.workspace.online_endpoints.invoke(
+        raw = azure(ctx).workspace.online_endpoints.invoke(
             endpoint_name=name, deployment_name=deployment, request_file=str(sample.request_file)
         )
     latency_ms = round((time.perf_counter() - started) * 1000, 1)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml import plan
+from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text
 from ftctl.backends.azureml.params import Declared, FinetuneSources, display_params, finetune_inputs
 from ftctl.backends.azureml.steps import TERMINAL, error_line, failed_step, pipeline_steps, read_log
@@ -63,7 +64,7 @@ def _sdk_stderr(ctx: Context) -> Iterator[None]:
 
 def _component(ctx: Context) -> Any:
     az = ctx.cfg.azureml
-    registry = ctx.azure.registry
+    registry = azure(ctx).registry
     which = f"version {az.component_version}" if az.component_version else f"label {az.component_label}"
     with calling(
         f"getting component {az.component_name} ({which}) from registry {az.registry_name!r}",
@@ -231,7 +232,7 @@ def _get_job(ctx: Context, name: str) -> Any:
 
     with calling(f"reading job {name}"):
         try:
-            return ctx.azure.workspace.jobs.get(name)
+            return azure(ctx).workspace.jobs.get(name)
         except ResourceNotFoundError:
             return None
 
@@ -241,7 +242,7 @@ def _submit(ctx: Context, call: StageCall, job_name: str) -> tuple[Any, dict[str
     call.checkpoint({**info, "submitted": False})
     ctx.ui.info(f"  submitting {job_name} ({info['display_name']}) to experiment {info['experiment_name']}")
     with calling(f"submitting pipeline job {job_name}"), _sdk_stderr(ctx):
-        created = ctx.azure.workspace.jobs.create_or_update(job, experiment_name=info["experiment_name"])
+        created = azure(ctx).workspace.jobs.create_or_update(job, experiment_name=info["experiment_name"])
     info.update(submitted=True, studio_url=created.studio_url)
     call.checkpoint(info)
     ctx.ui.info(f"  job {job_name} submitted: {created.studio_url}")

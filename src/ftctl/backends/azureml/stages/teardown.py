@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml import plan
+from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, wait_for
 from ftctl.errors import StageFailed
 from ftctl.stages.contract import always_alive as alive
@@ -36,7 +37,7 @@ def _delete(ctx: Context, begin: Any, what: str) -> bool:
 def run(ctx: Context, call: StageCall) -> Outputs:
     if call.options.dry_run:  # deletes nothing: says what it would delete
         return plan.teardown(ctx, call)
-    ws = ctx.azure.workspace
+    ws = azure(ctx).workspace
     name = call.outputs("deploy").get("endpoint_name")
     outputs: dict[str, Any] = {"endpoint_name": name, "endpoint_deleted": False}
     if name:
@@ -69,7 +70,7 @@ def _endpoint_exists(ctx: Context, name: str) -> bool:
 
     with calling(f"reading endpoint {name}"):
         try:
-            ctx.azure.workspace.online_endpoints.get(name)
+            azure(ctx).workspace.online_endpoints.get(name)
         except ResourceNotFoundError:
             return False
     return True

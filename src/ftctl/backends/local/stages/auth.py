@@ -7,6 +7,7 @@ import platform
 import socket
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.local.backend import local
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_inputs as inputs
 from ftctl.stages.contract import no_output_files as output_files
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
-    ws = ctx.local
+    ws = local(ctx)
     ws.create()
     ctx.ui.info(f"  workspace {ws.root}")
     mlflow = ws.mlflow

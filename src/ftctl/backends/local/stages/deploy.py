@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+from ftctl.backends.local.backend import local
 from ftctl.errors import StageFailed, UsageError
 from ftctl.stages.contract import no_inputs as inputs
 from ftctl.stages.contract import no_output_files as output_files
@@ -89,11 +90,11 @@ def forget(ctx: Context, outputs: dict[str, Any]) -> None:
     from ftctl.backends.local import live
 
     key = outputs.get("key_file")
-    if key and Path(key).parent.resolve() == ctx.local.secrets_dir.resolve():
+    if key and Path(key).parent.resolve() == local(ctx).secrets_dir.resolve():
         with contextlib.suppress(FileNotFoundError):
             Path(key).unlink()
     if outputs.get("endpoint_name"):
-        live.remove(ctx.local.root, live.ENDPOINT, str(outputs["endpoint_name"]))
+        live.remove(local(ctx).root, live.ENDPOINT, str(outputs["endpoint_name"]))
 
 
 def retire(ctx: Context, outputs: dict[str, Any]) -> None:
@@ -132,7 +133,7 @@ def _prepare_server(ctx: Context, call: StageCall) -> _Server:
     """The endpoint's folder, model, listening socket and command line (nothing started yet)."""
     from ftctl.backends.local import live, procs
 
-    ws, cfg = ctx.local, ctx.cfg.deploy
+    ws, cfg = local(ctx), ctx.cfg.deploy
     registered, compute = call.outputs("register"), call.outputs("check-compute")
     # Endpoints that ended on their own leave a record and a key: gone now, as are keys nobody claims
     # (a deploy killed between writing one and recording its server, by an older ftctl).
@@ -193,7 +194,7 @@ def _start_recorded(ctx: Context, call: StageCall, server: _Server) -> Outputs:
     from ftctl.backends.local import live, procs
     from ftctl.backends.local.server import HANDOFF_RECORDED
 
-    ws, url = ctx.local, server.url
+    ws, url = local(ctx), server.url
     handoff_read, handoff_write = os.pipe()
     try:
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+from ftctl.backends.local.backend import local
 from ftctl.errors import StageFailed
 from ftctl.evaluation import MIN_IMPROVEMENT
 from ftctl.stages.contract import always_alive as alive
@@ -73,7 +74,7 @@ def _same_model(client: Any, name: str, lineage: dict[str, str], loss: Any) -> A
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
-    ws = ctx.local
+    ws = local(ctx)
     job = call.outputs("submit")
     run_id = job.get("mlflow_run_id")
     if not run_id:
@@ -129,7 +130,7 @@ def _version_outputs(client: Any, name: str, version: Any) -> Outputs:
 
 def _reuse(ctx: Context, name: str, version: Any) -> Outputs:
     """register's outputs for a version that already holds this job's model: nothing is registered."""
-    client = ctx.local.mlflow.MlflowClient()
+    client = local(ctx).mlflow.MlflowClient()
     tags = _tags(version)
     loss = float(tags["ftctl.eval.loss"])
     reason = f"the same model as version {version.version} (same base model, data and settings; held-out loss"

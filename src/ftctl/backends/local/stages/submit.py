@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.local.backend import local
 from ftctl.errors import Detached, StageFailed
 from ftctl.stages.shared import data_file, display_name, finetune_params
 from ftctl.stages.shared import training_inputs as inputs
@@ -85,7 +86,7 @@ def retire(ctx: Context, outputs: dict[str, Any]) -> None:
 def _refuse_second_trainer(ctx: Context) -> None:
     from ftctl.backends.local import live
 
-    for resource in live.live_resources(ctx.local.root):
+    for resource in live.live_resources(local(ctx).root):
         if resource.kind == live.JOB:
             raise StageFailed(
                 f"{resource.describe()} is still running in this workspace, and the state file does not "
@@ -98,7 +99,7 @@ def _start_job(ctx: Context, call: StageCall) -> Job:
     from ftctl.backends.local.jobs import Job, new_job_id
     from ftctl.backends.local.launch import launch_command
 
-    ws = ctx.local
+    ws = local(ctx)
     _refuse_second_trainer(ctx)
     model = call.outputs("pick-model")
     compute = call.outputs("check-compute")
