@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftctl import state as st
 from ftctl.errors import Detached, FtctlError, StageFailed, StateError, UpstreamNotReady
+from ftctl.records import check_outputs
 from ftctl.stages.contract import RunOptions, StageCall
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ def fingerprint(ctx: Context, stage: Stage, state: dict[str, Any]) -> dict[str, 
 
 
 @dataclass
-class Evaluation:
+class Staleness:
     status: str  # the record's status; "interrupted" for a running record nobody is running
     stale: bool
     reason: str | None
@@ -188,7 +189,7 @@ def explain_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str | Non
     return "; ".join(reasons) or None
 
 
-class Evaluator:
+class StalenessCheck:
     """Status and staleness of the stages against the current config, files and processes.
 
     Each stage is evaluated once, when first asked (its upstream first), and again only after a stage it
@@ -200,14 +201,14 @@ class Evaluator:
         self.ctx = ctx
         self.state = state
         self.unattended = unattended
-        self.results: dict[str, Evaluation] = {}
+        self.results: dict[str, Staleness] = {}
 
-    def __getitem__(self, name: str) -> Evaluation:
+    def __getitem__(self, name: str) -> Staleness:
         if name not in self.results:
-            self.results[name] = self._evaluate(get_stage(name))
+            self.results[name] = self._check(get_stage(name))
         return self.results[name]
 
-    def all(self) -> dict[str, Evaluation]:
+    def all(self) -> dict[str, Staleness]:
         return {name: self[name] for name in ORDER}
 
     def forget(self, name: str) -> None:
@@ -219,14 +220,14 @@ class Evaluator:
         rec = st.record(self.state, stage.name)
         return bool(impl(self.ctx, stage).alive(self.ctx, rec.get("outputs") or {}))
 
-    def _evaluate(self, stage: Stage) -> Evaluation:
+    def _check(self, stage: Stage) -> Staleness:
         rec = st.record(self.state, stage.name)
         status = rec["status"]
         carries_on = (stage.background or stage.live) and self.alive(stage)
         if status == st.RUNNING and self.unattended and not carries_on:
-            return Evaluation("interrupted", False, f"its ftctl stopped; `ftctl {stage.name}` resumes it")
+            return Staleness("interrupted", False, f"its ftctl stopped; `ftctl {stage.name}` resumes it")
         if status != st.SUCCEEDED:
-            return Evaluation(status, False, None)
+            return Staleness(status, False, None)
         reason, cause = self._upstream_reason(stage)
         if reason is None:
             reason = explain_change(rec.get("fingerprint"), fingerprint(self.ctx, stage, self.state))
@@ -238,21 +239,21 @@ class Evaluator:
         if reason and cause and cause != stage.name and not reason.startswith(f"{cause} is "):
             reason = f"{cause} is stale: {reason}"
         down = stage.live and not self.alive(stage)
-        return Evaluation(status, reason is not None, reason, cause, down)
+        return Staleness(status, reason is not None, reason, cause, down)
 
     def _upstream_reason(self, stage: Stage) -> tuple[str | None, str | None]:
         for up in stage.upstream:
-            up_eval = self[up]
-            if up_eval.status != st.SUCCEEDED:
-                return f"{up} is {up_eval.status}", up
-            if up_eval.stale:
-                return up_eval.reason, up_eval.cause
+            up_standing = self[up]
+            if up_standing.status != st.SUCCEEDED:
+                return f"{up} is {up_standing.status}", up
+            if up_standing.stale:
+                return up_standing.reason, up_standing.cause
         return None, None
 
 
-def evaluate(ctx: Context, state: dict[str, Any], unattended: bool = False) -> dict[str, Evaluation]:
+def staleness(ctx: Context, state: dict[str, Any], unattended: bool = False) -> dict[str, Staleness]:
     """Status and staleness of every stage against the current config, files and processes."""
-    return Evaluator(ctx, state, unattended).all()
+    return StalenessCheck(ctx, state, unattended).all()
 
 
 def summary(ctx: Context, stage: Stage, rec: dict[str, Any]) -> str:
@@ -362,6 +363,13 @@ class Runner:
                 f"{stage.name} failed: unexpected {type(exc).__name__}: {exc}",
                 hint=f"re-run it with `ftctl {stage.name}` (add --debug for the traceback)",
             ) from exc
+        problem = check_outputs(stage.name, outputs)
+        if problem is not None:  # a bug of ftctl's, not the user's: recorded, the stage did not succeed
+            self._fail(rec, "InvalidOutputs", problem)
+            raise StageFailed(
+                f"{stage.name} returned outputs that cannot be recorded: {problem}",
+                hint=f"please report this; re-run it with `ftctl {stage.name}` (add --debug for details)",
+            )
         signatures = output_signatures(self.ctx, stage, outputs)
         rec.update(
             status=st.SUCCEEDED,
@@ -408,11 +416,11 @@ class Runner:
             return self.dry_run(name)
         stage = get_stage(name)
         ui = self.ctx.ui
-        evaluation = Evaluator(self.ctx, self.state)
+        standing = StalenessCheck(self.ctx, self.state)
         for up in stage.upstream:
-            if evaluation[up].stale:
-                ui.warn(f"{up} is stale ({evaluation[up].reason}); `ftctl run` would re-run it first")
-        mine = evaluation[name]
+            if standing[up].stale:
+                ui.warn(f"{up} is stale ({standing[up].reason}); `ftctl run` would re-run it first")
+        mine = standing[name]
         rec = st.record(self.state, name)
         up_to_date = mine.status == st.SUCCEEDED and not mine.stale and not mine.down
         if up_to_date and not self.options.force and not stage.always_run:
@@ -431,30 +439,30 @@ class Runner:
         `--from deploy` bring the endpoint back up.
         """
         names = self._range(start, stop)
-        evaluation = Evaluator(self.ctx, self.state)
+        standing = StalenessCheck(self.ctx, self.state)
         results: list[dict[str, Any]] = []
         for name in names:
             stage = get_stage(name)
             torn_down = (
                 "teardown" in names
                 and name != names[0]
-                and evaluation["teardown"].status == st.SUCCEEDED
-                and not evaluation["teardown"].stale
+                and standing["teardown"].status == st.SUCCEEDED
+                and not standing["teardown"].stale
             )
-            why = self._why_run(evaluation[name], torn_down)
+            why = self._why_run(standing[name], torn_down)
             if why is None:
-                note = " (torn down by teardown)" if evaluation[name].down else ""
+                note = " (torn down by teardown)" if standing[name].down else ""
                 self.ctx.ui.info(f"- {name}: up to date{note}")
                 results.append({"stage": name, "status": "up to date"})
                 continue
-            results.extend(self._bring_up_live_upstream(stage, evaluation))
+            results.extend(self._bring_up_live_upstream(stage, standing))
             self.ctx.ui.info(f"> {name}: running ({why})")
             self.execute(stage)
-            evaluation.forget(name)
+            standing.forget(name)
             results.append({"stage": name, "status": st.SUCCEEDED, "reason": why})
         return results
 
-    def _why_run(self, mine: Evaluation, torn_down: bool) -> str | None:
+    def _why_run(self, mine: Staleness, torn_down: bool) -> str | None:
         """Why `ftctl run` runs a stage (None: it is up to date)."""
         if self.options.force:
             return "forced"
@@ -466,7 +474,7 @@ class Runner:
             return "re-attaching to the interrupted attempt"
         return {st.PENDING: "never run", st.FAILED: "failed last time"}.get(mine.status, mine.status)
 
-    def _bring_up_live_upstream(self, stage: Stage, evaluation: Evaluator) -> list[dict[str, Any]]:
+    def _bring_up_live_upstream(self, stage: Stage, standing: StalenessCheck) -> list[dict[str, Any]]:
         results = []
         for up in stage.needs_live:
             if not self.alive(up):
@@ -474,7 +482,7 @@ class Runner:
                     f"> {up}: re-running (its endpoint is not running and {stage.name} needs it)"
                 )
                 self.execute(get_stage(up))
-                evaluation.forget(up)
+                standing.forget(up)
                 results.append({"stage": up, "status": st.SUCCEEDED})
         return results
 
@@ -511,11 +519,11 @@ def status_report(ctx: Context) -> dict[str, Any]:
             running = "; ".join(item["description"] for item in live)
             exc.hint = f"still running: {running} (`ftctl reset --all` stops them); {exc.hint}"
         raise
-    evaluation = evaluate(ctx, state, unattended=st.lock_is_free(ctx.workspace))
+    standing = staleness(ctx, state, unattended=st.lock_is_free(ctx.workspace))
     stages = []
     for stage in STAGES:
         rec = st.record(state, stage.name)
-        ev = evaluation[stage.name]
+        ev = standing[stage.name]
         shown = "down" if ev.down else ev.status
         stages.append(
             {
@@ -541,7 +549,7 @@ def status_report(ctx: Context) -> dict[str, Any]:
     }
 
 
-def _status_summary(ctx: Context, stage: Stage, rec: dict[str, Any], ev: Evaluation) -> str:
+def _status_summary(ctx: Context, stage: Stage, rec: dict[str, Any], ev: Staleness) -> str:
     if ev.status == "interrupted":
         return f"interrupted: `ftctl {stage.name}` resumes it"
     if ev.down:

@@ -3,7 +3,11 @@
 `StageRecord` is one stage's record; `OUTPUTS` holds, per stage, the model of the outputs both backends
 record (the fields later stages and `ftctl status` read, typed; anything else a backend records is
 kept as it is). The state file is validated against these on load, so a hand-edited or damaged record
-is refused with the stage and field named, never met later as a TypeError.
+is refused with the stage and field named, never met later as a TypeError; the runner validates what a
+stage returns the same way before recording it (`check_outputs`).
+
+Stages read what earlier stages recorded through a `StateView` (`call.upstream.<stage>`): the typed
+models, read-only.
 """
 
 from __future__ import annotations
@@ -28,7 +32,19 @@ Count = Annotated[int, Field(ge=0)]
 class _Outputs(BaseModel):
     """Outputs are partial while a stage runs (what it checkpointed), so every field is optional."""
 
-    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False, frozen=True)
+
+    def need(self, field: str) -> Any:
+        """A field its reader cannot do without: StateError naming it when the stage did not record it."""
+        value = getattr(self, field, None)
+        if value is None:
+            from ftctl.errors import StateError
+
+            stage = next(name for name, model in OUTPUTS.items() if isinstance(self, model))
+            raise StateError(
+                f"{stage} recorded no {field}", hint=f"run `ftctl {stage} --force` to record it again"
+            )
+        return value
 
 
 class AuthOutputs(_Outputs):
@@ -54,10 +70,12 @@ class CheckComputeOutputs(_Outputs):
     precision: str | None = None
     gpus_per_node: Count | None = None
     cpu_cores: Count | None = None
+    gpus: list[dict[str, Any]] | None = None  # local: the GPUs torch sees (index, name, memory_gib, bf16)
+    ram_gib: float | None = None  # local: this machine's memory
 
 
 class SplitFile(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
 
     path: str
     rows: Count
@@ -83,6 +101,7 @@ class SubmitOutputs(_Outputs):
     train_loss: float | None = None
     eval_loss: float | None = None
     params: dict[str, Any] | None = None
+    stop_check: dict[str, Any] | None = None  # whether the fine-tuned model ends its turn
 
 
 class RegisterOutputs(_Outputs):
@@ -103,6 +122,8 @@ class DeployOutputs(_Outputs):
     key_file: str | None = None
     instance_type: str | None = None
     expires_at: IsoTime = None
+    model_uri: str | None = None
+    model_version: str | None = None
 
 
 class ScoreOutputs(_Outputs):
@@ -173,6 +194,70 @@ def check_record(stage: str, record: Any) -> str | None:
         prefix = "" if isinstance(exc.title, str) and exc.title == "StageRecord" else "outputs."
         return f"{prefix}{_where(first)}: {first['msg']}"
     return None
+
+
+def check_outputs(stage: str, outputs: Any) -> str | None:
+    """Why `outputs`, as a stage returned them, cannot be recorded (None when they can)."""
+    model = OUTPUTS.get(stage)
+    if model is None:
+        return None
+    try:
+        model.model_validate(strict_json(outputs))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return f"outputs.{_where(first)}: {first['msg']}"
+    return None
+
+
+class StateView:
+    """The recorded outputs of every stage, typed and read-only (a stage never changes another's)."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self._state = state
+
+    def _outputs(self, stage: str) -> dict[str, Any]:
+        record = (self._state.get("stages") or {}).get(stage) or {}
+        return dict(record.get("outputs") or {})
+
+    def recorded(self, stage: str) -> bool:
+        """Whether `stage` has recorded any output."""
+        return bool(self._outputs(stage))
+
+    @property
+    def auth(self) -> AuthOutputs:
+        return AuthOutputs.model_validate(self._outputs("auth"))
+
+    @property
+    def pick_model(self) -> PickModelOutputs:
+        return PickModelOutputs.model_validate(self._outputs("pick-model"))
+
+    @property
+    def check_compute(self) -> CheckComputeOutputs:
+        return CheckComputeOutputs.model_validate(self._outputs("check-compute"))
+
+    @property
+    def prepare_data(self) -> PrepareDataOutputs:
+        return PrepareDataOutputs.model_validate(self._outputs("prepare-data"))
+
+    @property
+    def submit(self) -> SubmitOutputs:
+        return SubmitOutputs.model_validate(self._outputs("submit"))
+
+    @property
+    def register(self) -> RegisterOutputs:
+        return RegisterOutputs.model_validate(self._outputs("register"))
+
+    @property
+    def deploy(self) -> DeployOutputs:
+        return DeployOutputs.model_validate(self._outputs("deploy"))
+
+    @property
+    def score(self) -> ScoreOutputs:
+        return ScoreOutputs.model_validate(self._outputs("score"))
+
+    @property
+    def teardown(self) -> TeardownOutputs:
+        return TeardownOutputs.model_validate(self._outputs("teardown"))
 
 
 def strict_json(value: Any) -> Any:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ftctl.records import StateView
+
 if TYPE_CHECKING:
     from ftctl.context import Context
 
@@ -49,8 +51,13 @@ class StageCall:
     recorded: Outputs = field(default_factory=dict)
     checkpoint: Callable[[Outputs], None] = lambda outputs: None
 
+    @property
+    def upstream(self) -> StateView:
+        """What the other stages recorded, typed and read-only (`call.upstream.pick_model.name`)."""
+        return StateView(self.state)
+
     def outputs(self, stage: str) -> Outputs:
-        """The recorded outputs of another stage."""
+        """The recorded outputs of another stage, untyped (the Azure backend's last readers; going)."""
         return dict(self.state.get("stages", {}).get(stage, {}).get("outputs") or {})
 
 

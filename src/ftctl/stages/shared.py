@@ -99,7 +99,7 @@ def finetune_params(ctx: Context, call: StageCall) -> tuple[dict[str, Any], list
     cfg = ctx.cfg.finetune
     params = cfg.model_dump()
     notes: list[str] = []
-    defaults = call.outputs("pick-model").get("model_specific_defaults") or {}
+    defaults = call.upstream.pick_model.model_specific_defaults
     if cfg.use_model_defaults:
         for key, value in sorted(defaults.items()):
             if key not in FinetuneSection.model_fields:
@@ -141,20 +141,19 @@ def training_inputs(ctx: Context, state: State) -> dict[str, Path]:
 
 
 def model_name(ctx: Context, call: StageCall) -> str:
-    base = call.outputs("pick-model").get("name") or ctx.cfg.model.name
+    base = call.upstream.pick_model.name or ctx.cfg.model.name
     return ctx.cfg.register_.model_name or f"{base}-ultrachat-200k".replace("/", "-")
 
 
 def lineage_tags(ctx: Context, call: StageCall) -> dict[str, str]:
-    job = call.outputs("submit")
-    model = call.outputs("pick-model")
+    job, model = call.upstream.submit, call.upstream.pick_model
     files = prepared_files(call.state)
     tags = {
-        "ftctl.job_id": str(job.get("job_id")),
-        "ftctl.display_name": str(job.get("display_name")),
-        "ftctl.base_model": str(model.get("name")),
-        "ftctl.base_model_hash": str(model.get("content_hash")),
-        "ftctl.config_hash": digest(job.get("params")),
+        "ftctl.job_id": str(job.job_id),
+        "ftctl.display_name": str(job.display_name),
+        "ftctl.base_model": str(model.name),
+        "ftctl.base_model_hash": str(model.content_hash),
+        "ftctl.config_hash": digest(job.params),
         "ftctl.version": ftctl.__version__,
     }
     for split in (ctx.cfg.data.train_split, ctx.cfg.data.test_split):
@@ -238,7 +237,7 @@ def show(ctx: Context, call: StageCall, raw: str, sample: Sample | None = None) 
     ctx.ui.result(f"output: {parse_response(raw)}")
     if sample is not None and sample.expected is not None:
         ctx.ui.result(f"expected (the dataset's reply): {sample.expected[:500]}")
-    note = demo_model_note(call.outputs("pick-model").get("name"))
+    note = demo_model_note(call.upstream.pick_model.name)
     if note:
         ctx.ui.info(note)
 

@@ -82,7 +82,7 @@ class LocalBackend(Backend):
         return hooks.logs(state, step, follow, write)
 
     def plan(self, state: State, calibrate: bool) -> Plan:
-        from ftctl.backends.local.plan import build_plan
+        from ftctl.backends.local.preflight import build_plan
 
         return build_plan(self.ctx, state, calibrate)
 

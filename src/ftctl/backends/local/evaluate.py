@@ -46,6 +46,7 @@ from ftctl.stages.shared import model_name, prepared_files
 
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.records import SubmitOutputs
     from ftctl.stages.contract import State
 
 STOP_PROMPTS = 8  # greedy replies checked for their end of turn
@@ -281,7 +282,7 @@ def check_model_stops(ctx: Context, call: StageCall, model_dir: Path) -> dict[st
     split = ctx.cfg.data.test_split
     if split not in files:
         return None
-    device = str(call.outputs("check-compute").get("device") or "cpu")
+    device = call.upstream.check_compute.device or "cpu"
     with ctx.ui.spinner("checking that the fine-tuned model ends its turn", quiet=True):
         tokenizer = load_tokenizer(model_dir)
         model = load_model(model_dir, device)
@@ -397,7 +398,7 @@ def check_template(ctx: Context, call: StageCall, model_dir: Path) -> TemplateCh
     split = ctx.cfg.data.test_split if ctx.cfg.data.test_split in files else ctx.cfg.data.train_split
     if split not in files:
         return TemplateCheck(0, 0)
-    base = Path(call.outputs("pick-model")["path"])
+    base = Path(call.upstream.pick_model.need("path"))
     conversations = held_out(Path(files[split]["path"]), TEMPLATE_CONVERSATIONS)
     with ctx.ui.spinner("checking that the endpoint formats conversations as training did", quiet=True):
         found = template_check(base, model_dir, conversations)
@@ -460,9 +461,8 @@ class _Models:
 
 def _setup(ctx: Context, call: StageCall) -> tuple[Path, Any, HeldOut | None, dict[str, Any]]:
     """(base model folder, its tokenizer, the held-out set as the job evaluated it, job params)."""
-    submit = call.outputs("submit")
-    params = dict(submit.get("params") or {})
-    base = Path(call.outputs("pick-model")["path"])
+    params = dict(call.upstream.submit.params or {})
+    base = Path(call.upstream.pick_model.need("path"))
     tokenizer = load_tokenizer(base)
     files = prepared_files(call.state)
     split = ctx.cfg.data.test_split
@@ -476,7 +476,7 @@ def _setup_digest(ctx: Context, call: StageCall) -> str | None:
     """heldout_setup() of the job's held-out set (None without one), without tokenizing anything."""
     files = prepared_files(call.state)
     split = ctx.cfg.data.test_split
-    params = call.outputs("submit").get("params") or {}
+    params = call.upstream.submit.params or {}
     if split not in files or not params:
         return None
     return heldout_setup(Path(files[split]["path"]), files[split].get("sha256"), params)
@@ -504,10 +504,10 @@ def gate(ctx: Context, call: StageCall) -> GateDecision:
     policy = ctx.cfg.register_.gate
     if policy == "off":
         return decide("off", None, None)
-    submit = call.outputs("submit")
-    run_id = submit.get("mlflow_run_id")
+    submit = call.upstream.submit
+    run_id = submit.mlflow_run_id
     setup = _setup_digest(ctx, call)
-    fine_tuned = submit.get("eval_loss")
+    fine_tuned = submit.eval_loss
     if fine_tuned is None:
         if setup is None:
             return decide(policy, None, None, forced=call.options.skip_gate)
@@ -516,7 +516,7 @@ def gate(ctx: Context, call: StageCall) -> GateDecision:
     previous = previous_version(ctx, model_name(ctx, call), run_id)
     prev_loss = None if previous is None else tagged_loss(previous, setup)
     if setup is not None and (base is None or (previous is not None and prev_loss is None)):
-        device = str(call.outputs("check-compute").get("device") or "cpu")
+        device = call.upstream.check_compute.device or "cpu"
         base_dir, tokenizer, held, _ = _setup(ctx, call)
         assert held is not None
         if base is None:
@@ -537,7 +537,7 @@ def gate_tags(ctx: Context, call: StageCall, decision: GateDecision) -> dict[str
     """The gate's numbers as tags of the registered version (ftctl.evaluation.gate_tags), and the
     end-of-turn check's count."""
     tags = evaluation.gate_tags(decision, _setup_digest(ctx, call))
-    stops = call.outputs("submit").get("stop_check")
+    stops = call.upstream.submit.stop_check
     if isinstance(stops, dict) and stops.get("prompts"):
         tags["ftctl.eval.stops"] = f"{stops.get('stopped')}/{stops.get('prompts')}"
     return tags
@@ -557,9 +557,9 @@ def evaluate(ctx: Context, state: State, samples: int) -> EvalReport:
     """Held-out loss of the base, fine-tuned and previous models; end of turn; `samples` generations."""
     evaluation.require_fine_tuned(state, "model_dir")
     call = StageCall("evaluate", state)
-    submit = call.outputs("submit")
-    fine_dir = Path(submit["model_dir"])
-    device = str(call.outputs("check-compute").get("device") or "cpu")
+    submit = call.upstream.submit
+    fine_dir = Path(submit.need("model_dir"))
+    device = call.upstream.check_compute.device or "cpu"
     base_dir, tokenizer, held, params = _setup(ctx, call)
     split = ctx.cfg.data.test_split
     files = prepared_files(state)
@@ -578,7 +578,7 @@ def evaluate(ctx: Context, state: State, samples: int) -> EvalReport:
             "max_new_tokens": ctx.cfg.score.max_new_tokens,
             "seed": ctx.cfg.score.seed,
         },
-        job_id=submit.get("job_id"),
+        job_id=submit.job_id,
     )
     chosen = conversations[:samples]
     turns = [t for t in (_first_turn(m) for m in chosen) if t is not None]
@@ -595,7 +595,7 @@ def evaluate(ctx: Context, state: State, samples: int) -> EvalReport:
                 report.stop = check
             replies[label] = _replies(model, tokenizer, folder, turns, ctx.cfg.score.max_new_tokens)
             del model
-    previous = previous_version(ctx, model_name(ctx, call), submit.get("mlflow_run_id"))
+    previous = previous_version(ctx, model_name(ctx, call), submit.mlflow_run_id)
     if previous is not None:
         loss, source = _previous_loss(ctx, previous, tokenizer, held, device)
         report.losses.append(ModelLoss("previous", f"{previous.name} v{previous.version}", loss, source))
@@ -610,10 +610,10 @@ def evaluate(ctx: Context, state: State, samples: int) -> EvalReport:
     return report
 
 
-def _what(ctx: Context, label: str, folder: Path, submit: dict[str, Any]) -> str:
+def _what(ctx: Context, label: str, folder: Path, submit: SubmitOutputs) -> str:
     if label == "base":
         return str(ctx.cfg.model.name)
-    return f"job {submit.get('job_id')}"
+    return f"job {submit.job_id}"
 
 
 def _replies(
@@ -643,10 +643,10 @@ def _gate_preview(ctx: Context, report: EvalReport, previous: Any) -> GateDecisi
     )
 
 
-def _job_figures(ctx: Context, submit: dict[str, Any]) -> str | None:
+def _job_figures(ctx: Context, submit: SubmitOutputs) -> str | None:
     """The job's own eval_loss before and after training, for comparison with the figures above."""
-    start = base_loss_from_metrics(ctx, submit.get("mlflow_run_id"))
-    end = submit.get("eval_loss")
+    start = base_loss_from_metrics(ctx, submit.mlflow_run_id)
+    end = submit.eval_loss
     if start is None or end is None or not math.isfinite(float(end)):
         return None
     return f"the job's own eval_loss: {start:.4f} at step 0, {float(end):.4f} at the end"

@@ -141,13 +141,13 @@ def unrecorded(workspace: Path, state: dict[str, Any]) -> list[LiveResource]:
     stages = state.get("stages") if isinstance(state, dict) else None
     stages = stages if isinstance(stages, dict) else {}
 
-    def outputs(stage: str) -> dict[str, Any]:
+    def recorded(stage: str, key: str) -> Any:  # defensive: the state may be damaged
         rec = stages.get(stage)
         out = rec.get("outputs") if isinstance(rec, dict) else None
-        return out if isinstance(out, dict) else {}
+        return out.get(key) if isinstance(out, dict) else None
 
-    job_id = outputs("submit").get("job_id")
-    endpoint = outputs("deploy").get("endpoint_name")
+    job_id = recorded("submit", "job_id")
+    endpoint = recorded("deploy", "endpoint_name")
     return [
         r
         for r in live_resources(workspace)

@@ -65,10 +65,10 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     cfg = ctx.cfg
     found = detect()
     chosen = choose(found, cfg.compute.device, cfg.compute.num_gpus, cfg.finetune.precision)
-    model = call.outputs("pick-model")
+    model_allows = call.upstream.pick_model.finetune_compute_allow_list
     allow, source = cfg.compute.allow_list, "compute.allow_list"
-    if not allow and model.get("finetune_compute_allow_list"):
-        allow, source = model["finetune_compute_allow_list"], "the model's finetune_compute_allow_list"
+    if not allow and model_allows:
+        allow, source = model_allows, "the model's finetune_compute_allow_list"
     check_lists(chosen["size"], allow, cfg.compute.deny_list, source)
     if found["gpus"]:
         for gpu in found["gpus"]:

@@ -134,7 +134,7 @@ def _prepare_server(ctx: Context, call: StageCall) -> _Server:
     from ftctl.backends.local import live, procs
 
     ws, cfg = local(ctx), ctx.cfg.deploy
-    registered, compute = call.outputs("register"), call.outputs("check-compute")
+    registered, compute = call.upstream.register, call.upstream.check_compute
     # Endpoints that ended on their own leave a record and a key: gone now, as are keys nobody claims
     # (a deploy killed between writing one and recording its server, by an older ftctl).
     live.forget_ended(ws.root)
@@ -142,9 +142,8 @@ def _prepare_server(ctx: Context, call: StageCall) -> _Server:
     name = f"{cfg.endpoint_name_prefix}{int(time.time())}"
     endpoint_dir = ws.endpoints_dir / name
     endpoint_dir.mkdir(parents=True, exist_ok=True)
-    model_dir = registered_model_dir(
-        ws, registered["model_name"], registered["version"], endpoint_dir / "model"
-    )
+    model_name, version = registered.need("model_name"), registered.need("version")
+    model_dir = registered_model_dir(ws, model_name, version, endpoint_dir / "model")
     _check_template(ctx, call, model_dir)
     key_file = ws.secrets_dir / f"{name}.key"  # written once the server is recorded
     sock = _listen(cfg.host, cfg.port)
@@ -154,8 +153,8 @@ def _prepare_server(ctx: Context, call: StageCall) -> _Server:
         "--key-file", str(key_file),
         "--fd", str(sock.fileno()),
         "--request-timeout-ms", str(cfg.request_timeout_ms),
-        "--device", compute.get("device", "cpu"),
-        "--model-name", f"{registered['model_name']}:{registered['version']}",
+        "--device", compute.device or "cpu",
+        "--model-name", f"{model_name}:{version}",
     )  # fmt: skip
     expires = expires_at(cfg.ttl)
     if expires:  # the cost guard: the server stops itself then
@@ -165,7 +164,7 @@ def _prepare_server(ctx: Context, call: StageCall) -> _Server:
 
 
 def _outputs(ctx: Context, call: StageCall, server: _Server, process: dict[str, Any]) -> Outputs:
-    cfg, registered = ctx.cfg.deploy, call.outputs("register")
+    cfg, registered = ctx.cfg.deploy, call.upstream.register
     return {
         "endpoint_name": server.name,
         "deployment_name": cfg.deployment_name,
@@ -175,12 +174,12 @@ def _outputs(ctx: Context, call: StageCall, server: _Server, process: dict[str, 
         "port": server.port,
         "pid": process["pid"],
         "process": process,
-        "model_uri": registered["model_uri"],
-        "model_version": registered["version"],
+        "model_uri": registered.need("model_uri"),
+        "model_version": registered.need("version"),
         "model_dir": str(server.model_dir),
         "key_file": str(server.key_file),
         "log": str(server.log_path),
-        "instance_type": call.outputs("check-compute").get("size", "cpu"),
+        "instance_type": call.upstream.check_compute.size or "cpu",
         "expires_at": expires_at(cfg.ttl),
     }
 
@@ -230,10 +229,10 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         ctx.ui.info(f"  re-attaching to endpoint {recorded['endpoint_name']} at {recorded['url']}")
         wait_until_ready(recorded["url"], cfg.ready_timeout_s)
         return recorded
-    compute = call.outputs("check-compute")
-    allow = call.outputs("pick-model").get("inference_compute_allow_list")
+    allow = call.upstream.pick_model.inference_compute_allow_list
     if allow:
-        check_lists(compute.get("size", "cpu"), allow, [], "the model's inference_compute_allow_list")
+        size = call.upstream.check_compute.size or "cpu"
+        check_lists(size, allow, [], "the model's inference_compute_allow_list")
     server = _prepare_server(ctx, call)
     outputs = _start_recorded(ctx, call, server)
     url, pid, log_path = outputs["url"], outputs["pid"], server.log_path

@@ -75,14 +75,14 @@ def _same_model(client: Any, name: str, lineage: dict[str, str], loss: Any) -> A
 
 def run(ctx: Context, call: StageCall) -> Outputs:
     ws = local(ctx)
-    job = call.outputs("submit")
-    run_id = job.get("mlflow_run_id")
+    job = call.upstream.submit
+    run_id = job.mlflow_run_id
     if not run_id:
         raise StageFailed("submit recorded no MLflow run id; the job's model cannot be found")
     name = model_name(ctx, call)
     lineage = lineage_tags(ctx, call)
     if not call.recorded.get("registration_token"):
-        same = _same_model(ws.mlflow.MlflowClient(), name, lineage, job.get("eval_loss"))
+        same = _same_model(ws.mlflow.MlflowClient(), name, lineage, job.eval_loss)
         if same is not None:
             return _reuse(ctx, name, same)
     gate = _gate(ctx, call)
@@ -105,7 +105,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         client.update_model_version(
             name,
             version.version,
-            description=f"Fine-tuned by ftctl job {job.get('job_id')} on ultrachat data",
+            description=f"Fine-tuned by ftctl job {job.job_id} on ultrachat data",
         )
     ctx.ui.info(f"  registered {name} version {version.version} (from {source})")
     return {

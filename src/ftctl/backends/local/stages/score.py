@@ -48,18 +48,18 @@ def invoke(url: str, key: str, body: bytes, deployment: str, timeout_s: float) -
 
 def run(ctx: Context, call: StageCall) -> Outputs:
     sample = write_sample(ctx, call)
-    endpoint = call.outputs("deploy")
-    key = Path(endpoint["key_file"]).read_text(encoding="utf-8").strip()
+    endpoint = call.upstream.deploy
+    key = Path(endpoint.need("key_file")).read_text(encoding="utf-8").strip()
     started = time.perf_counter()
     status, raw = invoke(
-        endpoint["scoring_uri"],
+        endpoint.need("scoring_uri"),
         key,
         sample.request_file.read_bytes(),
-        endpoint.get("deployment_name", "demo"),
+        endpoint.deployment_name or "demo",
         ctx.cfg.score.timeout_s,
     )
     latency_ms = round((time.perf_counter() - started) * 1000, 1)
-    outputs = sample.report(raw, latency_ms, endpoint_name=endpoint.get("endpoint_name"), http_status=status)
+    outputs = sample.report(raw, latency_ms, endpoint_name=endpoint.endpoint_name, http_status=status)
     show(ctx, call, raw, sample)
     return outputs
 

@@ -101,20 +101,21 @@ def _start_job(ctx: Context, call: StageCall) -> Job:
 
     ws = local(ctx)
     _refuse_second_trainer(ctx)
-    model = call.outputs("pick-model")
-    compute = call.outputs("check-compute")
+    model, compute = call.upstream.pick_model, call.upstream.check_compute
     params, notes = finetune_params(ctx, call)
     for note in notes:
         ctx.ui.info(f"  {note}")
     if params["precision"] == "auto":
-        params["precision"] = compute.get("precision", "32")
-    experiment = f"chat_completion_{model['name'].split('/')[-1]}"
+        params["precision"] = compute.precision or "32"
+    model_name = model.need("name")
+    experiment = f"chat_completion_{model_name.split('/')[-1]}"
     ws.ensure_experiment(experiment)
-    name = display_name(model["name"], params, compute.get("gpus_per_node", 0))
+    gpus = compute.gpus_per_node or 0
+    name = display_name(model_name, params, gpus)
     job_id = new_job_id()
     command = launch_command(
         ws.jobs_dir / job_id,
-        num_gpus=compute.get("gpus_per_node", 0),
+        num_gpus=gpus,
         apply_deepspeed=params["apply_deepspeed"],
         deepspeed_stage=params["deepspeed_stage"],
         python=sys.executable,
@@ -122,11 +123,11 @@ def _start_job(ctx: Context, call: StageCall) -> Job:
     spec = {
         "job_id": job_id,
         "display_name": name,
-        "model_path": model["path"],
+        "model_path": model.need("path"),
         "train_file": data_file(ctx, call, ctx.cfg.data.train_split, "data.train_split", required=True),
         "eval_file": data_file(ctx, call, ctx.cfg.data.test_split, "data.test_split", required=False),
         "params": params,
-        "device": compute.get("device", "cpu"),
+        "device": compute.device or "cpu",
         "mlflow": {"tracking_uri": ws.tracking_uri, "experiment": experiment, "run_name": name},
         "command": command,
         "workspace": str(ws.root),
@@ -192,7 +193,7 @@ def _plan_first(ctx: Context, call: StageCall) -> None:
     """The pre-flight plan (`ftctl plan` without a new calibration) before a new job: refuses what
     cannot work, warns about what likely goes wrong (`submit --no-plan` skips it)."""
     if call.options.plan:
-        from ftctl.backends.local.plan import preflight
+        from ftctl.backends.local.preflight import preflight
 
         preflight(ctx, call)
 

@@ -20,16 +20,17 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     from ftctl.backends.local.server import port_is_open
     from ftctl.backends.local.stages.deploy import forget, server_process
 
-    endpoint = call.outputs("deploy")
-    name = endpoint.get("endpoint_name")
-    process = server_process(endpoint)  # None when the recorded pid is not that server any more
-    host, port = endpoint.get("host", "127.0.0.1"), endpoint.get("port")
+    endpoint = call.upstream.deploy
+    recorded = endpoint.model_dump()  # with what deploy recorded of its server process
+    name = endpoint.endpoint_name
+    process = server_process(recorded)  # None when the recorded pid is not that server any more
+    host, port = endpoint.host or "127.0.0.1", endpoint.port
     stopped = procs.stop(process)
-    pid = endpoint.get("pid")
+    pid = endpoint.pid
     still_open = bool(port and port_is_open(host, port))
     if still_open and stopped:
         raise StageFailed(f"port {host}:{port} is still open after stopping endpoint {name} (pid {pid})")
-    forget(ctx, endpoint)
+    forget(ctx, recorded)
     if still_open:  # not by the endpoint: its server has ended; another process has the port now
         ctx.ui.warn(
             f"endpoint {name} was not running (pid {pid} is not its server any more); port {port} is "

@@ -37,6 +37,7 @@ from ftctl.plan import (
     packed_rows,
     submit_check,
 )
+from ftctl.records import CheckComputeOutputs, StateView
 from ftctl.stages.contract import StageCall
 from ftctl.stages.shared import finetune_params, prepared_files
 
@@ -68,7 +69,7 @@ def job_settings(ctx: Context, state: State) -> tuple[dict[str, Any], list[str]]
     call = StageCall("submit", state)
     params, notes = finetune_params(ctx, call)
     if params["precision"] == "auto":
-        params["precision"] = call.outputs("check-compute").get("precision", "32")
+        params["precision"] = call.upstream.check_compute.precision or "32"
     return params, notes
 
 
@@ -164,13 +165,13 @@ def trainable_parameters(shape: ModelShape, model_dir: Path, params: dict[str, A
     return sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
 
 
-def _device_limit(compute: dict[str, Any]) -> tuple[int | None, str]:
-    if compute.get("device") == "cuda":
-        gpus = compute.get("gpus") or []
+def _device_limit(compute: CheckComputeOutputs) -> tuple[int | None, str]:
+    if compute.device == "cuda":
+        gpus = compute.gpus or []
         if gpus and gpus[0].get("memory_gib"):
             return int(float(gpus[0]["memory_gib"]) * GiB), f"{gpus[0].get('name')} (per GPU)"
         return None, "the GPU (memory unknown)"
-    ram = compute.get("ram_gib")
+    ram = compute.ram_gib
     return (int(float(ram) * GiB), "this machine's RAM") if ram else (None, "RAM (unknown)")
 
 
@@ -178,15 +179,16 @@ def _device_limit(compute: dict[str, Any]) -> tuple[int | None, str]:
 
 
 def _calibration_key(ctx: Context, state: State, params: dict[str, Any], train: Path) -> str:
-    compute = StageCall("plan", state).outputs("check-compute")
+    recorded = StateView(state)
+    compute = recorded.check_compute
     return st.digest(
         {
             "v": CALIBRATION_VERSION,
-            "model": StageCall("plan", state).outputs("pick-model").get("content_hash"),
+            "model": recorded.pick_model.content_hash,
             "params": params,
             "train": st.file_signature(train),
-            "device": compute.get("device"),
-            "size": compute.get("size"),
+            "device": compute.device,
+            "size": compute.size,
             "steps": ctx.cfg.plan.calibration_steps,
         }
     )
@@ -252,26 +254,26 @@ def build_plan(ctx: Context, state: State, calibrate: bool, command: str = "ftct
     from ftctl.models.layout import resolve_hf_dir
 
     _require_upstream(state, command)
-    call = StageCall("plan", state)
-    model, compute = call.outputs("pick-model"), call.outputs("check-compute")
+    recorded = StateView(state)
+    model, compute = recorded.pick_model, recorded.check_compute
     params, notes = job_settings(ctx, state)
-    model_dir = resolve_hf_dir(Path(model["path"]))
+    model_dir = resolve_hf_dir(Path(model.need("path")))
     files = prepared_files(state)
     data = ctx.cfg.data
-    stats = _Stats(ctx, model_dir, str(model.get("content_hash")), params)
+    stats = _Stats(ctx, model_dir, str(model.content_hash), params)
     splits, rows = [], None
     for split, train in ((data.train_split, True), (data.test_split, False)):
         if split in files:
             found, split_rows = stats.split(split, Path(files[split]["path"]), train)
             splits.append(found)
             rows = split_rows if train else rows
-    shape = model_shape(model_dir, model.get("parameters"))
+    shape = model_shape(model_dir, model.parameters)
     trainable = trainable_parameters(shape, model_dir, params)
     settings = {
         "max_seq_length": params["max_seq_length"],
         "packing": params["packing"],
         "precision": params["precision"],
-        "device": compute.get("device", "cpu"),
+        "device": compute.device or "cpu",
         "lora": params["apply_lora"],
         "lora_r": params["lora_r"],
         "per_device_train_batch_size": params["per_device_train_batch_size"],
@@ -280,9 +282,9 @@ def build_plan(ctx: Context, state: State, calibrate: bool, command: str = "ftct
     plan = Plan(
         backend="local",
         model={
-            "name": model.get("name"),
+            "name": model.name,
             "parameters": shape.parameters,
-            "context_length": model.get("context_length") or shape.context_length,
+            "context_length": model.context_length or shape.context_length,
             "trainable": trainable,
         },
         settings=settings,
@@ -303,22 +305,22 @@ def build_plan(ctx: Context, state: State, calibrate: bool, command: str = "ftct
 
 
 def _run_size(
-    params: dict[str, Any], compute: dict[str, Any], train: SplitStats, rows: int, has_eval: bool
+    params: dict[str, Any], compute: CheckComputeOutputs, train: SplitStats, rows: int, has_eval: bool
 ) -> RunSize:
-    devices = max(1, int(compute.get("gpus_per_node") or 0))
+    devices = max(1, compute.gpus_per_node or 0)
     return RunSize.build(params, rows, devices, train, bool(params["packing"]), evals=has_eval)
 
 
 def _memory(
-    shape: ModelShape, params: dict[str, Any], compute: dict[str, Any], trainable: int, plan: Plan
+    shape: ModelShape, params: dict[str, Any], compute: CheckComputeOutputs, trainable: int, plan: Plan
 ) -> MemoryEstimate:
     train = plan.splits[0]
     seq = (
         int(params["max_seq_length"]) if params["packing"] else min(int(params["max_seq_length"]), train.max)
     )
-    devices = max(1, int(compute.get("gpus_per_node") or 0))
+    devices = max(1, compute.gpus_per_node or 0)
     setup = MemorySetup(
-        device=str(compute.get("device", "cpu")),
+        device=compute.device or "cpu",
         precision=str(params["precision"]),
         batch=int(params["per_device_train_batch_size"]),
         seq=seq,
@@ -337,7 +339,7 @@ def _time(
 ) -> TimeEstimate | None:
     """From the calibration cached for these settings, or a new one when `calibrate`."""
     assert plan.run is not None and plan.memory is not None
-    compute = StageCall("plan", state).outputs("check-compute")
+    recorded = StateView(state)
     train = Path(prepared_files(state)[ctx.cfg.data.train_split]["path"])
     key = _calibration_key(ctx, state, params, train)
     result = cached_calibration(ctx, key)
@@ -348,10 +350,10 @@ def _time(
         per_row = (int(params["max_seq_length"]) / max(1, stats.p50)) if params["packing"] else 1.0
         steps = ctx.cfg.plan.calibration_steps
         spec = {
-            "model_path": StageCall("plan", state).outputs("pick-model")["path"],
+            "model_path": recorded.pick_model.need("path"),
             "eval_file": _eval_file(ctx, state),
             "params": params,
-            "device": compute.get("device", "cpu"),
+            "device": recorded.check_compute.device or "cpu",
             "calibration": {"steps": steps},
         }
         result = run_calibration(
