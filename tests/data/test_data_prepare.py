@@ -7,16 +7,9 @@ from pathlib import Path
 import pytest
 
 from ftctl.data import sample
-from ftctl.data.prepare import (
-    SAMPLE_DATASET,
-    Dropped,
-    PrepareOptions,
-    PrepareReport,
-    SplitReport,
-    format_dropped,
-    prepare,
-    source_kind,
-)
+from ftctl.data.prepare import SAMPLE_DATASET, PrepareOptions, PrepareReport, format_dropped, prepare
+from ftctl.data.sources import source_kind
+from ftctl.data.writer import Dropped, SplitReport
 from ftctl.errors import DataError
 
 SAMPLE_SIZES = {"train_sft": 400, "test_sft": 60, "train_gen": 400, "test_gen": 60}

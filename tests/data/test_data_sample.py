@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ftctl.data import sample
-from ftctl.data.prepare import sample_dataset_dir
+from ftctl.data.sources import sample_dataset_dir
 from ftctl.data.ultrachat import check_record
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from ftctl.backends.local.server import port_is_open
+from ftctl.backends.local.serving.probe import port_is_open
 from ftctl.pipeline import ORDER
 
 pytestmark = pytest.mark.slow

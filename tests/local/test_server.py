@@ -18,15 +18,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from ftctl.backends.local.server import (
-    GenerationTimeout,
-    Generator,
-    ServerOptions,
-    create_app,
-    normalize_parameters,
-    port_is_open,
-    wait_until_ready,
-)
+from ftctl.backends.local.serving.app import ServerOptions, create_app
+from ftctl.backends.local.serving.generation import Generator
+from ftctl.backends.local.serving.probe import port_is_open, wait_until_ready
+from ftctl.backends.local.serving.request import GenerationTimeout, normalize_parameters
 from ftctl.errors import StageFailed
 from ftctl.scoring import build_request, parse_response
 

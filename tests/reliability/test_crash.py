@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from ftctl.backends.local.server import port_is_open
+from ftctl.backends.local.serving.probe import port_is_open
 
 from .conftest import FAST_ENV, Outcome, Workspace, listening_addresses, registered_versions
 

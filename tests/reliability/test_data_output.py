@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 import ftctl.data.prepare as prepare_module
+import ftctl.data.writer as writer_module
 from ftctl.data.prepare import SAMPLE_DATASET, PrepareOptions, prepare
 from ftctl.errors import DataError
 
@@ -138,7 +139,7 @@ def test_temp_file_never_follows_a_planted_symlink(tmp_path: Path, monkeypatch) 
         calls[0] += 1
         return "deadbeef" if calls[0] % 2 else f"{calls[0]:08x}"
 
-    monkeypatch.setattr(prepare_module.secrets, "token_hex", token_hex)
+    monkeypatch.setattr(writer_module.secrets, "token_hex", token_hex)
     flags: list[int] = []
     real_open = os.open
 
@@ -229,7 +230,7 @@ def test_read_error_is_a_data_error_naming_the_file(tmp_path: Path, monkeypatch)
 def test_keyboard_interrupt_while_writing_leaves_nothing(tmp_path: Path, monkeypatch, at_row: int) -> None:
     src = source(tmp_path)
     out = earlier_output(tmp_path)
-    real_check, calls = prepare_module.check_record, [0]
+    real_check, calls = writer_module.check_record, [0]
 
     def check(record: Any) -> str | None:
         calls[0] += 1
@@ -237,7 +238,7 @@ def test_keyboard_interrupt_while_writing_leaves_nothing(tmp_path: Path, monkeyp
             raise KeyboardInterrupt
         return real_check(record)
 
-    monkeypatch.setattr(prepare_module, "check_record", check)
+    monkeypatch.setattr(writer_module, "check_record", check)
     with pytest.raises(KeyboardInterrupt):
         prepare(str(src), out)
     assert_untouched(out)
@@ -310,11 +311,12 @@ def test_sigint_to_a_running_prepare_leaves_nothing(tmp_path: Path) -> None:
         f"""
         import sys, time
         import ftctl.data.prepare as module
-        real = module.check_record
+        import ftctl.data.writer as writer
+        real = writer.check_record
         def slow(record):
             time.sleep(0.005)
             return real(record)
-        module.check_record = slow
+        writer.check_record = slow
         try:
             module.prepare({str(src)!r}, module.Path({str(out)!r}))
         except KeyboardInterrupt:

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 
-import ftctl.data.prepare as prepare_module
+import ftctl.data.sources as sources_module
 from ftctl.data.prepare import PrepareOptions, format_dropped, prepare
 from ftctl.errors import DataError
 
@@ -168,7 +168,7 @@ def test_hostile_record(case: Case, tmp_path: Path) -> None:
 
 def test_line_longer_than_the_limit_is_dropped_and_skipped(tmp_path: Path, monkeypatch) -> None:
     """An overlong line is dropped without being read whole; the lines after it keep their numbers."""
-    monkeypatch.setattr(prepare_module, "MAX_LINE_BYTES", 4096, raising=False)
+    monkeypatch.setattr(sources_module, "MAX_LINE_BYTES", 4096)
     long_line = line({"messages": [U, msg("assistant", "x" * 50_000)]})
     lines = with_line_2(long_line)
     lines.insert(5, good(99)[:-1] + b" " * 10_000 + b"}")  # the last line holds no newline

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from ftctl import chat
-from ftctl.backends.local.server import MAX_BODY_BYTES, Generator, ServerOptions, create_app
+from ftctl.backends.local.serving.app import MAX_BODY_BYTES, ServerOptions, create_app
+from ftctl.backends.local.serving.generation import Generator
 from ftctl.cli.app import app
 from ftctl.errors import UsageError
 

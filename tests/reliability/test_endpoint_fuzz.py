@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
-from ftctl.backends.local.server import MAX_BODY_BYTES, ServerOptions, create_app
+from ftctl.backends.local.serving.app import MAX_BODY_BYTES, ServerOptions, create_app
 
 TINY_MODEL = Path(__file__).resolve().parents[2] / "src" / "ftctl" / "resources" / "tiny-phi3"
 KEY = "fuzz-key-0123456789"
@@ -308,7 +308,7 @@ def test_chat_template_refusal_is_a_bad_request(client: TestClient) -> None:
     """A chat template that raises (the shipped one on a role it does not know; real ones on roles that
     do not alternate) refuses the request: BadRequest (400), not an unexpected error (500)."""
     generator = client.app.state.generator  # type: ignore[attr-defined]
-    from ftctl.backends.local.server import BadRequest
+    from ftctl.backends.local.serving.request import BadRequest
 
     with pytest.raises(BadRequest, match="chat template refused"):
         generator.prompt([{"role": "robot", "content": "hi"}])

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from ftctl.backends.local.server import wait_until_ready
+from ftctl.backends.local.serving.probe import wait_until_ready
 
 from .conftest import base_env, kill_group, listening_addresses
 

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from ftctl.backends.local.server import Generator, ServerOptions, create_app
+from ftctl.backends.local.serving.app import ServerOptions, create_app
+from ftctl.backends.local.serving.generation import Generator
 
 TINY_MODEL = Path(__file__).resolve().parents[2] / "src" / "ftctl" / "resources" / "tiny-phi3"
 KEY = "paths-key-0123456789"

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from ftctl.backends.local import server
+from ftctl.backends.local.serving import probe as server
 from ftctl.errors import StageFailed
 
 
@@ -43,7 +43,8 @@ def test_in_a_real_namespace_without_loopback() -> None:
     if probe.returncode != 0:
         pytest.skip("cannot create a network namespace here")
     code = (
-        "import time; from ftctl.backends.local import server; from ftctl.errors import StageFailed\n"
+        "import time\nfrom ftctl.backends.local.serving import probe as server\n"
+        "from ftctl.errors import StageFailed\n"
         "t = time.monotonic()\n"
         "try:\n    server.wait_until_ready('http://127.0.0.1:9', timeout_s=180)\n"
         "except StageFailed as e:\n    print(round(time.monotonic() - t), e.message)\n"

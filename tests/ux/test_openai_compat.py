@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ftctl.backends.local.openai_compat import parse_chat_request, served_names
-from ftctl.backends.local.server import BadRequest, ServerOptions, create_app
+from ftctl.backends.local.serving.app import ServerOptions, create_app
+from ftctl.backends.local.serving.request import BadRequest
 
 USER = {"role": "user", "content": "Hi"}
 

@@ -246,7 +246,7 @@ def show(ctx: Context, call: StageCall, raw: str, sample: Sample | None = None) 
 
 
 def prepare_inputs(ctx: Context, state: State) -> dict[str, Path]:
-    from ftctl.data.prepare import sample_dataset_dir
+    from ftctl.data.sources import sample_dataset_dir
 
     dataset = ctx.cfg.data.dataset
     if dataset == SAMPLE_DATASET:

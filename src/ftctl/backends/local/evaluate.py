@@ -85,10 +85,11 @@ def load_model(model_dir: Path, device: str) -> Any:
 
 def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
     """The tokens the endpoint stops on: the end-of-turn token, the eos token and the model's
-    generation config's eos ids (ftctl.backends.local.server.Generator._load, without the weights)."""
+    generation config's eos ids (as ftctl.backends.local.serving.generation.Generator._load does,
+    without the weights)."""
     from transformers import GenerationConfig
 
-    from ftctl.backends.local.server import END_TOKEN
+    from ftctl.backends.local.serving.generation import END_TOKEN
     from ftctl.models.layout import resolve_hf_dir
 
     ids: list[int] = []
@@ -319,7 +320,7 @@ class TemplateCheck:
 
 def _serving_ids(serve_tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     """The prompt ids the endpoint generates from: the server's prompt building and encoding."""
-    from ftctl.backends.local.server import Generator
+    from ftctl.backends.local.serving.generation import Generator
 
     generator = Generator(Path("."))
     generator.tokenizer = serve_tokenizer

@@ -34,14 +34,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ftctl.backends.local.server import (
+from ftctl.backends.local.serving.app import log, read_body
+from ftctl.backends.local.serving.generation import Generator
+from ftctl.backends.local.serving.request import (
     BadRequest,
     GenerationTimeout,
-    Generator,
-    log,
     normalize_parameters,
     parse_json_body,
-    read_body,
     show,
 )
 

@@ -77,7 +77,7 @@ def server_process(outputs: dict[str, Any]) -> dict[str, Any] | None:
 
 def alive(ctx: Context, outputs: dict[str, Any]) -> bool:
     from ftctl.backends.local import procs
-    from ftctl.backends.local.server import port_is_open
+    from ftctl.backends.local.serving.probe import port_is_open
 
     port = outputs.get("port")
     return bool(
@@ -221,7 +221,7 @@ def _start_recorded(ctx: Context, call: StageCall, server: _Server) -> Outputs:
 
 def run(ctx: Context, call: StageCall) -> Outputs:
     from ftctl.backends.local import procs
-    from ftctl.backends.local.server import wait_until_ready
+    from ftctl.backends.local.serving.probe import wait_until_ready
 
     cfg = ctx.cfg.deploy
     recorded = call.recorded

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def run(ctx: Context, call: StageCall) -> Outputs:
     from ftctl.backends.local import procs
-    from ftctl.backends.local.server import port_is_open
+    from ftctl.backends.local.serving.probe import port_is_open
     from ftctl.backends.local.stages.deploy import forget, server_process
 
     endpoint = call.upstream.deploy

@@ -1,0 +1,184 @@
+"""Writing one split: every record validated (ftctl.data.ultrachat.check_record), the valid ones written
+as JSON lines to a new temporary file (O_EXCL|O_NOFOLLOW: never one that exists, never through a
+symlink), the dropped ones reported with their line and reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from ftctl.data.ultrachat import check_record
+from ftctl.errors import DataError
+
+if TYPE_CHECKING:
+    pass
+
+
+def os_reason(exc: OSError) -> str:
+    return exc.strerror or short_reason(exc)
+
+
+def short_reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass
+class Dropped:
+    """A record left out: `line` is the 1-based line in the source .jsonl, or row in the split."""
+
+    line: int
+    reason: str
+
+
+@dataclass
+class SplitReport:
+    name: str
+    path: Path
+    rows_read: int
+    rows_written: int
+    dropped: list[Dropped]
+    sha256: str
+    bytes: int
+
+
+# A temp file is always a new file: never one that exists, never through a symlink.
+_TEMP_FLAGS = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+class SplitWriter:
+    """Writes one split's valid records to a temp file in download_dir, hashing as it goes."""
+
+    def __init__(self, download_dir: Path, split: str) -> None:
+        self.split = split
+        self.target = download_dir / f"{split}.jsonl"
+        # Not tempfile.mkstemp: its files are 0600; these get the usual umask-based mode.
+        for _ in range(100):
+            self.tmp = download_dir / f".{split}.jsonl.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+            try:
+                fd = os.open(self.tmp, _TEMP_FLAGS, 0o666)
+                break
+            except FileExistsError:  # taken (by a file or a symlink, which is not followed): another name
+                continue
+            except OSError as exc:
+                raise self._failed(exc) from None
+        else:
+            raise DataError(f"{download_dir}: cannot create a temp file there (every name tried exists)")
+        self._fh: IO[bytes] = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self._pending: list[bytes] = []  # lines not yet written: written and hashed ~1 MiB at a time
+        self._pending_bytes = 0
+        self.bytes = 0
+        self.rows_read = 0
+        self.rows_written = 0
+        self.dropped: list[Dropped] = []
+
+    def add(self, number: int, record: Any) -> None:
+        self.rows_read += 1
+        reason = check_record(record)
+        if reason is not None:
+            self.dropped.append(Dropped(number, reason))
+            return
+        try:
+            data = _dumps(record)
+        except RecursionError:
+            self.dropped.append(Dropped(number, "cannot be written as JSON: nested too deeply"))
+            return
+        except (TypeError, ValueError) as exc:
+            self.dropped.append(Dropped(number, _unwritable(exc)))
+            return
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        self.bytes += len(data)
+        if self._pending_bytes >= 1 << 20:
+            self._flush()
+        self.rows_written += 1
+
+    def drop(self, number: int, reason: str) -> None:
+        self.rows_read += 1
+        self.dropped.append(Dropped(number, reason))
+
+    def _flush(self) -> None:
+        chunk = b"".join(self._pending)
+        try:
+            self._fh.write(chunk)
+        except OSError as exc:
+            raise self._failed(exc) from None
+        self._hash.update(chunk)
+        self._pending, self._pending_bytes = [], 0
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._flush()
+            try:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self._fh.close()
+            except OSError as exc:
+                raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> DataError:
+        return DataError(
+            f"{self.target.parent}: cannot write {self.target.name} there ({os_reason(exc)})",
+            hint="check the free space and the permissions of the download folder (data.download_dir)",
+        )
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._fh.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+    def report(self) -> SplitReport:
+        return SplitReport(
+            name=self.split,
+            path=self.target,
+            rows_read=self.rows_read,
+            rows_written=self.rows_written,
+            dropped=self.dropped,
+            sha256=self._hash.hexdigest(),
+            bytes=self.bytes,
+        )
+
+
+def _dumps(record: Any) -> bytes:
+    """One JSON line (UTF-8, compact). orjson when installed: several times faster than json."""
+    try:
+        import orjson
+    except ImportError:
+        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+        return (text + "\n").encode("utf-8")
+    try:
+        return orjson.dumps(record, default=_json_default, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _unwritable(exc: Exception) -> str:
+    text = str(exc)
+    if "surrogates" in text:
+        return "text with a lone surrogate (an unpaired \\ud800-\\udfff escape) is not valid Unicode"
+    if "Recursion limit" in text:
+        return "cannot be written as JSON: nested too deeply"
+    return f"cannot be written as JSON: {text}"
+
+
+def _json_default(value: Any) -> Any:
+    # Columns from parquet/arrow may hold dates, decimals or bytes: keep them, as text.
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
