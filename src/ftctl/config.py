@@ -292,7 +292,11 @@ class DeploySection(Section):
     ready_timeout_s: float = Field(
         180.0, gt=0, le=MAX_WAIT_S, description=f"seconds to wait for the server, (0, {MAX_WAIT_S}]"
     )
-    instance_type: str = "Standard_NC6s_v3"
+    instance_type: str | None = Field(
+        None,
+        description="Azure ML VM size of the deployment; null: the model's recommended inference size "
+        "within its allow-list",
+    )
     instance_count: int = Field(
         1, ge=1, le=MAX_NODES, description=f"deployment instances (Azure ML), 1..{MAX_NODES}"
     )

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from fakes.azureml import FakeAzureML
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "azureml-phi3-ultrachat.yaml"
+CONFIG = ROOT / "configs" / "azureml-phi4-ultrachat.yaml"  # the headline config
+NOTEBOOK_CONFIG = ROOT / "configs" / "azureml-phi3-ultrachat.yaml"
 AZURE_ENV = (
     "AZURE_SUBSCRIPTION_ID",
     "AZURE_RESOURCE_GROUP",
@@ -100,12 +101,14 @@ def azure_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture
 def service(monkeypatch: pytest.MonkeyPatch, azure_env: None, ftctl: Any) -> FakeAzureML:
-    """The fake Azure ML service with Phi-3-mini-4k-instruct (tags layout) in its registry."""
+    """The fake Azure ML service with its registry as azureml-assets has it since 2026-07:
+    Phi-3-mini-4k-instruct archived (fine-tuning retired) and Phi-4 active, both with system_metadata."""
     pytest.importorskip("azure.ai.ml", reason="the azure extra is not installed (pip install -e '.[azure]')")
     from fakes.azureml import FakeAzureML, FakeCredential, FakeTransport
 
     fake = FakeAzureML()
     fake.add_phi3()
+    fake.add_phi4()
     transport = FakeTransport(fake)
     ftctl.backend_options.update(transport=transport, credential=FakeCredential())
     # azure-ai-ml builds the blob client for uploads without the MLClient's transport: give it the fake's.
@@ -136,7 +139,7 @@ def dataset(tmp_path: Path) -> Path:
 
 
 class AzureFtctl:
-    """`ftctl --backend azureml --config configs/azureml-phi3-ultrachat.yaml ...` against the fake service."""
+    """`ftctl --backend azureml --config configs/azureml-phi4-ultrachat.yaml ...` against the fake service."""
 
     def __init__(self, ftctl: Any, service: FakeAzureML, dataset: Path) -> None:
         from fakes.azureml import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE

@@ -23,7 +23,7 @@ from ftctl.stages.contract import RunOptions
 from ftctl.ui import UI
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "azureml-phi3-ultrachat.yaml"
+CONFIG = ROOT / "configs" / "azureml-phi4-ultrachat.yaml"
 STAGES = [
     "auth",
     "pick-model",
@@ -76,9 +76,9 @@ def test_run_dry_run_plans_every_stage_from_the_config(tmp_path, monkeypatch, az
     assert "no Azure ML workspace configured" in auth["workspace"]["missing_now"]
     model = plans["pick-model"]["model"]
     assert model == {
-        "name": "Phi-3-mini-4k-instruct",
+        "name": "Phi-4",
         "version": "<latest version>",
-        "id": "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/<latest version>",
+        "id": "azureml://registries/azureml/models/Phi-4/versions/<latest version>",
     }
     compute = plans["check-compute"]
     assert compute["would_create"]["type"] == "amlcompute"
@@ -89,7 +89,7 @@ def test_run_dry_run_plans_every_stage_from_the_config(tmp_path, monkeypatch, az
     )
     job = plans["submit"]["would_create"]
     assert job["name"] == "<job name chosen at submit>"
-    assert job["experiment_name"] == "chat_completion_Phi-3-mini-4k-instruct"
+    assert job["experiment_name"] == "chat_completion_Phi-4"
     assert job["settings"] == {"force_rerun": True, "continue_on_step_failure": False}
     node = job["jobs"]["chat_completion_pipeline"]
     assert node["component"].startswith(
@@ -104,11 +104,12 @@ def test_run_dry_run_plans_every_stage_from_the_config(tmp_path, monkeypatch, az
     assert any("model_specific_defaults" in note for note in plans["submit"]["later_at_submit"])
     model_version = plans["register"]["would_create"]
     assert model_version["type"] == "mlflow_model"
-    assert model_version["name"] == "Phi-3-mini-4k-instruct-ultrachat-200k"
+    assert model_version["name"] == "Phi-4-ultrachat-200k"
     assert model_version["version"] == "<timestamp at run time>"
     deploy = plans["deploy"]["would_create"]
     assert deploy["endpoint"]["auth_mode"] == "key"
-    assert deploy["deployment"]["instance_type"] == "Standard_NC6s_v3"
+    # deploy.instance_type is unset: the size comes from the model's metadata, which a dry run does not read.
+    assert deploy["deployment"]["instance_type"] == "<the model's recommended inference size>"
     assert deploy["deployment"]["liveness_probe"]["initial_delay"] == 600
     request = plans["score"]["request"]["input_data"]
     assert request["parameters"] == {
@@ -117,7 +118,7 @@ def test_run_dry_run_plans_every_stage_from_the_config(tmp_path, monkeypatch, az
         "do_sample": True,
         "max_new_tokens": 200,
     }
-    assert "begin_delete(name='ultrachat-completion-<unix time>')" in plans["teardown"]["calls"][0]
+    assert "begin_delete(name='ultrachat-phi4-<unix time>')" in plans["teardown"]["calls"][0]
     assert "nothing was recorded" in err.getvalue()
 
 
@@ -150,7 +151,7 @@ def test_stage_by_stage_and_json(tmp_path, monkeypatch, azure_env, no_network) -
 
 
 def test_without_credentials_or_network_in_a_process(tmp_path) -> None:
-    """`ftctl --backend azureml --config configs/azureml-phi3-ultrachat.yaml run --dry-run` in a fresh
+    """`ftctl --backend azureml --config configs/azureml-phi4-ultrachat.yaml run --dry-run` in a fresh
     network namespace (no interface but loopback) with no Azure variables at all: exit 0, nine stages."""
     if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
         pytest.skip("unshare -n is not permitted here")

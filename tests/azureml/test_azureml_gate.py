@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("azure.ai.ml", reason="the azure extra is not installed")
 
-NAME = "Phi-3-mini-4k-instruct-ultrachat-200k"
+NAME = "Phi-4-ultrachat-200k"
 REFUSED = "register refused by the gate (register.gate: improve): the fine-tuned model is"
 
 
@@ -215,7 +215,7 @@ def test_evaluate_shows_the_jobs_losses_the_previous_version_and_the_gate(az, tr
     losses = {m["label"]: m for m in data["losses"]}
     assert losses["base"] == {
         "label": "base",
-        "model": "Phi-3-mini-4k-instruct",
+        "model": "Phi-4",
         "loss": 1.6,
         "source": "the job's metrics (eval_loss at step 0)",
         "perplexity": pytest.approx(4.953, abs=1e-3),

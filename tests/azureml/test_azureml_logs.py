@@ -13,7 +13,7 @@ from fakes.azureml_mlflow import FINETUNE, STEPS
 from ftctl.backends.azureml.steps import error_line, user_log_file
 
 DETAILS = r"/history/v1\.0/.*/runs/[^/]+/details$"
-USER_LOG = r"/azureml/ExperimentRun/dcid\.[^/]+/user_logs/std_log\.txt$"
+USER_LOG = r"/azureml/ExperimentRun/dcid\.[^/]+/user_logs/std_log(_process_0)?\.txt$"
 
 
 def _run(service, step: str):
@@ -30,8 +30,8 @@ def test_logs_shows_the_finetune_steps_user_log(az) -> None:
     assert any(line.startswith("{'loss': ") for line in expected)
     job = az.outputs("submit")["job_name"]
     assert (
-        f"job {job}: Completed; step {FINETUNE}: Completed; {len(expected)} lines from user_logs/std_log.txt"
-        in result.stderr
+        f"job {job}: Completed; step {FINETUNE}: Completed; {len(expected)} lines from "
+        "user_logs/std_log_process_0.txt" in result.stderr
     )
     # The step's run details, then the log blob by its SAS URL: no bearer token goes to storage.
     details = service.find("GET", DETAILS)[-1]
@@ -111,8 +111,8 @@ def test_a_running_job_that_has_not_reached_the_step(az) -> None:
     az("run", "--to", "prepare-data")
     az("submit", "--no-wait")
     az("logs")  # Running: the fine-tuning step runs
-    result = az("logs", "--step", "chat_completion_model_converter", code=2)
-    assert "is Running and has no step chat_completion_model_converter yet" in result.stderr
+    result = az("logs", "--step", "ft_nlp_model_converter", code=2)
+    assert "is Running and has no step ft_nlp_model_converter yet" in result.stderr
     assert "`ftctl logs --follow` waits for it" in result.stderr
 
 
@@ -139,17 +139,18 @@ def test_a_failed_pipeline_names_the_step_and_its_error(az) -> None:
     result = az("submit", code=1)
     job = az.outputs("submit")["job_name"]
     assert (
-        f"error: pipeline job {job} failed at step {FINETUNE}: torch.OutOfMemoryError: CUDA out of memory."
-        in result.stderr
+        f"error: pipeline job {job} failed at step {FINETUNE}: azureml._common.exceptions.AzureMLException: "
+        "AzureMLException: There is not enough GPU memory on the machine" in result.stderr
     )
     assert f"hint: the step's whole log: `ftctl logs --step {FINETUNE}`" in result.stderr
     assert f"https://ml.azure.com/runs/{job}" in result.stderr
     assert az.state()["stages"]["submit"]["status"] == "failed"
     # The step's log, traceback included; the steps after it never ran.
     logs = az("logs")
-    assert logs.stdout.splitlines()[-1].startswith("torch.OutOfMemoryError: CUDA out of memory.")
+    assert "[rank0]: torch.OutOfMemoryError: CUDA out of memory." in logs.stdout
+    assert logs.stdout.splitlines()[-1].startswith("[rank0]: \tErrorResponse")
     assert f"step {FINETUNE}: Failed" in logs.stderr
-    later = az("logs", "--step", "chat_completion_model_converter", code=2)
+    later = az("logs", "--step", "ft_nlp_model_converter", code=2)
     assert f"{FINETUNE} (Failed)" in later.stderr
     assert f"`ftctl logs --step {FINETUNE}`" in later.stderr
     assert service.unhandled == []

@@ -64,13 +64,20 @@ def test_memory_is_checked_against_the_instance_types_gpu(az) -> None:
     assert data["settings"]["instance_type"] == "Standard_NC24ads_A100_v4"
     assert memory["limit_bytes"] == 80 * GiB and "learn.microsoft.com" in memory["limit_source"]
     assert memory["verdict"] == "fits"
-    # Phi-3-mini's weights at 16 bits (the model's default precision) under LoRA: 2 bytes a parameter.
-    assert memory["components"]["weights"] == 2 * 3_821_079_552
+    # Phi-4's weights at 16 bits (the model's default precision) under LoRA: 2 bytes a parameter.
+    assert memory["components"]["weights"] == 2 * 14_659_507_200
     source = data["model"]["shape_source"]
-    assert source == "config.json of microsoft/Phi-3-mini-4k-instruct on the Hugging Face hub"
+    assert source == "config.json of microsoft/phi-4 on the Hugging Face hub"
+
+
+def _small_model(az) -> None:
+    """A 3.8B fine-tunable model (Phi-4 at 14.7B leaves no batch size that fits a full fine-tune)."""
+    az.service.add_phi_family()
+    az.settings.append("model.name=Phi-4-mini-instruct")
 
 
 def test_submit_refuses_a_run_that_cannot_fit_and_sends_nothing(az) -> None:
+    _small_model(az)
     az("run", "--to", "prepare-data")
     big = ["--set", "finetune.apply_lora=false", "--set", "finetune.precision=32"]
     big += ["--set", "finetune.per_device_train_batch_size=256"]
@@ -87,8 +94,8 @@ def test_submit_refuses_a_run_that_cannot_fit_and_sends_nothing(az) -> None:
 
 def test_max_seq_length_above_the_context_is_refused(az) -> None:
     az("run", "--to", "prepare-data")
-    refused = az("--set", "finetune.max_seq_length=8192", "submit", code=2)
-    assert "finetune.max_seq_length 8192 is above the model's context length 4096" in refused.stderr
+    refused = az("--set", "finetune.max_seq_length=32768", "submit", code=2)
+    assert "finetune.max_seq_length 32768 is above the model's context length 16384" in refused.stderr
     assert _jobs(az) == 0
 
 
@@ -162,7 +169,7 @@ def _trainer_counts(folder: Path, path: Path) -> tuple[int, int]:
 def test_a_cached_tokenizer_of_the_registry_model_counts_exactly(az, tmp_path, monkeypatch) -> None:
     pytest.importorskip("transformers")
     cache = tmp_path / "hf-cache"
-    snapshot = _hub_cache(cache, "microsoft/Phi-3-mini-4k-instruct", TOKENIZER_FILES)
+    snapshot = _hub_cache(cache, "microsoft/phi-4", TOKENIZER_FILES)
     _use_hub_cache(monkeypatch, cache)
     az("run", "--to", "prepare-data")
     data = az.json("plan")
@@ -172,7 +179,7 @@ def test_a_cached_tokenizer_of_the_registry_model_counts_exactly(az, tmp_path, m
     assert (split["tokens"], split["assistant_tokens"]) == _trainer_counts(snapshot, train)
     assert split["end_of_turn_labelled"] == split["conversations"]
     # No config.json in the cache: the shape is still the registry model's, from ftctl's table.
-    assert data["model"]["parameters"] == 3_821_079_552
+    assert data["model"]["parameters"] == 14_659_507_200
     # Counted once: the counts are kept in the workspace and read back the next time.
     assert len(list((az.workspace / "plan").glob("tokens-train_sft-*.json"))) == 1
     assert az.json("plan")["splits"] == data["splits"]
@@ -225,6 +232,7 @@ def test_the_estimate_counts_what_max_seq_length_keeps() -> None:
 
 
 def test_tight_memory_is_a_warning_with_the_safer_setting(az) -> None:
+    _small_model(az)
     az("run", "--to", "prepare-data")
     tight = ["--set", "finetune.apply_lora=false", "--set", "finetune.precision=32"]
     tight += ["--set", "finetune.per_device_train_batch_size=128"]
@@ -242,7 +250,7 @@ def test_a_completed_jobs_measured_pace_gives_the_next_plan_a_time(az, tracking)
     az("run", "--to", "submit")
     pace = az.outputs("submit")["pace"]
     assert pace["steps"] == 20 and pace["train_runtime_s"] == 612.3
-    assert pace["instance_type"] == "Standard_NC24ads_A100_v4" and pace["model"] == "Phi-3-mini-4k-instruct"
+    assert pace["instance_type"] == "Standard_NC24ads_A100_v4" and pace["model"] == "Phi-4"
     requests = len(az.service.requests)
     data = az.json("plan")
     assert len(az.service.requests) == requests

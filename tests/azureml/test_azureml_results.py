@@ -25,7 +25,7 @@ def test_credentials_from_the_endpoint_and_its_keys(az) -> None:
         "scoring_uri": f"https://{name}.{LOCATION}.inference.ml.azure.com/score",
         "primary_key": ENDPOINT_KEY,
         "openai_base_url": None,
-        "model": f"Phi-3-mini-4k-instruct-ultrachat-200k:{az.outputs('register')['version']}",
+        "model": f"Phi-4-ultrachat-200k:{az.outputs('register')['version']}",
     }
     assert az.service.find("POST", rf"/onlineEndpoints/{name}/listKeys$")
     assert ENDPOINT_KEY not in (az.workspace / "state.json").read_text()
@@ -132,7 +132,7 @@ def test_metrics_of_the_finetune_step_through_mlflow(az, tracking, tmp_path) -> 
     assert data["status"] == "FINISHED"
     assert data["run_name"].endswith(" / chat_completion_finetune")
     assert data["tracking_uri"].startswith(f"azureml://{LOCATION}.api.azureml.ms/mlflow/v2.0/subscriptions/")
-    assert data["experiment"] == "chat_completion_Phi-3-mini-4k-instruct"
+    assert data["experiment"] == "chat_completion_Phi-4"
     assert data["params"]["learning_rate"] == "5e-06" and data["params"]["lr_scheduler_type"] == "cosine"
     steps = {row["step"]: row for row in data["steps"]}
     assert sorted(steps) == [5, 10, 15, 20]
@@ -150,7 +150,7 @@ def test_metrics_of_the_finetune_step_through_mlflow(az, tracking, tmp_path) -> 
         f"tags.mlflow.parentRunId = '{r.run_id}'" for r in tracking.mlflow.runs.values()
     }
     table = az("metrics").stdout.splitlines()
-    assert table[0].startswith("run Phi-3-mini-4k-instruct-ultrachat-") and table[0].endswith("(FINISHED)")
+    assert table[0].startswith("run Phi-4-ultrachat-") and table[0].endswith("(FINISHED)")
     assert f"; job {job}" in table[1]
     assert table[-1].startswith("final: train_loss 1.3000, eval_loss 1.0000, perplexity 2.72")
 

@@ -1,4 +1,4 @@
-"""`ftctl run --backend azureml --config configs/azureml-phi3-ultrachat.yaml` against the fake Azure ML
+"""`ftctl run --backend azureml --config configs/azureml-phi4-ultrachat.yaml` against the fake Azure ML
 service, and the requests it sends compared with the notebook's calls."""
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def test_run_completes_all_nine_stages_with_the_notebooks_calls(az) -> None:
     # submit: the pipeline job around the registry component.
     job = service.one("PUT", JOB_PUT).body["properties"]
     assert job["jobType"] == "Pipeline"
-    assert job["experimentName"] == "chat_completion_Phi-3-mini-4k-instruct"
-    assert job["displayName"] == "Phi-3-mini-4k-instruct-ultrachat-bs1-cosine-ds2-lora-save_limit1-seqlen4096"
+    assert job["experimentName"] == "chat_completion_Phi-4"
+    assert job["displayName"] == "Phi-4-ultrachat-bs1-cosine-ds3-lora-save_limit1-seqlen4096"
     assert job["settings"]["force_rerun"] is True
     assert job["settings"]["continue_on_step_failure"] is False
     assert job["outputs"] == {"trained_model": {"jobOutputType": "mlflow_model"}}
@@ -71,7 +71,7 @@ def test_run_completes_all_nine_stages_with_the_notebooks_calls(az) -> None:
     assert set(inputs) <= set(COMPONENT_INPUTS), set(inputs) - set(COMPONENT_INPUTS)
     literal = {k: v["value"] for k, v in inputs.items() if v["job_input_type"] == "literal"}
     assert inputs["mlflow_model_path"] == {
-        "uri": "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/versions/15",
+        "uri": "azureml://registries/azureml/models/Phi-4/versions/8",
         "job_input_type": "mlflow_model",
     }
     for split in ("train_file_path", "test_file_path"):
@@ -91,7 +91,7 @@ def test_run_completes_all_nine_stages_with_the_notebooks_calls(az) -> None:
     # The notebook's parameters, the model's defaults over them, yes/no inputs as "true"/"false" strings.
     assert literal["apply_lora"] == "true"
     assert literal["apply_deepspeed"] == "true"
-    assert literal["deepspeed_stage"] == "2"
+    assert literal["deepspeed_stage"] == "3"  # Phi-4's model_specific_defaults: DeepSpeed stage 3
     assert literal["precision"] == "16"
     assert literal["lr_scheduler_type"] == "cosine"
     assert float(literal["learning_rate"]) == 5e-6
@@ -102,7 +102,8 @@ def test_run_completes_all_nine_stages_with_the_notebooks_calls(az) -> None:
     assert literal["max_seq_length"] == "4096"
     assert all(literal[name] in ("true", "false") for name in YES_NO & set(literal))
     assert "learning_rate_min" not in inputs and "learning_rate_max" not in inputs
-    assert "not sent to chat_completion_pipeline 0.0.82: learning_rate_max=5e-05" in result.stderr
+    # Phi-4's model_specific_defaults (azureml-assets) are all component inputs: nothing is dropped.
+    assert "not sent to chat_completion_pipeline" not in result.stderr
     # The data files went to the workspace's blob store, once each.
     uploads = [
         r.path.rsplit("/", 1)[1]
@@ -113,25 +114,24 @@ def test_run_completes_all_nine_stages_with_the_notebooks_calls(az) -> None:
 
     # register: an MLflow model from the job's output.
     job_name = az.outputs("submit")["job_name"]
-    model_put = service.one("PUT", r"/models/Phi-3-mini-4k-instruct-ultrachat-200k/versions/\d+$")
+    model_put = service.one("PUT", r"/models/Phi-4-ultrachat-200k/versions/\d+$")
     assert model_put.body["properties"]["modelUri"] == f"azureml://jobs/{job_name}/outputs/trained_model"
     assert model_put.body["properties"]["modelType"] == "mlflow_model"
     assert model_put.body["properties"]["tags"]["ftctl.job_id"] == job_name
 
     # deploy: key-auth endpoint, deployment "demo" with the probe and timeout, then all traffic.
     endpoint_name = az.outputs("deploy")["endpoint_name"]
-    assert re.fullmatch(r"ultrachat-completion-\d{10}", endpoint_name)
+    assert re.fullmatch(r"ultrachat-phi4-\d{10}", endpoint_name)
     endpoint_puts = service.find("PUT", rf"/onlineEndpoints/{endpoint_name}$")
     assert [p.body["properties"]["authMode"] for p in endpoint_puts] == ["Key", "Key"]
     assert [p.body["properties"]["traffic"] for p in endpoint_puts] == [{}, {"demo": 100}]
     deployment = service.one("PUT", rf"/onlineEndpoints/{endpoint_name}/deployments/demo$").body
-    assert deployment["properties"]["instanceType"] == "Standard_NC6s_v3"
+    assert deployment["properties"]["instanceType"] == "Standard_NC24ads_A100_v4"
     assert deployment["properties"]["livenessProbe"]["initialDelay"] == "PT10M"
     assert deployment["properties"]["requestSettings"]["requestTimeout"] == "PT1M30S"
     assert (
         deployment["properties"]["model"]
-        == f"{WS_ID}/models/Phi-3-mini-4k-instruct-ultrachat-200k/versions/"
-        + (az.outputs("register")["version"])
+        == f"{WS_ID}/models/Phi-4-ultrachat-200k/versions/" + (az.outputs("register")["version"])
     )
     assert deployment["sku"]["capacity"] == 1
 
@@ -199,7 +199,7 @@ def test_status_shows_azure_summaries_without_importing_azure(az) -> None:
         check=True,
     ).stdout
     assert "AZURE []" in out, out
-    assert "Phi-3-mini-4k-instruct v15" in out
+    assert "Phi-4 v8" in out
     assert "gpu-cluster-big Standard_NC24ads_A100_v4 x1 GPU" in out
 
 
@@ -216,7 +216,7 @@ def test_submit_follows_the_pipelines_steps(az) -> None:
         "  step chat_completion_finetune: Running",
     ]
     assert "  step chat_completion_finetune: Completed" in lines
-    assert "  step chat_completion_model_converter: Completed" in lines
+    assert "  step ft_nlp_model_converter: Completed" in lines
     assert lines.count("  step chat_completion_finetune: Running") == 1  # said once, not every poll
     history = az.service.find("GET", r"/history/v1\.0/.*/runs/[^/]+/children$")
     assert history and all(r.host == "eastus2.api.azureml.ms" for r in history)

@@ -52,7 +52,7 @@ def test_dry_run_prints_the_entities_and_sends_and_records_nothing(az) -> None:
     endpoint = yaml.safe_load(documents[1].split("\n", 1)[1])
     deployment = yaml.safe_load(documents[2].split("\n", 1)[1])
     assert endpoint["auth_mode"] == "key"
-    assert deployment["name"] == "demo" and deployment["instance_type"] == "Standard_NC6s_v3"
+    assert deployment["name"] == "demo" and deployment["instance_type"] == "Standard_NC24ads_A100_v4"
     assert deployment["liveness_probe"]["initial_delay"] == 600
     assert deployment["request_settings"]["request_timeout_ms"] == 90000
     assert "traffic {'demo': 100}" in deploy.stdout

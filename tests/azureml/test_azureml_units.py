@@ -12,9 +12,14 @@ import pytest
 from ftctl.backends.azureml.client import find_workspace_config
 from ftctl.backends.azureml.metadata import (
     compute_lists,
+    inference_size,
+    is_chat_completion,
+    is_finetunable,
     lifecycle,
     model_defaults,
     parse_list,
+    retired,
+    size_retired,
     supported_computes,
 )
 from ftctl.backends.azureml.params import Declared, FinetuneSources, coerce, display_params, finetune_inputs
@@ -61,10 +66,11 @@ def test_supported_computes_shapes(metadata) -> None:
     assert supported_computes(metadata) == {"finetune": ["A"], "inference": ["B"]}
 
 
-def test_tags_win_over_system_metadata_and_either_is_read() -> None:
+def test_system_metadata_wins_over_tags_and_either_is_read() -> None:
     tags = {"finetune_compute_allow_list": "['T']"}
-    meta = {"supportedComputes": {"finetune": ["M"]}}
-    assert compute_lists(tags, meta) == (["T"], None, "tags")
+    meta = {"supportedComputes": {"finetuneComputes": ["M"]}}  # azureml-assets' key since 2026-06
+    assert compute_lists(tags, meta) == (["M"], None, "system_metadata.supportedComputes")
+    assert compute_lists(tags, None) == (["T"], None, "tags")
     assert compute_lists({}, meta) == (["M"], None, "system_metadata.supportedComputes")
     assert compute_lists({}, None) == (None, None, "none")
     assert model_defaults({"model_specific_defaults": "{'apply_lora': 'true'}"}, None) == (
@@ -82,9 +88,17 @@ def test_lifecycle() -> None:
     notes = lifecycle(tags, is_archived=True, stage=None, today=date(2026, 11, 22))
     assert notes == [
         "it is archived in the registry (no new fine-tuning or deployments are supported)",
-        "fine-tuning was retired on 2025-08-30 (FinetuneRetirementDate)",
-        "inference will be deprecated on 2027-01-31 (InferenceDeprecationDate)",
+        "fine-tuning was retired on 2025-08-30",
+        "inference will be deprecated on 2027-01-31",
     ]
+    # system_metadata.deprecation (ISO timestamps) first; a tag of the same name does not repeat it.
+    meta = {"deprecation": {"finetuneRetirementDate": "2025-08-30T00:00:00.000000Z"}}
+    stale = {"FinetuneRetirementDate": "2099-01-01"}
+    assert lifecycle(stale, False, None, date(2026, 11, 22), meta) == [
+        "fine-tuning was retired on 2025-08-30"
+    ]
+    assert retired(stale, date(2026, 11, 22), "finetune", meta) == date(2025, 8, 30)
+    assert retired({}, date(2026, 11, 22), "finetune", None) is None
     assert lifecycle({}, is_archived=False, stage="Archived", today=date(2026, 1, 1))[0].startswith(
         "it is archived"
     )
@@ -178,3 +192,21 @@ def test_find_workspace_config_skips_other_config_files(tmp_path: Path) -> None:
         )
     )
     assert find_workspace_config(inner) == scope
+
+
+def test_fine_tunable_from_system_metadata_tasks_and_sizes() -> None:
+    today = date(2026, 11, 22)
+    meta = {"tasks": {"fineTuningTasks": ["chat-completion"], "inferenceTasks": ["chat-completion"]}}
+    assert is_finetunable({}, None, today, meta) and is_chat_completion({}, None, meta)
+    assert not is_finetunable({}, None, today, {"tasks": {"inferenceTasks": ["chat-completion"]}})
+    assert is_finetunable({}, {"finetuning-tasks": "chat-completion"}, today)  # older versions
+    gone = {**meta, "deprecation": {"finetuneRetirementDate": "2025-08-30T00:00:00Z"}}
+    assert not is_finetunable({}, None, today, gone)
+    assert size_retired("Standard_NC6s_v3") and size_retired("standard_nc24rs_v3")
+    assert not size_retired("Standard_NC4as_T4_v3") and not size_retired("Standard_NC24ads_A100_v4")
+    allow = ["Standard_NC6s_v3", "Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4"]
+    assert (
+        inference_size(allow, ["Standard_NC6s_v3", "Standard_NC48ads_A100_v4"]) == "Standard_NC48ads_A100_v4"
+    )
+    assert inference_size(allow, []) == "Standard_NC24ads_A100_v4"
+    assert inference_size(None, []) is None

@@ -127,7 +127,7 @@ COMPONENT_INPUTS: dict[str, tuple[str, dict[str, Any]]] = {
     "evaluation_strategy": ("string", {"default": "epoch", "enum": ["epoch", "steps", "disable"]}),
     "evaluation_steps_interval": ("number", {"default": 0.0}),
     "eval_steps": ("integer", {"default": 500}),
-    "logging_strategy": ("string", {"default": "steps", "enum": ["steps", "epoch"]}),
+    "logging_strategy": ("string", {"default": "steps", "enum": ["epoch", "steps"]}),
     "logging_steps": ("integer", {"default": 10}),
     "metric_for_best_model": ("string", {"default": "loss", "enum": ["loss", "f1", "exact"]}),
     "resume_from_checkpoint": ("string", {"default": "false", "enum": ["true", "false"]}),
@@ -165,6 +165,93 @@ PHI3_INFERENCE_SKUS = [
     "Standard_ND96amsr_A100_v4",
     "Standard_NC96ads_A100_v4",
 ]
+# Phi-3-mini-4k-instruct's system_metadata.SKU.inferenceRecommendedSkus and deprecation dates
+# (azureml-assets spec.yaml, 2026-07): the recommended list keeps the NCv3 sizes; the dates are timestamps.
+PHI3_INFERENCE_RECOMMENDED = [
+    "Standard_NC6s_v3",
+    "Standard_NC12s_v3",
+    "Standard_NC24s_v3",
+    "Standard_ND40rs_v2",
+    "Standard_NC24ads_A100_v4",
+    "Standard_NC48ads_A100_v4",
+    "Standard_NC96ads_A100_v4",
+    "Standard_ND96asr_v4",
+    "Standard_ND96amsr_A100_v4",
+]
+PHI3_DEPRECATION = {
+    "finetuneDeprecationDate": "2025-06-30T00:00:00.000000Z",
+    "finetuneRetirementDate": "2025-08-30T00:00:00.000000Z",
+    "inferenceDeprecationDate": "2025-06-30T00:00:00.000000Z",
+    "inferenceLegacyDate": "2025-06-09T00:00:00.000000Z",
+    "inferenceRetirementDate": "2025-08-30T00:00:00.000000Z",
+}
+# Phi-4's lists (azureml-assets assets/models/system/Phi-4/spec.yaml, 2026-07: A100 and H100 only).
+PHI4_FINETUNE_SKUS = [
+    "Standard_NC24ads_A100_v4",
+    "Standard_NC48ads_A100_v4",
+    "Standard_NC96ads_A100_v4",
+    "Standard_ND96asr_v4",
+    "Standard_ND96amsr_A100_v4",
+    "Standard_NC40ads_H100_v5",
+    "Standard_NC80adis_H100_v5",
+    "Standard_ND96isr_H100_v5",
+]
+PHI4_INFERENCE_SKUS = [
+    "Standard_NC24ads_A100_v4",
+    "Standard_NC48ads_A100_v4",
+    "Standard_NC96ads_A100_v4",
+    "Standard_ND96asr_v4",
+    "Standard_ND96amsr_A100_v4",
+    "Standard_ND96isr_H100_v5",
+    "Standard_NC40ads_H100_v5",
+    "Standard_NC80adis_H100_v5",
+]
+PHI4_DEFAULTS = {
+    "apply_deepspeed": "true",
+    "deepspeed_stage": 3,
+    "apply_lora": "true",
+    "apply_ort": "false",
+    "precision": 16,
+    "ignore_mismatched_sizes": "false",
+    "num_train_epochs": 1,
+    "per_device_train_batch_size": 1,
+    "per_device_eval_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 5e-6,
+    "lr_scheduler_type": "cosine",
+    "logging_strategy": "steps",
+    "logging_steps": 10,
+    "save_total_limit": 1,
+}
+
+
+def phi_system_metadata(
+    finetune: list[str],
+    inference: list[str],
+    recommended: list[str],
+    deprecation: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Phi model's system_metadata with the keys azureml-assets' spec.yaml files lay out since the
+    2026-06/07 migration (tasks, SKU, supportedComputes, deprecation; display fields left out)."""
+    meta: dict[str, Any] = {
+        "deploymentOptions": ["UnifiedEndpointMaaS", "MaaP", "ServerlessMaaS"],
+        "tasks": {"fineTuningTasks": ["chat-completion"], "inferenceTasks": ["chat-completion"]},
+        "SKU": {
+            "inferenceRecommendedSkus": list(recommended),
+            "finetuneRecommendedSkus": list(finetune),
+            "inferenceMinSkuSpec": "24|1|220|64",
+            "finetuneMinSkuSpec": "24|1|220|64",
+        },
+        "publisher": "Microsoft",
+        "supportedComputes": {"inferenceComputes": list(inference), "finetuneComputes": list(finetune)},
+        "inferenceSupportedEnvs": ["vllm"],
+        "platformCapabilities": {"enableBatch": False, "maasInference": True},
+    }
+    if deprecation:
+        meta["deprecation"] = dict(deprecation)
+    return meta
+
+
 # The model_specific_defaults of Phi-3-mini-4k-instruct's spec.yaml in azureml-assets, as the registry
 # returns tags: one string holding a Python dict literal (the notebook parses it with ast.literal_eval).
 PHI3_DEFAULTS = {
@@ -429,34 +516,58 @@ class FakeAzureML:
         return props
 
     def add_phi3(
-        self, *, archived: bool = False, in_system_metadata: bool = False, version: str = "15"
+        self, *, archived: bool = True, in_system_metadata: bool = True, version: str = "15"
     ) -> None:
-        """Phi-3-mini-4k-instruct as azureml-assets describes it (tags), or with its allow-lists and
-        defaults moved to system_metadata."""
-        tags = {
-            "task": "chat-completion",
-            "author": "Microsoft",
-            "license": "mit",
-            "FinetuneDeprecationDate": "2025-06-30",
-            "FinetuneRetirementDate": "2025-08-30",
-            "InferenceRetirementDate": "2025-08-30",
-        }
+        """Phi-3-mini-4k-instruct. By default as azureml-assets has it since the 2026-06/07 metadata
+        migration (assets/models/system/phi-3-mini-4k-instruct/spec.yaml, snapshot 2026-07-23):
+        `isArchived: true`; tasks, allow-lists, recommended SKUs and lifecycle dates under system_metadata;
+        model_specific_defaults (17 keys) still a tag, which publishing stringifies as JSON.
+        `in_system_metadata=False`: the 2024-25 layout the notebook read (tags, `finetuning-tasks`
+        property; the date tags as the spec had them from 2025)."""
+        tags: dict[str, str] = {"_aml_system_vanity_registry": "azureml-phi"}
         system_metadata = None
         if in_system_metadata:
-            system_metadata = {
-                "supportedComputes": {"finetune": PHI3_FINETUNE_SKUS, "inference": PHI3_INFERENCE_SKUS},
-                "modelSpecificDefaults": dict(PHI3_DEFAULTS),
-            }
+            tags["model_specific_defaults"] = json.dumps(PHI3_DEFAULTS)
+            system_metadata = phi_system_metadata(
+                PHI3_FINETUNE_SKUS, PHI3_INFERENCE_SKUS, PHI3_INFERENCE_RECOMMENDED, PHI3_DEPRECATION
+            )
         else:
-            tags["finetune_compute_allow_list"] = repr(PHI3_FINETUNE_SKUS)
-            tags["inference_compute_allow_list"] = repr(PHI3_INFERENCE_SKUS)
-            tags["model_specific_defaults"] = repr(PHI3_DEFAULTS)
+            tags.update(
+                {
+                    "task": "chat-completion",
+                    "author": "Microsoft",
+                    "license": "mit",
+                    "FinetuneDeprecationDate": "2025-06-30",
+                    "FinetuneRetirementDate": "2025-08-30",
+                    "InferenceRetirementDate": "2025-08-30",
+                    "finetune_compute_allow_list": repr(PHI3_FINETUNE_SKUS),
+                    "inference_compute_allow_list": repr(PHI3_INFERENCE_SKUS),
+                    "model_specific_defaults": repr(PHI3_DEFAULTS),
+                }
+            )
         self.add_registry_model(
             "Phi-3-mini-4k-instruct",
             version,
             tags=tags,
             system_metadata=system_metadata,
             is_archived=archived,
+            finetunable=not in_system_metadata,
+        )
+        if not in_system_metadata:
+            self.registry_models["Phi-3-mini-4k-instruct"][version]["properties"]["properties"] = {
+                "finetuning-tasks": "chat-completion"
+            }
+
+    def add_phi4(self, version: str = "8") -> None:
+        """Phi-4 as azureml-assets has it (assets/models/system/Phi-4/spec.yaml, snapshot 2026-07-23):
+        active, chat-completion fine-tunable, A100/H100 allow-lists in system_metadata, its
+        model_specific_defaults (DeepSpeed stage 3) a tag."""
+        self.add_registry_model(
+            "Phi-4",
+            version,
+            tags={"model_specific_defaults": json.dumps(PHI4_DEFAULTS)},
+            system_metadata=phi_system_metadata(PHI4_FINETUNE_SKUS, PHI4_INFERENCE_SKUS, PHI4_INFERENCE_SKUS),
+            finetunable=False,  # no properties.finetuning-tasks: the migration moved it to system_metadata
         )
 
     def add_phi_family(self) -> None:

@@ -21,7 +21,9 @@ What it serves, and what each answer is shaped after:
   `runs/search` returns only the last value of each metric.
 - The step runs of chat_completion_pipeline are its `jobs:` nodes in azureml-assets (spec.yaml:
   ft_nlp_common_validation, chat_completion_model_import, chat_completion_datapreprocess,
-  chat_completion_finetune, chat_completion_model_converter), under a run for the pipeline node itself.
+  chat_completion_finetune, ft_nlp_model_converter: version 0.0.82, no evaluation step since 0.0.79), under a
+  run for the pipeline node itself. The finetune step logs the Trainer's metrics to its own run and to the
+  root pipeline run (ACFT's `log_metrics_at_root`).
 - The fine-tuning step's metric keys are the Hugging Face Trainer's as its MLflowCallback logs them
   (`loss`, `grad_norm`, `learning_rate`, `epoch` every logging step; `eval_loss`, `eval_runtime` per
   evaluation; `train_loss`, `train_runtime`, `train_samples_per_second` at the end) and its params the
@@ -81,7 +83,7 @@ STEPS = [
     "chat_completion_model_import",
     "chat_completion_datapreprocess",
     "chat_completion_finetune",
-    "chat_completion_model_converter",
+    "ft_nlp_model_converter",  # chat_completion_model_converter before 2024-08
 ]
 FINETUNE = "chat_completion_finetune"
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
@@ -95,18 +97,34 @@ STEP_LOGS = {
         "Preprocessing done",
     ],
     FINETUNE: ["Starting fine-tuning: LoRA r=8, DeepSpeed stage 2", "***** Running training *****"],
-    "chat_completion_model_converter": ["Converting the model to MLflow format", "Model saved"],
+    "ft_nlp_model_converter": ["Converting the model to MLflow format", "Model saved"],
 }
-# What the fine-tuning step prints when it runs out of GPU memory (a Python traceback on stderr).
+# What the fine-tuning step prints when it runs out of GPU memory. The step runs with `distribution:
+# pytorch`, so each rank writes its own user_logs/std_log_process_<rank>.txt and torch prefixes the lines
+# of a failing rank with "[rank<n>]: ". The finetune entry point is wrapped in ACFT's
+# swallow_all_exceptions, which re-raises the torch error as an AzureMLException whose reason sits on the
+# tab-indented "Message:" line after an empty-ended header (the shape NOTES.md records from azureml-acft's
+# public source; paths, numbers and JSON are made up).
 FAILURE_LOG = [
-    "Traceback (most recent call last):",
-    '  File "/azureml-envs/acft/lib/python3.10/site-packages/azureml/acft/contrib/hf/nlp/tasks/'
-    'chat_completion/finetune/finetune.py", line 412, in <module>',
-    "    main()",
-    '  File "/azureml-envs/acft/lib/python3.10/site-packages/transformers/trainer.py", line 2241, in train',
-    "    return inner_training_loop(",
-    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
-    "of 79.15 GiB of which 1.02 GiB is free.",
+    "[rank0]: Traceback (most recent call last):",
+    '[rank0]:   File "/azureml-envs/acft/lib/python3.10/site-packages/transformers/trainer.py", line 2241, '
+    "in train",
+    "[rank0]:     return inner_training_loop(",
+    "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
+    "capacity of 79.15 GiB of which 1.02 GiB is free.",
+    "[rank0]: ",
+    "[rank0]: During handling of the above exception, another exception occurred:",
+    "[rank0]: ",
+    "[rank0]: Traceback (most recent call last):",
+    '[rank0]:   File "/azureml-envs/acft/lib/python3.10/site-packages/azureml/acft/common_components/utils/'
+    'error_handling/swallow_all_exceptions_decorator.py", line 125, in wrapper',
+    "[rank0]:     raise azureml_exception",
+    "[rank0]: azureml._common.exceptions.AzureMLException: AzureMLException:",
+    "[rank0]: \tMessage: There is not enough GPU memory on the machine to do the operation. Please try: "
+    "a smaller per_device_train_batch_size, a shorter max_seq_length, LoRA or DeepSpeed stage 3.",
+    "[rank0]: \tInnerException None",
+    '[rank0]: \tErrorResponse {"error": {"code": "UserError", "message": "There is not enough GPU memory '
+    'on the machine to do the operation."}}',
 ]
 STEP_FAILED_MESSAGE = (
     "Execution failed. User process '/azureml-envs/acft/bin/python' exited with status code 1. "
@@ -178,6 +196,10 @@ class FakeMlflow:
         self.searches: list[str] = []  # the filter strings received
         self.failed_step = FINETUNE  # the step at which a job that ends Failed failed
         self.failure_log: list[str] = list(FAILURE_LOG)  # what that step printed last
+        # Whether MLflow search finds the steps under the pipeline node (the run-history layout of the
+        # nested node is not public: with False only the root run and the node are found).
+        self.nested_steps_searchable = True
+        self.finetune_ranks = 2  # processes of the finetune step: one std_log_process_<n>.txt each
         self.step_logs: dict[str, list[str]] = {}  # step name -> its whole log (default: generated)
         # The fine-tuning step's evaluations, for the jobs submitted from now on: eval_loss at step 0
         # (None: no evaluation before training), and the last eval_loss (None: the made-up 1.0).
@@ -255,6 +277,7 @@ class FakeMlflow:
                 run.history = trainer_history(
                     start_eval_loss=self.start_eval_loss, final_eval_loss=self.final_eval_loss
                 )
+                self.runs[name].history = run.history  # logged at the root pipeline run as well
             self.runs[run_id] = run
 
     # --- what a job's state shows ------------------------------------------------------------------
@@ -290,6 +313,9 @@ class FakeMlflow:
         return self._step_state(run) or "SCHEDULED"
 
     def _history(self, run: FakeRun, key: str) -> list[tuple[float, int, int]]:
+        if run.step < 0 and run.history:  # the root run: what the finetune step has logged so far
+            step = next((r for r in self.runs.values() if r.job == run.job and r.run_name == FINETUNE), None)
+            return self._history(step, key) if step is not None and self._visible(step) else []
         values = run.history.get(key, [])
         if self._status(run) != "RUNNING" or run.step <= 0:
             return values
@@ -440,9 +466,14 @@ class FakeMlflow:
         azure = {"SCHEDULED": "Queued", "RUNNING": "Running", "FINISHED": "Completed", "FAILED": "Failed"}
         log_files: dict[str, str] = {}
         if run.step > 0 and status != "SCHEDULED":
-            key, url = self._log_url(run, "user_logs/std_log.txt")
-            self.service.blobs[key] = ("\n".join(self.step_log(run)) + "\n").encode("utf-8")
-            log_files["user_logs/std_log.txt"] = url
+            # A distributed step (the finetune one) has one user log per rank; only rank 0 failed here.
+            ranks = self.finetune_ranks if run.run_name == FINETUNE else 0
+            names = [f"user_logs/std_log_process_{n}.txt" for n in range(ranks)] or ["user_logs/std_log.txt"]
+            for index, name in enumerate(names):
+                key, url = self._log_url(run, name)
+                lines = self.step_log(run) if index == 0 else self._generated_log(run)[:2]
+                self.service.blobs[key] = ("\n".join(lines) + "\n").encode("utf-8")
+                log_files[name] = url
             for name in (
                 "system_logs/lifecycler/execution-wrapper.log",
                 "system_logs/lifecycler/lifecycler.log",
@@ -536,6 +567,7 @@ class FakeMlflow:
             if self._visible(run)
             and run.experiment_id in experiments
             and (parent is None or run.parent == parent)
+            and (self.nested_steps_searchable or run.step <= 0)
         ]
         return self._json(200, {"runs": copy.deepcopy(found)} if found else {})
 

@@ -33,10 +33,11 @@ def make_ctx(workspace: Path) -> Any:
 def test_a_register_killed_after_the_registry_call_registers_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from ftctl.backends.local.backend import local
     from ftctl.backends.local.stages import register
 
     ctx = make_ctx(tmp_path / "ws")
-    ws = ctx.local
+    ws = local(ctx)
     ws.create()
     mlflow = ws.mlflow
     experiment = ws.ensure_experiment("chat_completion_tiny")

@@ -48,7 +48,7 @@ app = typer.Typer(
         "  # one stage, with a changed setting\n"
         "  ftctl submit --set finetune.learning_rate=1e-4\n"
         "  # the notebook on Azure ML\n"
-        "  ftctl --backend azureml --config configs/azureml-phi3-ultrachat.yaml run"
+        "  ftctl --backend azureml --config configs/azureml-phi4-ultrachat.yaml run"
     ),
     add_completion=True,  # ftctl --install-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,

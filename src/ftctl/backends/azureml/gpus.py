@@ -95,6 +95,7 @@ def _phi3(hidden: int, layers: int, heads: int, kv: int, inter: int, context: in
 _MINI_4K = _phi3(3072, 32, 32, 32, 8192, 4096)
 _MINI_128K = _phi3(3072, 32, 32, 32, 8192, 131072)
 _MEDIUM_4K = _phi3(5120, 40, 40, 10, 17920, 4096)
+_PHI4 = {**_phi3(5120, 40, 40, 10, 17920, 16384), "vocab_size": 100352}  # microsoft/phi-4 config.json
 _PHI4_MINI = {
     **_phi3(3072, 32, 24, 8, 8192, 131072),
     "vocab_size": 200064,
@@ -108,6 +109,7 @@ MODELS = {
     "Phi-3-mini-128k-instruct": KnownModel("microsoft/Phi-3-mini-128k-instruct", _MINI_128K, 3_821_079_552),
     "Phi-3.5-mini-instruct": KnownModel("microsoft/Phi-3.5-mini-instruct", _MINI_128K, 3_821_079_552),
     "Phi-3-medium-4k-instruct": KnownModel("microsoft/Phi-3-medium-4k-instruct", _MEDIUM_4K, 13_960_238_080),
+    "Phi-4": KnownModel("microsoft/phi-4", _PHI4, 14_659_507_200),
     "Phi-4-mini-instruct": KnownModel("microsoft/Phi-4-mini-instruct", _PHI4_MINI, 3_836_021_760),
 }
 

@@ -267,14 +267,13 @@ def _has_training_metrics(run: Any) -> bool:
 def find_finetune_run(client: Any, top: Any) -> tuple[Any | None, list[Any]]:
     """The fine-tuning step's run under `top` (a pipeline job's run), and every run visited.
 
-    Breadth first through the child runs: the step named chat_completion_finetune wins, else the first
-    run that logged a training loss. None while the job has not reached that step."""
-    if _has_training_metrics(top):
-        return top, [top]
+    Breadth first through the child runs: the step named chat_completion_finetune wins; else the root
+    run itself when it holds the training metrics (the finetune step also logs them at the root pipeline
+    run); else the first run that logged a training loss. None while the job has not reached that step."""
     experiment_id = top.info.experiment_id
     seen: list[Any] = [top]
     level = [top]
-    fallback = None
+    fallback = top if _has_training_metrics(top) else None
     for _ in range(MAX_DEPTH):
         children: list[Any] = []
         for run in level:

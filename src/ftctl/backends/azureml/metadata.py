@@ -5,11 +5,15 @@ Two layouts exist in the `azureml` registry:
 
 - the notebook's: tags `finetune_compute_allow_list` / `inference_compute_allow_list` (a string holding a
   Python list literal) and `model_specific_defaults` (a string holding a dict literal);
-- since 2026-06 (azureml-assets): the model's `system_metadata`, e.g.
-  ``{"supportedComputes": {"finetune": [...], "inference": [...]}, "modelSpecificDefaults": {...}}``.
-  The exact shape is not documented, so the reader is tolerant: key spelling and case do not matter,
+- since the 2026-06/07 metadata migration (azureml-assets' spec.yaml files): the model's
+  `system_metadata` with `tasks.fineTuningTasks`, `supportedComputes.{finetuneComputes,inferenceComputes}`,
+  `SKU.{finetuneRecommendedSkus,inferenceRecommendedSkus}` and `deprecation.*` dates (ISO timestamps);
+  `model_specific_defaults` stayed a tag. Old versions may still carry `properties.finetuning-tasks`.
+  The casing on the wire is not public, so the reader is tolerant: key spelling and case do not matter,
   lists may be lists or strings, and supportedComputes may also be a list of
   ``{"scenario"|"type"|"task": ..., "skus"|"computes"|"vmSizes": [...]}`` entries.
+
+system_metadata is read first, then the old tags and properties.
 """
 
 from __future__ import annotations
@@ -128,15 +132,15 @@ def supported_computes(system_metadata: Any) -> dict[str, list[str]]:
 def compute_lists(
     tags: dict[str, Any], system_metadata: Any
 ) -> tuple[list[str] | None, list[str] | None, str]:
-    """(finetune allow-list, inference allow-list, where they came from): tags first, as the notebook
-    reads them, else system_metadata.supportedComputes."""
+    """(finetune allow-list, inference allow-list, where they came from): system_metadata.supportedComputes
+    first (where the registry keeps them since 2026-06), else the tags the notebook reads."""
+    supported = supported_computes(system_metadata)
+    if supported:
+        return supported.get("finetune"), supported.get("inference"), "system_metadata.supportedComputes"
     finetune = parse_list(tags.get(FINETUNE_TAG))
     inference = parse_list(tags.get(INFERENCE_TAG))
     if finetune or inference:
         return finetune, inference, "tags"
-    supported = supported_computes(system_metadata)
-    if supported:
-        return supported.get("finetune"), supported.get("inference"), "system_metadata.supportedComputes"
     return None, None, "none"
 
 
@@ -155,44 +159,99 @@ def model_defaults(tags: dict[str, Any], system_metadata: Any) -> tuple[dict[str
 _DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 
 
-def lifecycle(tags: dict[str, Any], is_archived: bool, stage: str | None, today: date) -> list[str]:
+def lifecycle_dates(tags: dict[str, Any], system_metadata: Any = None) -> dict[str, date]:
+    """The model's deprecation/retirement/legacy dates by normalised key (e.g. 'finetuneretirementdate'):
+    system_metadata.deprecation first, then the old date tags (same names, other casing)."""
+    found: dict[str, date] = {}
+    deprecation = _find(system_metadata, "deprecation", "lifecycle")
+    sources = [deprecation if isinstance(deprecation, dict) else {}, tags]
+    for source in sources:
+        for key, value in source.items():
+            lowered = _norm(key)
+            if not any(word in lowered for word in ("retirement", "deprecation", "legacy")):
+                continue
+            match = _DATE.search(str(value))
+            if match and lowered not in found:
+                found[lowered] = date(int(match[1]), int(match[2]), int(match[3]))
+    return found
+
+
+def lifecycle(
+    tags: dict[str, Any], is_archived: bool, stage: str | None, today: date, system_metadata: Any = None
+) -> list[str]:
     """Warnings about an archived, deprecated or retired model ([] when there is nothing to say)."""
     notes = []
     if is_archived or (stage or "").lower() == "archived":
         notes.append("it is archived in the registry (no new fine-tuning or deployments are supported)")
-    for key in sorted(tags):
-        lowered = key.lower()
-        kind = "retired" if "retirement" in lowered else "deprecated" if "deprecation" in lowered else None
-        match = _DATE.search(str(tags[key])) if kind else None
-        if not match:
+    for key, when in sorted(lifecycle_dates(tags, system_metadata).items()):
+        kind = "retired" if "retirement" in key else "deprecated" if "deprecation" in key else None
+        if kind is None:
             continue
-        when = date(int(match[1]), int(match[2]), int(match[3]))
-        scope = (
-            "fine-tuning" if "finetun" in lowered else "inference" if "inferenc" in lowered else "the model"
-        )
+        scope = "fine-tuning" if "finetun" in key else "inference" if "inferenc" in key else "the model"
         if when <= today:
-            notes.append(f"{scope} was {kind} on {when.isoformat()} ({key})")
+            notes.append(f"{scope} was {kind} on {when.isoformat()}")
         else:
-            notes.append(f"{scope} will be {kind} on {when.isoformat()} ({key})")
+            notes.append(f"{scope} will be {kind} on {when.isoformat()}")
     return notes
 
 
-def is_chat_completion(tags: dict[str, Any], properties: dict[str, Any] | None = None) -> bool:
-    """Whether a model's tags (or properties) name the chat-completion task."""
-    values = [tags.get("task"), (properties or {}).get("finetuning-tasks"), tags.get("finetuning-tasks")]
-    return any(isinstance(v, str) and "chat-completion" in v.lower() for v in values)
+def retired(tags: dict[str, Any], today: date, scope: str, system_metadata: Any = None) -> date | None:
+    """The date `scope` ('finetune' or 'inference') was retired, when that date has passed."""
+    for key, when in lifecycle_dates(tags, system_metadata).items():
+        if scope in key and "retirement" in key and when <= today:
+            return when
+    return None
 
 
-def is_finetunable(tags: dict[str, Any], properties: dict[str, Any] | None, today: date) -> bool:
-    """Whether a registry model says it can be fine-tuned for chat completion now: its `finetuning-tasks`
-    property (azureml-assets' model.yaml) or a finetune allow-list tag, and no fine-tuning retirement
-    date that has passed."""
-    tasks = str((properties or {}).get("finetuning-tasks") or tags.get("finetuning-tasks") or "")
-    if "chat-completion" not in tasks.lower() and not tags.get(FINETUNE_TAG):
+def _task_list(system_metadata: Any, *names: str) -> list[str]:
+    found = _find(system_metadata, "tasks")
+    listed = parse_list(_find(found, *names)) if isinstance(found, dict) else None
+    return [task.lower() for task in listed or []]
+
+
+def tasks(tags: dict[str, Any], properties: dict[str, Any] | None, system_metadata: Any = None) -> list[str]:
+    """The tasks a model can be fine-tuned for: system_metadata.tasks.fineTuningTasks, else the
+    `finetuning-tasks` property (or tag) of older versions."""
+    listed = _task_list(system_metadata, "fineTuningTasks", "finetuning_tasks")
+    if listed:
+        return listed
+    text = str((properties or {}).get("finetuning-tasks") or tags.get("finetuning-tasks") or "")
+    return [part.strip().lower() for part in text.split(",") if part.strip()]
+
+
+def inference_tasks(tags: dict[str, Any], system_metadata: Any = None) -> list[str]:
+    """The tasks a model serves: system_metadata.tasks.inferenceTasks, else its `task` tag."""
+    listed = _task_list(system_metadata, "inferenceTasks", "inference_tasks")
+    if listed:
+        return listed
+    task = tags.get("task")
+    return [task.strip().lower()] if isinstance(task, str) and task.strip() else []
+
+
+def recommended_skus(system_metadata: Any, scope: str) -> list[str]:
+    """system_metadata.SKU.<scope>RecommendedSkus ('finetune' or 'inference'), [] when absent."""
+    sku = _find(system_metadata, "SKU", "skus")
+    return parse_list(_find(sku, f"{scope}RecommendedSkus", f"{scope}_recommended_skus")) or []
+
+
+def is_chat_completion(
+    tags: dict[str, Any], properties: dict[str, Any] | None = None, system_metadata: Any = None
+) -> bool:
+    """Whether a model says it does chat completion: system_metadata's tasks, else its tags/properties."""
+    found = tasks(tags, properties, system_metadata) + inference_tasks(tags, system_metadata)
+    return any("chat-completion" in task for task in found)
+
+
+def is_finetunable(
+    tags: dict[str, Any], properties: dict[str, Any] | None, today: date, system_metadata: Any = None
+) -> bool:
+    """Whether a registry model says it can be fine-tuned for chat completion now: chat-completion among
+    its fine-tuning tasks (system_metadata.tasks.fineTuningTasks, or the older `finetuning-tasks`
+    property) or a finetune allow-list, and no fine-tuning retirement date that has passed."""
+    listed = any("chat-completion" in task for task in tasks(tags, properties, system_metadata))
+    if not listed and not compute_lists(tags, system_metadata)[0]:
         return False
-    return not any(
-        "retired" in note and note.startswith("fine-tuning") for note in lifecycle(tags, False, None, today)
-    )
+    return retired(tags, today, "finetune", system_metadata) is None
 
 
 def family(name: str) -> str:
@@ -205,3 +264,28 @@ def generation(name: str) -> tuple[float, str]:
     """A sort key, newest first: the first number in the name ('Phi-3.5-...' -> 3.5), then the name."""
     match = re.search(r"\d+(?:\.\d+)?", name)
     return (-float(match.group(0)) if match else 0.0, name.lower())
+
+
+# VM sizes Azure has retired: the original NC series (the notebook's deny list) and NCv3 (azureml-examples
+# moved the notebook off Standard_NC6s_v3 in its "NCv3 VM retirement update").
+_RETIRED_SIZE = re.compile(r"^standard_nc(6|12|24|24r)$|^standard_nc\d+r?s_v3$", re.IGNORECASE)
+
+
+def size_retired(size: str) -> bool:
+    return bool(_RETIRED_SIZE.match(size.strip()))
+
+
+def allowed_sizes(allow: list[str] | None) -> list[str]:
+    """The sizes of an allow-list that are not retired."""
+    return [size for size in allow or [] if not size_retired(size)]
+
+
+def inference_size(allow: list[str] | None, recommended: list[str]) -> str | None:
+    """The size to deploy on when deploy.instance_type is not set: the first recommended size that is in
+    the allow-list and not retired, else the allow-list's first size that is not retired."""
+    allowed = allowed_sizes(allow)
+    lowered = {size.lower() for size in allowed}
+    for size in recommended:
+        if (not allowed or size.lower() in lowered) and not size_retired(size):
+            return size
+    return allowed[0] if allowed else None

@@ -126,10 +126,10 @@ def pick_model(ctx: Context) -> Outputs:
             "calls": [f"MLClient(registry_name={registry!r}).models.get({cfg.name!r}, {which})"],
             "model": _model_ref(ctx),
             "reads": {
-                "finetune_compute_allow_list": "<the model's tags or system_metadata.supportedComputes>",
-                "inference_compute_allow_list": "<the model's tags or system_metadata.supportedComputes>",
+                "finetune_compute_allow_list": "<system_metadata.supportedComputes or the model's tags>",
+                "inference_compute_allow_list": "<system_metadata.supportedComputes or the model's tags>",
                 "model_specific_defaults": "<the model's tags or system_metadata>",
-                "lifecycle": "<archived / deprecated / retired: warned about, with fine-tunable successors>",
+                "lifecycle": "<archived or fine-tuning retired: refused (exit 2), naming successors>",
             },
         },
     )
@@ -391,7 +391,7 @@ def deploy(ctx: Context) -> Outputs:
         name=cfg.deployment_name,
         endpoint_name=name,
         model=f"azureml:{model_name}:{TIMESTAMP}",
-        instance_type=cfg.instance_type,
+        instance_type=cfg.instance_type or "<the model's recommended inference size>",
         instance_count=cfg.instance_count,
         liveness_probe=ProbeSettings(initial_delay=cfg.liveness_initial_delay_s),
         request_settings=OnlineRequestSettings(request_timeout_ms=cfg.request_timeout_ms),
@@ -406,7 +406,8 @@ def deploy(ctx: Context) -> Outputs:
                 "online_endpoints.begin_create_or_update(<the endpoint, traffic "
                 f"{{{cfg.deployment_name!r}: 100}}>)",
             ],
-            "instance_type": f"<{cfg.instance_type} checked against the model's inference allow-list>",
+            "instance_type": f"<{cfg.instance_type or 'the recommended size'} checked against the model's "
+            "inference allow-list and the retired sizes>",
             "would_create": {"endpoint": _entity(endpoint), "deployment": _entity(deployment)},
         },
     )

@@ -118,21 +118,42 @@ def read_log(ctx: Context, step: Step) -> StepLog:
     )
 
 
+def _unprefixed(lines: list[str], index: int) -> list[str]:
+    """The lines after the traceback header at `index`, with the prefix the header carries ("[rank0]: ")
+    taken off the lines that have it."""
+    prefix = lines[index][: lines[index].index(_TRACEBACK)]
+    return [
+        after[len(prefix) :] if prefix and after.startswith(prefix) else after for after in lines[index + 1 :]
+    ]
+
+
+def _exception_line(body: list[str]) -> str | None:
+    """The exception line that ends a traceback (the first unindented non-empty line), and, for ACFT's
+    re-raised exceptions (`AzureMLException:` / `ACFTValidationException:` with nothing after the colon),
+    the reason on the tab-indented `Message:` line that follows."""
+    for position, line in enumerate(body):
+        if not line.strip() or line.startswith((" ", "\t")):
+            continue
+        found = line.strip()
+        if found.endswith(":"):
+            for after in body[position + 1 : position + 8]:
+                text = after.strip()
+                if text.startswith("Message:") and text[len("Message:") :].strip():
+                    return f"{found} {text[len('Message:') :].strip()}"
+        return found
+    return None
+
+
 def error_line(text: str) -> str | None:
     """The line of a log that says what went wrong: the last line of its last Python traceback (the
-    exception), else its first line containing 'Error'; None when there is neither. A prefix that every
-    line of the traceback carries ("[rank0]: ") is looked through."""
+    exception; for ACFT's re-raised AzureMLException, with its `Message:` reason), else its first line
+    containing 'Error'; None when there is neither. A prefix that every line of the traceback carries
+    ("[rank0]: ") is looked through."""
     lines = [_ANSI.sub("", line).rstrip() for line in text.splitlines()]
     found = None
     for index, line in enumerate(lines):
-        if _TRACEBACK not in line:
-            continue
-        prefix = line[: line.index(_TRACEBACK)]
-        for after in lines[index + 1 :]:
-            body = after[len(prefix) :] if prefix and after.startswith(prefix) else after
-            if body.strip() and not body.startswith((" ", "\t")):
-                found = body.strip()
-                break
+        if _TRACEBACK in line:
+            found = _exception_line(_unprefixed(lines, index)) or found
     if found is None:
         found = next((line.strip() for line in lines if "Error" in line), None)
     if found and len(found) > MAX_ERROR_CHARS:

@@ -95,6 +95,7 @@ def _entities(ctx: Context, call: StageCall, name: str) -> tuple[Any, Any]:
 
     cfg = ctx.cfg.deploy
     registered = call.outputs("register")
+    size = instance_type(ctx, call.outputs("pick-model"))
     endpoint = ManagedOnlineEndpoint(
         name=name,
         description=f"{registered.get('model_name')} v{registered.get('version')} (ftctl)",
@@ -104,12 +105,24 @@ def _entities(ctx: Context, call: StageCall, name: str) -> tuple[Any, Any]:
         name=cfg.deployment_name,
         endpoint_name=name,
         model=registered["id"],
-        instance_type=cfg.instance_type,
+        instance_type=size,
         instance_count=cfg.instance_count,
         liveness_probe=ProbeSettings(initial_delay=cfg.liveness_initial_delay_s),
         request_settings=OnlineRequestSettings(request_timeout_ms=cfg.request_timeout_ms),
     )
     return endpoint, deployment
+
+
+def instance_type(ctx: Context, model: dict[str, Any]) -> str:
+    """The deployment's VM size: deploy.instance_type, else the model's recommended inference size;
+    UsageError (naming the allowed sizes) when it is retired or outside the inference allow-list."""
+    from ftctl.backends.azureml.lifecycle import deploy_size
+
+    allow = model.get("inference_compute_allow_list")
+    recommended = list(model.get("inference_recommended_skus") or [])
+    size = deploy_size(ctx.cfg.deploy.instance_type, allow, recommended)[0]
+    assert size is not None  # deploy_size raises when it has none (required)
+    return size
 
 
 def _create_endpoint(ctx: Context, endpoint: Any) -> None:
@@ -177,10 +190,11 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     cfg = ctx.cfg.deploy
     registered = call.outputs("register")
     model = call.outputs("pick-model")
+    size = instance_type(ctx, model)
     allow = model.get("inference_compute_allow_list")
     if allow:
         source = model.get("allow_list_source") or "tags"
-        check_lists(cfg.instance_type, allow, [], f"the model's inference allow-list ({source})")
+        check_lists(size, allow, [], f"the model's inference allow-list ({source})")
     name = _endpoint_name(ctx, call)
     deployment_name = cfg.deployment_name
     endpoint, deployment = _entities(ctx, call, name)
@@ -201,7 +215,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "scoring_uri": current.scoring_uri,
         "auth_mode": "key",
         "traffic": dict(current.traffic or {}),
-        "instance_type": cfg.instance_type,
+        "instance_type": size,
         "instance_count": cfg.instance_count,
         "model_id": registered["id"],
         "model_uri": registered.get("model_uri"),

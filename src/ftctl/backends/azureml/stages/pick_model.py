@@ -8,17 +8,19 @@ from __future__ import annotations
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml import lifecycle as life
 from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, status_text
 from ftctl.backends.azureml.metadata import (
     compute_lists,
-    family,
-    generation,
+    inference_tasks,
     is_chat_completion,
     is_finetunable,
     lifecycle,
     model_defaults,
+    recommended_skus,
+    tasks,
 )
 from ftctl.errors import FtctlError
 from ftctl.stages.contract import always_alive as alive
@@ -39,6 +41,17 @@ def _raw_properties(ctx: Context, name: str, version: str) -> dict[str, Any]:
     body = azure(ctx).raw.latest(f"/models/{name}/versions/{version}")
     props = body.get("properties") if isinstance(body, dict) else None
     return props if isinstance(props, dict) else {}
+
+
+def _latest_body(ctx: Context, name: str) -> dict[str, Any] | None:
+    """The raw body of `name`'s latest version in the registry (None when it cannot be read)."""
+    try:
+        with calling(f"getting model {name} (label latest)"):
+            model = azure(ctx).registry.models.get(name, label="latest")
+    except FtctlError:
+        return None
+    body = azure(ctx).raw.latest(f"/models/{name}/versions/{model.version}")
+    return body if isinstance(body, dict) else None
 
 
 def _get_model(ctx: Context) -> Any:
@@ -104,12 +117,22 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     defaults, defaults_source = model_defaults(tags, system_metadata)
     archived = bool(raw.get("isArchived"))
     stage = getattr(model, "stage", None)
-    notes = lifecycle(tags, archived, stage, date.today())
+    today = date.today()
+    notes = lifecycle(tags, archived, stage, today, system_metadata)
 
     lists = (finetune_allow, inference_allow, lists_source)
     _say_model(ctx, model, version, lists, (defaults, defaults_source), notes)
-    finetunable = not archived and is_finetunable(tags, raw.get("properties"), date.today())
-    if not is_chat_completion(tags, raw.get("properties")):
+    finetunable = not archived and is_finetunable(tags, raw.get("properties"), today, system_metadata)
+    found = _successors(ctx, model.name) if not finetunable else []
+    known = {"name": model.name, "version": version, "archived": archived, "registry": registry_name}
+    life.refuse_retired(known, system_metadata, tags, found, today)
+    recommended = recommended_skus(system_metadata, "inference")
+    size, size_source = life.deploy_size(
+        ctx.cfg.deploy.instance_type, inference_allow, recommended, required=False
+    )
+    if size and size_source != "deploy.instance_type":
+        ctx.ui.info(f"  deploy size: {size} ({size_source}; set deploy.instance_type to choose another)")
+    if not is_chat_completion(tags, raw.get("properties"), system_metadata):
         ctx.ui.warn(
             f"{model.name} does not say it supports chat-completion (its task tag is {tags.get('task')!r})"
         )
@@ -117,9 +140,9 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         ctx.ui.warn(
             f"{model.name} {version} does not say it can be fine-tuned (no finetuning-tasks property)"
         )
-    successors: list[str] = []
+    successors: list[str] = found
     if notes or not finetunable:
-        successors = _successors(ctx, model.name)
+        successors = found or _successors(ctx, model.name)
         ctx.ui.warn(_successor_hint(ctx, successors) if successors else LIST_HINT)
     return {
         "name": model.name,
@@ -127,7 +150,8 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "id": model.id,
         "registry": registry_name,
         "label": None if cfg.revision else cfg.label,
-        "task": tags.get("task"),
+        "task": tags.get("task") or ",".join(inference_tasks(tags, system_metadata)) or None,
+        "finetuning_tasks": tasks(tags, raw.get("properties"), system_metadata),
         "stage": status_text(stage) if stage else None,
         "archived": archived,
         "lifecycle": notes,
@@ -138,36 +162,34 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "allow_list_source": lists_source,
         "model_specific_defaults": defaults,
         "defaults_source": defaults_source,
+        "inference_recommended_skus": recommended,
+        "finetune_recommended_skus": recommended_skus(system_metadata, "finetune"),
+        "deploy_instance_type": size,
+        "deploy_instance_type_source": size_source,
         "content_hash": model.id,  # the asset id pins the weights (ftctl.stages.register lineage tags)
     }
 
 
 def _successors(ctx: Context, name: str) -> list[str]:
     """Fine-tunable chat-completion models of `name`'s family in the registry (not archived, fine-tuning
-    not retired), newest generation first; [] when the registry cannot be listed."""
+    not retired), newest generation first, judged from each one's latest version (its system_metadata:
+    the model containers no longer carry the task tags); [] when the registry cannot be listed."""
+    registry = azure(ctx).registry
     try:
-        rows = list_models(ctx)
+        with calling(f"listing the models of registry {ctx.cfg.azureml.registry_name!r}"):
+            names = [c.name for c in registry.models.list()]
     except FtctlError:
         return []
-    wanted = family(name)
-    found = [
-        row["name"]
-        for row in rows
-        if family(row["name"]) == wanted
-        and row["name"] != name
-        and row["finetunable"]
-        and not row["archived"]
-    ]
-    return sorted(found, key=generation)
+    containers: dict[str, dict[str, Any]] = {n: {"name": n, "properties": {}} for n in names}
+    for page in azure(ctx).raw.all("/models"):
+        for item in page.get("value") or [] if isinstance(page, dict) else []:
+            if isinstance(item, dict) and item.get("name") in containers:
+                containers[item["name"]] = item
+    return life.successors(name, list(containers.values()), lambda n: _latest_body(ctx, n), date.today())
 
 
 def _successor_hint(ctx: Context, successors: list[str]) -> str:
-    registry = ctx.cfg.azureml.registry_name
-    shown = ", ".join(successors[:5]) + (f" (+{len(successors) - 5} more)" if len(successors) > 5 else "")
-    return (
-        f"fine-tunable successors in registry {registry!r}: {shown}; pick one with "
-        f"--set model.name={successors[0]} (`ftctl pick-model --list` lists them all)"
-    )
+    return life.pick_line(ctx.cfg.azureml.registry_name, successors)
 
 
 def list_models(ctx: Context, show_all: bool = False) -> list[dict[str, Any]]:
@@ -185,16 +207,17 @@ def list_models(ctx: Context, show_all: bool = False) -> list[dict[str, Any]]:
     for container in containers:
         props = raw.get(container.name, {})
         tags = props.get("tags") or {}
-        chat = is_chat_completion(tags, props.get("properties"))
+        meta = props.get("systemMetadata") or props.get("system_metadata")
+        chat = is_chat_completion(tags, props.get("properties"), meta)
         if not (chat or show_all):
             continue
         rows.append(
             {
                 "name": container.name,
                 "latest_version": getattr(container, "latest_version", None) or props.get("latestVersion"),
-                "task": tags.get("task"),
+                "task": tags.get("task") or ",".join(inference_tasks(tags, meta)) or None,
                 "archived": bool(props.get("isArchived")),
-                "finetunable": is_finetunable(tags, props.get("properties"), date.today()),
+                "finetunable": is_finetunable(tags, props.get("properties"), date.today(), meta),
                 "description": (props.get("description") or "").strip().splitlines()[0][:80]
                 if props.get("description")
                 else "",
