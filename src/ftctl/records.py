@@ -61,6 +61,11 @@ class PickModelOutputs(_Outputs):
     model_specific_defaults: dict[str, Any] = {}
     finetune_compute_allow_list: list[str] | None = None
     inference_compute_allow_list: list[str] | None = None
+    # Azure ML: the registry asset id, where the allow-lists were read (system_metadata or tags), and
+    # the sizes the registry recommends for inference.
+    id: str | None = None
+    allow_list_source: str | None = None
+    inference_recommended_skus: list[str] | None = None
 
 
 class CheckComputeOutputs(_Outputs):
@@ -72,6 +77,7 @@ class CheckComputeOutputs(_Outputs):
     cpu_cores: Count | None = None
     gpus: list[dict[str, Any]] | None = None  # local: the GPUs torch sees (index, name, memory_gib, bf16)
     ram_gib: float | None = None  # local: this machine's memory
+    created: bool | None = None  # Azure ML: ftctl created the cluster (teardown --compute may delete it)
 
 
 class SplitFile(BaseModel):
@@ -102,9 +108,12 @@ class SubmitOutputs(_Outputs):
     eval_loss: float | None = None
     params: dict[str, Any] | None = None
     stop_check: dict[str, Any] | None = None  # whether the fine-tuned model ends its turn
+    test_file: str | None = None  # Azure ML: the test split the job was given
+    pace: dict[str, Any] | None = None  # Azure ML: the fine-tuning step's measured time per step
 
 
 class RegisterOutputs(_Outputs):
+    id: str | None = None  # Azure ML: the registered model's asset id
     model_name: str | None = None
     version: str | None = None
     model_uri: str | None = None
@@ -214,6 +223,11 @@ class StateView:
 
     def __init__(self, state: dict[str, Any]) -> None:
         self._state = state
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The whole state, for the readers of records beyond outputs (prepared files, statuses)."""
+        return self._state
 
     def _outputs(self, stage: str) -> dict[str, Any]:
         record = (self._state.get("stages") or {}).get(stage) or {}

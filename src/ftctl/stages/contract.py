@@ -56,10 +56,6 @@ class StageCall:
         """What the other stages recorded, typed and read-only (`call.upstream.pick_model.name`)."""
         return StateView(self.state)
 
-    def outputs(self, stage: str) -> Outputs:
-        """The recorded outputs of another stage, untyped (the Azure backend's last readers; going)."""
-        return dict(self.state.get("stages", {}).get(stage, {}).get("outputs") or {})
-
 
 class StageImpl(Protocol):
     """One stage on one backend."""

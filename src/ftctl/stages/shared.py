@@ -17,6 +17,7 @@ import ftctl
 from ftctl.config import TINY_MODEL, FinetuneSection
 from ftctl.constants import SAMPLE_DATASET
 from ftctl.errors import ConfigError, UsageError
+from ftctl.records import StateView
 from ftctl.scoring import build_request, expected_reply, parse_response, pick_conversation
 from ftctl.state import atomic_write_text, digest
 
@@ -71,9 +72,9 @@ def split_inputs(state: State, *splits: str) -> dict[str, Path]:
     return {f"{split}.jsonl": Path(files[split]["path"]) for split in splits if split in files}
 
 
-def data_file(ctx: Context, call: StageCall, split: str, setting: str, required: bool) -> str | None:
+def data_file(ctx: Context, recorded: StateView, split: str, setting: str, required: bool) -> str | None:
     """The path of a prepared split; UsageError naming `setting` when a required one is missing."""
-    files = prepared_files(call.state)
+    files = prepared_files(recorded.state)
     if split in files:
         return str(files[split]["path"])
     if required:
@@ -94,12 +95,12 @@ def _coerce(value: Any) -> Any:
     return value
 
 
-def finetune_params(ctx: Context, call: StageCall) -> tuple[dict[str, Any], list[str]]:
+def finetune_params(ctx: Context, recorded: StateView) -> tuple[dict[str, Any], list[str]]:
     """The effective finetune parameters and notes on what the model's defaults changed or dropped."""
     cfg = ctx.cfg.finetune
     params = cfg.model_dump()
     notes: list[str] = []
-    defaults = call.upstream.pick_model.model_specific_defaults
+    defaults = recorded.pick_model.model_specific_defaults
     if cfg.use_model_defaults:
         for key, value in sorted(defaults.items()):
             if key not in FinetuneSection.model_fields:
@@ -140,14 +141,14 @@ def training_inputs(ctx: Context, state: State) -> dict[str, Path]:
 # --- register ---------------------------------------------------------------------------------------
 
 
-def model_name(ctx: Context, call: StageCall) -> str:
-    base = call.upstream.pick_model.name or ctx.cfg.model.name
+def model_name(ctx: Context, recorded: StateView) -> str:
+    base = recorded.pick_model.name or ctx.cfg.model.name
     return ctx.cfg.register_.model_name or f"{base}-ultrachat-200k".replace("/", "-")
 
 
-def lineage_tags(ctx: Context, call: StageCall) -> dict[str, str]:
-    job, model = call.upstream.submit, call.upstream.pick_model
-    files = prepared_files(call.state)
+def lineage_tags(ctx: Context, recorded: StateView) -> dict[str, str]:
+    job, model = recorded.submit, recorded.pick_model
+    files = prepared_files(recorded.state)
     tags = {
         "ftctl.job_id": str(job.job_id),
         "ftctl.display_name": str(job.display_name),
@@ -207,12 +208,12 @@ class Sample:
         }
 
 
-def write_sample(ctx: Context, call: StageCall) -> Sample:
+def write_sample(ctx: Context, recorded: StateView) -> Sample:
     """A seeded random conversation of data.score_split, up to its last user turn, with the scoring
     parameters, as the request file both backends send."""
     cfg = ctx.cfg.score
     split = ctx.cfg.data.score_split
-    files = prepared_files(call.state)
+    files = prepared_files(recorded.state)
     if split not in files:
         raise UsageError(f"data.score_split: the prepared data has no {split!r} split ({', '.join(files)})")
     line, messages = pick_conversation(Path(files[split]["path"]), cfg.seed)
@@ -231,13 +232,13 @@ def write_sample(ctx: Context, call: StageCall) -> Sample:
     return Sample(request_file, split, line, expected)
 
 
-def show(ctx: Context, call: StageCall, raw: str, sample: Sample | None = None) -> None:
+def show(ctx: Context, recorded: StateView, raw: str, sample: Sample | None = None) -> None:
     """Print the raw response, the answer parsed from it and, beside it, the dataset's own reply."""
     ctx.ui.result(f"raw response: {raw}")
     ctx.ui.result(f"output: {parse_response(raw)}")
     if sample is not None and sample.expected is not None:
         ctx.ui.result(f"expected (the dataset's reply): {sample.expected[:500]}")
-    note = demo_model_note(call.upstream.pick_model.name)
+    note = demo_model_note(recorded.pick_model.name)
     if note:
         ctx.ui.info(note)
 

@@ -26,6 +26,7 @@ from ftctl import evaluation
 from ftctl.backends.azureml.backend import azure
 from ftctl.errors import FtctlError, StageFailed, UsageError
 from ftctl.evaluation import EvalReport, GateDecision, ModelLoss, decide, heldout_setup, tagged_loss
+from ftctl.records import StateView
 from ftctl.stages.contract import StageCall
 from ftctl.stages.shared import model_name, prepared_files
 
@@ -88,17 +89,17 @@ NO_BASE = "the job logged no eval_loss at step 0 (no evaluation before training)
 NO_EVAL = "the job logged no eval_loss after training (no test file, or evaluation_strategy: disable)"
 
 
-def setup_digest(ctx: Context, call: StageCall) -> str | None:
+def setup_digest(ctx: Context, recorded: StateView) -> str | None:
     """heldout_setup() of the job's held-out set: the prepared test split submit uploaded, the job's
     eval inputs (the component's defaults where it set none) and the base model's registry id."""
-    submit = call.outputs("submit")
-    files = prepared_files(call.state)
+    submit = recorded.submit
+    files = prepared_files(recorded.state)
     split = ctx.cfg.data.test_split
-    if not submit.get("test_file") or split not in files:
+    if not submit.test_file or split not in files:
         return None
-    params = {**EVAL_DEFAULTS, **(submit.get("params") or {})}
-    picked = call.outputs("pick-model")
-    base = str(picked.get("id") or picked.get("name") or ctx.cfg.model.name)
+    params = {**EVAL_DEFAULTS, **(submit.params or {})}
+    picked = recorded.pick_model
+    base = str(picked.id or picked.name or ctx.cfg.model.name)
     return heldout_setup(Path(files[split]["path"]), files[split].get("sha256"), params, base)
 
 
@@ -130,15 +131,15 @@ def previous_version(ctx: Context, name: str, job: str) -> Any | None:
     return max((v for v in versions if not _from_job(v, job)), key=_age, default=None)
 
 
-def figures(ctx: Context, call: StageCall, needed_by: str) -> Figures:
+def figures(ctx: Context, recorded: StateView, needed_by: str) -> Figures:
     """Read the job's eval_loss history (MLflow) and the previous version (the workspace's models)."""
     from ftctl.backends.azureml import hooks
 
-    job = str(call.outputs("submit")["job_name"])
+    job = str(recorded.submit.need("job_name"))
     losses = hooks.eval_losses(ctx, job, needed_by)
     after = [value for step, value in losses if step > 0]
-    setup = setup_digest(ctx, call)
-    name = model_name(ctx, call)
+    setup = setup_digest(ctx, recorded)
+    name = model_name(ctx, recorded)
     previous = previous_version(ctx, name, job)
     tagged = None if previous is None else tagged_loss(previous, setup)
     return Figures(
@@ -182,10 +183,10 @@ def check_gate(ctx: Context, call: StageCall) -> tuple[GateDecision, dict[str, s
     if policy == "off":
         decision = decide("off", None, None)
         return evaluation.enforce(decision, ctx.ui), decision.tags()
-    job = str(call.outputs("submit").get("job_name"))
+    job = str(call.upstream.submit.job_name)
     with ctx.ui.spinner("reading the job's held-out loss and the previous version", quiet=True):
         try:
-            found = figures(ctx, call, "reading them")
+            found = figures(ctx, call.upstream, "reading them")
         except FtctlError as exc:
             raise _unreadable(exc, job) from None
     decision = judge(policy, found, call.options.skip_gate)
@@ -198,8 +199,8 @@ def check_gate(ctx: Context, call: StageCall) -> tuple[GateDecision, dict[str, s
 # --- ftctl evaluate --------------------------------------------------------------------------------------
 
 
-def _losses(ctx: Context, call: StageCall, found: Figures) -> list[ModelLoss]:
-    base_model = str(call.outputs("pick-model").get("name") or ctx.cfg.model.name)
+def _losses(ctx: Context, recorded: StateView, found: Figures) -> list[ModelLoss]:
+    base_model = str(recorded.pick_model.name or ctx.cfg.model.name)
     losses = []
     if found.base is not None:
         losses.append(ModelLoss("base", base_model, found.base, f"{SOURCE} (eval_loss at step 0)"))
@@ -231,13 +232,13 @@ def evaluate(ctx: Context, state: State, samples: int) -> EvalReport:
 
     hooks.check_backend(ctx, state)
     evaluation.require_fine_tuned(state, "job_name")
-    call = StageCall("evaluate", state)
-    found = figures(ctx, call, "`ftctl evaluate` on Azure ML")
+    recorded = StateView(state)
+    found = figures(ctx, recorded, "`ftctl evaluate` on Azure ML")
     split = ctx.cfg.data.test_split
     return EvalReport(
         split=split,
         conversations=int(prepared_files(state).get(split, {}).get("rows") or 0),
-        losses=_losses(ctx, call, found),
+        losses=_losses(ctx, recorded, found),
         stop=None,
         base_stop=None,
         samples=[],

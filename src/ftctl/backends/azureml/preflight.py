@@ -50,6 +50,7 @@ from ftctl.plan import (
     sample_indices,
     submit_check,
 )
+from ftctl.records import StateView
 from ftctl.stages.contract import StageCall
 from ftctl.stages.shared import prepared_files
 
@@ -84,17 +85,17 @@ def _yes(value: Any) -> bool:
 # --- the job's settings ----------------------------------------------------------------------------
 
 
-def job_settings(ctx: Context, call: StageCall) -> tuple[dict[str, Any], list[str]]:
+def job_settings(ctx: Context, recorded: StateView) -> tuple[dict[str, Any], list[str]]:
     """The values of the component inputs the plan reads: as submit would send them (the model's
     defaults when pick-model recorded them), else the component's defaults."""
-    from ftctl.backends.azureml.plan import finetune_inputs_offline
+    from ftctl.backends.azureml.dry_run import finetune_inputs_offline
 
-    defaults = call.outputs("pick-model").get("model_specific_defaults") or None
+    defaults = recorded.pick_model.model_specific_defaults or None
     sent, dropped = finetune_inputs_offline(ctx, defaults)
     # Which inputs the component declares is known only at submit (from the registry): the plan names
     # only what ftctl itself never sends.
     notes = [f"not sent to the component: {item}" for item in dropped if "not an input" not in item]
-    if defaults is None and not call.outputs("pick-model"):
+    if defaults is None and not recorded.recorded("pick-model"):
         notes.append("pick-model has not run: the model's own defaults are not applied (`ftctl pick-model`)")
     return {**COMPONENT_DEFAULTS, **sent}, notes
 
@@ -255,14 +256,14 @@ def _require_data(state: State, command: str) -> None:
         )
 
 
-def _cluster(ctx: Context, call: StageCall) -> tuple[str, int, GpuSize | None, str | None]:
+def _cluster(ctx: Context, recorded: StateView) -> tuple[str, int, GpuSize | None, str | None]:
     """(VM size, GPUs per node, the table's entry, a note) from check-compute's record, else the config."""
-    compute = call.outputs("check-compute")
-    size = str(compute.get("size") or ctx.cfg.compute.size)
+    compute = recorded.check_compute
+    size = str(compute.size or ctx.cfg.compute.size)
     entry = gpu_size(size)
-    gpus = compute.get("gpus_per_node") or ctx.cfg.compute.num_gpus or (entry.gpus if entry else 1)
+    gpus = compute.gpus_per_node or ctx.cfg.compute.num_gpus or (entry.gpus if entry else 1)
     note = None
-    if not compute:
+    if not recorded.recorded("check-compute"):
         note = f"check-compute has not run: the cluster is compute.size {size} from the configuration"
     return size, int(gpus), entry, note
 
@@ -283,13 +284,13 @@ def build_plan(ctx: Context, state: State, command: str = "ftctl plan") -> Plan:
 
     check_backend(ctx, state)
     _require_data(state, command)
-    call = StageCall("plan", state)
-    model_name = str(call.outputs("pick-model").get("name") or ctx.cfg.model.name)
-    params, notes = job_settings(ctx, call)
+    recorded = StateView(state)
+    model_name = str(recorded.pick_model.name or ctx.cfg.model.name)
+    params, notes = job_settings(ctx, recorded)
     folder = tokenizer_folder(ctx, model_name)
     shape, shape_source = model_shape(folder, model_name)
     seq, seq_note = _max_seq_length(params["max_seq_length"], shape)
-    size, gpus, entry, cluster_note = _cluster(ctx, call)
+    size, gpus, entry, cluster_note = _cluster(ctx, recorded)
     counter = _Counter(ctx, folder, seq)
     files = prepared_files(state)
     data = ctx.cfg.data
@@ -334,7 +335,7 @@ def build_plan(ctx: Context, state: State, command: str = "ftctl plan") -> Plan:
     if train is not None:
         plan.run = _run_size(params, gpus, train)
         plan.memory = _memory(shape, params, plan, entry, size)
-        plan.time = measured_time(call, params, plan)
+        plan.time = measured_time(recorded, params, plan)
         plan.time_note = (
             f"not estimated on Azure ML ({plan.run.steps:,} optimizer steps, "
             f"{plan.run.tokens_per_epoch:,} tokens per epoch{'' if counter.exact else ', estimated'}); "
@@ -358,16 +359,16 @@ PACE_SETTINGS = (
 )
 
 
-def measured_time(call: StageCall, params: dict[str, Any], plan: Plan) -> TimeEstimate | None:
+def measured_time(recorded: StateView, params: dict[str, Any], plan: Plan) -> TimeEstimate | None:
     """The time from the last completed job's measured pace (submit records it), when that job trained
     the same model on the same VM size and GPUs with the same batch, sequence and precision settings;
     None otherwise. Nothing is asked of Azure ML here."""
     assert plan.run is not None
-    last = call.outputs("submit")
-    pace = last.get("pace")
+    last = recorded.submit
+    pace = last.pace
     if not isinstance(pace, dict) or not pace.get("seconds_per_step"):
         return None
-    before = {**COMPONENT_DEFAULTS, **(last.get("params") or {})}
+    before = {**COMPONENT_DEFAULTS, **(last.params or {})}
     same = (
         pace.get("model") == plan.model["name"]
         and str(pace.get("instance_type")).lower() == str(plan.settings["instance_type"]).lower()
@@ -377,7 +378,7 @@ def measured_time(call: StageCall, params: dict[str, Any], plan: Plan) -> TimeEs
     if not same:
         return None
     source = (
-        f"measured: job {last.get('job_name')} ran {int(pace['steps']):,} steps in "
+        f"measured: job {last.job_name} ran {int(pace['steps']):,} steps in "
         f"{fmt_seconds(float(pace['train_runtime_s']))} on {pace.get('instance_type')}"
     )
     return TimeEstimate.build({"step_s": float(pace["seconds_per_step"])}, plan.run.steps, 0, 0, source)

@@ -41,6 +41,7 @@ from ftctl.evaluation import (
     heldout_setup,
     tagged_loss,
 )
+from ftctl.records import StateView
 from ftctl.stages.contract import StageCall
 from ftctl.stages.shared import model_name, prepared_files
 
@@ -276,14 +277,14 @@ def stop_check(
     )
 
 
-def check_model_stops(ctx: Context, call: StageCall, model_dir: Path) -> dict[str, Any] | None:
+def check_model_stops(ctx: Context, recorded: StateView, model_dir: Path) -> dict[str, Any] | None:
     """After training: whether the fine-tuned model ends its turn (None without a test split). For
     submit's outputs, so `ftctl status` shows it."""
-    files = prepared_files(call.state)
+    files = prepared_files(recorded.state)
     split = ctx.cfg.data.test_split
     if split not in files:
         return None
-    device = call.upstream.check_compute.device or "cpu"
+    device = recorded.check_compute.device or "cpu"
     with ctx.ui.spinner("checking that the fine-tuned model ends its turn", quiet=True):
         tokenizer = load_tokenizer(model_dir)
         model = load_model(model_dir, device)
@@ -393,13 +394,13 @@ def template_check(
     return found
 
 
-def check_template(ctx: Context, call: StageCall, model_dir: Path) -> TemplateCheck:
+def check_template(ctx: Context, recorded: StateView, model_dir: Path) -> TemplateCheck:
     """deploy's check: refuses (UsageError) a served model that formats conversations differently."""
-    files = prepared_files(call.state)
+    files = prepared_files(recorded.state)
     split = ctx.cfg.data.test_split if ctx.cfg.data.test_split in files else ctx.cfg.data.train_split
     if split not in files:
         return TemplateCheck(0, 0)
-    base = Path(call.upstream.pick_model.need("path"))
+    base = Path(recorded.pick_model.need("path"))
     conversations = held_out(Path(files[split]["path"]), TEMPLATE_CONVERSATIONS)
     with ctx.ui.spinner("checking that the endpoint formats conversations as training did", quiet=True):
         found = template_check(base, model_dir, conversations)
@@ -460,12 +461,12 @@ class _Models:
             del model
 
 
-def _setup(ctx: Context, call: StageCall) -> tuple[Path, Any, HeldOut | None, dict[str, Any]]:
+def _setup(ctx: Context, recorded: StateView) -> tuple[Path, Any, HeldOut | None, dict[str, Any]]:
     """(base model folder, its tokenizer, the held-out set as the job evaluated it, job params)."""
-    params = dict(call.upstream.submit.params or {})
-    base = Path(call.upstream.pick_model.need("path"))
+    params = dict(recorded.submit.params or {})
+    base = Path(recorded.pick_model.need("path"))
     tokenizer = load_tokenizer(base)
-    files = prepared_files(call.state)
+    files = prepared_files(recorded.state)
     split = ctx.cfg.data.test_split
     held = None
     if split in files and params:
@@ -473,11 +474,11 @@ def _setup(ctx: Context, call: StageCall) -> tuple[Path, Any, HeldOut | None, di
     return base, tokenizer, held, params
 
 
-def _setup_digest(ctx: Context, call: StageCall) -> str | None:
+def _setup_digest(ctx: Context, recorded: StateView) -> str | None:
     """heldout_setup() of the job's held-out set (None without one), without tokenizing anything."""
-    files = prepared_files(call.state)
+    files = prepared_files(recorded.state)
     split = ctx.cfg.data.test_split
-    params = call.upstream.submit.params or {}
+    params = recorded.submit.params or {}
     if split not in files or not params:
         return None
     return heldout_setup(Path(files[split]["path"]), files[split].get("sha256"), params)
@@ -507,18 +508,18 @@ def gate(ctx: Context, call: StageCall) -> GateDecision:
         return decide("off", None, None)
     submit = call.upstream.submit
     run_id = submit.mlflow_run_id
-    setup = _setup_digest(ctx, call)
+    setup = _setup_digest(ctx, call.upstream)
     fine_tuned = submit.eval_loss
     if fine_tuned is None:
         if setup is None:
             return decide(policy, None, None, forced=call.options.skip_gate)
         fine_tuned = float("nan")  # evaluated, but not a number: the job diverged
     base = base_loss_from_metrics(ctx, run_id)
-    previous = previous_version(ctx, model_name(ctx, call), run_id)
+    previous = previous_version(ctx, model_name(ctx, call.upstream), run_id)
     prev_loss = None if previous is None else tagged_loss(previous, setup)
     if setup is not None and (base is None or (previous is not None and prev_loss is None)):
         device = call.upstream.check_compute.device or "cpu"
-        base_dir, tokenizer, held, _ = _setup(ctx, call)
+        base_dir, tokenizer, held, _ = _setup(ctx, call.upstream)
         assert held is not None
         if base is None:
             base = _Models(device).loss(base_dir, tokenizer, held)
@@ -534,11 +535,11 @@ def gate(ctx: Context, call: StageCall) -> GateDecision:
     )
 
 
-def gate_tags(ctx: Context, call: StageCall, decision: GateDecision) -> dict[str, str]:
+def gate_tags(ctx: Context, recorded: StateView, decision: GateDecision) -> dict[str, str]:
     """The gate's numbers as tags of the registered version (ftctl.evaluation.gate_tags), and the
     end-of-turn check's count."""
-    tags = evaluation.gate_tags(decision, _setup_digest(ctx, call))
-    stops = call.upstream.submit.stop_check
+    tags = evaluation.gate_tags(decision, _setup_digest(ctx, recorded))
+    stops = recorded.submit.stop_check
     if isinstance(stops, dict) and stops.get("prompts"):
         tags["ftctl.eval.stops"] = f"{stops.get('stopped')}/{stops.get('prompts')}"
     return tags
@@ -557,11 +558,11 @@ def check_gate(ctx: Context, call: StageCall) -> GateDecision:
 def evaluate(ctx: Context, state: State, samples: int) -> EvalReport:
     """Held-out loss of the base, fine-tuned and previous models; end of turn; `samples` generations."""
     evaluation.require_fine_tuned(state, "model_dir")
-    call = StageCall("evaluate", state)
-    submit = call.upstream.submit
+    recorded = StateView(state)
+    submit = recorded.submit
     fine_dir = Path(submit.need("model_dir"))
-    device = call.upstream.check_compute.device or "cpu"
-    base_dir, tokenizer, held, params = _setup(ctx, call)
+    device = recorded.check_compute.device or "cpu"
+    base_dir, tokenizer, held, params = _setup(ctx, recorded)
     split = ctx.cfg.data.test_split
     files = prepared_files(state)
     if held is None:
@@ -596,7 +597,7 @@ def evaluate(ctx: Context, state: State, samples: int) -> EvalReport:
                 report.stop = check
             replies[label] = _replies(model, tokenizer, folder, turns, ctx.cfg.score.max_new_tokens)
             del model
-    previous = previous_version(ctx, model_name(ctx, call), submit.mlflow_run_id)
+    previous = previous_version(ctx, model_name(ctx, recorded), submit.mlflow_run_id)
     if previous is not None:
         loss, source = _previous_loss(ctx, previous, tokenizer, held, device)
         report.losses.append(ModelLoss("previous", f"{previous.name} v{previous.version}", loss, source))

@@ -66,10 +66,10 @@ def _require_upstream(state: State, command: str) -> None:
 
 def job_settings(ctx: Context, state: State) -> tuple[dict[str, Any], list[str]]:
     """The finetune parameters submit would use (model defaults applied, precision resolved)."""
-    call = StageCall("submit", state)
-    params, notes = finetune_params(ctx, call)
+    recorded = StateView(state)
+    params, notes = finetune_params(ctx, recorded)
     if params["precision"] == "auto":
-        params["precision"] = call.upstream.check_compute.precision or "32"
+        params["precision"] = recorded.check_compute.precision or "32"
     return params, notes
 
 

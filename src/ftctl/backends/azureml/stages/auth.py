@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ftctl.backends.azureml import plan
+from ftctl.backends.azureml import dry_run
 from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling
 from ftctl.stages.contract import always_alive as alive
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def run(ctx: Context, call: StageCall) -> Outputs:
     if call.options.dry_run:  # never logs in: says what it would connect to
-        return plan.auth(ctx)
+        return dry_run.auth(ctx)
     handles = azure(ctx)
     ref = handles.workspace_ref
     ctx.ui.info(f"  credential: {handles.credential_kind}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ftctl.backends.azureml import plan, quota
+from ftctl.backends.azureml import dry_run, quota
 from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text, wait_for
 from ftctl.errors import FtctlError, StageFailed, UsageError
@@ -39,9 +39,9 @@ def _get_cluster(ctx: Context, name: str) -> Any:
 def _allow_list(ctx: Context, call: StageCall) -> tuple[list[str] | None, str]:
     if ctx.cfg.compute.allow_list:
         return ctx.cfg.compute.allow_list, "compute.allow_list"
-    model = call.outputs("pick-model")
-    source = model.get("allow_list_source") or "tags"
-    return model.get("finetune_compute_allow_list"), f"the model's finetune allow-list ({source})"
+    model = call.upstream.pick_model
+    source = model.allow_list_source or "tags"
+    return model.finetune_compute_allow_list, f"the model's finetune allow-list ({source})"
 
 
 def _errors(cluster: Any) -> str:
@@ -195,8 +195,8 @@ def _say_cluster(ctx: Context, cluster: Any, size: str, gpus: int, state: str, c
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
-    if plan.offline(call, "pick-model"):
-        return plan.check_compute(ctx)
+    if dry_run.offline(call, "pick-model"):
+        return dry_run.check_compute(ctx)
     cfg = ctx.cfg.compute
     recorded = call.recorded
     allow, source = _allow_list(ctx, call)

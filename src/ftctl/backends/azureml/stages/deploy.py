@@ -9,7 +9,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from ftctl.backends.azureml import plan
+from ftctl.backends.azureml import dry_run
 from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text, wait_for
 from ftctl.errors import StageFailed, UsageError
@@ -20,6 +20,7 @@ from ftctl.ttl import expires_at
 
 if TYPE_CHECKING:
     from ftctl.context import Context
+    from ftctl.records import PickModelOutputs
     from ftctl.stages.contract import Outputs, StageCall
 
 ENDPOINT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
@@ -94,17 +95,17 @@ def _entities(ctx: Context, call: StageCall, name: str) -> tuple[Any, Any]:
     )
 
     cfg = ctx.cfg.deploy
-    registered = call.outputs("register")
-    size = instance_type(ctx, call.outputs("pick-model"))
+    registered = call.upstream.register
+    size = instance_type(ctx, call.upstream.pick_model)
     endpoint = ManagedOnlineEndpoint(
         name=name,
-        description=f"{registered.get('model_name')} v{registered.get('version')} (ftctl)",
+        description=f"{registered.model_name} v{registered.version} (ftctl)",
         auth_mode="key",
     )
     deployment = ManagedOnlineDeployment(
         name=cfg.deployment_name,
         endpoint_name=name,
-        model=registered["id"],
+        model=registered.need("id"),
         instance_type=size,
         instance_count=cfg.instance_count,
         liveness_probe=ProbeSettings(initial_delay=cfg.liveness_initial_delay_s),
@@ -113,13 +114,13 @@ def _entities(ctx: Context, call: StageCall, name: str) -> tuple[Any, Any]:
     return endpoint, deployment
 
 
-def instance_type(ctx: Context, model: dict[str, Any]) -> str:
+def instance_type(ctx: Context, model: PickModelOutputs) -> str:
     """The deployment's VM size: deploy.instance_type, else the model's recommended inference size;
     UsageError (naming the allowed sizes) when it is retired or outside the inference allow-list."""
     from ftctl.backends.azureml.lifecycle import deploy_size
 
-    allow = model.get("inference_compute_allow_list")
-    recommended = list(model.get("inference_recommended_skus") or [])
+    allow = model.inference_compute_allow_list
+    recommended = list(model.inference_recommended_skus or [])
     size = deploy_size(ctx.cfg.deploy.instance_type, allow, recommended)[0]
     assert size is not None  # deploy_size raises when it has none (required)
     return size
@@ -185,15 +186,14 @@ def _all_traffic_to(ctx: Context, name: str, deployment_name: str) -> Any:
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
-    if plan.offline(call, "register"):
-        return plan.deploy(ctx)
+    if dry_run.offline(call, "register"):
+        return dry_run.deploy(ctx)
     cfg = ctx.cfg.deploy
-    registered = call.outputs("register")
-    model = call.outputs("pick-model")
+    registered, model = call.upstream.register, call.upstream.pick_model
     size = instance_type(ctx, model)
-    allow = model.get("inference_compute_allow_list")
+    allow = model.inference_compute_allow_list
     if allow:
-        source = model.get("allow_list_source") or "tags"
+        source = model.allow_list_source or "tags"
         check_lists(size, allow, [], f"the model's inference allow-list ({source})")
     name = _endpoint_name(ctx, call)
     deployment_name = cfg.deployment_name
@@ -217,9 +217,9 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "traffic": dict(current.traffic or {}),
         "instance_type": size,
         "instance_count": cfg.instance_count,
-        "model_id": registered["id"],
-        "model_uri": registered.get("model_uri"),
-        "model_version": registered.get("version"),
+        "model_id": registered.need("id"),
+        "model_uri": registered.model_uri,
+        "model_version": registered.version,
         "expires_at": expires_at(cfg.ttl),  # the cost guard (Azure ML has no endpoint expiry of its own)
     }
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from ftctl.backends.azureml import dry_run
 from ftctl.backends.azureml import lifecycle as life
-from ftctl.backends.azureml import plan
 from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, status_text
 from ftctl.backends.azureml.metadata import (
@@ -102,8 +102,8 @@ def _say_model(
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
-    if plan.offline(call, "auth"):
-        return plan.pick_model(ctx)
+    if dry_run.offline(call, "auth"):
+        return dry_run.pick_model(ctx)
     cfg = ctx.cfg.model
     registry_name = ctx.cfg.azureml.registry_name
     model = _get_model(ctx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ftctl.backends.azureml import plan
+from ftctl.backends.azureml import dry_run
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import nothing_to_retire as retire
 from ftctl.stages.shared import prepare_inputs as inputs
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def run(ctx: Context, call: StageCall) -> Outputs:
     if call.options.dry_run:
-        return plan.prepare_data(ctx)
+        return dry_run.prepare_data(ctx)
     return prepare_run(ctx, call)
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from ftctl.backends.azureml import plan
+from ftctl.backends.azureml import dry_run
 from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, show_dry_run
 from ftctl.errors import StageFailed
@@ -44,11 +44,11 @@ def _entity(ctx: Context, call: StageCall, job_name: str, tags: dict[str, str]) 
     from azure.ai.ml.constants import AssetTypes
     from azure.ai.ml.entities import Model
 
-    base = call.outputs("pick-model").get("name")
+    base = call.upstream.pick_model.name
     return Model(
         path=f"azureml://jobs/{job_name}/outputs/trained_model",
         type=AssetTypes.MLFLOW_MODEL,
-        name=model_name(ctx, call),
+        name=model_name(ctx, call.upstream),
         version=str(call.recorded.get("version") or int(time.time())),
         description=f"{base} fine-tuned on ultrachat_200k by ftctl (pipeline job {job_name})",
         tags=tags,
@@ -56,29 +56,29 @@ def _entity(ctx: Context, call: StageCall, job_name: str, tags: dict[str, str]) 
 
 
 def _dry_run(ctx: Context, call: StageCall, job_name: str) -> Outputs:
-    entity = _entity(ctx, call, job_name, lineage_tags(ctx, call))
+    entity = _entity(ctx, call, job_name, lineage_tags(ctx, call.upstream))
     show_dry_run(ctx, "model version that register would create", entity)
     return {
         "dry_run": True,
         "model_name": entity.name,
         "version": entity.version,
         "source": entity.path,
-        "gate": plan.gate(ctx),
+        "gate": dry_run.gate(ctx),
     }
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
-    if plan.offline(call, "submit"):
-        return plan.register(ctx)
+    if dry_run.offline(call, "submit"):
+        return dry_run.register(ctx)
     from ftctl.backends.azureml.evaluate import check_gate
 
-    job_name = call.outputs("submit").get("job_name")
+    job_name = call.upstream.submit.job_name
     if not job_name:
         raise StageFailed("submit recorded no job name; there is no trained model to register")
     if call.options.dry_run:
         return _dry_run(ctx, call, job_name)
     decision, gate_tags = check_gate(ctx, call)
-    entity = _entity(ctx, call, job_name, {**lineage_tags(ctx, call), **gate_tags})
+    entity = _entity(ctx, call, job_name, {**lineage_tags(ctx, call.upstream), **gate_tags})
     recorded = call.recorded
     name, version, path = entity.name, entity.version, entity.path
     call.checkpoint({"model_name": name, "version": version, "source": path})

@@ -8,7 +8,7 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from ftctl.backends.azureml import plan
+from ftctl.backends.azureml import dry_run
 from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling
 from ftctl.stages.contract import always_alive as alive
@@ -25,10 +25,10 @@ if TYPE_CHECKING:
 
 def run(ctx: Context, call: StageCall) -> Outputs:
     if call.options.dry_run:  # never sends a request: shows it
-        return plan.score(ctx, call)
-    sample = write_sample(ctx, call)
-    endpoint = call.outputs("deploy")
-    name, deployment = endpoint["endpoint_name"], endpoint.get("deployment_name", "demo")
+        return dry_run.score(ctx, call)
+    sample = write_sample(ctx, call.upstream)
+    endpoint = call.upstream.deploy
+    name, deployment = endpoint.need("endpoint_name"), endpoint.deployment_name or "demo"
     started = time.perf_counter()
     with calling(f"scoring endpoint {name} (deployment {deployment})"):
         raw = azure(ctx).workspace.online_endpoints.invoke(
@@ -37,7 +37,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     latency_ms = round((time.perf_counter() - started) * 1000, 1)
     raw_text = raw if isinstance(raw, str) else json.dumps(raw)
     outputs = sample.report(raw_text, latency_ms, endpoint_name=name, deployment_name=deployment)
-    show(ctx, call, raw_text, sample)
+    show(ctx, call.upstream, raw_text, sample)
     return outputs
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ftctl.backends.azureml import plan
+from ftctl.backends.azureml import dry_run
 from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text
 from ftctl.backends.azureml.params import Declared, FinetuneSources, display_params, finetune_inputs
@@ -31,6 +31,7 @@ from ftctl.stages.shared import training_inputs as inputs
 if TYPE_CHECKING:
     from ftctl.backends.azureml.params import FinetuneInputs
     from ftctl.context import Context
+    from ftctl.records import PickModelOutputs
     from ftctl.stages.contract import Outputs, StageCall
 
 # Inputs ftctl sets itself, as the notebook does.
@@ -88,7 +89,7 @@ def _declared(component: Any) -> dict[str, Declared]:
 
 
 def _data_path(ctx: Context, call: StageCall, split: str, setting: str, required: bool) -> str | None:
-    path = data_file(ctx, call, split, setting, required)
+    path = data_file(ctx, call.upstream, split, setting, required)
     if path is None:
         ctx.ui.warn(f"no {split!r} split ({setting}); the service will split the training data itself")
     return path
@@ -109,7 +110,7 @@ def _checked_component(ctx: Context) -> tuple[Any, dict[str, Declared]]:
 
 
 def _chosen_inputs(
-    ctx: Context, model: dict[str, Any], component: Any, declared: dict[str, Declared]
+    ctx: Context, model: PickModelOutputs, component: Any, declared: dict[str, Declared]
 ) -> FinetuneInputs:
     """The finetune inputs sent to the component (params.finetune_inputs), saying which of the model's
     defaults were applied, what else was noted and what was not sent."""
@@ -119,7 +120,7 @@ def _chosen_inputs(
         values=cfg.finetune.model_dump(),
         set_keys=set(cfg.finetune.model_fields_set),
         explicit=explicit,
-        model_defaults=model.get("model_specific_defaults") or {},
+        model_defaults=model.model_specific_defaults,
         use_model_defaults=cfg.finetune.use_model_defaults,
     )
     chosen = finetune_inputs(sources, declared, RESERVED)
@@ -151,7 +152,7 @@ def _data_inputs(ctx: Context, call: StageCall) -> tuple[str | None, str | None,
 
 def _pipeline_job(
     component: Any,
-    model: dict[str, Any],
+    model: PickModelOutputs,
     cluster: str,
     gpus: int,
     data: dict[str, Any],
@@ -164,7 +165,7 @@ def _pipeline_job(
     @pipeline
     def create_pipeline() -> dict[str, Any]:
         chat_completion_pipeline = component(
-            mlflow_model_path=model["id"],
+            mlflow_model_path=model.need("id"),
             compute_model_import=cluster,
             compute_preprocess=cluster,
             compute_finetune=cluster,
@@ -196,15 +197,15 @@ def _name_job(ctx: Context, job: Any, display: str, experiment: str, job_name: s
 def build(ctx: Context, call: StageCall, job_name: str | None) -> tuple[Any, dict[str, Any]]:
     """The pipeline job (an SDK entity) and what ftctl records about it."""
     cfg = ctx.cfg
-    model = call.outputs("pick-model")
-    compute = call.outputs("check-compute")
+    model, compute = call.upstream.pick_model, call.upstream.check_compute
     component, declared = _checked_component(ctx)
     chosen = _chosen_inputs(ctx, model, component, declared)
-    gpus = int(compute.get("gpus_per_node") or 1)
-    name = display_name(model["name"], display_params(chosen.inputs, declared), gpus)
-    experiment = cfg.azureml.experiment_name or f"chat_completion_{model['name'].split('/')[-1]}"
+    gpus = compute.gpus_per_node or 1
+    model_name = model.need("name")
+    name = display_name(model_name, display_params(chosen.inputs, declared), gpus)
+    experiment = cfg.azureml.experiment_name or f"chat_completion_{model_name.split('/')[-1]}"
     train, test, data = _data_inputs(ctx, call)
-    cluster = compute["name"]
+    cluster = compute.need("name")
     job = _pipeline_job(component, model, cluster, gpus, data, chosen.inputs)
     _name_job(ctx, job, name, experiment, job_name)
     info = {
@@ -305,8 +306,8 @@ def _follow(ctx: Context, name: str) -> Any:
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
-    if plan.offline(call, "pick-model", "check-compute", "prepare-data"):
-        return plan.submit(ctx)
+    if dry_run.offline(call, "pick-model", "check-compute", "prepare-data"):
+        return dry_run.submit(ctx)
     if call.options.dry_run:
         job, info = build(ctx, call, None)
         text = show_dry_run(ctx, "pipeline job that submit would create", job)
@@ -369,12 +370,12 @@ def _measured_pace(ctx: Context, call: StageCall, name: str) -> dict[str, Any] |
         return None
     if found is None:
         return None
-    compute = call.outputs("check-compute")
+    compute = call.upstream.check_compute
     return {
         **found,
-        "model": call.outputs("pick-model").get("name"),
-        "instance_type": compute.get("size"),
-        "gpus_per_node": compute.get("gpus_per_node"),
+        "model": call.upstream.pick_model.name,
+        "instance_type": compute.size,
+        "gpus_per_node": compute.gpus_per_node,
     }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ftctl.backends.azureml import plan
+from ftctl.backends.azureml import dry_run
 from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, wait_for
 from ftctl.errors import StageFailed
@@ -36,9 +36,9 @@ def _delete(ctx: Context, begin: Any, what: str) -> bool:
 
 def run(ctx: Context, call: StageCall) -> Outputs:
     if call.options.dry_run:  # deletes nothing: says what it would delete
-        return plan.teardown(ctx, call)
+        return dry_run.teardown(ctx, call)
     ws = azure(ctx).workspace
-    name = call.outputs("deploy").get("endpoint_name")
+    name = call.upstream.deploy.endpoint_name
     outputs: dict[str, Any] = {"endpoint_name": name, "endpoint_deleted": False}
     if name:
         exists = _endpoint_exists(ctx, name)
@@ -49,10 +49,10 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         else:
             ctx.ui.info(f"  endpoint {name} does not exist (already deleted)")
     if call.options.compute:
-        compute = call.outputs("check-compute")
-        cluster = compute.get("name") or ctx.cfg.compute.name
+        compute = call.upstream.check_compute
+        cluster = compute.name or ctx.cfg.compute.name
         outputs["compute_name"] = cluster
-        if compute.get("created"):
+        if compute.created:
             outputs["compute_deleted"] = _delete(
                 ctx, lambda: ws.compute.begin_delete(cluster), f"deleting compute cluster {cluster}"
             )

@@ -253,7 +253,7 @@ def _check_template(ctx: Context, call: StageCall, model_dir: Path) -> None:
     """Refuse (UsageError) a model the endpoint would prompt differently from how it was trained."""
     from ftctl.backends.local.evaluate import check_template
 
-    check_template(ctx, call, model_dir)
+    check_template(ctx, call.upstream, model_dir)
 
 
 def summary(outputs: dict[str, Any]) -> str:

@@ -79,8 +79,8 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     run_id = job.mlflow_run_id
     if not run_id:
         raise StageFailed("submit recorded no MLflow run id; the job's model cannot be found")
-    name = model_name(ctx, call)
-    lineage = lineage_tags(ctx, call)
+    name = model_name(ctx, call.upstream)
+    lineage = lineage_tags(ctx, call.upstream)
     if not call.recorded.get("registration_token"):
         same = _same_model(ws.mlflow.MlflowClient(), name, lineage, job.eval_loss)
         if same is not None:
@@ -165,7 +165,7 @@ def _gate(ctx: Context, call: StageCall) -> dict[str, Any]:
     from ftctl.backends.local.evaluate import check_gate, gate_tags
 
     decision = check_gate(ctx, call)
-    return {"decision": asdict(decision), "tags": gate_tags(ctx, call, decision)}
+    return {"decision": asdict(decision), "tags": gate_tags(ctx, call.upstream, decision)}
 
 
 __all__ = ["alive", "inputs", "output_files", "retire", "run", "summary"]

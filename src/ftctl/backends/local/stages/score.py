@@ -47,7 +47,7 @@ def invoke(url: str, key: str, body: bytes, deployment: str, timeout_s: float) -
 
 
 def run(ctx: Context, call: StageCall) -> Outputs:
-    sample = write_sample(ctx, call)
+    sample = write_sample(ctx, call.upstream)
     endpoint = call.upstream.deploy
     key = Path(endpoint.need("key_file")).read_text(encoding="utf-8").strip()
     started = time.perf_counter()
@@ -60,7 +60,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     )
     latency_ms = round((time.perf_counter() - started) * 1000, 1)
     outputs = sample.report(raw, latency_ms, endpoint_name=endpoint.endpoint_name, http_status=status)
-    show(ctx, call, raw, sample)
+    show(ctx, call.upstream, raw, sample)
     return outputs
 
 

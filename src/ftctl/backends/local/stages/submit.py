@@ -101,8 +101,9 @@ def _start_job(ctx: Context, call: StageCall) -> Job:
 
     ws = local(ctx)
     _refuse_second_trainer(ctx)
-    model, compute = call.upstream.pick_model, call.upstream.check_compute
-    params, notes = finetune_params(ctx, call)
+    recorded, data = call.upstream, ctx.cfg.data
+    model, compute = recorded.pick_model, recorded.check_compute
+    params, notes = finetune_params(ctx, recorded)
     for note in notes:
         ctx.ui.info(f"  {note}")
     if params["precision"] == "auto":
@@ -124,8 +125,8 @@ def _start_job(ctx: Context, call: StageCall) -> Job:
         "job_id": job_id,
         "display_name": name,
         "model_path": model.need("path"),
-        "train_file": data_file(ctx, call, ctx.cfg.data.train_split, "data.train_split", required=True),
-        "eval_file": data_file(ctx, call, ctx.cfg.data.test_split, "data.test_split", required=False),
+        "train_file": data_file(ctx, recorded, data.train_split, "data.train_split", required=True),
+        "eval_file": data_file(ctx, recorded, data.test_split, "data.test_split", required=False),
         "params": params,
         "device": compute.device or "cpu",
         "mlflow": {"tracking_uri": ws.tracking_uri, "experiment": experiment, "run_name": name},
@@ -135,10 +136,10 @@ def _start_job(ctx: Context, call: StageCall) -> Job:
     job = Job.create(ws.jobs_dir, spec)
     # Record the job before starting it: an ftctl killed in between leaves a recorded job that the
     # next `ftctl submit` starts or re-attaches to, never one training unrecorded while a second starts.
-    recorded = {"job_id": job.id, "job_dir": str(job.dir), "display_name": name}
-    call.checkpoint(recorded)
+    started = {"job_id": job.id, "job_dir": str(job.dir), "display_name": name}
+    call.checkpoint(started)
     process = job.start()
-    call.checkpoint({**recorded, "pid": process["pid"], "process": process})
+    call.checkpoint({**started, "pid": process["pid"], "process": process})
     ctx.ui.info(f"  job {job.id} started (pid {process['pid']}); log: {job.log_path}")
     return job
 
@@ -204,7 +205,7 @@ def _with_stop_check(ctx: Context, call: StageCall, outputs: Outputs, result: di
 
     hf_dir = result.get("hf_model_dir") or result.get("model_dir")
     if hf_dir:
-        outputs["stop_check"] = check_model_stops(ctx, call, Path(hf_dir))
+        outputs["stop_check"] = check_model_stops(ctx, call.upstream, Path(hf_dir))
     return outputs
 
 

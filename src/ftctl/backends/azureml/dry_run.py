@@ -29,7 +29,7 @@ LEGEND = "<...>: known only to Azure ML at run time"
 
 def offline(call: StageCall, *upstream: str) -> bool:
     """Whether this dry run plans from the config: some upstream stage it reads has no outputs recorded."""
-    return call.options.dry_run and any(not call.outputs(name) for name in upstream)
+    return call.options.dry_run and any(not call.upstream.recorded(name) for name in upstream)
 
 
 def show(ctx: Context, stage: str, plan: dict[str, Any]) -> Outputs:
@@ -415,8 +415,8 @@ def deploy(ctx: Context) -> Outputs:
 
 def score(ctx: Context, call: StageCall) -> Outputs:
     cfg = ctx.cfg.score
-    deployed = call.outputs("deploy")
-    endpoint = deployed.get("endpoint_name") or f"{ctx.cfg.deploy.endpoint_name_prefix}<unix time>"
+    recorded = call.upstream.deploy.endpoint_name
+    endpoint = recorded or f"{ctx.cfg.deploy.endpoint_name_prefix}<unix time>"
     parameters = {
         "temperature": cfg.temperature,
         "top_p": cfg.top_p,
@@ -447,10 +447,10 @@ def score(ctx: Context, call: StageCall) -> Outputs:
 
 
 def teardown(ctx: Context, call: StageCall) -> Outputs:
-    deployed = call.outputs("deploy")
-    endpoint = deployed.get("endpoint_name") or f"{ctx.cfg.deploy.endpoint_name_prefix}<unix time>"
+    recorded = call.upstream.deploy.endpoint_name
+    endpoint = recorded or f"{ctx.cfg.deploy.endpoint_name_prefix}<unix time>"
     calls = [f"online_endpoints.begin_delete(name={endpoint!r})  # and its deployments"]
     if call.options.compute:
-        cluster = call.outputs("check-compute").get("name") or ctx.cfg.compute.name
+        cluster = call.upstream.check_compute.name or ctx.cfg.compute.name
         calls.append(f"compute.begin_delete({cluster!r})  # only if check-compute created it")
     return show(ctx, "teardown", {"calls": calls})
