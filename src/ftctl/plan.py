@@ -173,19 +173,30 @@ def sample_indices(total: int, limit: int | None) -> list[int]:
     return sorted({int(i * total / limit) for i in range(limit)})
 
 
-def packed_rows(lengths: Sequence[int], max_len: int, seed: int) -> int:
-    """How many rows the trainer's packing makes of conversations of these (truncated) lengths: next
-    fit in a seeded random order (ftctl.backends.local.trainer.pack_examples)."""
+def pack_order(lengths: Sequence[int], max_len: int, seed: int) -> list[list[int]]:
+    """Which conversations share each packed row, given their (truncated) lengths: next fit in a seeded
+    random order. The local trainer packs by it (ftctl.backends.local.trainer.pack_examples), and the
+    plan counts rows by it, so both agree by construction."""
     order = list(range(len(lengths)))
     random.Random(seed).shuffle(order)
-    rows, used = 0, 0
+    rows: list[list[int]] = []
+    row: list[int] = []
+    used = 0
     for index in order:
         n = lengths[index]
-        if used and used + n > max_len:
-            rows += 1
-            used = 0
+        if row and used + n > max_len:
+            rows.append(row)
+            row, used = [], 0
+        row.append(index)
         used += n
-    return rows + (1 if used else 0)
+    if row:
+        rows.append(row)
+    return rows
+
+
+def packed_rows(lengths: Sequence[int], max_len: int, seed: int) -> int:
+    """How many rows the trainer's packing makes of conversations of these lengths."""
+    return len(pack_order(lengths, max_len, seed))
 
 
 # --- the run's size --------------------------------------------------------------------------------
@@ -233,7 +244,8 @@ class RunSize:
 
 
 def planned_steps(rows: int, batch: int, accumulation: int, devices: int, epochs: int, max_steps: int) -> int:
-    """The trainer's count of optimizer steps (ftctl.backends.local.trainer._planned_steps)."""
+    """The count of optimizer steps of a run over `rows` rows (the local trainer's, as the Trainer
+    counts them: batches per device, then updates of `accumulation` batches, times the epochs)."""
     if max_steps > 0:
         return max_steps
     batches = -(-rows // (batch * max(1, devices)))
@@ -241,10 +253,15 @@ def planned_steps(rows: int, batch: int, accumulation: int, devices: int, epochs
     return int(math.ceil(updates * float(epochs)))
 
 
+def eval_every(steps: int) -> int:
+    """The local trainer evaluates before training, then every this many steps (about a quarter)."""
+    return max(1, math.ceil(steps / 4))
+
+
 def evals_during_training(steps: int) -> int:
-    """Evaluation passes the local trainer makes: before training, every ceil(steps/4) steps, and a
+    """Evaluation passes the local trainer makes: before training, every eval_every(steps) steps, and a
     last one at the end when the curve did not land on it."""
-    every = max(1, math.ceil(steps / 4))
+    every = eval_every(steps)
     return 1 + steps // every + (1 if steps % every else 0)
 
 

@@ -7,7 +7,6 @@ import json
 import random
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -74,11 +73,14 @@ def test_packing_and_step_arithmetic_match_the_trainer() -> None:
             rng.randint(1, 8),
             rng.randint(1, 5),
         )
-        args = SimpleNamespace(
-            max_steps=-1, per_device_train_batch_size=batch, gradient_accumulation_steps=acc,
-            num_train_epochs=epochs,
-        )  # fmt: skip
-        assert p.planned_steps(rows, batch, acc, 1, epochs, -1) == tr._planned_steps(args, rows)
+        # The Trainer's count, walked: each epoch, batches of `batch` rows (the last may be short), an
+        # update every `acc` batches (the last may take fewer).
+        walked = 0
+        for _ in range(epochs):
+            batches = len(range(0, rows, batch))
+            walked += len(range(0, batches, acc))
+        assert p.planned_steps(rows, batch, acc, 1, epochs, -1) == walked
+        assert p.planned_steps(rows, batch, acc, 1, epochs, 7) == 7  # max_steps wins
 
 
 def test_sampled_statistics_are_labelled_and_scaled(scratch) -> None:

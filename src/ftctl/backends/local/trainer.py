@@ -39,7 +39,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import unquote
 
@@ -53,7 +52,7 @@ from ftctl.data.chat_tokens import (
     tokenize_conversation,
 )
 from ftctl.errors import DataError, FtctlError, UsageError
-from ftctl.plan import PHI3_LINEAR
+from ftctl.plan import PHI3_LINEAR, eval_every, pack_order, planned_steps
 
 PHI3_LORA_TARGETS = list(PHI3_LINEAR)
 
@@ -122,24 +121,16 @@ def pack_examples(examples: list[dict], max_len: int, seed: int) -> list[dict]:
     attends to another conversation. A conversation's first token is never a label (it is template),
     so no loss crosses a boundary either. Rows are filled in a seeded random order (next fit).
     """
-    import random
-
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
     rows: list[dict] = []
-    ids: list[int] = []
-    labels: list[int] = []
-    positions: list[int] = []
-    for index in order:
-        example = examples[index]
-        n = len(example["input_ids"])
-        if ids and len(ids) + n > max_len:
-            rows.append({"input_ids": ids, "labels": labels, "position_ids": positions})
-            ids, labels, positions = [], [], []
-        ids = ids + list(example["input_ids"])
-        labels = labels + [IGNORE_INDEX] + list(example["labels"])[1:]
-        positions = positions + list(range(n))
-    if ids:
+    for group in pack_order([len(e["input_ids"]) for e in examples], max_len, seed):
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for index in group:
+            example = examples[index]
+            ids += example["input_ids"]
+            labels += [IGNORE_INDEX, *list(example["labels"])[1:]]
+            positions += range(len(example["input_ids"]))
         rows.append({"input_ids": ids, "labels": labels, "position_ids": positions})
     return rows
 
@@ -574,8 +565,8 @@ def _training_arguments(job: _Job, data: _Data, amp: tuple[bool, bool]) -> Any:
     if _world_size() > 1 and not job.use_deepspeed:
         args_kwargs["ddp_find_unused_parameters"] = False  # every trainable weight is used each step
     if data.eval:  # an eval curve: before training, about every quarter of it, and at the end
-        quarter = math.ceil(_planned_steps(SimpleNamespace(**args_kwargs), len(data.rows)) / 4)
-        args_kwargs.update(eval_strategy="steps", eval_steps=max(1, quarter), eval_on_start=True)
+        every = eval_every(_planned_steps(p, len(data.rows)))
+        args_kwargs.update(eval_strategy="steps", eval_steps=every, eval_on_start=True)
     return TrainingArguments(**args_kwargs)
 
 
@@ -625,7 +616,7 @@ def _train_and_save(
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
     callback = _make_callback(job.emit, _metric_logger(run))
     trainer = _make_trainer(job, model, tokenizer, args, data, callback)
-    _announce(job, data, _planned_steps(args, len(data.rows)), trainable)
+    _announce(job, data, _planned_steps(job.p, len(data.rows)), trainable)
     fitted = _fit(trainer, callback, data)
     _save_trained(job, trainer)
     if not job.is_main:
@@ -793,13 +784,16 @@ def _log_final_metrics(result: dict[str, Any], data: _Data) -> None:
     mlflow.log_artifacts(result["model_dir"], artifact_path="mlflow_model")
 
 
-def _planned_steps(args: Any, n_examples: int) -> int:
-    if args.max_steps and args.max_steps > 0:
-        return int(args.max_steps)
-    per_step = args.per_device_train_batch_size * max(1, _world_size())
-    batches = -(-n_examples // per_step)
-    updates = -(-batches // max(1, args.gradient_accumulation_steps))
-    return int(math.ceil(updates * float(args.num_train_epochs)))
+def _planned_steps(p: FinetuneSection, rows: int) -> int:
+    """The run's optimizer steps, counted as the plan counts them (ftctl.plan.planned_steps)."""
+    return planned_steps(
+        rows,
+        p.per_device_train_batch_size,
+        p.gradient_accumulation_steps,
+        _world_size(),
+        p.num_train_epochs,
+        p.max_steps,
+    )
 
 
 def _merged_model(trainer: Any, spec: dict, adapter_dir: Path, use_deepspeed: bool) -> Any:
