@@ -105,10 +105,6 @@ class GateDecision:
     previous: float | None = None
     previous_version: str | None = None
 
-    @property
-    def allows(self) -> bool:
-        return self.result != "refused"
-
     def tags(self) -> dict[str, str]:
         """The registered version's tags (MLflow / Azure ML tags are strings)."""
         tags = {"ftctl.gate": self.policy, "ftctl.gate.result": self.result}

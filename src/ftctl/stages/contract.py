@@ -111,6 +111,3 @@ def always_alive(ctx: Context, outputs: Outputs) -> bool:
 def nothing_to_retire(ctx: Context, outputs: Outputs) -> None:
     return None
 
-
-def no_summary(outputs: Outputs) -> str:
-    return ""

@@ -35,8 +35,6 @@ from typing import Any
 
 from ftctl.errors import FtctlError
 
-MEASURED_STEP = "measured"
-
 
 def _tensor_bytes(tensors: Any) -> int:
     return sum(int(t.numel()) * int(t.element_size()) for t in tensors)

@@ -20,7 +20,6 @@ Heavy imports (torch, transformers, mlflow) happen inside functions only.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl import evaluation
-from ftctl import state as st
 from ftctl.backends.local.backend import local
 from ftctl.errors import UsageError
 from ftctl.evaluation import (
@@ -652,7 +650,3 @@ def _job_figures(ctx: Context, submit: SubmitOutputs) -> str | None:
     if start is None or end is None or not math.isfinite(float(end)):
         return None
     return f"the job's own eval_loss: {start:.4f} at step 0, {float(end):.4f} at the end"
-
-
-def write_json(path: Path, data: Any) -> None:
-    st.atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
