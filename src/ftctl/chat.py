@@ -185,6 +185,18 @@ def _utf8(data: bytes, where: str) -> str:
         ) from None
 
 
+def require_stdin(what: str) -> TextIO:
+    """sys.stdin, for `what` to read; UsageError when there is none (started with stdin closed, as
+    `ftctl chat <&-`) or it is closed."""
+    stdin = sys.stdin
+    if stdin is None or getattr(stdin, "closed", False):
+        raise UsageError(
+            f"{what} reads standard input, and this ftctl has none (it was closed)",
+            hint="type at a terminal, or pipe the input in: `echo 'Hi' | ftctl chat`",
+        )
+    return stdin
+
+
 def read_request(path: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """A scoring request from a file (`-` for stdin): Azure's {"input_data": ...} body as it is, or
     a bare conversation (a list of {role, content}, or {"messages": [...]}) wrapped with `parameters`.
@@ -195,7 +207,7 @@ def read_request(path: str, parameters: dict[str, Any]) -> dict[str, Any]:
     try:
         if path != "-":
             text = _utf8(Path(path).read_bytes(), f"--file {where}")
-        elif (binary := getattr(sys.stdin, "buffer", None)) is not None:
+        elif (binary := getattr(require_stdin("--file -"), "buffer", None)) is not None:
             text = _utf8(binary.read(), f"--file {where}")
         else:
             text = sys.stdin.read()

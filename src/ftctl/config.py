@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -232,6 +233,22 @@ class FinetuneSection(Section):
     )
 
 
+# An endpoint's name is this prefix and a unix time (10 digits); it names a folder of the workspace and
+# an Azure ML endpoint, whose names are 3-32 letters, digits and hyphens starting with a letter.
+ENDPOINT_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,21}$")
+
+
+def _endpoint_prefix(value: str) -> str:
+    if not ENDPOINT_PREFIX_RE.match(value):
+        raise PydanticCustomError(
+            "endpoint_prefix",
+            "must start with a letter and hold at most 22 letters, digits and hyphens (it becomes a "
+            "folder and an endpoint name), got {value!r}",
+            {"value": value},
+        )
+    return value
+
+
 def _known_backend(value: str) -> str:
     if value not in BACKENDS:
         raise PydanticCustomError("backend", "must be {names}", {"names": " or ".join(BACKENDS)})
@@ -279,7 +296,7 @@ class PlanSection(Section):
 
 
 class DeploySection(Section):
-    endpoint_name_prefix: str = "ultrachat-completion-"
+    endpoint_name_prefix: Annotated[str, AfterValidator(_endpoint_prefix)] = "ultrachat-completion-"
     deployment_name: str = "demo"
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=MAX_PORT, description=f"0..{MAX_PORT}; 0 picks a free port")

@@ -20,8 +20,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 
 def _iso_time(value: str | None) -> str | None:
-    if value is not None:
-        datetime.fromisoformat(value)  # ValueError -> a validation error naming the field
+    """An ISO 8601 time with its UTC offset: ftctl compares times with now (UTC), which a time
+    without an offset cannot be compared with."""
+    if value is not None and datetime.fromisoformat(value).tzinfo is None:  # ValueError names the field
+        raise ValueError("a time without a UTC offset (ftctl writes them as ...+00:00)")
     return value
 
 

@@ -29,6 +29,8 @@ from ftctl.errors import LockTimeout, StateError
 
 SCHEMA_VERSION = 1
 STATE_FILE = "state.json"
+# A state file is a few KiB (nine records); a larger one is not one, and is refused before it is read.
+STATE_MAX_BYTES = 16 * 1024 * 1024
 BACKUP_SUFFIX = ".bak"
 LOCK_FILE = "lock"
 
@@ -65,9 +67,14 @@ def _refuse_link(path: Path) -> None:
         )
 
 
-def read_text_nofollow(path: Path) -> str:
+class TooLarge(ValueError):
+    """A file is larger than what ftctl parses of its kind."""
+
+
+def read_text_nofollow(path: Path, limit: int | None = None) -> str:
     """The text of the regular file `path`, opened without following a symbolic link (StateError if it
-    is a link or not a regular file; FileNotFoundError if it is missing)."""
+    is a link or not a regular file; FileNotFoundError if it is missing; TooLarge if it holds more than
+    `limit` bytes, found before anything is read)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -75,8 +82,11 @@ def read_text_nofollow(path: Path) -> str:
             _refuse_link(path)
         raise
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise StateError(f"{path} is not a regular file; ftctl reads only regular files there")
+        if limit is not None and info.st_size > limit:
+            raise TooLarge(f"{info.st_size:,} bytes, over {limit:,}")
         return handle.read().decode("utf-8")
 
 
@@ -121,39 +131,47 @@ class StateStore:
         """The current state; a fresh one if the workspace has none yet."""
         if not self.path.exists() and not self.path.is_symlink():
             return {"schema_version": SCHEMA_VERSION, "backend": None, "run_id": None, "stages": {}}
+        return self._checked(self.path)
+
+    def _checked(self, path: Path) -> dict[str, Any]:
+        """The state `path` holds, every record validated (StateError naming what is wrong)."""
         try:
-            data = json.loads(read_text_nofollow(self.path))
+            data = json.loads(read_text_nofollow(path, STATE_MAX_BYTES))
+        except TooLarge as exc:
+            raise self._corrupt(path, f"is too large to be a state file ({exc})") from None
+        except RecursionError:
+            raise self._corrupt(path, "cannot be parsed (nested too deeply)") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._corrupt(f"cannot be parsed ({exc})") from None
+            raise self._corrupt(path, f"cannot be parsed ({exc})") from None
         if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
-            raise self._corrupt("does not hold a stage-state object")
+            raise self._corrupt(path, "does not hold a stage-state object")
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise StateError(
-                f"{self.path} has schema version {version!r}; this ftctl reads version {SCHEMA_VERSION}",
+                f"{path} has schema version {version!r}; this ftctl reads version {SCHEMA_VERSION}",
                 hint="use the ftctl version that wrote it, or start over with `ftctl reset --all`",
             )
-        self._check_records(data)
+        self._check_records(path, data)
         return data
 
-    def _check_records(self, data: dict[str, Any]) -> None:
+    def _check_records(self, path: Path, data: dict[str, Any]) -> None:
         from ftctl.backends import NAMES
         from ftctl.records import check_record
 
         if data.get("backend") is not None and data.get("backend") not in NAMES:
-            raise self._corrupt(f"names an unknown backend {data.get('backend')!r}")
+            raise self._corrupt(path, f"names an unknown backend {data.get('backend')!r}")
         if not isinstance(data.get("run_id"), str | None):
-            raise self._corrupt("has a run_id that is not a string")
+            raise self._corrupt(path, "has a run_id that is not a string")
         for stage, record in data["stages"].items():
             problem = check_record(stage, record)
             if problem:
                 raise StateError(
-                    f"state file {self.path}: stage {stage}: {problem}",
+                    f"state file {path}: stage {stage}: {problem}",
                     hint=f"fix the record by hand, forget it with `ftctl reset {stage}`, or put back the "
                     "previous version with `ftctl reset --restore-backup`",
                 )
 
-    def _corrupt(self, why: str) -> StateError:
+    def _corrupt(self, path: Path, why: str) -> StateError:
         if self.backup.exists():
             hint = (
                 f"restore the previous version with `ftctl reset --restore-backup` "
@@ -161,7 +179,7 @@ class StateStore:
             )
         else:
             hint = "start over with `ftctl reset --all` (no backup exists)"
-        return StateError(f"state file {self.path} {why}", hint=hint)
+        return StateError(f"state file {path} {why}", hint=hint)
 
     def save(self, state: dict[str, Any]) -> None:
         self.workspace.mkdir(parents=True, exist_ok=True)
@@ -182,13 +200,18 @@ class StateStore:
         atomic_write_text(self.path, text)
 
     def restore_backup(self) -> None:
+        """The backup back in place of the state file, once it is known to load (checked like the state
+        file itself); a damaged backup leaves both files as they are."""
         if not self.backup.exists():
             raise StateError(f"no backup to restore: {self.backup} does not exist")
         try:
-            text = read_text_nofollow(self.backup)
-            json.loads(text)
-        except (OSError, ValueError) as exc:
-            raise StateError(f"the backup {self.backup} is unreadable too ({exc})") from None
+            self._checked(self.backup)
+            text = read_text_nofollow(self.backup, STATE_MAX_BYTES)
+        except (OSError, ValueError, StateError) as exc:
+            why = exc.message if isinstance(exc, StateError) else str(exc)
+            raise StateError(
+                f"the backup is unusable too: {why}", hint="start over with `ftctl reset --all`"
+            ) from None
         atomic_write_text(self.path, text)
 
 
@@ -207,6 +230,7 @@ def snapshot(state: dict[str, Any]) -> dict[str, Any]:
 # --- fingerprints ---------------------------------------------------------------------------------
 
 HASH_LIMIT = 64 * 1024 * 1024  # files above this are fingerprinted by size + mtime, not content
+TREE_MAX_FILES = 10_000  # a folder with more files is no model folder: its signature says so, unhashed
 
 
 def file_digest(path: Path) -> str:
@@ -220,17 +244,44 @@ def file_digest(path: Path) -> str:
 _signatures: dict[tuple[str, int, int, int, int], str] = {}  # one hash per file and process
 
 
+def _tree_files(root: Path, limit: int) -> list[Path]:
+    """Up to `limit` + 1 regular files under `root` (links to folders not followed), sorted."""
+    found: list[Path] = []
+    pending = [root]
+    while pending and len(found) <= limit:
+        with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.is_file():
+                    found.append(Path(entry.path))
+    return sorted(found)
+
+
+def _tree_signature(path: Path) -> str:
+    files = _tree_files(path, TREE_MAX_FILES)
+    if len(files) > TREE_MAX_FILES:  # no model folder is that large: not hashed, and it says so
+        return f"tree:over {TREE_MAX_FILES} files"
+    parts = [f"{p.relative_to(path)}={file_signature(p)}" for p in files]
+    return "tree:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 def file_signature(path: Path) -> str:
-    """A content hash for ordinary files, size+mtime for huge ones; 'missing' when absent.
+    """A content hash for regular files, size+mtime for huge ones, a hash of the hashes for a folder;
+    'missing' when absent. Nothing else is opened: a FIFO or a device (a link to /dev/zero) is named by
+    its kind, so no read can block or go on for ever.
 
     Computed once per process for a file whose inode, size, mtime and ctime have not changed."""
     try:
         st = path.stat()
     except (FileNotFoundError, NotADirectoryError):
         return "missing"
-    if path.is_dir():
-        parts = [f"{p.relative_to(path)}={file_signature(p)}" for p in sorted(path.rglob("*")) if p.is_file()]
-        return "tree:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    except OSError as exc:  # a link loop, no permission
+        return f"unreadable:{exc.errno}"
+    if stat.S_ISDIR(st.st_mode):
+        return _tree_signature(path)
+    if not stat.S_ISREG(st.st_mode):
+        return f"special:{stat.S_IFMT(st.st_mode):o}"
     if st.st_size > HASH_LIMIT:
         return f"stat:{st.st_size}:{st.st_mtime_ns}"
     key = (str(path.absolute()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

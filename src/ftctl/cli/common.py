@@ -60,7 +60,7 @@ app = typer.Typer(
 class Options:
     """The global options; the Context is built from them on first use (so --help stays instant)."""
 
-    workspace: Path
+    workspace: str  # as given: checked when the Context is built (an empty one is refused)
     config: Path | None
     backend: str | None
     overrides: list[str] = field(default_factory=list)
@@ -84,8 +84,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    workspace: Path = typer.Option(
-        Path(".ftctl"),
+    workspace: str = typer.Option(
+        ".ftctl",
         "--workspace",
         "-w",
         envvar="FTCTL_WORKSPACE",
@@ -134,6 +134,22 @@ def options(tctx: typer.Context) -> Options:
     return obj
 
 
+def workspace_path(given: str) -> Path:
+    """The workspace folder `--workspace` names, absolute; UsageError for an empty name (it would make
+    the current folder the workspace) or a path that exists and is not a folder."""
+    from ftctl.errors import UsageError
+
+    if not given.strip():
+        raise UsageError(
+            "--workspace is empty (FTCTL_WORKSPACE or -w ''); name a folder",
+            hint="leave it out for .ftctl in the current folder",
+        )
+    path = Path(given).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--workspace {given}: {path} exists and is not a folder")
+    return path
+
+
 def build_context(tctx: typer.Context, extra: Sequence[str] = ()) -> Context:
     from ftctl.config import load_config
     from ftctl.context import Context
@@ -145,7 +161,7 @@ def build_context(tctx: typer.Context, extra: Sequence[str] = ()) -> Context:
         raise UsageError(f"--backend must be {' or '.join(NAMES)} (got {opts.backend!r})")
     loaded = load_config(opts.config, [*opts.overrides, *extra], backend=opts.backend)
     return Context(
-        workspace=opts.workspace.expanduser().absolute(),
+        workspace=workspace_path(opts.workspace),
         config=loaded,
         ui=UI(json_mode=opts.json),
         debug=opts.debug,

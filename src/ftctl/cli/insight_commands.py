@@ -91,18 +91,19 @@ def chat(
     Type a message and press Enter; /reset starts over, /exit or Ctrl-D ends. Each reply shows its
     latency. Input is read line by line, so you can pipe a conversation in; with --json every turn is
     one JSON line on stdout."""
-    from ftctl.chat import ChatSession, endpoint, generation_parameters, input_lines, run_chat
+    from ftctl.chat import ChatSession, endpoint, generation_parameters, input_lines, require_stdin, run_chat
 
+    stdin = require_stdin("ftctl chat")
     ep = endpoint(ctx, "chat")
     parameters = generation_parameters(
         ctx, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
     )
     session = ChatSession(ep, parameters, ctx.cfg.score.timeout_s, system=system)
-    interactive = sys.stdin.isatty()
+    interactive = stdin.isatty()
     _chat_opening(ctx, ep, interactive)
     turns = run_chat(
         session,
-        input_lines(sys.stdin, "you> " if interactive else None),
+        input_lines(stdin, "you> " if interactive else None),
         say=ctx.ui.info,
         answer=functools.partial(_show_reply, ctx.ui),
         interactive=interactive,
@@ -139,8 +140,10 @@ def _show_reply(ui: UI, turn: int, user: str, reply: str, latency_ms: float) -> 
 
 def score_file(ctx: Context, path: str) -> None:
     """`ftctl score --file REQUEST.json`: send your own request; the stage state is left alone."""
-    from ftctl.chat import endpoint, generation_parameters, post, read_request
+    from ftctl.chat import endpoint, generation_parameters, post, read_request, require_stdin
 
+    if path == "-":
+        require_stdin("score --file -")
     ep = endpoint(ctx, "score --file")
     body = read_request(path, generation_parameters(ctx))
     ctx.ui.info(f"> score --file {path} ({ep.scoring_uri})")

@@ -110,4 +110,3 @@ def always_alive(ctx: Context, outputs: Outputs) -> bool:
 
 def nothing_to_retire(ctx: Context, outputs: Outputs) -> None:
     return None
-

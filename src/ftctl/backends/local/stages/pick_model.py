@@ -137,7 +137,9 @@ def inputs(ctx: Context, state: dict[str, Any]) -> dict[str, Path]:
     if name == TINY_MODEL:
         return {"model": shipped_model_dir()}
     path = Path(name).expanduser()
-    return {"model": path} if path.exists() else {}
+    # Only a model folder is part of the fingerprint: any other path is refused by run() before a byte
+    # of it is read (`--set model.name=/usr` must not hash /usr).
+    return {"model": path} if (path / "config.json").is_file() else {}
 
 
 def summary(outputs: dict[str, Any]) -> str:
