@@ -162,6 +162,8 @@ def cached_split(
             pass
     stats, rows = measure()
     cache.parent.mkdir(parents=True, exist_ok=True)
+    if cache.parent.is_symlink():
+        return stats, rows  # not written through a link (nothing outside the workspace): measured again
     st.atomic_write_text(cache, json.dumps({"stats": stats.__dict__, "rows": rows}, indent=1) + "\n")
     return stats, rows
 

@@ -90,6 +90,37 @@ def read_text_nofollow(path: Path, limit: int | None = None) -> str:
         return handle.read().decode("utf-8")
 
 
+def make_dirs(path: Path, root: Path, mode: int = 0o777, new: bool = False) -> Path:
+    """Create the folder `path` and those between it and `root` (the workspace), following no symbolic
+    link from `root` down: a link or a non-folder on the way is a StateError naming it, and nothing is
+    created through it. With `new`, `path` itself must not exist yet (FileExistsError). A `path` outside
+    `root` (a folder the user configured) is only created. Returns `path`."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        path.mkdir(mode=mode, parents=True, exist_ok=not new)
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    current = root
+    for index, part in enumerate(parts):
+        current = current / part
+        last = index == len(parts) - 1
+        if new and last and (current.is_symlink() or current.exists()):
+            raise FileExistsError(errno.EEXIST, "exists already", str(current))
+        if current.is_symlink() or (current.exists() and not current.is_dir()):
+            raise StateError(
+                f"{current} is {'a symbolic link' if current.is_symlink() else 'not a folder'}; ftctl "
+                "writes only into real folders inside its workspace",
+                hint=f"remove {current} and run the command again",
+            )
+        try:
+            current.mkdir(mode=mode)
+        except FileExistsError:
+            if new and last:
+                raise
+    return path
+
+
 def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     """Write `text` to `path` so that readers see the old or the new file, never a partial one.
 

@@ -208,3 +208,36 @@ def test_a_closed_stdin_is_a_clear_error(tmp_path: Path, args: str) -> None:
     )  # fmt: skip
     err = one_line_error(done, 2)
     assert "standard input" in err
+
+
+# --- writes outside the workspace ------------------------------------------------------------------
+
+
+def test_a_data_folder_replaced_by_a_link_is_not_written_through(prepared: Path, tmp_path_factory) -> None:
+    outside = tmp_path_factory.mktemp("outside")
+    data = prepared / ".ftctl" / "data"
+    import shutil
+
+    shutil.rmtree(data)
+    data.symlink_to(outside, target_is_directory=True)
+    err = one_line_error(ftctl(prepared, "prepare-data", "--force"), 2)
+    assert str(data) in err and "symbolic link" in err
+    assert list(outside.iterdir()) == []
+
+
+def test_a_planted_endpoint_folder_is_passed_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Endpoint folder names are predictable (prefix + unix time): one planted as a link to a file
+    elsewhere is never used, so the server's log is never appended to that file."""
+    from ftctl.backends.local.stages import deploy
+
+    root = tmp_path / "ws"
+    endpoints = root / "endpoints"
+    endpoints.mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep\n")
+    monkeypatch.setattr(deploy.time, "time", lambda: 1_800_000_000.5)
+    (endpoints / "ep-1800000000").symlink_to(victim)
+    (endpoints / "ep-1800000001").mkdir()  # an existing folder is not reused either
+    name, folder = deploy._new_endpoint_dir(root, endpoints, "ep-")
+    assert name == "ep-1800000002" and folder == endpoints / name and folder.is_dir()
+    assert not folder.is_symlink() and victim.read_text() == "keep\n"

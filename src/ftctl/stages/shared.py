@@ -19,7 +19,7 @@ from ftctl.constants import SAMPLE_DATASET
 from ftctl.errors import ConfigError, UsageError
 from ftctl.records import StateView
 from ftctl.scoring import build_request, expected_reply, parse_response, pick_conversation
-from ftctl.state import atomic_write_text, digest
+from ftctl.state import atomic_write_text, digest, make_dirs
 
 if TYPE_CHECKING:
     from ftctl.context import Context
@@ -224,8 +224,7 @@ def write_sample(ctx: Context, recorded: StateView) -> Sample:
         "do_sample": cfg.do_sample,
         "max_new_tokens": cfg.max_new_tokens,
     }
-    request_file = ctx.workspace / "score" / "sample_score.json"
-    request_file.parent.mkdir(parents=True, exist_ok=True)
+    request_file = make_dirs(ctx.workspace / "score", ctx.workspace) / "sample_score.json"
     text = json.dumps(build_request(messages, parameters), indent=2, ensure_ascii=False) + "\n"
     atomic_write_text(request_file, text)
     ctx.ui.info(f"  {split}.jsonl line {line}: {messages[-1]['content'][:100]!r}")
@@ -263,7 +262,7 @@ def prepare_run(ctx: Context, call: StageCall) -> Outputs:
     from ftctl.data.prepare import PrepareOptions, format_dropped, prepare
 
     cfg = ctx.cfg.data
-    out_dir = ctx.data_dir()
+    out_dir = make_dirs(ctx.data_dir(), ctx.workspace)
     ctx.ui.info(f"  {cfg.dataset} -> {out_dir} ({cfg.split_pc:g}% of each split)")
     with ctx.ui.progress("reading and validating", unit="rows") as bar:
         rows = 0

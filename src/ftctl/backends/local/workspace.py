@@ -14,7 +14,7 @@ from types import ModuleType
 from urllib.parse import quote
 
 from ftctl.errors import StateError
-from ftctl.state import atomic_write_text
+from ftctl.state import atomic_write_text, make_dirs
 
 
 class LocalWorkspace:
@@ -58,8 +58,8 @@ class LocalWorkspace:
 
     def create(self) -> None:
         for path in (self.root, self.artifacts_dir, self.jobs_dir, self.endpoints_dir):
-            path.mkdir(parents=True, exist_ok=True)
-        self.secrets_dir.mkdir(mode=0o700, exist_ok=True)
+            make_dirs(path, self.root)
+        make_dirs(self.secrets_dir, self.root, mode=0o700)
         os.chmod(real_dir(self.secrets_dir), 0o700)
 
     @cached_property

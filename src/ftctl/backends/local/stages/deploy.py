@@ -28,6 +28,7 @@ from ftctl.errors import StageFailed, UsageError
 from ftctl.stages.contract import no_inputs as inputs
 from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.shared import check_lists
+from ftctl.state import make_dirs
 from ftctl.ttl import expires_at
 
 SERVER_MODULE = "ftctl.backends.local.server"
@@ -129,6 +130,19 @@ class _Server:
         return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
 
 
+def _new_endpoint_dir(root: Path, endpoints: Path, prefix: str) -> tuple[str, Path]:
+    """A new endpoint's name (the prefix and the time) and its folder, created new: a name whose folder
+    exists already (planted, or two deploys in one second) is passed over, never reused."""
+    stamp = int(time.time())
+    for offset in range(100):
+        name = f"{prefix}{stamp + offset}"
+        try:
+            return name, make_dirs(endpoints / name, root, new=True)
+        except FileExistsError:
+            continue
+    raise StageFailed(f"no free endpoint name in {endpoints} (100 tried from {prefix}{stamp})")
+
+
 def _prepare_server(ctx: Context, call: StageCall) -> _Server:
     """The endpoint's folder, model, listening socket and command line (nothing started yet)."""
     from ftctl.backends.local import live, procs
@@ -139,9 +153,7 @@ def _prepare_server(ctx: Context, call: StageCall) -> _Server:
     # (a deploy killed between writing one and recording its server, by an older ftctl).
     live.forget_ended(ws.root)
     live.remove_orphan_keys(ws.root)
-    name = f"{cfg.endpoint_name_prefix}{int(time.time())}"
-    endpoint_dir = ws.endpoints_dir / name
-    endpoint_dir.mkdir(parents=True, exist_ok=True)
+    name, endpoint_dir = _new_endpoint_dir(ws.root, ws.endpoints_dir, cfg.endpoint_name_prefix)
     model_name, version = registered.need("model_name"), registered.need("version")
     model_dir = registered_model_dir(ws, model_name, version, endpoint_dir / "model")
     _check_template(ctx, call, model_dir)
