@@ -266,3 +266,23 @@ def test_a_scoring_request_becomes_a_chat_completion_request() -> None:
         "temperature": 0.6,
         "top_p": 0.9,
     }
+
+
+def test_a_dry_run_shows_the_fine_tuning_job_and_sends_nothing(job_route) -> None:
+    az, service = job_route, job_route.service
+    az("run", "--to", "prepare-data")
+    shown = az("submit", "--dry-run")
+    assert "# fine-tuning job that submit would create" in shown.stdout
+    assert "Phi-4-mini-instruct" in shown.stdout and "validation_data" in shown.stdout
+    assert not service.find("PUT", JOB_PUT)
+    uploads = [r for r in service.requests if r.method == "PUT" and r.host.endswith(".blob.core.windows.net")]
+    assert uploads == []
+
+
+def test_an_offline_dry_run_on_the_job_route_describes_it(job_route) -> None:
+    az = job_route
+    shown = az("run", "--dry-run")
+    assert "create_finetuning_job(model=<Phi-4-mini-instruct's registry id>" in shown.stdout
+    assert "serverless_endpoints.begin_create_or_update(ServerlessEndpoint(" in shown.stdout
+    assert "chat_completion_pipeline" not in shown.stdout
+    assert az.service.requests == []

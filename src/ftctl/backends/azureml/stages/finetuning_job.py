@@ -90,7 +90,7 @@ def build(ctx: Context, call: StageCall, job_name: str | None) -> tuple[Any, dic
             training_data=train,
             validation_data=validation,  # always: azure-ai-ml 1.35.2 fails without it
             hyperparameters=params,
-            output_model_name_prefix=output_name or f"{model_name(ctx, call.upstream)}-<job>",
+            output_model_name_prefix=output_name or f"{model_name(ctx, call.upstream)}-dry-run",
             compute=cluster,
             name=job_name,
             display_name=display,
