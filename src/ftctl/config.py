@@ -231,6 +231,11 @@ class FinetuneSection(Section):
     use_model_defaults: bool = Field(
         True, description="apply the model's model_specific_defaults over this section, as the notebook does"
     )
+    route: Literal["auto", "pipeline", "job"] = Field(
+        "auto",
+        description="Azure ML: pipeline (the chat_completion_pipeline component), job (the fine-tuning job "
+        "API, deployed serverless) or auto (what the model's registry metadata supports)",
+    )
 
 
 # An endpoint's name is this prefix and a unix time (10 digits); it names a folder of the workspace and

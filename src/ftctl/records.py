@@ -68,6 +68,10 @@ class PickModelOutputs(_Outputs):
     id: str | None = None
     allow_list_source: str | None = None
     inference_recommended_skus: list[str] | None = None
+    # Azure ML: how the model is fine-tuned ("pipeline" or "job", finetune.route resolved) and why.
+    route: str | None = None
+    route_source: str | None = None
+    maas_deploy_regions: list[str] | None = None  # job route: where its fine-tuned models deploy serverless
 
 
 class CheckComputeOutputs(_Outputs):
@@ -80,6 +84,7 @@ class CheckComputeOutputs(_Outputs):
     gpus: list[dict[str, Any]] | None = None  # local: the GPUs torch sees (index, name, memory_gib, bf16)
     ram_gib: float | None = None  # local: this machine's memory
     created: bool | None = None  # Azure ML: ftctl created the cluster (teardown --compute may delete it)
+    serverless: bool | None = None  # Azure ML, job route: the fine-tuning job runs on serverless compute
 
 
 class SplitFile(BaseModel):
@@ -112,6 +117,9 @@ class SubmitOutputs(_Outputs):
     stop_check: dict[str, Any] | None = None  # whether the fine-tuned model ends its turn
     test_file: str | None = None  # Azure ML: the test split the job was given
     pace: dict[str, Any] | None = None  # Azure ML: the fine-tuning step's measured time per step
+    route: str | None = None  # Azure ML: "pipeline" or "job"
+    output_model_name: str | None = None  # Azure ML, job route: the model the service registers
+    output_model_version: str | None = None
 
 
 class RegisterOutputs(_Outputs):
@@ -135,6 +143,7 @@ class DeployOutputs(_Outputs):
     expires_at: IsoTime = None
     model_uri: str | None = None
     model_version: str | None = None
+    endpoint_kind: str | None = None  # Azure ML: "managed" (online endpoint) or "serverless"
 
 
 class ScoreOutputs(_Outputs):

@@ -138,6 +138,17 @@ def _excerpt(text: str) -> str:
     return text if len(text) <= _EXCERPT_CHARS else text[: _EXCERPT_CHARS - 3] + "..."
 
 
+def _chat_completion_text(value: dict[str, Any]) -> str | None:
+    """The first choice's message of a chat completion ({"choices": [{"message": {"content": ...}}]}):
+    what a serverless endpoint's /v1/chat/completions route answers (the OpenAI-compatible shape)."""
+    choices = value.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        message = choices[0].get("message")
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            return str(message["content"])
+    return None
+
+
 def _text_from(value: Any) -> str | None:
     """The answer text from a decoded body, or None when the shape is not one we know."""
     if isinstance(value, str):
@@ -148,7 +159,7 @@ def _text_from(value: Any) -> str | None:
             return output
         if isinstance(output, list) and output and isinstance(output[0], str):
             return output[0]
-        return None
+        return _chat_completion_text(value)
     if isinstance(value, list) and value and isinstance(value[0], dict):
         first = value[0]
         for key in ("0", "output"):
@@ -161,8 +172,9 @@ def parse_response(body: str | bytes) -> str:
     """The generated text from a scoring response, whatever shape the serving container answered.
 
     Accepted: {"output": "text"}, {"output": ["text", ...]} (the first), "text" (a bare JSON string),
-    [{"0": "text"}] and [{"output": "text"}]. Some containers JSON-encode their answer twice (the
-    body is a JSON string holding one of those shapes); that is unwrapped once. Anything else raises
+    [{"0": "text"}], [{"output": "text"}] and a chat completion's first choice (a serverless endpoint).
+    Some containers JSON-encode their answer twice (the body is a JSON string holding one of those
+    shapes); that is unwrapped once. Anything else raises
     StageFailed quoting the start of the body.
     """
     if isinstance(body, bytes):

@@ -285,6 +285,11 @@ VM_SIZES = [
     ("Standard_ND96asr_v4", "standardNDASv4_A100Family", 96, 8, 900.0),
 ]
 
+# azureml-examples, model-as-a-service chat-completion notebook: the tag a model's serverless fine-tuning
+# regions are read from, and Phi-4-mini-instruct's row of its support matrix.
+MAAS_REGIONS_TAG = "maas-finetuning-deploy-regions"
+MAAS_REGIONS = ["eastus2", "eastus", "northcentralus", "westus3", "westus", "southcentralus"]
+
 TERMINAL_JOB_STATES = {"Completed", "Failed", "Canceled", "NotResponding"}
 
 
@@ -453,6 +458,8 @@ class FakeAzureML:
         self.job_polls: dict[str, int] = {}
         self.models: dict[str, dict[str, dict[str, Any]]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
+        self.serverless_endpoints: dict[str, dict[str, Any]] = {}
+        self.serverless_operations: dict[str, str] = {}  # endpoint -> its create operation
         self.deployments: dict[str, dict[str, dict[str, Any]]] = {}
         self.blobs: dict[str, bytes] = {}
         self.blob_metadata: dict[str, dict[str, str]] = {}
@@ -464,6 +471,7 @@ class FakeAzureML:
         self.compute_final_state = "Succeeded"
         self.deployment_final_state = "Succeeded"
         self.score_body: str = '{"output": "The capital of France is Paris."}'
+        self.chat_answer = "The capital of France is Paris."  # a serverless endpoint's chat completion
         self.score_status = 200
         # Dedicated cluster vCPU quota in the region: VM family -> (in use, limit); and the regional total.
         self.quota: dict[str, tuple[int, int]] = {family: (0, 96) for _, family, *_ in VM_SIZES}
@@ -570,11 +578,27 @@ class FakeAzureML:
             finetunable=False,  # no properties.finetuning-tasks: the migration moved it to system_metadata
         )
 
+    def add_phi4_mini(self, version: str = "1") -> None:
+        """Phi-4-mini-instruct, fine-tuned through the fine-tuning job API and served serverless.
+        azureml-assets has no spec.yaml for it; azureml-examples' model-as-a-service chat-completion
+        notebook (sdk/python/jobs/finetuning/standalone/model-as-a-service/chat-completion) fine-tunes it
+        with create_finetuning_job and reads its `maas-finetuning-deploy-regions` tag before deploying;
+        the regions are that notebook's support matrix for Phi-4-mini-instruct."""
+        self.add_registry_model(
+            "Phi-4-mini-instruct",
+            version,
+            tags={
+                "task": "chat-completion",
+                "author": "Microsoft",
+                MAAS_REGIONS_TAG: ",".join(MAAS_REGIONS),
+            },
+        )
+
     def add_phi_family(self) -> None:
         """Other Phi models beside Phi-3-mini-4k-instruct: a fine-tunable successor, one whose fine-tuning
         was retired (and archived), one that cannot be fine-tuned, and a model of another family."""
         chat = {"task": "chat-completion", "author": "Microsoft"}
-        self.add_registry_model("Phi-4-mini-instruct", "1", tags=dict(chat))
+        self.add_phi4_mini()
         self.add_registry_model(
             "Phi-3.5-mini-instruct",
             "6",
@@ -686,7 +710,9 @@ class FakeAzureML:
         auth = None
         if authorization:
             scheme, _, value = authorization.partition(" ")
-            if value.endswith(FAKE_SIGNATURE):
+            if authorization == ENDPOINT_KEY:  # a serverless endpoint's key, sent without a scheme
+                auth = "endpoint-key"
+            elif value.endswith(FAKE_SIGNATURE):
                 auth = f"{scheme} fake-token"
             else:
                 auth = f"{scheme} {'endpoint-key' if value == ENDPOINT_KEY else '?'}"
@@ -741,6 +767,8 @@ class FakeAzureML:
             return self._blob(r, raw_body)
         if r.host.endswith(".inference.ml.azure.com"):
             return self._score(r)
+        if r.host.endswith(".models.ai.azure.com"):
+            return self._chat_completion(r)
         for method, pattern, handler in self._routes():
             if method != r.method:
                 continue
@@ -806,6 +834,13 @@ class FakeAzureML:
                 ws + r"/onlineEndpoints/(?P<endpoint>[^/]+)/deployments/(?P<name>[^/]+)",
                 self._put_deployment,
             ),
+            # Serverless endpoints: azure-ai-ml's ServerlessEndpointOperations (its arm_ml_service client);
+            # shapes from Azure/azure-rest-api-specs machinelearningservices stable/2025-06-01
+            # examples/Workspace/ServerlessEndpoint/{createOrUpdate,get,delete,listKeys}.json.
+            ("GET", ws + r"/serverlessEndpoints/(?P<name>[^/]+)", self._get_serverless),
+            ("PUT", ws + r"/serverlessEndpoints/(?P<name>[^/]+)", self._put_serverless),
+            ("DELETE", ws + r"/serverlessEndpoints/(?P<name>[^/]+)", self._delete_serverless),
+            ("POST", ws + r"/serverlessEndpoints/(?P<name>[^/]+)/listKeys", self._serverless_keys),
             ("GET", ops + r"/mfeOperationsStatus/(?P<op>[^/]+)", self._operation_status),
             ("GET", ops + r"/computeOperationsStatus/(?P<op>[^/]+)", self._operation_status),
             *self.mlflow.routes(),
@@ -1197,7 +1232,36 @@ class FakeAzureML:
             self.job_polls[name] += 1
             index = min(self.job_polls[name], len(self.job_states) - 1)
             props["status"] = self.job_states[index]
+            if props["status"] == "Completed" and props.get("jobType") == "FineTuning":
+                self._register_finetuned(name, props)
         return _json(200, copy.deepcopy(job))
+
+    def _register_finetuned(self, job: str, props: dict[str, Any]) -> None:
+        """A fine-tuning job that completed registers its model in the workspace, named by its
+        `registered_model` output, version 1 (azureml-examples' model-as-a-service notebook deploys
+        `models/<output name>/versions/1` after the job)."""
+        output = (props.get("outputs") or {}).get("registered_model") or {}
+        name = output.get("assetName")
+        if not name or "1" in self.models.get(name, {}):
+            return
+        self.models.setdefault(name, {})["1"] = {
+            "id": f"{WS_ID}/models/{name}/versions/1",
+            "name": "1",
+            "type": "Microsoft.MachineLearningServices/workspaces/models/versions",
+            "systemData": _system_data(),
+            "properties": {
+                "description": f"fine-tuned by job {job}",
+                "tags": {},
+                "properties": {},
+                "isArchived": False,
+                "isAnonymous": False,
+                "modelType": "mlflow_model",
+                "modelUri": f"azureml://jobs/{job}/outputs/registered_model",
+                "jobName": job,
+                "provisioningState": "Succeeded",
+                "flavors": {"python_function": {"data": {"loader_module": "mlflow.transformers"}}},
+            },
+        }
 
     # --- models ----------------------------------------------------------------------------------
 
@@ -1381,6 +1445,120 @@ class FakeAzureML:
         fail = "Deployment failed: the container crashed (exit code 137)" if final == "Failed" else None
         status_url = self._operation(done, fail_with=fail)
         return _json(201, copy.deepcopy(body), {"Azure-AsyncOperation": status_url})
+
+    # --- serverless endpoints --------------------------------------------------------------------
+
+    def _serverless_not_found(self, name: str) -> tuple[int, dict[str, str], Any]:
+        return _error(
+            404,
+            "ResourceNotFound",
+            f"The Resource 'Microsoft.MachineLearningServices/workspaces/{WORKSPACE}/serverlessEndpoints/"
+            f"{name}' under resource group '{RESOURCE_GROUP}' was not found.",
+        )
+
+    def _get_serverless(
+        self, r: Recorded, sub: str, rg: str, ws: str, name: str
+    ) -> tuple[int, dict[str, str], Any]:
+        op = self.serverless_operations.get(name)
+        if op in self.operations and not self.operations[op].done:
+            self._operation_status(r, op)  # the service goes on creating it, whoever polls
+        found = self.serverless_endpoints.get(name)
+        return _json(200, copy.deepcopy(found)) if found else self._serverless_not_found(name)
+
+    def _put_serverless(
+        self, r: Recorded, sub: str, rg: str, ws: str, name: str
+    ) -> tuple[int, dict[str, str], Any]:
+        body = copy.deepcopy(r.body or {})
+        props = body.setdefault("properties", {})
+        model_id = str((props.get("modelSettings") or {}).get("modelId") or "")
+        # The service deploys a workspace model by its location-scoped id (azureml://locations/<region>/
+        # workspaces/<workspace id>/models/<name>/versions/<version>), as the example builds it.
+        match = re.fullmatch(
+            r"azureml://locations/[^/]+/workspaces/[^/]+/models/([^/]+)/versions/([^/]+)", model_id
+        )
+        if match is None or match.group(2) not in self.models.get(match.group(1), {}):
+            return _error(
+                400, "BadRequest", f"Model {model_id!r} was not found or cannot be deployed serverless"
+            )
+        creating = name not in self.serverless_endpoints
+        props.update(
+            {
+                "authMode": props.get("authMode") or "Key",
+                "inferenceEndpoint": {"uri": f"https://{name}.{LOCATION}.models.ai.azure.com", "headers": {}},
+                "provisioningState": "Creating" if creating else "Updating",
+                "endpointState": "Online",
+                "contentSafety": {"contentSafetyStatus": "Enabled"},
+            }
+        )
+        body.update(
+            {
+                "id": f"{WS_ID}/serverlessEndpoints/{name}",
+                "name": name,
+                "type": "Microsoft.MachineLearningServices/workspaces/serverlessEndpoints",
+                "location": body.get("location") or LOCATION,
+                "systemData": _system_data(),
+            }
+        )
+        self.serverless_endpoints[name] = body
+
+        def done() -> None:
+            if name in self.serverless_endpoints:
+                self.serverless_endpoints[name]["properties"]["provisioningState"] = "Succeeded"
+
+        status_url = self._operation(done)
+        self.serverless_operations[name] = status_url.split("/")[-1].split("?")[0]
+        return _json(201 if creating else 200, copy.deepcopy(body), {"Azure-AsyncOperation": status_url})
+
+    def _delete_serverless(
+        self, r: Recorded, sub: str, rg: str, ws: str, name: str
+    ) -> tuple[int, dict[str, str], Any]:
+        if name not in self.serverless_endpoints:
+            return _json(204, None)
+        self.serverless_endpoints[name]["properties"]["provisioningState"] = "Deleting"
+
+        def done() -> None:
+            self.serverless_endpoints.pop(name, None)
+
+        status_url = self._operation(done)
+        return _json(202, None, {"Azure-AsyncOperation": status_url, "Location": status_url})
+
+    def _serverless_keys(
+        self, r: Recorded, sub: str, rg: str, ws: str, name: str
+    ) -> tuple[int, dict[str, str], Any]:
+        if name not in self.serverless_endpoints:
+            return self._serverless_not_found(name)
+        return _json(200, {"primaryKey": ENDPOINT_KEY, "secondaryKey": ENDPOINT_KEY[::-1]})
+
+    def _chat_completion(self, r: Recorded) -> tuple[int, dict[str, str], Any]:
+        """A serverless endpoint's OpenAI-compatible route (the example posts to
+        `<scoring_uri>/v1/chat/completions` with `Authorization: <key>`): a chat.completion body."""
+        name = r.host.split(".")[0]
+        if r.method != "POST" or r.path != "/v1/chat/completions" or name not in self.serverless_endpoints:
+            return _error(404, "NotFound", "no such endpoint")
+        if r.auth not in ("endpoint-key", "Bearer endpoint-key"):
+            return _json(
+                401, {"error": {"code": "Unauthorized", "message": "Access denied due to invalid key."}}
+            )
+        messages = r.body.get("messages") if isinstance(r.body, dict) else None
+        if not isinstance(messages, list) or not messages:
+            return _json(400, {"error": {"code": "Invalid input", "message": "messages is required"}})
+        return _json(
+            200,
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": self.chat_answer},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20},
+            },
+        )
 
     # --- scoring and blob storage ----------------------------------------------------------------
 

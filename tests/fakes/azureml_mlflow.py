@@ -248,6 +248,14 @@ class FakeMlflow:
             for key, value in (node.get("inputs") or {}).items()
             if isinstance(value, dict) and value.get("job_input_type") == "literal"
         }
+        if props.get("jobType") == "FineTuning":
+            # A fine-tuning job (create_finetuning_job) has hyperParameters, not pipeline inputs. How the
+            # service lays out its runs is not public: the fake gives it the same steps and root-run
+            # metrics as chat_completion_pipeline.
+            inputs = {
+                k: str(v)
+                for k, v in ((props.get("fineTuningDetails") or {}).get("hyperParameters") or {}).items()
+            }
         for index, step in enumerate(STEPS, 1):
             run_id = str(uuid.uuid4())
             run = FakeRun(

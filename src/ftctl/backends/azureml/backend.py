@@ -41,6 +41,7 @@ class AzureBackend(Backend):
             "azureml.workspace_config",
             "azureml.registry_name",
         ),
+        "pick-model": ("finetune.route",),
         "submit": (
             "azureml.experiment_name",
             "azureml.component_name",

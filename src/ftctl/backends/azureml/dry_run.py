@@ -307,7 +307,38 @@ def _pipeline_job(ctx: Context, name: str, node_inputs: dict[str, Any]) -> dict[
     }
 
 
+def _job_route(ctx: Context) -> bool:
+    """Whether the configuration names the fine-tuning job route (with `auto`, pick-model decides from the
+    model's metadata; offline, the pipeline route is shown)."""
+    return ctx.cfg.finetune.route == "job"
+
+
+def _job_route_submit(ctx: Context) -> Outputs:
+    cfg = ctx.cfg
+    compute = None if cfg.compute.name == "serverless" else cfg.compute.name
+    call = (
+        f"create_finetuning_job(model=<{cfg.model.name}'s registry id>, task='ChatCompletion', "
+        f"training_data=<{cfg.data.train_split}.jsonl>, validation_data=<{cfg.data.test_split}.jsonl>, "
+        "hyperparameters={num_train_epochs, per_device_train_batch_size, learning_rate}, "
+        f"output_model_name_prefix=<model>-ultrachat-200k-{JOB_NAME}, compute={compute!r})"
+    )
+    return show(
+        ctx,
+        "submit",
+        {
+            "route": "job",
+            "calls": [
+                call,
+                "jobs.create_or_update(<that job>)",
+                "jobs.get(<job name>) every poll_interval_s",
+            ],
+        },
+    )
+
+
 def submit(ctx: Context) -> Outputs:
+    if _job_route(ctx):
+        return _job_route_submit(ctx)
     az = ctx.cfg.azureml
     inputs, dropped = finetune_inputs_offline(ctx)
     job = _pipeline_job(ctx, _planned_display_name(ctx, inputs), _node_inputs(ctx, inputs))
@@ -334,6 +365,11 @@ def submit(ctx: Context) -> Outputs:
 
 
 def register(ctx: Context) -> Outputs:
+    if _job_route(ctx):
+        calls = [
+            f"models.list(name=<the job's registered_model output>)  # the version job {JOB_NAME} registered"
+        ]
+        return show(ctx, "register", {"route": "job", "calls": calls, "would_create": None})
     from azure.ai.ml.constants import AssetTypes
     from azure.ai.ml.entities import Model
 
@@ -375,6 +411,15 @@ def gate(ctx: Context) -> str:
 
 
 def deploy(ctx: Context) -> Outputs:
+    if _job_route(ctx):
+        name = f"{ctx.cfg.deploy.endpoint_name_prefix}<unix time>"
+        calls = [
+            "workspaces.get(<workspace>)  # its region and workspace id",
+            f"serverless_endpoints.begin_create_or_update(ServerlessEndpoint(name={name!r}, model_id="
+            "'azureml://locations/<region>/workspaces/<workspace id>/models/<registered model>"
+            "/versions/<v>'))",
+        ]
+        return show(ctx, "deploy", {"route": "job", "calls": calls})
     from azure.ai.ml.entities import (
         ManagedOnlineDeployment,
         ManagedOnlineEndpoint,
@@ -424,14 +469,20 @@ def score(ctx: Context, call: StageCall) -> Outputs:
         "max_new_tokens": cfg.max_new_tokens,
     }
     split = ctx.cfg.data.score_split
+    calls = [
+        f"online_endpoints.invoke(endpoint_name={endpoint!r}, "
+        f"deployment_name={ctx.cfg.deploy.deployment_name!r}, request_file=<the request below>)"
+    ]
+    if call.upstream.deploy.endpoint_kind == "serverless" or (not recorded and _job_route(ctx)):
+        calls = [
+            f"serverless_endpoints.get_keys({endpoint!r})",
+            "POST <its scoring_uri>/v1/chat/completions  # the request below as messages, max_tokens, ...",
+        ]
     return show(
         ctx,
         "score",
         {
-            "calls": [
-                f"online_endpoints.invoke(endpoint_name={endpoint!r}, "
-                f"deployment_name={ctx.cfg.deploy.deployment_name!r}, request_file=<the request below>)"
-            ],
+            "calls": calls,
             "request_file": str(ctx.workspace / "score" / "sample_score.json"),
             "request": {
                 "input_data": {
@@ -450,6 +501,8 @@ def teardown(ctx: Context, call: StageCall) -> Outputs:
     recorded = call.upstream.deploy.endpoint_name
     endpoint = recorded or f"{ctx.cfg.deploy.endpoint_name_prefix}<unix time>"
     calls = [f"online_endpoints.begin_delete(name={endpoint!r})  # and its deployments"]
+    if call.upstream.deploy.endpoint_kind == "serverless" or (not recorded and _job_route(ctx)):
+        calls = [f"serverless_endpoints.begin_delete({endpoint!r})"]
     if call.options.compute:
         cluster = call.upstream.check_compute.name or ctx.cfg.compute.name
         calls.append(f"compute.begin_delete({cluster!r})  # only if check-compute created it")

@@ -84,6 +84,10 @@ def endpoint(ctx: Context, state: State, command: str) -> Endpoint:
             f"there is no endpoint: deploy is {rec['status']}",
             hint="run `ftctl deploy` (or `ftctl run --to deploy`)",
         )
+    if outputs.get("endpoint_kind") == "serverless":
+        from ftctl.backends.azureml import serverless
+
+        return serverless.endpoint(ctx, outputs)
     handles = azure(ctx)
     ws = handles.workspace
     from azure.core.exceptions import ResourceNotFoundError
@@ -127,9 +131,12 @@ def endpoint(ctx: Context, state: State, command: str) -> Endpoint:
     )
 
 
-def send(ep: Endpoint, body: bytes, timeout_s: float, transport: Any = None) -> Reply:
+def send(
+    ep: Endpoint, body: bytes, timeout_s: float, transport: Any = None, headers: dict[str, str] | None = None
+) -> Reply:
     """POST a scoring request as `online_endpoints.invoke` does, through azure-core (with the Azure
-    handles' transport: azure-core's own, or the one injected)."""
+    handles' transport: azure-core's own, or the one injected). `headers`: the auth and routing headers
+    instead of invoke's (a serverless endpoint's)."""
     from azure.core import PipelineClient
     from azure.core.exceptions import ServiceRequestError, ServiceResponseError
     from azure.core.pipeline.policies import (
@@ -160,8 +167,11 @@ def send(ep: Endpoint, body: bytes, timeout_s: float, transport: Any = None) -> 
         headers={
             "Content-Type": "application/json",
             "Accept": "application/json",
-            "Authorization": f"Bearer {ep.key}",
-            "azureml-model-deployment": ep.deployment,
+            **(
+                headers
+                if headers is not None
+                else {"Authorization": f"Bearer {ep.key}", "azureml-model-deployment": ep.deployment}
+            ),
         },
     )
     started = time.perf_counter()

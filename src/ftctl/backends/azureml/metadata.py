@@ -289,3 +289,20 @@ def inference_size(allow: list[str] | None, recommended: list[str]) -> str | Non
         if (not allowed or size.lower() in lowered) and not size_retired(size):
             return size
     return allowed[0] if allowed else None
+
+
+# The tag a model carries when it is fine-tuned through the fine-tuning job API and served serverless
+# (azureml-examples, sdk/python/jobs/finetuning/standalone/model-as-a-service/chat-completion: the regions
+# a fine-tuned model can be deployed to).
+MAAS_REGIONS_TAG = "maas-finetuning-deploy-regions"
+
+
+def finetune_route(tags: dict[str, Any], system_metadata: Any = None) -> tuple[str, list[str]]:
+    """How the model is fine-tuned by what it advertises: "job" (the fine-tuning job API) when it names
+    the regions its fine-tuned models deploy to, else "pipeline" (chat_completion_pipeline); and those
+    regions."""
+    value = tags.get(MAAS_REGIONS_TAG)
+    if value is None:
+        value = _find(system_metadata, MAAS_REGIONS_TAG, "maasFinetuningDeployRegions")
+    regions = parse_list(value) or []
+    return ("job" if regions else "pipeline"), regions

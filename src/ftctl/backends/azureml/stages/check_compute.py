@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 BUSY = {"creating", "updating", "deleting"}
 
 
+SERVERLESS = "serverless"
+
+
 def _get_cluster(ctx: Context, name: str) -> Any:
     from azure.core.exceptions import ResourceNotFoundError
 
@@ -198,6 +201,8 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     if dry_run.offline(call, "pick-model"):
         return dry_run.check_compute(ctx)
     cfg = ctx.cfg.compute
+    if cfg.name == SERVERLESS:
+        return _serverless(ctx, call)
     recorded = call.recorded
     allow, source = _allow_list(ctx, call)
     cluster = _get_cluster(ctx, cfg.name)
@@ -252,7 +257,29 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     }
 
 
+def _serverless(ctx: Context, call: StageCall) -> Outputs:
+    """compute.name `serverless` on the fine-tuning job route: Azure ML picks and bills the machine for the
+    job (create_finetuning_job without `compute`); there is no cluster to find, create or check."""
+    route = call.upstream.pick_model.route
+    if route != "job":
+        raise UsageError(
+            f"compute.name: {SERVERLESS} runs only on the fine-tuning job route (this model's route is "
+            f"{route})",
+            hint="set compute.name to a cluster, or finetune.route: job",
+        )
+    ctx.ui.info("  serverless compute: Azure ML chooses the machine for the fine-tuning job")
+    return {
+        "name": SERVERLESS,
+        "serverless": True,
+        "device": "cuda",
+        "precision": ctx.cfg.finetune.precision,
+        "created": False,
+    }
+
+
 def summary(outputs: dict[str, Any]) -> str:
+    if outputs.get("serverless"):
+        return "serverless (the fine-tuning job API chooses the machine)"
     return f"{outputs.get('name')} {outputs.get('size')} x{outputs.get('gpus_per_node')} GPU"
 
 

@@ -9,7 +9,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from ftctl.backends.azureml import dry_run
+from ftctl.backends.azureml import dry_run, serverless
 from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, elapsed, show_dry_run, status_text, wait_for
 from ftctl.errors import StageFailed, UsageError
@@ -43,6 +43,8 @@ def alive(ctx: Context, outputs: dict[str, Any]) -> bool:
     name = outputs.get("endpoint_name")
     if not name:
         return False
+    if outputs.get("endpoint_kind") == "serverless":
+        return serverless.alive(ctx, outputs)
     endpoints = azure(ctx).workspace.online_endpoints
     endpoint = _get(lambda: endpoints.get(name), f"reading endpoint {name}")
     return endpoint is not None and status_text(endpoint.provisioning_state).lower() in (
@@ -57,6 +59,8 @@ def retire(ctx: Context, outputs: dict[str, Any]) -> None:
     name = outputs.get("endpoint_name")
     if not name:
         return
+    if outputs.get("endpoint_kind") == "serverless":
+        return serverless.retire(ctx, outputs)
     endpoints = azure(ctx).workspace.online_endpoints
     if _get(lambda: endpoints.get(name), f"reading endpoint {name}") is None:
         return
@@ -188,6 +192,8 @@ def _all_traffic_to(ctx: Context, name: str, deployment_name: str) -> Any:
 def run(ctx: Context, call: StageCall) -> Outputs:
     if dry_run.offline(call, "register"):
         return dry_run.deploy(ctx)
+    if call.upstream.submit.route == "job":  # the fine-tuning job's model: a serverless endpoint
+        return serverless.deploy(ctx, call, _endpoint_name(ctx, call))
     cfg = ctx.cfg.deploy
     registered, model = call.upstream.register, call.upstream.pick_model
     size = instance_type(ctx, model)
@@ -220,6 +226,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "model_id": registered.need("id"),
         "model_uri": registered.model_uri,
         "model_version": registered.version,
+        "endpoint_kind": "managed",
         "expires_at": expires_at(cfg.ttl),  # the cost guard (Azure ML has no endpoint expiry of its own)
     }
 

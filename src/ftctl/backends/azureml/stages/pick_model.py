@@ -13,7 +13,9 @@ from ftctl.backends.azureml import lifecycle as life
 from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, status_text
 from ftctl.backends.azureml.metadata import (
+    MAAS_REGIONS_TAG,
     compute_lists,
+    finetune_route,
     inference_tasks,
     is_chat_completion,
     is_finetunable,
@@ -140,6 +142,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         ctx.ui.warn(
             f"{model.name} {version} does not say it can be fine-tuned (no finetuning-tasks property)"
         )
+    route, route_source, regions = _route(ctx, tags, system_metadata)
     successors: list[str] = found
     if notes or not finetunable:
         successors = found or _successors(ctx, model.name)
@@ -167,7 +170,34 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "deploy_instance_type": size,
         "deploy_instance_type_source": size_source,
         "content_hash": model.id,  # the asset id pins the weights (ftctl.stages.register lineage tags)
+        "route": route,
+        "route_source": route_source,
+        "maas_deploy_regions": regions,
     }
+
+
+def _route(ctx: Context, tags: dict[str, Any], system_metadata: Any) -> tuple[str, str, list[str]]:
+    """finetune.route resolved: the configured route, or with `auto` the one the model advertises
+    (metadata.finetune_route); where it came from; the regions its serverless fine-tuned models deploy to."""
+    advertised, regions = finetune_route(tags, system_metadata)
+    chosen = ctx.cfg.finetune.route
+    if chosen == "auto":
+        why = f"the model's {MAAS_REGIONS_TAG} tag" if regions else "no fine-tuning job API advertised"
+        route, source = advertised, f"auto: {why}"
+    else:
+        route, source = chosen, "finetune.route"
+        if chosen == "job" and not regions:
+            ctx.ui.warn(
+                f"finetune.route is job but {ctx.cfg.model.name} does not advertise the fine-tuning job API "
+                f"(no {MAAS_REGIONS_TAG} tag); Azure ML may refuse the job"
+            )
+    where = (
+        "the fine-tuning job API, then a serverless endpoint"
+        if route == "job"
+        else "chat_completion_pipeline"
+    )
+    ctx.ui.info(f"  fine-tuning route: {route} ({where}; {source})")
+    return route, source, regions
 
 
 def _successors(ctx: Context, name: str) -> list[str]:

@@ -70,6 +70,10 @@ def _dry_run(ctx: Context, call: StageCall, job_name: str) -> Outputs:
 def run(ctx: Context, call: StageCall) -> Outputs:
     if dry_run.offline(call, "submit"):
         return dry_run.register(ctx)
+    if call.upstream.submit.route == "job":
+        from ftctl.backends.azureml.stages import finetuning_job
+
+        return finetuning_job.register(ctx, call)
     from ftctl.backends.azureml.evaluate import check_gate
 
     job_name = call.upstream.submit.job_name

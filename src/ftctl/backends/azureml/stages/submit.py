@@ -308,6 +308,10 @@ def _follow(ctx: Context, name: str) -> Any:
 def run(ctx: Context, call: StageCall) -> Outputs:
     if dry_run.offline(call, "pick-model", "check-compute", "prepare-data"):
         return dry_run.submit(ctx)
+    if call.upstream.pick_model.route == "job":
+        from ftctl.backends.azureml.stages import finetuning_job
+
+        return finetuning_job.submit(ctx, call)
     if call.options.dry_run:
         job, info = build(ctx, call, None)
         text = show_dry_run(ctx, "pipeline job that submit would create", job)

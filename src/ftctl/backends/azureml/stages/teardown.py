@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ftctl.backends.azureml import dry_run
+from ftctl.backends.azureml import dry_run, serverless
 from ftctl.backends.azureml.backend import azure
 from ftctl.backends.azureml.client import calling, wait_for
 from ftctl.errors import StageFailed
@@ -40,7 +40,10 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     ws = azure(ctx).workspace
     name = call.upstream.deploy.endpoint_name
     outputs: dict[str, Any] = {"endpoint_name": name, "endpoint_deleted": False}
-    if name:
+    if name and call.upstream.deploy.endpoint_kind == "serverless":
+        outputs["endpoint_kind"] = "serverless"
+        outputs["endpoint_deleted"] = serverless.delete(ctx, name, f"deleting serverless endpoint {name}")
+    elif name:
         exists = _endpoint_exists(ctx, name)
         if exists:
             outputs["endpoint_deleted"] = _delete(
