@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +27,18 @@ def format_duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# Control characters other than newline and tab: C0, DEL and C1. Text from a dataset, a model or a log
+# may hold terminal escape sequences (ESC [ ... to move the cursor, OSC to retitle the window or set the
+# clipboard); shown raw, they act on the user's terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters shown as escapes (`\\x1b`), as git and less show them; newlines and
+    tabs kept. Everything ftctl prints for a person goes through it (JSON output escapes by itself)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class Progress:
@@ -151,6 +164,7 @@ class UI:
 
     def info(self, message: str) -> None:
         """A progress or status line; stderr, so stdout stays clean for results and --json."""
+        message = printable(message)
         if self._console is not None:
             self._console.print(message, markup=False, highlight=False, soft_wrap=True)
         else:
@@ -162,7 +176,7 @@ class UI:
     def result(self, text: str) -> None:
         """Human-readable result (suppressed with --json, where emit() carries the data)."""
         if not self.json_mode:
-            print(text, file=self.out, flush=True)
+            print(printable(text), file=self.out, flush=True)
 
     def emit(self, data: Any) -> None:
         if self.json_mode:

@@ -241,3 +241,54 @@ def test_a_planted_endpoint_folder_is_passed_over(tmp_path: Path, monkeypatch: p
     name, folder = deploy._new_endpoint_dir(root, endpoints, "ep-")
     assert name == "ep-1800000002" and folder == endpoints / name and folder.is_dir()
     assert not folder.is_symlink() and victim.read_text() == "keep\n"
+
+
+# --- text from data or a model reaches the terminal escaped ----------------------------------------
+
+HOSTILE = "hi\x1b]52;c;cHduZWQ=\x07 \x1b[2J\x9b31m done\r"
+
+
+@pytest.fixture
+def hostile_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deployed endpoint, as `ftctl chat` and `score --file` find it, answering with terminal escape
+    sequences (an OSC 52 clipboard write, a screen clear, a C1 CSI, a carriage return)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ftctl import chat
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            data = json.dumps({"output": HOSTILE}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    found = chat.Endpoint("ep", "demo", url, f"{url}/score", "k", "/dev/null", None, None)
+    monkeypatch.setattr(chat, "endpoint", lambda ctx, command: found)
+    yield
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    "args, stdin",
+    [(["chat"], "Hello\n"), (["score", "--file", "-"], '[{"role": "user", "content": "Hello"}]')],
+)
+def test_a_reply_with_terminal_escapes_is_shown_escaped(ftctl, hostile_endpoint, args, stdin) -> None:
+    result = ftctl.invoke(["--workspace", str(ftctl.workspace), *args], input=stdin)
+    assert result.exit_code == 0, result.stderr
+    shown = result.stdout + result.stderr
+    assert "done" in shown
+    for raw in ("\x1b", "\x07", "\x9b", "\r"):
+        assert raw not in shown, repr(shown)
+    assert "\\x1b]52;c;" in shown and "\\x1b[2J" in shown

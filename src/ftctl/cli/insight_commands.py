@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from ftctl.cli.common import command
+from ftctl.ui import printable
 
 if TYPE_CHECKING:
     from ftctl.chat import Endpoint
@@ -134,7 +135,7 @@ def _show_reply(ui: UI, turn: int, user: str, reply: str, latency_ms: float) -> 
         record = {"turn": turn, "user": user, "assistant": reply, "latency_ms": latency_ms}
         print(json.dumps(record, ensure_ascii=False), file=ui.out, flush=True)
         return
-    print(f"assistant> {reply}", file=ui.out, flush=True)
+    print(printable(f"assistant> {reply}"), file=ui.out, flush=True)
     ui.info(f"  ({latency_ms:,.0f} ms)")
 
 

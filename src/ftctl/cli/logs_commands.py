@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from ftctl.cli.common import command
+from ftctl.ui import printable
 
 if TYPE_CHECKING:
     from ftctl.context import Context
@@ -48,7 +49,7 @@ def logs(
         if ctx.ui.json_mode:
             collected.append(line)
         else:
-            print(line, file=ctx.ui.out, flush=True)
+            print(printable(line), file=ctx.ui.out, flush=True)
 
     try:
         shown = ctx.backend.logs(ctx.state_store.load(), step, follow, write)
