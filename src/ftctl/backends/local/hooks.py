@@ -43,6 +43,12 @@ def endpoint(ctx: Context, state: State) -> Endpoint:
     key_file = Path(outputs["key_file"])
     try:
         key = key_file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise StageFailed(
+            f"the key of endpoint {outputs.get('endpoint_name')} is gone ({key_file} was deleted); the "
+            "endpoint still runs and refuses every request without it",
+            hint="`ftctl deploy --force` starts it again with a new key",
+        ) from None
     except OSError as exc:
         raise StageFailed(f"cannot read the endpoint key {key_file}: {exc.strerror}") from None
     model = None
