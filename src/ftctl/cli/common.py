@@ -88,6 +88,7 @@ def root(
         ".ftctl",
         "--workspace",
         "-w",
+        metavar="PATH",
         envvar="FTCTL_WORKSPACE",
         help="Workspace folder (state, data, jobs).",
     ),
