@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftctl import relocation
 from ftctl import state as st
 from ftctl.errors import Detached, FtctlError, StageFailed, StateError, UpstreamNotReady
 from ftctl.records import check_outputs
@@ -102,11 +103,6 @@ def downstream(name: str) -> list[str]:
 # --- fingerprints and staleness -------------------------------------------------------------------
 
 
-def stage_digest(rec: dict[str, Any]) -> str:
-    """What downstream stages remember of an upstream: its fingerprint and outputs."""
-    return st.digest({"fingerprint": rec.get("fingerprint"), "outputs": rec.get("outputs")})
-
-
 def impl(ctx: Context, stage: Stage) -> StageImpl:
     return ctx.backend.stage(stage.name)
 
@@ -123,7 +119,7 @@ def fingerprint(ctx: Context, stage: Stage, state: dict[str, Any]) -> dict[str, 
     return {
         "params": params,
         "inputs": {label: st.file_signature(Path(path)) for label, path in sorted(files.items())},
-        "upstream": {up: stage_digest(st.record(state, up)) for up in stage.upstream},
+        "upstream": {up: st.stage_digest(st.record(state, up)) for up in stage.upstream},
     }
 
 
@@ -282,6 +278,8 @@ class Runner:
                 hint=f"pass --backend {backend}, use another --workspace, or `ftctl reset --all`",
             )
         self.state["backend"] = ctx.backend_name
+        if not relocation.identity(self.state):  # a workspace's first run: who it is, and where
+            relocation.stamp(self.state, ctx.workspace)
         if not self.state.get("run_id"):
             self.state["run_id"] = st.new_run_id()
         for name in ORDER:  # the state file lists every stage, pending ones too

@@ -325,6 +325,11 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def stage_digest(rec: dict[str, Any]) -> str:
+    """What downstream stages remember of an upstream: its fingerprint and outputs."""
+    return digest({"fingerprint": rec.get("fingerprint"), "outputs": rec.get("outputs")})
+
+
 # --- the workspace lock ---------------------------------------------------------------------------
 
 

@@ -146,6 +146,12 @@ class Backend(ABC):
         """The registry's models (name, latest_version, task, description)."""
         raise self._unsupported("list_models")
 
+    def relocate(self, old: str, new: str) -> None:
+        """The workspace moved from `old` to `new` (or is a copy of `old`): rewrite the paths this
+        backend keeps outside the state file (ftctl.relocation rewrites the state and ftctl's records).
+        A backend whose records live in a service keeps none."""
+        return None
+
     # --- processes ftctl started on this machine ----------------------------------------------------
 
     def live(self, state: State | None) -> list[dict[str, Any]]:

@@ -261,6 +261,7 @@ def command(
                 given = [(key, kwargs.pop(option)) for option, key in settings.items()]
                 extra = [f"{key}={value}" for key, value in given if value is not None]
                 ctx = build_context(_tctx, [*_set, *extra])
+                _adopt_if_relocated(ctx)
                 _warn_if_expired(ctx)
                 body(ctx, **kwargs)
 
@@ -291,6 +292,31 @@ def reflow(doc: str | None) -> str | None:
                 lines.append(line.strip())
         paragraphs.append("\n".join(lines))
     return "\n\n".join(paragraphs)
+
+
+def _adopt_if_relocated(ctx: Context) -> None:
+    """A workspace found copied or moved since its last command is adopted first, once, under its lock
+    (ftctl.relocation); one that holds an unreadable state, or whose lock another ftctl holds, is left
+    to the command itself and to the next one."""
+    from ftctl import relocation
+    from ftctl.errors import LockTimeout, StateError
+    from ftctl.state import locked
+
+    store = ctx.state_store
+    if not store.exists():
+        return
+    try:
+        found = relocation.detect(ctx.workspace, store.load())
+        if found is None:
+            return
+        with locked(ctx.workspace, ctx.command, min(ctx.cfg.lock_timeout_s, 2.0)):
+            state = store.load()
+            found = relocation.detect(ctx.workspace, state)
+            if found is not None:
+                ctx.ui.info(f"note: {found.describe()}")
+                relocation.adopt(ctx, state, found)
+    except (StateError, LockTimeout):
+        return
 
 
 def _warn_if_expired(ctx: Context) -> None:

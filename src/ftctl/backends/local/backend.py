@@ -91,6 +91,9 @@ class LocalBackend(Backend):
 
         return evaluate(self.ctx, state, samples)
 
+    def relocate(self, old: str, new: str) -> None:
+        self.workspace.relocate(old, new)
+
     def live(self, state: State | None) -> list[dict[str, Any]]:
         from ftctl.backends.local import hooks
 

@@ -6,6 +6,7 @@ escaped, so MLflow and SQLAlchemy create nothing outside it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from functools import cached_property
@@ -74,6 +75,33 @@ class LocalWorkspace:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         return mlflow
+
+    def relocate(self, old: str, new: str) -> None:
+        """The artifact locations MLflow stored in mlflow.db (absolute: an experiment's, a run's, a
+        model version's source and storage) rewritten from `old` to `new`, with sqlite3 directly (MLflow
+        itself is not imported). Values outside `old` are left alone."""
+        import sqlite3
+
+        from ftctl.relocation import rewrite
+
+        if not self.mlflow_db.is_file() or self.mlflow_db.is_symlink():
+            return
+        columns = (
+            ("experiments", "experiment_id", "artifact_location"),
+            ("runs", "run_uuid", "artifact_uri"),
+            ("model_versions", "rowid", "source"),
+            ("model_versions", "rowid", "storage_location"),
+            ("logged_models", "model_id", "artifact_location"),
+        )
+        with contextlib.closing(sqlite3.connect(self.mlflow_db, timeout=10)) as db, db:
+            tables = {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
+            for table, key, column in columns:
+                if table not in tables:
+                    continue
+                for row_key, value in db.execute(f"select {key}, {column} from {table}").fetchall():
+                    moved = rewrite(value, old, new)
+                    if moved != value:
+                        db.execute(f"update {table} set {column} = ? where {key} = ?", (moved, row_key))
 
     def ensure_experiment(self, name: str) -> str:
         """The experiment's id, creating it with its artifacts inside the workspace."""
