@@ -24,6 +24,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/, for `harness` and `fakes`
 
+# One OpenMP (torch) thread per process, in this one and every process the tests start (they inherit it),
+# unless set already. The suite runs a trainer, an endpoint, ftctl and pytest at once on 2 cores: with a
+# thread per core each, torch oversubscribes them (measured on a loaded 2-core machine: a fast-profile
+# `ftctl submit` 48 s -> 37 s; 300 requests from 16 clients to one endpoint 30-70 s -> 4 s).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from harness import FAST, Ftctl, run_in_terminal  # noqa: E402
 
 # Fixtures whose workspace was trained (or serves): any test that uses one is an integration test.

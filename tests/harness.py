@@ -28,9 +28,9 @@ from typing import Any
 from typer.testing import CliRunner
 
 # The one fast training profile: 8 optimizer steps on the shipped sample, the train loss logged (and the
-# held-out loss evaluated, on 16 conversations) every 2 steps; everything else at its default. As a config file (`FAST`, what
-# the snapshot workspaces get) and as FTCTL_* variables (`FAST_ENVIRON`, for a campaign that sets its
-# settings through the environment): the same settings, so the same fingerprints.
+# held-out loss evaluated, on 16 conversations) every 2 steps; everything else at its default. As a
+# config file (`FAST`, what the snapshot workspaces get) and as FTCTL_* variables (`FAST_ENVIRON`, for a
+# campaign that sets its settings through the environment): the same settings, the same fingerprints.
 FAST_SETTINGS = {"finetune": {"max_steps": 8, "logging_steps": 2, "max_eval_samples": 16}}
 FAST = "".join(
     f"{section}:\n" + "".join(f"  {key}: {value}\n" for key, value in values.items())
@@ -163,6 +163,16 @@ class Ftctl:
         return Path(self.outputs("deploy")["key_file"]).read_text().strip()
 
     # --- copies ------------------------------------------------------------------------------------
+
+    def load(self, snapshot: Ftctl) -> Ftctl:
+        """Replace this workspace by a relocated copy of `snapshot`'s (see `relocate`); returns self."""
+        if self.workspace.exists():
+            shutil.rmtree(self.workspace)
+        shutil.copytree(
+            snapshot.workspace, self.workspace, ignore=shutil.ignore_patterns("lock"), symlinks=True
+        )
+        relocate(snapshot.root, self.root)
+        return self
 
     def copy(self, dest: Path, ignore: tuple[str, ...] = (), *, relocated: bool = True) -> Ftctl:
         """A copy of the whole root at `dest`, without the workspace lock. Relocated (the default), it is

@@ -306,6 +306,13 @@ class Workspace(Ftctl):
             shutil.rmtree(self.ws)
         shutil.copytree(self.snapshots / name, self.ws, symlinks=True)
 
+    def adopt(self, other: Ftctl, name: str) -> None:
+        """Save another workspace (one of the session's snapshots, endpoint down) as snapshot `name`,
+        relocated to this workspace's path."""
+        self.kill_strays()
+        self.load(other)
+        self.save(name)
+
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
