@@ -8,9 +8,9 @@ Snapshots (built once per session with the one fast profile, `harness.FAST`, the
   deployed_ws  a copy of trained_ws with its endpoint up: shared read-only, torn down at the end
 `harness.Ftctl.copy` makes a copy self-contained (its recorded paths name its own files).
 
-Tiers: a test that trains or serves a real model (it uses a snapshot past prepare-data, or lives in a
-module listed in INTEGRATION_MODULES) is marked `integration` at collection: `pytest -m "not integration"`
-is the fast tier.
+Tiers: a test that trains or serves a real model, or drives the pipeline through ftctl processes, is
+marked `integration` (and `slow`) at collection, by the fixtures it uses and the module it lives in
+(INTEGRATION_*): `pytest -m "not integration"` is the fast tier.
 """
 
 from __future__ import annotations
@@ -32,27 +32,20 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from harness import FAST, Ftctl, run_in_terminal  # noqa: E402
 
-# Fixtures whose workspace was trained (or serves): any test that uses one is an integration test.
-INTEGRATION_FIXTURES = {"trained_ws", "deployed_ws", "tiny_model_dir"}
-# Modules whose tests train or serve a real model themselves (each test file's path under tests/).
+# Integration tests train a model, start an endpoint process, or drive the pipeline through ftctl
+# processes. A test is one when it uses one of these fixtures (directly or through another fixture)...
+INTEGRATION_FIXTURES = {
+    "trained_ws",  # trained and registered for real (ux's trained / scratch / deployed, quality's trained)
+    "deployed_ws",  # an endpoint process
+    "shared_ws",  # reliability: ftctl as processes, killed at random points
+}
+# ...or lives in one of these modules (paths under tests/), or is marked `integration` itself.
 INTEGRATION_MODULES = {
     "e2e/test_local_pipeline.py",
-    "local/test_launch.py",
-    "local/test_server.py",
-    "local/test_trainer.py",
     "quality/test_plan_estimates.py",
-    "quality/test_quality.py",
     "reliability/test_crash.py",
-    "reliability/test_endpoint_fuzz.py",
     "reliability/test_endpoint_load.py",
-    "reliability/test_endpoint_paths.py",
-    "reliability/test_own_identity.py",
-    "reliability/test_own_live.py",
-    "reliability/test_secrets.py",
     "reliability/test_state_truth.py",
-    "reliability/test_two_terminals.py",
-    "ux/test_cost_guard.py",
-    "ux/test_notebook.py",
 }
 TESTS = Path(__file__).resolve().parent
 

@@ -30,8 +30,6 @@ from ftctl.backends.local.server import port_is_open
 
 from .conftest import FAST_ENV, Outcome, Workspace, listening_addresses, registered_versions
 
-pytestmark = pytest.mark.slow
-
 TRIALS: list[dict[str, Any]] = []  # every kill, for the summary at the end
 
 

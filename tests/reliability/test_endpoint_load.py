@@ -29,8 +29,6 @@ from ftctl.backends.local.server import wait_until_ready
 
 from .conftest import base_env, kill_group, listening_addresses
 
-pytestmark = pytest.mark.slow
-
 TINY_MODEL = Path(__file__).resolve().parents[2] / "src" / "ftctl" / "resources" / "tiny-phi3"
 KEY = "reliability-load-test-key-0123456789"
 TOTAL, CLIENTS = 2000, 16

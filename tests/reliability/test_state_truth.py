@@ -23,8 +23,6 @@ import pytest
 
 from .conftest import Workspace, kill_pids
 
-pytestmark = pytest.mark.slow
-
 
 def status(w: Workspace) -> dict[str, dict[str, Any]]:
     out = w.run("--json", "status").stdout
