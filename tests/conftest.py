@@ -51,15 +51,17 @@ TESTS = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the integration tests (`integration`, and `slow`, its older name): see INTEGRATION_*."""
     for item in items:
         module = Path(str(item.path)).resolve().relative_to(TESTS).as_posix()
         fixtures = set(getattr(item, "fixturenames", ()))
-        if (
-            module in INTEGRATION_MODULES
-            or fixtures & INTEGRATION_FIXTURES
-            or item.get_closest_marker("slow")
-        ):
+        marked = item.get_closest_marker("integration") is not None
+        if marked or module in INTEGRATION_MODULES or fixtures & INTEGRATION_FIXTURES:
             item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.slow)
+    # A summary test sums up what the other tests of its module recorded: it runs after all of them,
+    # whatever order the tests were collected or reordered in (stable: the others keep their order).
+    items.sort(key=lambda item: item.get_closest_marker("summary") is not None)
 
 
 @pytest.fixture

@@ -351,6 +351,7 @@ def test_kill_inside_deploy_score_teardown(trained_w: Workspace) -> None:
         assert not port_is_open(live["host"], live["port"])
 
 
+@pytest.mark.summary
 def test_summary() -> None:
     """At least 20 kills landed, in every stage."""
     killed = [t for t in TRIALS if t["killed"]]
