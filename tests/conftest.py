@@ -41,10 +41,18 @@ INTEGRATION_FIXTURES = {
 }
 # ...or lives in one of these modules (paths under tests/), or is marked `integration` itself.
 INTEGRATION_MODULES = {
-    "e2e/test_local_pipeline.py",
-    "quality/test_plan_estimates.py",
+    "e2e/test_local_pipeline.py",  # trains, serves
+    "local/test_server.py",  # serves the model (in-process, and one server process)
+    "quality/test_plan_estimates.py",  # calibrates (trains) and trains
     "reliability/test_crash.py",
-    "reliability/test_endpoint_load.py",
+    "reliability/test_endpoint_fuzz.py",  # serves the model
+    "reliability/test_endpoint_load.py",  # a server process
+    "reliability/test_endpoint_paths.py",  # serves the model
+    "reliability/test_loopback_down.py",  # deploys
+    "reliability/test_own_identity.py",  # ftctl processes with detached jobs and endpoints (stand-ins)
+    "reliability/test_own_interrupt.py",
+    "reliability/test_own_jobs.py",
+    "reliability/test_own_live.py",
     "reliability/test_state_truth.py",
 }
 TESTS = Path(__file__).resolve().parent
