@@ -4,8 +4,9 @@ Everything here runs `python -m ftctl` (or a fault injector wrapping it) as a se
 with SIGKILL where a test says so, and inspects what is left: the state file, the workspace's files, and
 the processes found in /proc whose command line names the workspace.
 
-Expensive setup is shared: a workspace is built once per stage of progress (prepared, trained,
-registered) and saved as a snapshot; a trial restores the snapshot into the *same* path, so every
+Expensive setup is shared: the campaign's workspace is prepared once and saved as a snapshot, and the
+session's trained and registered workspace (tests/conftest.py, the suite's one fast profile) is adopted
+as another (`Workspace.adopt`, relocated); a trial restores a snapshot into the *same* path, so every
 absolute path recorded in the state file and in MLflow stays valid.
 """
 
