@@ -1,54 +1,122 @@
-"""Shared fixtures: an isolated working directory and a CliRunner that invokes ftctl in it."""
+"""Shared fixtures: the CLI harness (tests/harness.py) in an isolated directory, the session's workspace
+snapshots, and the tiers.
+
+Snapshots (built once per session with the one fast profile, `harness.FAST`, then copied per test):
+  prepared_ws  auth .. prepare-data on the shipped sample
+  trained_ws   a copy of prepared_ws trained (`submit --no-wait`, then `ftctl submit` on a pseudo-terminal)
+               and registered
+  deployed_ws  a copy of trained_ws with its endpoint up: shared read-only, torn down at the end
+`harness.Ftctl.copy` makes a copy self-contained (its recorded paths name its own files).
+
+Tiers: a test that trains or serves a real model, or drives the pipeline through ftctl processes, is
+marked `integration` (and `slow`) at collection, by the fixtures it uses and the module it lives in
+(INTEGRATION_*): `pytest -m "not integration"` is the fast tier.
+"""
 
 from __future__ import annotations
 
-import json
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from ftctl.cli.app import app
-from ftctl.cli.common import BackendOptions
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/, for `harness` and `fakes`
+
+# One OpenMP (torch) thread per process, in this one and every process the tests start (they inherit it),
+# unless set already. The suite runs a trainer, an endpoint, ftctl and pytest at once on 2 cores: with a
+# thread per core each, torch oversubscribes them (measured on a loaded 2-core machine: a fast-profile
+# `ftctl submit` 48 s -> 37 s; 300 requests from 16 clients to one endpoint 30-70 s -> 4 s).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from harness import FAST, Ftctl, run_in_terminal  # noqa: E402
+
+# Integration tests train a model, start an endpoint process, or drive the pipeline through ftctl
+# processes. A test is one when it uses one of these fixtures (directly or through another fixture)...
+INTEGRATION_FIXTURES = {
+    "trained_ws",  # trained and registered for real (ux's trained / scratch / deployed, quality's trained)
+    "deployed_ws",  # an endpoint process
+    "shared_ws",  # reliability: ftctl as processes, killed at random points
+}
+# ...or lives in one of these modules (paths under tests/), or is marked `integration` itself.
+INTEGRATION_MODULES = {
+    "e2e/test_local_pipeline.py",  # trains, serves
+    "local/test_server.py",  # serves the model (in-process, and one server process)
+    "quality/test_plan_estimates.py",  # calibrates (trains) and trains
+    "reliability/test_crash.py",
+    "reliability/test_endpoint_fuzz.py",  # serves the model
+    "reliability/test_endpoint_load.py",  # a server process
+    "reliability/test_endpoint_paths.py",  # serves the model
+    "reliability/test_loopback_down.py",  # deploys
+    "reliability/test_own_identity.py",  # ftctl processes with detached jobs and endpoints (stand-ins)
+    "reliability/test_own_interrupt.py",
+    "reliability/test_own_jobs.py",
+    "reliability/test_own_live.py",
+    "reliability/test_state_truth.py",
+}
+TESTS = Path(__file__).resolve().parent
 
 
-class Ftctl:
-    """Runs `ftctl ...` in-process against a workspace in a temp dir."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.workspace = root / ".ftctl"
-        self.runner = CliRunner()
-        # Injected into the backend's handles, as an embedding caller would (the fake Azure ML service).
-        self.backend_options: dict[str, Any] = {}
-
-    def invoke(self, argv: list[str], input: str | None = None) -> Any:
-        return self.runner.invoke(app, argv, input=input, obj=BackendOptions(self.backend_options))
-
-    def __call__(self, *args: str, code: int | None = 0) -> Any:
-        result = self.invoke(["--workspace", str(self.workspace), *args])
-        if code is not None:
-            assert result.exit_code == code, (
-                f"ftctl {' '.join(args)} exited {result.exit_code}, wanted {code}\n"
-                f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}\n{result.exception!r}"
-            )
-        return result
-
-    def json(self, *args: str, code: int = 0) -> Any:
-        return json.loads(self("--json", *args, code=code).stdout)
-
-    def status(self) -> dict[str, dict[str, Any]]:
-        return {stage["name"]: stage for stage in self.json("status")["stages"]}
-
-    def state(self) -> dict[str, Any]:
-        return json.loads((self.workspace / "state.json").read_text())
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the integration tests (`integration`, and `slow`, its older name): see INTEGRATION_*."""
+    for item in items:
+        module = Path(str(item.path)).resolve().relative_to(TESTS).as_posix()
+        fixtures = set(getattr(item, "fixturenames", ()))
+        marked = item.get_closest_marker("integration") is not None
+        if marked or module in INTEGRATION_MODULES or fixtures & INTEGRATION_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.slow)
+    # A summary test sums up what the other tests of its module recorded: it runs after all of them,
+    # whatever order the tests were collected or reordered in (stable: the others keep their order).
+    items.sort(key=lambda item: item.get_closest_marker("summary") is not None)
 
 
 @pytest.fixture
 def ftctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ftctl:
-    for name in list(__import__("os").environ):
+    """`ftctl` in-process against a fresh workspace in tmp_path (the current directory), with the
+    default configuration and no FTCTL_* variable from the developer's environment."""
+    for name in list(os.environ):
         if name.startswith("FTCTL_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return Ftctl(tmp_path)
+
+
+# --- the session's snapshots ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def prepared_ws(tmp_path_factory: pytest.TempPathFactory) -> Ftctl:
+    """auth .. prepare-data with the fast profile, once (copy it: `prepared_ws.copy(tmp_path / "ws")`)."""
+    ws = Ftctl(tmp_path_factory.mktemp("prepared"), config=FAST)
+    ws.transcripts["prepare"] = ws("run", "--to", "prepare-data").stderr
+    return ws
+
+
+@pytest.fixture(scope="session")
+def trained_ws(prepared_ws: Ftctl, tmp_path_factory: pytest.TempPathFactory) -> Ftctl:
+    """A copy of prepared_ws trained and registered for real, once; tests must not change it (copy it).
+
+    The training job is started with `submit --no-wait` and followed by `ftctl submit` on a
+    pseudo-terminal, as a user at a terminal would see it (transcripts["terminal"]). A copy taken while
+    the job ran, where submit is still recorded as running, is kept as `interrupted`: an `ftctl submit`
+    there re-attaches to the same job and replays its progress, piped (see ux/test_progress)."""
+    ws = prepared_ws.copy(tmp_path_factory.mktemp("trained") / "ws")
+    ws.transcripts["prepare"] = prepared_ws.transcripts["prepare"]
+    ws("submit", "--no-wait")
+    ws.interrupted = ws.copy(tmp_path_factory.mktemp("interrupted") / "ws", ignore=("jobs",), relocated=False)  # type: ignore[attr-defined]
+    ws.transcripts["terminal"] = run_in_terminal([sys.executable, "-m", "ftctl", "submit"], ws.env(), ws.root)
+    ws.transcripts["register"] = ws("register").stderr
+    return ws
+
+
+@pytest.fixture(scope="session")
+def deployed_ws(trained_ws: Ftctl, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ftctl]:
+    """A copy of trained_ws with its endpoint up, shared read-only (torn down at the end of the session)."""
+    ws = trained_ws.copy(tmp_path_factory.mktemp("deployed") / "ws")
+    ws("deploy")
+    try:
+        yield ws
+    finally:
+        ws("teardown", code=None)

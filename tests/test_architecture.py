@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import Ftctl
+
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ftctl"
 
 # Everything that makes `ftctl --help` slow when imported: ML frameworks, SDKs, servers, plotting.
@@ -140,12 +142,10 @@ GUARD = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace with a state file, so `status` reads and evaluates real records."""
-    workspace = tmp_path_factory.mktemp("guard") / ".ftctl"
-    for stage in ("auth", "prepare-data"):
-        subprocess.run([sys.executable, "-m", "ftctl", "--workspace", str(workspace), stage], check=True)
-    return workspace
+def workspace(tmp_path_factory: pytest.TempPathFactory, prepared_ws: Ftctl) -> Path:
+    """A workspace with a state file, so `status` reads and evaluates real records (a copy of the
+    session's prepared one)."""
+    return Ftctl(tmp_path_factory.mktemp("guard")).load(prepared_ws).workspace
 
 
 @pytest.mark.parametrize(

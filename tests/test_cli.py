@@ -17,9 +17,9 @@ FIRST_FOUR = ["auth", "pick-model", "check-compute", "prepare-data"]
 
 
 @pytest.fixture
-def prepared(ftctl):
-    ftctl("run", "--to", "prepare-data")
-    return ftctl
+def prepared(ftctl, prepared_ws):
+    """`ftctl run --to prepare-data` done: the session's prepared workspace, copied."""
+    return ftctl.load(prepared_ws)
 
 
 def test_help_lists_every_stage_and_the_readme_documents_them(ftctl) -> None:

@@ -2,8 +2,8 @@
 
 Nothing leaves this machine: every MLClient gets the fake service's transport and a fake credential
 (injected into the Azure backend's handles by the CLI harness, as `app(obj=BackendOptions(...))`),
-the blob client azure-ai-ml builds for uploads gets the same transport, and sockets
-are closed to anything but the loopback interface for the duration of each test.
+the blob client azure-ai-ml builds for uploads gets the same transport, and sockets are closed to
+anything but the loopback interface for the duration of each test.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import functools
 import importlib.util
 import json
 import socket
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for `fakes`
+from harness import Ftctl
 
 if TYPE_CHECKING:
     from fakes.azureml import FakeAzureML
@@ -100,7 +99,7 @@ def azure_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def service(monkeypatch: pytest.MonkeyPatch, azure_env: None, ftctl: Any) -> FakeAzureML:
+def service(monkeypatch: pytest.MonkeyPatch, azure_env: None, ftctl: Ftctl) -> FakeAzureML:
     """The fake Azure ML service with its registry as azureml-assets has it since 2026-07:
     Phi-3-mini-4k-instruct archived (fine-tuning retired) and Phi-4 active, both with system_metadata."""
     pytest.importorskip("azure.ai.ml", reason="the azure extra is not installed (pip install -e '.[azure]')")
@@ -138,18 +137,14 @@ def dataset(tmp_path: Path) -> Path:
     return folder
 
 
-class AzureFtctl:
-    """`ftctl --backend azureml --config configs/azureml-phi4-ultrachat.yaml ...` against the fake service."""
+class AzureFtctl(Ftctl):
+    """`ftctl --backend azureml --config configs/azureml-phi4-ultrachat.yaml --set ...` against the fake
+    service (the shared harness, with those options; `ftctl` is the same workspace without them)."""
 
-    def __init__(self, ftctl: Any, service: FakeAzureML, dataset: Path) -> None:
+    def __init__(self, ftctl: Ftctl, service: FakeAzureML, dataset: Path) -> None:
         from fakes.azureml import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE
 
-        self.ftctl = ftctl
-        self.service = service
-        self.dataset = dataset
-        self.root = ftctl.root
-        self.workspace = ftctl.workspace
-        self.settings = [
+        settings = [
             f"azureml.subscription_id={SUBSCRIPTION}",
             f"azureml.resource_group={RESOURCE_GROUP}",
             f"azureml.workspace_name={WORKSPACE}",
@@ -157,36 +152,18 @@ class AzureFtctl:
             "data.split_pc=100",
             "poll_interval_s=0",
         ]
-
-    def args(self, *args: str) -> list[str]:
-        sets = [item for setting in self.settings for item in ("--set", setting)]
-        return ["--backend", "azureml", "--config", str(CONFIG), *sets, *args]
-
-    def __call__(self, *args: str, code: int | None = 0) -> Any:
-        return self.ftctl(*self.args(*args), code=code)
-
-    def json(self, *args: str, code: int = 0) -> Any:
-        return json.loads(self("--json", *args, code=code).stdout)
-
-    def piped(self, *args: str, input: str, code: int = 0) -> Any:
-        """`ftctl ...` with `input` on stdin."""
-        argv = ["--workspace", str(self.workspace), *self.args(*args)]
-        result = self.ftctl.invoke(argv, input=input)
-        assert result.exit_code == code, (
-            f"ftctl {' '.join(args)} exited {result.exit_code}, wanted {code}\n"
-            f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}\n{result.exception!r}"
+        super().__init__(
+            ftctl.root, options=["--backend", "azureml", "--config", str(CONFIG)], settings=settings
         )
-        return result
-
-    def state(self) -> dict[str, Any]:
-        return self.ftctl.state()
-
-    def outputs(self, stage: str) -> dict[str, Any]:
-        return self.state()["stages"][stage]["outputs"]
+        self.runner = ftctl.runner
+        self.backend_options = ftctl.backend_options  # the fake service, injected by `service`
+        self.ftctl = ftctl
+        self.service = service
+        self.dataset = dataset
 
 
 @pytest.fixture
-def az(ftctl: Any, service: FakeAzureML, dataset: Path) -> AzureFtctl:
+def az(ftctl: Ftctl, service: FakeAzureML, dataset: Path) -> AzureFtctl:
     return AzureFtctl(ftctl, service, dataset)
 
 

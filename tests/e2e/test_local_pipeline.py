@@ -10,8 +10,13 @@ import pytest
 
 from ftctl.backends.local.serving.probe import port_is_open
 from ftctl.pipeline import ORDER
+from harness import FAST, Ftctl
 
-pytestmark = pytest.mark.slow
+
+@pytest.fixture
+def ftctl(ftctl: Ftctl) -> Ftctl:
+    """The same fresh workspace, with the suite's fast training profile (harness.FAST)."""
+    return Ftctl(ftctl.root, config=FAST)
 
 
 def _post(url: str, body: dict, key: str | None) -> tuple[int, str]:

@@ -265,7 +265,7 @@ def test_wait_until_ready_times_out() -> None:
     assert time.monotonic() - started < 3
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # a real server process
 def test_real_process_on_an_inherited_socket(tiny_model_dir: Path, tmp_path: Path) -> None:
     # An MLflow-style folder: the Hugging Face files under artifacts/hf_model.
     mlflow_dir = tmp_path / "mlflow_model"

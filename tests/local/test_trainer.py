@@ -300,6 +300,7 @@ def _check_mlflow_run(db: Path, result: dict, tmp_path: Path) -> None:
     assert isinstance(reply, list) and len(reply) == 1 and isinstance(reply[0], str)
 
 
+@pytest.mark.integration  # trains
 def test_a_short_job_writes_models_result_events_and_an_mlflow_run(tmp_path):
     job = tmp_path / "job"
     job.mkdir()
@@ -323,6 +324,7 @@ def _mean_loss(model, examples) -> float:
         return float(model(**batch).loss)
 
 
+@pytest.mark.integration  # trains
 def test_training_lowers_the_loss_and_the_merged_model_keeps_it(tmp_path, tokenizer):
     from transformers import AutoModelForCausalLM
 

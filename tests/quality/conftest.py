@@ -1,22 +1,20 @@
-"""Fixtures for the plan / evaluate / gate tests: a workspace prepared once per session (auth ..
-prepare-data on the shipped sample), copied for each test that changes it, and helpers to run ftctl
-in-process against it with small settings."""
+"""Fixtures for the plan / evaluate / gate tests: the session's prepared workspace (auth .. prepare-data
+on the shipped sample) with the plan tests' settings, and its trained one (tests/conftest.py), each
+copied for a test that changes it."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from ftctl.cli.app import app
+from harness import CONFIG_NAME, Ftctl
 
-# Small, fast settings: short rows, a handful of steps, a small evaluation set.
+# The plan tests' settings (short rows, a handful of steps, a small evaluation set): their expected
+# figures (6 steps, effective batch 4, rows of 128 tokens) are computed for these.
 CONFIG = """\
 finetune:
   max_steps: 6
@@ -29,62 +27,25 @@ plan:
 """
 
 
-class Workspace:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.workspace = root / ".ftctl"
-        self.config = root / "ftctl-test.yaml"
-        if not self.config.exists():
-            self.config.write_text(CONFIG)
-
-    def __call__(self, *args: str, code: int | None = 0) -> Any:
-        clean = {name: None for name in os.environ if name.startswith("FTCTL_")}
-        result = CliRunner().invoke(
-            app, ["--workspace", str(self.workspace), "--config", str(self.config), *args], env=clean
-        )
-        if code is not None:
-            assert result.exit_code == code, (
-                f"ftctl {' '.join(args)} exited {result.exit_code}, wanted {code}\n"
-                f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}\n{result.exception!r}"
-            )
-        return result
-
-    def json(self, *args: str, code: int = 0) -> Any:
-        return json.loads(self("--json", *args, code=code).stdout)
-
-    def state(self) -> dict[str, Any]:
-        return json.loads((self.workspace / "state.json").read_text())
-
-    def outputs(self, stage: str) -> dict[str, Any]:
-        return dict(self.state()["stages"][stage]["outputs"])
-
-    def copy(self, dest: Path) -> Workspace:
-        shutil.copytree(self.root, dest, ignore=shutil.ignore_patterns("lock"))
-        return Workspace(dest)
-
-
 @pytest.fixture(scope="session")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """auth .. prepare-data, once; tests copy it."""
-    ws = Workspace(tmp_path_factory.mktemp("quality-prepared"))
-    ws("run", "--to", "prepare-data")
+def prepared(prepared_ws: Ftctl, tmp_path_factory: pytest.TempPathFactory) -> Ftctl:
+    """The session's prepared workspace (auth .. prepare-data) with the plan tests' settings (CONFIG);
+    tests copy it."""
+    dest = tmp_path_factory.mktemp("quality-prepared") / "ws"
+    ws = prepared_ws.copy(dest)
+    (dest / CONFIG_NAME).write_text(CONFIG)
     return ws
 
 
 @pytest.fixture
-def scratch(prepared: Workspace, tmp_path: Path) -> Workspace:
+def scratch(prepared: Ftctl, tmp_path: Path) -> Ftctl:
     return prepared.copy(tmp_path / "ws")
 
 
-@pytest.fixture(scope="session")
-def trained(prepared: Workspace, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """A copy of `prepared` trained (the test config: 6 steps) and registered once; tests copy it.
-    A copy reads the original's job and model files (their paths are in its state); it must not
-    change them."""
-    ws = prepared.copy(tmp_path_factory.mktemp("quality-trained") / "ws")
-    ws("submit")
-    ws("register")
-    return ws
+@pytest.fixture
+def trained(trained_ws: Ftctl) -> Ftctl:
+    """The session's trained and registered workspace (the fast profile); tests copy it."""
+    return trained_ws
 
 
 @pytest.fixture

@@ -14,12 +14,11 @@ import pytest
 
 from ftctl.plan import MEMORY_TOLERANCE
 
-pytestmark = pytest.mark.slow
-
 # The calibration's step time against the job's: the fastest steps of each, the least disturbed by
 # other work on a shared machine (bursts of load from other processes slow single steps several-fold).
-# The whole training time (warm-up, evaluations, logging) within a factor, when the machine was not
-# busier than its cores during the job (else it is printed, not compared).
+# The whole training time (warm-up, evaluations, logging) within a factor. Both only when the machine
+# was not busier than its cores during the job (else printed, not compared): on a 2-core machine shared
+# with other test runs the fastest step was 82% off the calibration's.
 STEP_TOLERANCE = 0.5  # the job's fastest step within +-50% of the calibration's
 RUNTIME_FACTOR = 2.0  # the job's train_runtime_s within a factor 2 of the estimate
 
@@ -89,6 +88,6 @@ def test_time_estimate_against_the_job(scratch) -> None:
         f"{statistics.median(steps):.3f} s (fastest {min(steps):.3f} s); training: estimated "
         f"{estimate['train_s']:.1f} s, job {runtime:.1f} s; load average {load:.1f} on {os.cpu_count()} cores"
     )
-    assert abs(min(steps) / fastest - 1) <= STEP_TOLERANCE
-    if load <= (os.cpu_count() or 1):
+    if load <= (os.cpu_count() or 1):  # else printed, not compared: see STEP_TOLERANCE
+        assert abs(min(steps) / fastest - 1) <= STEP_TOLERANCE
         assert 1 / RUNTIME_FACTOR <= runtime / estimate["train_s"] <= RUNTIME_FACTOR

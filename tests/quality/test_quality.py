@@ -11,8 +11,6 @@ import pytest
 
 from ftctl.evaluation import FADING_MESSAGE, STOP_MESSAGE, StopCheck, decide
 
-pytestmark = pytest.mark.slow
-
 # The end of each turn is written as the start of the next one, so the trainer's labels never hold it
 # (the classic bug: the model learns the replies, not where they end).
 END_AS_NEXT_PREFIX = (
@@ -134,6 +132,7 @@ def test_deploy_refuses_a_model_prompted_differently_from_training(
     assert not list((ws.workspace / "secrets").glob("*.key"))
 
 
+@pytest.mark.integration  # trains
 def test_a_template_that_leaves_the_end_of_turn_unlabelled_is_caught(
     prepared, template_model, tmp_path
 ) -> None:
@@ -154,6 +153,7 @@ def test_a_template_that_leaves_the_end_of_turn_unlabelled_is_caught(
     assert f"warning: {STOP_MESSAGE}" in evaluated
 
 
+@pytest.mark.integration  # trains
 def test_masked_end_of_turn_labels_make_the_check_fire(prepared, tmp_path: Path, monkeypatch) -> None:
     """The trainer's own template, with the end-of-turn token masked out of the labels in-process: the
     check fires on the model's behaviour alone (the real labels do hold the token)."""

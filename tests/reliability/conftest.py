@@ -4,15 +4,15 @@ Everything here runs `python -m ftctl` (or a fault injector wrapping it) as a se
 with SIGKILL where a test says so, and inspects what is left: the state file, the workspace's files, and
 the processes found in /proc whose command line names the workspace.
 
-Expensive setup is shared: a workspace is built once per stage of progress (prepared, trained,
-registered) and saved as a snapshot; a trial restores the snapshot into the *same* path, so every
+Expensive setup is shared: the campaign's workspace is prepared once and saved as a snapshot, and the
+session's trained and registered workspace (tests/conftest.py, the suite's one fast profile) is adopted
+as another (`Workspace.adopt`, relocated); a trial restores a snapshot into the *same* path, so every
 absolute path recorded in the state file and in MLflow stays valid.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -27,13 +27,13 @@ from typing import Any
 
 import pytest
 
-# Small, fast settings for every command of the campaign: two training steps on 10% of the sample.
-# They go through the environment so that every command (and therefore every fingerprint) sees them.
+from harness import FAST_ENVIRON, Ftctl, clean_environ
+
+# The suite's one fast training profile (harness.FAST_ENVIRON) for every command of the campaign, through
+# the environment so that every command (and therefore every fingerprint) sees it; plus short replies and
+# a patient endpoint start (a loaded machine), which no stage before deploy reads.
 FAST_ENV = {
-    "FTCTL_DATA__SPLIT_PC": "10",
-    "FTCTL_FINETUNE__MAX_STEPS": "2",
-    "FTCTL_FINETUNE__MAX_EVAL_SAMPLES": "1",
-    "FTCTL_FINETUNE__LOGGING_STEPS": "1",
+    **FAST_ENVIRON,
     "FTCTL_SCORE__MAX_NEW_TOKENS": "4",
     "FTCTL_DEPLOY__READY_TIMEOUT_S": "240",
 }
@@ -76,10 +76,7 @@ runpy.run_module("ftctl", run_name="__main__", alter_sys=True)
 
 
 def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FTCTL_")}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.update(extra or {})
-    return env
+    return clean_environ(extra)
 
 
 def cmdline(pid: int) -> list[str]:
@@ -173,14 +170,15 @@ class Outcome:
         )
 
 
-class Workspace:
-    """One ftctl workspace at a fixed path, with snapshots to restore it from."""
+class Workspace(Ftctl):
+    """The harness in its process mode, for fault injection: one ftctl workspace at a fixed path, with
+    snapshots to restore it from. Every command gets FAST_ENV; `env` is the whole environment."""
 
     def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
-        self.root = root
-        self.ws = root / ".ftctl"
+        super().__init__(root, environ={**FAST_ENV, **(env or {})})
+        self.ws = self.workspace
         self.snapshots = root.parent / f"{root.name}-snapshots"
-        self.env = base_env({**FAST_ENV, **(env or {})})
+        self.env = base_env(self.environ)  # type: ignore[assignment, method-assign]
         self.logs = root.parent / f"{root.name}-logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -191,8 +189,8 @@ class Workspace:
 
     def argv(self, *args: str, inject: tuple[str, str] | None = None) -> list[str]:
         if inject is None:
-            return [sys.executable, "-m", "ftctl", "--workspace", str(self.ws), *args]
-        return [sys.executable, "-c", INJECTOR, *inject, "--workspace", str(self.ws), *args]
+            return super().argv(*args)
+        return [sys.executable, "-c", INJECTOR, *inject, *self.args(*args)]
 
     def run(self, *args: str, code: int | None = 0, timeout: float = 300, **kw: Any) -> Outcome:
         out = self.start(*args, **kw)
@@ -283,15 +281,6 @@ class Workspace:
 
     # --- reading the workspace ---------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        return json.loads((self.ws / "state.json").read_text(encoding="utf-8"))
-
-    def record(self, stage: str) -> dict[str, Any]:
-        try:
-            return self.state().get("stages", {}).get(stage, {})
-        except (OSError, ValueError):
-            return {}
-
     def servers(self) -> list[int]:
         return live_pids(SERVER_MODULE, str(self.ws))
 
@@ -317,6 +306,13 @@ class Workspace:
         if self.ws.exists():
             shutil.rmtree(self.ws)
         shutil.copytree(self.snapshots / name, self.ws, symlinks=True)
+
+    def adopt(self, other: Ftctl, name: str) -> None:
+        """Save another workspace (one of the session's snapshots, endpoint down) as snapshot `name`,
+        relocated to this workspace's path."""
+        self.kill_strays()
+        self.load(other)
+        self.save(name)
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:

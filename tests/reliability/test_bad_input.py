@@ -237,10 +237,19 @@ def listing(folder: Path) -> dict[str, str]:
     }
 
 
-def test_the_corpus_is_big_enough() -> None:
-    assert len(CASES) >= 30
-    assert len({case.name for case in CASES}) == len(CASES)
-    assert {case.code for case in CASES} == {0, 2}
+def test_a_refused_dataset_then_a_good_one(ws: Workspace, tmp_path: Path) -> None:
+    """After prepare-data refused a dataset (exit 2, the stage failed, the data folder as it was), the
+    next good dataset is prepared: the refusal leaves nothing behind that stops it."""
+    files_before = listing(ws.ws / "data")
+    refused = ws("--set", "data.split_pc=100", "prepare-data", "--force", "--dataset",
+                 str(jsonl_dir(tmp_path, "nine", [line(good(i)) for i in range(9)])), code=2)  # fmt: skip
+    assert "only 9 valid training rows" in refused.stderr, refused.stderr
+    assert ws.record("prepare-data")["status"] == "failed" and listing(ws.ws / "data") == files_before
+    ws("--set", "data.split_pc=100", "prepare-data", "--dataset",
+       str(jsonl_dir(tmp_path, "twelve", [line(good(i)) for i in range(12)])))  # fmt: skip
+    rec = ws.record("prepare-data")
+    assert rec["status"] == "succeeded" and rec["outputs"]["files"]["train_sft"]["rows"] == 12, rec
+    assert len((ws.ws / "data" / "train_sft.jsonl").read_text().splitlines()) == 12
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

@@ -30,13 +30,21 @@ from ftctl.backends.local.serving.probe import port_is_open
 
 from .conftest import FAST_ENV, Outcome, Workspace, listening_addresses, registered_versions
 
-pytestmark = pytest.mark.slow
-
 TRIALS: list[dict[str, Any]] = []  # every kill, for the summary at the end
 
 
 @pytest.fixture
 def w(shared_ws: Workspace) -> Workspace:
+    return shared_ws
+
+
+@pytest.fixture
+def trained_w(shared_ws: Workspace, trained_ws: Any) -> Workspace:
+    """shared_ws restored from the session's trained and registered snapshot (tests/conftest.py), whatever
+    ran before: the register and deploy trials need no submit trial before them."""
+    if not shared_ws.has("session-trained"):
+        shared_ws.adopt(trained_ws, "session-trained")
+    shared_ws.restore("session-trained")
     return shared_ws
 
 
@@ -270,7 +278,6 @@ def test_kill_inside_submit(w: Workspace) -> None:
         assert w.record("submit")["outputs"]["job_id"] == job_id, "the re-run started another job"
     assert w.job_processes(), "killing ftctl must not kill its (detached) training job"
     _submit_rerun(w, killed)
-    w.save("trained")
     # B. Killed exactly after the job process was spawned, before anything else happened.
     w.restore("prepared")
     killed = w.run("submit", inject=("spawn", "-"), code=None)
@@ -284,23 +291,14 @@ def test_kill_inside_submit(w: Workspace) -> None:
 # --- register, deploy, score, teardown -------------------------------------------------------------
 
 
-def _trained(w: Workspace) -> None:
-    if not w.has("trained"):
-        w.restore("prepared")
-        w.run("submit")
-        w.save("trained")
-    w.restore("trained")
-
-
-def test_kill_inside_register(w: Workspace) -> None:
+def test_kill_inside_register(trained_w: Workspace) -> None:
+    w = trained_w
     rng = random.Random("crash-register")
-    _trained(w)
     for trial in range(2):
         if trial:
-            w.restore("trained")
+            w.restore("session-trained")
         crash(w, "register", "register", "--force", rng=rng, span=3.0, retries=2)
         rerun(w, "register")
-    w.save("registered")
 
 
 def _check_endpoint(w: Workspace) -> dict[str, Any]:
@@ -312,13 +310,9 @@ def _check_endpoint(w: Workspace) -> dict[str, Any]:
     return out
 
 
-def test_kill_inside_deploy_score_teardown(w: Workspace) -> None:
+def test_kill_inside_deploy_score_teardown(trained_w: Workspace) -> None:
+    w = trained_w
     rng = random.Random("crash-deploy")
-    if not w.has("registered"):
-        _trained(w)
-        w.run("register")
-        w.save("registered")
-    w.restore("registered")
     # 1. Early in deploy: resolving the model, writing the key, binding the socket.
     crash(w, "deploy", "deploy", rng=rng, span=3.0)
     rerun(w, "deploy")
@@ -357,6 +351,7 @@ def test_kill_inside_deploy_score_teardown(w: Workspace) -> None:
         assert not port_is_open(live["host"], live["port"])
 
 
+@pytest.mark.summary
 def test_summary() -> None:
     """At least 20 kills landed, in every stage."""
     killed = [t for t in TRIALS if t["killed"]]

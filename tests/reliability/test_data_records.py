@@ -138,8 +138,22 @@ def written(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(text) for text in data.split(b"\n")[:-1]]
 
 
-def test_the_corpus() -> None:
-    assert len({case.name for case in CASES}) == len(CASES) >= 35
+def test_every_hostile_record_in_one_file(tmp_path: Path) -> None:
+    """All the one-line cases at once, each on its own line after a good first one: every dropped case is
+    reported at its own line number, every accepted one written, in order."""
+    cases = [case for case in CASES if case.data.endswith(b"\n") and case.data.count(b"\n") == 1]
+    src = dataset(tmp_path, [good(1) + b"\n", *(case.data for case in cases)])
+    split = prepare(str(src), tmp_path / "out").split("train_sft")
+    dropped = {d.line: d.reason for d in split.dropped}
+    assert sorted(dropped) == [n for n, case in enumerate(cases, start=2) if case.reason is not None]
+    for n, case in enumerate(cases, start=2):
+        if case.reason is not None:
+            assert case.reason in dropped[n], (case.name, dropped[n][:300])
+    records = written(tmp_path / "out" / "train_sft.jsonl")
+    accepted = [case for case in cases if case.reason is None]
+    assert split.rows_read == len(cases) + 1 and split.rows_written == len(records) == len(accepted) + 1
+    for case, record in zip(accepted, records[1:], strict=True):
+        assert case.check is not None and case.check(record), (case.name, record)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

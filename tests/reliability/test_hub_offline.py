@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import Ftctl
+
 from .conftest import base_env
 
 
@@ -36,13 +38,14 @@ def ftctl(ws: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProc
     ],
 )
 @pytest.mark.parametrize("how", ["unreachable", "offline"])
-def test_a_hub_id_without_the_hub_fails_fast(tmp_path: Path, stage: str, option: str, hub_id: str, how: str):
+def test_a_hub_id_without_the_hub_fails_fast(
+    tmp_path: Path, stage: str, option: str, hub_id: str, how: str, prepared_ws: Ftctl
+):
     env = {k: v for k, v in base_env().items() if not k.endswith("_OFFLINE")}
     if how == "offline":
         env["HF_HUB_OFFLINE"] = "1"
     env["HF_ENDPOINT"] = f"http://127.0.0.1:{closed_port()}"
-    ws = tmp_path / "ws"
-    ftctl(ws, "auth", env=env)
+    ws = Ftctl(tmp_path).load(prepared_ws).workspace  # `ftctl auth` done (and the rest up to prepare-data)
     done = ftctl(ws, stage, option, hub_id, env=env)
     assert done.returncode == 2, done.stderr
     assert "Hugging Face hub is unreachable" in done.stderr and hub_id in done.stderr

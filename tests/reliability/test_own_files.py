@@ -130,6 +130,7 @@ for name in sys.argv[1:]:
 """
 
 
+@pytest.mark.integration  # two real MLflow registries in a process
 def test_a_workspace_path_may_hold_any_character(tmp_path: Path) -> None:
     """auth, an experiment, a run with an artifact, a registered version: every file lands inside."""
     names = ["w s?#%ü", "w s#ü"]  # the second needs no escaping (its URI stays sqlite:///...)

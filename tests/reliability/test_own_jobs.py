@@ -214,7 +214,7 @@ def test_a_failed_job_is_one_line_with_its_cause_and_log(ws: Path) -> None:
     assert "Traceback" in job.log_path.read_text()  # it stays in the log
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # the real trainer
 def test_a_diverging_run_fails_submit_and_registers_nothing(ws: Path) -> None:
     """The real trainer, a learning rate that blows the loss up: the job fails as 'training diverged'."""
     from ftctl.backends.local.launch import launch_command

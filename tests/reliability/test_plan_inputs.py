@@ -10,11 +10,21 @@ from pathlib import Path
 
 import pytest
 
+from harness import Ftctl
+
+
+@pytest.fixture(scope="module")
+def prepared_10pc(tmp_path_factory: pytest.TempPathFactory) -> Ftctl:
+    """A local workspace with 10% of the sample prepared, once for the module."""
+    ws = Ftctl(tmp_path_factory.mktemp("prepared-10pc"))
+    ws("--set", "data.split_pc=10", "run", "--to", "prepare-data")
+    return ws
+
 
 @pytest.fixture
-def prepared(ftctl) -> Path:
-    """A local workspace with 10% of the sample prepared; its training file."""
-    ftctl("--set", "data.split_pc=10", "run", "--to", "prepare-data")
+def prepared(ftctl, prepared_10pc: Ftctl) -> Path:
+    """A local workspace with 10% of the sample prepared (a copy of the module's); its training file."""
+    ftctl.load(prepared_10pc)
     return Path(ftctl.state()["stages"]["prepare-data"]["outputs"]["files"]["train_sft"]["path"])
 
 

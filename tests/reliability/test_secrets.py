@@ -13,11 +13,7 @@ import json
 import stat
 from pathlib import Path
 
-import pytest
-
 from .conftest import Workspace
-
-pytestmark = pytest.mark.slow
 
 CANARIES = {
     "HF_TOKEN": "hf_canaryTokenForFtctlReliability0001",

@@ -15,14 +15,13 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import Workspace, kill_pids
-
-pytestmark = pytest.mark.slow
 
 
 def status(w: Workspace) -> dict[str, dict[str, Any]]:
@@ -36,9 +35,11 @@ def endpoint_pid(w: Workspace) -> int | None:
 
 
 @pytest.fixture(scope="module")
-def ran(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """A workspace after one full `ftctl run` (trained, registered, deployed, scored, torn down)."""
+def ran(tmp_path_factory: pytest.TempPathFactory, trained_ws: Any) -> Iterator[Workspace]:
+    """A workspace after a full `ftctl run` (trained, registered, deployed, scored, torn down): the
+    session's trained and registered snapshot, then `ftctl run` (deploy, score, teardown)."""
     w = Workspace(tmp_path_factory.mktemp("truth") / "ws")
+    w.adopt(trained_ws, "trained")
     w.run("run")
     w.save("ran")
     yield w

@@ -17,13 +17,9 @@ import re
 import time
 from typing import Any
 
-import pytest
-
 from ftctl.pipeline import ORDER, downstream
 
 from .conftest import Workspace
-
-pytestmark = pytest.mark.slow
 
 Model = dict[str, tuple[str, int]]  # stage -> (status, attempt)
 LOCKED = re.compile(r"locked by another ftctl \(pid (\d+) on ")

@@ -285,8 +285,7 @@ def hostile_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     [(["chat"], "Hello\n"), (["score", "--file", "-"], '[{"role": "user", "content": "Hello"}]')],
 )
 def test_a_reply_with_terminal_escapes_is_shown_escaped(ftctl, hostile_endpoint, args, stdin) -> None:
-    result = ftctl.invoke(["--workspace", str(ftctl.workspace), *args], input=stdin)
-    assert result.exit_code == 0, result.stderr
+    result = ftctl(*args, input=stdin)
     shown = result.stdout + result.stderr
     assert "done" in shown
     for raw in ("\x1b", "\x07", "\x9b", "\r"):

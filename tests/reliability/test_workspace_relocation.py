@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_ENV, base_env, kill_pids, live_pids
+from .conftest import FAST_ENV, base_env, kill_pids, live_pids
 
 pytestmark = pytest.mark.slow
 

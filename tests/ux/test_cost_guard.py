@@ -14,8 +14,6 @@ import pytest
 
 from ftctl.ttl import expires_at, human, parse_duration, uptime
 
-pytestmark = pytest.mark.slow
-
 
 def _pid_running(pid: int) -> bool:
     try:

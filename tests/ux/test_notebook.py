@@ -23,7 +23,6 @@ def _text(cell) -> str:  # type: ignore[no-untyped-def]
     return "".join(parts)
 
 
-@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(scratch, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
