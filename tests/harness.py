@@ -190,6 +190,15 @@ class Ftctl:
         shutil.copytree(self.root, dest, ignore=shutil.ignore_patterns("lock", *ignore), symlinks=True)
         if relocated:
             relocate(self.root, dest)
+        else:
+            # ftctl adopts a copy it recognises (ftctl.relocation): it would forget the job this copy is
+            # meant to re-attach to. Without the workspace's identity the copy is what a workspace of an
+            # older ftctl is, which ftctl cannot tell from the original.
+            state_file = dest / ".ftctl" / "state.json"
+            if state_file.exists():
+                state = json.loads(state_file.read_text())
+                state.pop("workspace", None)
+                state_file.write_text(json.dumps(state))
         copy = Ftctl(dest, options=self.options, settings=self.settings, environ=self.environ)
         copy.config = dest / self.config.name if self.config is not None else None
         return copy
@@ -204,7 +213,8 @@ def relocate(old: Path, new: Path) -> None:
     recomputed where they matched before, so what was up to date stays up to date. Only a workspace with no
     live endpoint may be copied: a copied endpoint record would name the original's server."""
     from ftctl import state as st
-    from ftctl.pipeline import STAGES, stage_digest
+    from ftctl.pipeline import STAGES
+    from ftctl.state import stage_digest
 
     workspace = new / ".ftctl"
     if not workspace.is_dir():
