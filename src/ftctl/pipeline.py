@@ -330,14 +330,18 @@ class Runner:
         """Run one stage now (re-attaching to what an interrupted attempt started)."""
         self.require_upstream(stage)
         rec = st.record(self.state, stage.name)
+        previous: dict[str, Any] = {}
         if not (rec["status"] == st.RUNNING and rec.get("outputs")):
+            previous = dict(rec.get("outputs") or {})
             self._start_attempt(stage, rec)
 
         def checkpoint(outputs: dict[str, Any]) -> None:
             rec["outputs"] = dict(outputs)
             self.save()
 
-        call = StageCall(stage.name, self.state, self.options, dict(rec.get("outputs") or {}), checkpoint)
+        call = StageCall(
+            stage.name, self.state, self.options, dict(rec.get("outputs") or {}), checkpoint, previous
+        )
         try:
             outputs = impl(self.ctx, stage).run(self.ctx, call)
         except Detached as detached:

@@ -92,6 +92,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "credentials": [
         ("ftctl credentials", "scoring URI, key and OpenAI-compatible base URL"),
         ("ftctl credentials --json", "the same as JSON: scoring_uri, primary_key, openai_base_url"),
+        ("ftctl credentials --rotate", "a new key (the old one is refused at once); same URL"),
     ],
     "chat": [
         ("ftctl chat", "talk to the deployed model; /reset starts over, /exit ends"),

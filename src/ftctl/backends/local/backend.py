@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 class LocalBackend(Backend):
     name = "local"
-    capabilities = Capabilities(endpoint=True, metrics=True, logs=True, plan=True, evaluate=True)
+    capabilities = Capabilities(
+        endpoint=True, metrics=True, logs=True, plan=True, evaluate=True, rotate_key=True
+    )
     unsupported = {
         "dry_run": ("--dry-run is for --backend azureml (the local backend creates nothing remote)", None),
         "cluster": ("--compute is for --backend azureml (the local backend has no cluster)", None),
@@ -90,6 +92,13 @@ class LocalBackend(Backend):
         from ftctl.backends.local.evaluate import evaluate
 
         return evaluate(self.ctx, state, samples)
+
+    tracks_processes = True
+
+    def rotate_key(self, state: State) -> None:
+        from ftctl.backends.local.stages.deploy import rotate_key
+
+        rotate_key(self.ctx, state)
 
     def live(self, state: State | None) -> list[dict[str, Any]]:
         from ftctl.backends.local import hooks

@@ -34,8 +34,8 @@ def endpoint(ctx: Context, state: State) -> Endpoint:
             f"there is no endpoint: deploy is {rec['status']}",
             hint="run `ftctl deploy` (or `ftctl run --to deploy`)",
         )
-    if not deploy.alive(ctx, outputs):
-        raise UsageError(
+    if not deploy.alive(ctx, outputs):  # a runtime failure (exit 1): the input is fine, the server is gone
+        raise StageFailed(
             f"the endpoint {outputs.get('endpoint_name')} is not running "
             "(it was torn down or its process ended)",
             hint="run `ftctl deploy`",
@@ -116,6 +116,9 @@ def stop_live(ctx: Context, kinds: tuple[str, ...], unrecorded_in: State | None 
     if targets is not None:
         targets = [r for r in targets if r.kind in kinds]
     stopped = live.stop_live(ctx.workspace, targets, kinds=kinds, notify=ctx.ui.info)
+    if targets is None and live.ENDPOINT in kinds:
+        # Every endpoint is stopped: a key kept for the next deploy (see deploy.retire) goes too.
+        live.remove_orphan_keys(ctx.workspace)
     return [resource.describe() for resource in stopped]
 
 
