@@ -281,6 +281,10 @@ class Runner:
                 f"workspace {ctx.workspace} holds a {backend} run, but the backend is now {ctx.backend_name}",
                 hint=f"pass --backend {backend}, use another --workspace, or `ftctl reset --all`",
             )
+        if check_backend:
+            from ftctl.config import check_backend_settings
+
+            check_backend_settings(ctx.config)
         self.state["backend"] = ctx.backend_name
         if not self.state.get("run_id"):
             self.state["run_id"] = st.new_run_id()

@@ -4,8 +4,10 @@ re-deploys, teardown is safe to run from a script's exit trap, and the key chang
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 SAMPLE = {"input_data": {"input_string": [[{"role": "user", "content": "Hi"}]], "parameters": {}}}
@@ -69,3 +71,96 @@ def test_a_redeploy_keeps_the_name_url_and_key(scratch: Any) -> None:
         scratch("teardown")
     # torn down: its key is gone, and the next deploy is a new endpoint with a new key
     assert not list((scratch.workspace / "secrets").glob("*.key"))
+
+
+# --- settings that stick ---------------------------------------------------------------------------
+
+SAMPLE_DATA = Path(__file__).resolve().parents[2] / "src" / "ftctl" / "resources" / "ultrachat_sample"
+
+
+def test_a_stage_option_is_a_setting_that_sticks(empty: Any) -> None:
+    mydata = empty.root / "mydata"
+    shutil.copytree(SAMPLE_DATA, mydata)
+    empty("auth")
+    first = empty("prepare-data", "--dataset", str(mydata))
+    assert f'data.dataset: default -> "{mydata}"' in first.stderr  # said when it changes
+    stages = {s["name"]: s for s in empty.json("status")["stages"]}
+    assert not stages["prepare-data"]["stale"], stages["prepare-data"]["stale_reason"]
+    again = empty("run", "--to", "prepare-data")  # does not put the sample back
+    assert "- prepare-data: up to date" in again.stderr
+    origin = {row["key"]: row for row in empty.json("config", "show")["settings"]}["data.dataset"]
+    assert origin["value"] == str(mydata) and origin["origin"].startswith("workspace (")
+    assert "data.dataset:" not in empty("prepare-data", "--dataset", str(mydata)).stderr  # unchanged
+    # a one-off --set is not kept; unset goes back to the default
+    empty("config", "unset", "data.dataset")
+    assert "data.dataset changed" in empty.json("status")["stages"][3]["stale_reason"]
+
+
+def test_config_show_names_each_origin(empty: Any, monkeypatch: Any) -> None:
+    from typer.testing import CliRunner
+
+    from ftctl.cli.app import app
+
+    empty("config", "set", "finetune.learning_rate", "1e-4")
+    monkeypatch.setenv("FTCTL_DATA__SPLIT_PC", "50")
+    result = CliRunner().invoke(
+        app, ["--workspace", str(empty.workspace), "--config", str(empty.config), "--json", "--set",
+              "score.seed=3", "config", "show"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    origins = {row["key"]: (row["value"], row["origin"]) for row in json.loads(result.stdout)["settings"]}
+    layer = empty.workspace / "config.yaml"
+    assert origins["finetune.learning_rate"] == (0.0001, f"workspace ({layer}:6)")
+    assert origins["finetune.max_steps"] == (8, f"{empty.config}:2")
+    assert origins["data.split_pc"] == (50.0, "env FTCTL_DATA__SPLIT_PC")
+    assert origins["score.seed"] == (3, "--set")
+    assert origins["deploy.port"] == (0, "default")
+
+
+def test_config_set_checks_like_set_and_writes_nothing_it_refuses(empty: Any) -> None:
+    typo = empty("config", "set", "finetune.learnig_rate", "1e-4", code=2)
+    assert "unknown key (did you mean finetune.learning_rate?)" in typo.stderr
+    bad = empty("config", "set", "finetune.learning_rate", "2", code=2)
+    assert "finetune.learning_rate (from config set)" in bad.stderr
+    assert "less than or equal to 1" in bad.stderr
+    assert "Traceback" not in typo.stderr + bad.stderr
+    assert not (empty.workspace / "config.yaml").exists()
+    empty("config", "set", "deploy.port", "8123")
+    assert "port: 8123" in (empty.workspace / "config.yaml").read_text()
+    assert "nothing to unset" in empty("config", "unset", "deploy.ttl").stderr
+
+
+def test_init_writes_a_commented_config_from_the_shipped_ones(empty: Any, monkeypatch: Any) -> None:
+    from ftctl.cli.config_commands import shipped_configs
+
+    monkeypatch.chdir(empty.root)
+    shipped = shipped_configs()
+    assert "ftctl" in str(shipped["azureml-phi4-ultrachat"].parent.parent.parent.name)  # package data
+    empty("init")
+    written = (empty.root / "ftctl.yaml").read_text()
+    assert written.startswith("# Written by `ftctl init` from local-quickstart")
+    assert "backend: local" in written
+    assert "exists already" in empty("init", code=2).stderr
+    empty("init", "--backend", "azureml", "-o", "az.yaml")
+    azure = (empty.root / "az.yaml").read_text()
+    assert "name: Phi-4" in azure and "backend: azureml" in azure
+    assert (
+        "is a local config, not azureml"
+        in empty("init", "--backend", "azureml", "--from", "local-quickstart", "-o", "x.yaml", code=2).stderr
+    )
+
+
+def test_azureml_on_local_defaults_is_refused_with_what_to_set(ftctl: Any) -> None:
+    result = ftctl("--backend", "azureml", "run", "--dry-run", code=2)
+    assert "model.name is 'ftctl/tiny-phi3-chat' (default)" in result.stderr
+    assert "compute.name is 'local' (default)" in result.stderr
+    assert "ftctl init --backend azureml" in result.stderr
+    assert not (ftctl.workspace / "state.json").exists()
+
+
+def test_shipped_configs_are_the_package_data(tmp_path: Path) -> None:
+    from ftctl.cli.config_commands import shipped_configs
+
+    root = Path(__file__).resolve().parents[2]
+    checkout = {p.stem: p.read_text() for p in (root / "configs").glob("*.yaml")}
+    assert {name: path.read_text() for name, path in shipped_configs().items()} == checkout
