@@ -225,6 +225,10 @@ class StalenessCheck:
         status = rec["status"]
         carries_on = (stage.background or stage.live) and self.alive(stage)
         if status == st.RUNNING and self.unattended and not carries_on:
+            ended = self.ctx.backend.ended_outcome(stage.name, rec.get("outputs") or {})
+            if ended is not None:  # a job started with --no-wait that ended on its own
+                outcome, said = ended
+                return Staleness(outcome, False, f"{said}; `ftctl {stage.name}` records the result")
             return Staleness("interrupted", False, f"its ftctl stopped; `ftctl {stage.name}` resumes it")
         if status != st.SUCCEEDED:
             return Staleness(status, False, None)
@@ -480,6 +484,8 @@ class Runner:
             return "its endpoint is down" if mine.down and not torn_down else None
         if mine.status in (st.RUNNING, "interrupted"):
             return "re-attaching to the interrupted attempt"
+        if mine.status == "completed":
+            return "recording the job that ended while no ftctl followed it"
         return {st.PENDING: "never run", st.FAILED: "failed last time"}.get(mine.status, mine.status)
 
     def _bring_up_live_upstream(self, stage: Stage, standing: StalenessCheck) -> list[dict[str, Any]]:
@@ -560,6 +566,8 @@ def status_report(ctx: Context) -> dict[str, Any]:
 def _status_summary(ctx: Context, stage: Stage, rec: dict[str, Any], ev: Staleness) -> str:
     if ev.status == "interrupted":
         return f"interrupted: `ftctl {stage.name}` resumes it"
+    if rec.get("status") == st.RUNNING and ev.reason:  # a job that ended with nobody following it
+        return ev.reason
     if ev.down:
         name = (rec.get("outputs") or {}).get("endpoint_name") or "the endpoint"
         return f"{name} is down: `ftctl {stage.name}` or `ftctl run --to score` starts it again"

@@ -164,3 +164,16 @@ def test_shipped_configs_are_the_package_data(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     checkout = {p.stem: p.read_text() for p in (root / "configs").glob("*.yaml")}
     assert {name: path.read_text() for name, path in shipped_configs().items()} == checkout
+
+
+def test_a_no_wait_job_that_finished_shows_its_outcome(scratch: Any) -> None:
+    """`submit --no-wait` leaves submit `running` with the job's id; the job then ends with nobody
+    following it. `status` says how it ended (not `interrupted`), and `ftctl submit` records it."""
+    state = json.loads((scratch.workspace / "state.json").read_text())
+    state["stages"]["submit"]["status"] = "running"  # as --no-wait leaves it
+    (scratch.workspace / "state.json").write_text(json.dumps(state))
+    submit = {s["name"]: s for s in scratch.json("status")["stages"]}["submit"]
+    assert submit["status"] == "completed", submit
+    assert "completed; `ftctl submit` records the result" in submit["note"]
+    scratch("submit")
+    assert {s["name"]: s for s in scratch.json("status")["stages"]}["submit"]["status"] == "succeeded"

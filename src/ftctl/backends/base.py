@@ -159,6 +159,12 @@ class Backend(ABC):
     # where jobs and endpoints live in a service.
     tracks_processes: ClassVar[bool] = False
 
+    def ended_outcome(self, stage: str, outputs: dict[str, Any]) -> tuple[str, str] | None:
+        """For a `running` record of `stage` that no ftctl follows and whose work no longer runs (a job
+        started with `submit --no-wait`): (outcome, what it says) when the work recorded its own end,
+        e.g. ("completed", "...") or ("failed", "the trainer exited with code 1"); else None."""
+        return None
+
     def live(self, state: State | None) -> list[dict[str, Any]]:
         """The processes ftctl started that still run (training jobs, endpoints), from records kept
         outside the state file; each with "recorded": whether `state` (None: unreadable) knows it.

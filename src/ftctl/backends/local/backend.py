@@ -95,6 +95,11 @@ class LocalBackend(Backend):
 
     tracks_processes = True
 
+    def ended_outcome(self, stage: str, outputs: dict[str, Any]) -> tuple[str, str] | None:
+        from ftctl.backends.local.stages.submit import ended_outcome
+
+        return ended_outcome(outputs) if stage == "submit" else None
+
     def rotate_key(self, state: State) -> None:
         from ftctl.backends.local.stages.deploy import rotate_key
 
