@@ -263,7 +263,9 @@ def staleness(ctx: Context, state: dict[str, Any], unattended: bool = False) -> 
 def summary(ctx: Context, stage: Stage, rec: dict[str, Any]) -> str:
     outputs = rec.get("outputs") or {}
     if rec.get("status") == st.FAILED and rec.get("error"):
-        return f"{rec['error'].get('type')}: {rec['error'].get('message', '')}".splitlines()[0][:80]
+        # the message, whole (the table fits it to the terminal at a word); never the error's class
+        lines = str(rec["error"].get("message") or "failed").strip().splitlines()
+        return lines[0] if lines else "failed"
     return impl(ctx, stage).summary(outputs) if outputs else ""
 
 
@@ -576,8 +578,8 @@ def _status_summary(ctx: Context, stage: Stage, rec: dict[str, Any], ev: Stalene
         from ftctl.ttl import endpoint_record, uptime
 
         record = endpoint_record(ctx.state_store.load())
-        if record:
-            text = f"{text}, {uptime(record)}"
+        if record:  # first: what costs money stays in view when the table is fitted to the terminal
+            text = f"{uptime(record)}; {text}"
     return text
 
 

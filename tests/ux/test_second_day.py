@@ -177,3 +177,36 @@ def test_a_no_wait_job_that_finished_shows_its_outcome(scratch: Any) -> None:
     assert "completed; `ftctl submit` records the result" in submit["note"]
     scratch("submit")
     assert {s["name"]: s for s in scratch.json("status")["stages"]}["submit"]["status"] == "succeeded"
+
+
+# --- output that fits ------------------------------------------------------------------------------
+
+FAILURE = (
+    "the endpoint answered HTTP 503 while the model was still loading after the deploy had reported it "
+    "ready, which points at a server restarted behind ftctl's back"
+)
+
+
+def test_status_fits_80_columns_and_shows_messages_not_class_names(scratch: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    state = json.loads((scratch.workspace / "state.json").read_text())
+    state["stages"]["score"].update(status="failed", error={"type": "StageFailed", "message": FAILURE})
+    (scratch.workspace / "state.json").write_text(json.dumps(state))
+    out = scratch("status", "--set", "data.split_pc=50").stdout  # stale stages too: long reasons
+    # every line but the workspace's path (as long as the machine's temporary folder makes it)
+    assert all(len(line) <= 80 for line in out.splitlines()[1:]), out
+    assert "StageFailed" not in out and "stale: data.split_pc changed" in out
+    cell = next(line for line in out.splitlines() if line.startswith("score ")).split("  ")[-1].strip()
+    shown = cell.removesuffix("…")
+    assert cell.endswith("…") and FAILURE.startswith(shown) and FAILURE[len(shown)] == " ", cell  # at a word
+    assert "ftctl status STAGE" in out
+    detail = scratch("status", "score").stdout
+    assert f"error: {FAILURE}" in detail and "StageFailed" not in detail
+    assert FAILURE in scratch("status", "--wide").stdout
+    assert scratch.json("status", "submit")["name"] == "submit"
+
+
+def test_the_demo_model_note_is_shown_once_per_workspace(empty: Any) -> None:
+    first = empty("run", "--to", "pick-model")
+    assert first.stderr.count("~1M-parameter demo model") == 1
+    assert "~1M-parameter demo model" not in empty("pick-model", "--force").stderr

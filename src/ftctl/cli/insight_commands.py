@@ -133,7 +133,7 @@ def _chat_opening(ctx: Context, ep: Endpoint, interactive: bool) -> None:
     from ftctl.stages.shared import demo_model_note
 
     picked = ctx.state_store.load().get("stages", {}).get("pick-model", {}).get("outputs", {})
-    note = demo_model_note(picked.get("name"))
+    note = demo_model_note(ctx, picked.get("name"))
     if note:
         ctx.ui.info(note)
     if interactive:

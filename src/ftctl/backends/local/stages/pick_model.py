@@ -117,7 +117,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         f"  {name} ({kind}): {info['architecture']}, {info['parameters'] or '?'} parameters, "
         f"context {info['context_length']}"
     )
-    note = demo_model_note(name)
+    note = demo_model_note(ctx, name)
     if note:
         ctx.ui.info(f"  {note}")
     if info["model_specific_defaults"]:
