@@ -210,3 +210,52 @@ def test_the_demo_model_note_is_shown_once_per_workspace(empty: Any) -> None:
     first = empty("run", "--to", "pick-model")
     assert first.stderr.count("~1M-parameter demo model") == 1
     assert "~1M-parameter demo model" not in empty("pick-model", "--force").stderr
+
+
+# --- the OpenAI route: stop (LangChain sends it), and no promise it cannot keep ---------------------
+
+
+def test_stop_filter_holds_back_what_may_begin_a_stop_sequence() -> None:
+    from ftctl.backends.local.openai_compat import StopFilter
+
+    f = StopFilter(["\nUser:", "###"])
+    sent = [f.feed(piece) for piece in ("Hello", " there\n", "Us", "er: more", " ignored")]
+    assert sent == ["Hello", " there", "", "", ""] and f.hit and f.finish() == ""
+    g = StopFilter(["###"])
+    assert [g.feed("a#"), g.feed("#b")] == ["a", "##b"] and not g.hit and g.finish() == ""
+    h = StopFilter(["###"])
+    assert h.feed("tail #") == "tail " and h.finish() == "#"  # ended without the stop: all of it
+
+
+def test_the_openai_route_applies_stop_and_refuses_json_mode() -> None:
+    from fastapi.testclient import TestClient
+
+    from ftctl.backends.local.serving.app import ServerOptions, create_app
+
+    tiny = SAMPLE_DATA.parent / "tiny-phi3"
+    key = {"Authorization": "Bearer second-day-key"}
+    app = create_app(tiny, key="second-day-key", options=ServerOptions(request_timeout_s=30))
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 24, "temperature": 0}
+    with TestClient(app) as client:
+        while client.get("/health/ready").status_code != 200:
+            pass
+        full = client.post("/v1/chat/completions", json=body, headers=key).json()["choices"][0]
+        text = full["message"]["content"]
+        assert len(text) >= 4, text
+        stop = text[len(text) // 2 : len(text) // 2 + 2]
+        cut = client.post("/v1/chat/completions", json={**body, "stop": [stop]}, headers=key).json()
+        assert cut["choices"][0]["message"]["content"] == text[: text.index(stop)]
+        assert cut["choices"][0]["finish_reason"] == "stop"
+        streamed = client.post(
+            "/v1/chat/completions", json={**body, "stop": stop, "stream": True}, headers=key
+        )
+        chunks = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")]
+        assert (
+            "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == text[: text.index(stop)]
+        )
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        json_mode = {**body, "response_format": {"type": "json_object"}}
+        refused = client.post("/v1/chat/completions", json=json_mode, headers=key)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "response_format"
+        plain = {**body, "response_format": {"type": "text"}}
+        assert client.post("/v1/chat/completions", json=plain, headers=key).status_code == 200
