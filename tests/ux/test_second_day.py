@@ -259,3 +259,32 @@ def test_the_openai_route_applies_stop_and_refuses_json_mode() -> None:
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "response_format"
         plain = {**body, "response_format": {"type": "text"}}
         assert client.post("/v1/chat/completions", json=plain, headers=key).status_code == 200
+
+
+METRICS_PROBE = """
+import sys, time
+from ftctl.cli.app import app
+started = time.perf_counter()
+try:
+    app(["metrics"], prog_name="ftctl")
+except SystemExit as exc:
+    assert not exc.code, exc.code
+elapsed = time.perf_counter() - started
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"mlflow", "torch", "transformers", "pandas"})
+print(f"PROBE {elapsed:.3f} {','.join(heavy) or '-'}", file=sys.stderr)
+"""
+
+
+def test_metrics_on_a_finished_local_job_needs_no_mlflow(scratch: Any) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", METRICS_PROBE], env=scratch.env(), cwd=scratch.root,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "train_loss" in done.stdout or "TRAIN" in done.stdout.upper()
+    elapsed, heavy = done.stderr.rsplit("PROBE ", 1)[1].split()
+    assert heavy == "-", f"metrics imported {heavy}"
+    assert float(elapsed) < 1.0, elapsed  # well under a second: ~0.05 s quiet; MLflow's import is ~3 s
