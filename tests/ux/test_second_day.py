@@ -288,3 +288,10 @@ def test_metrics_on_a_finished_local_job_needs_no_mlflow(scratch: Any) -> None:
     elapsed, heavy = done.stderr.rsplit("PROBE ", 1)[1].split()
     assert heavy == "-", f"metrics imported {heavy}"
     assert float(elapsed) < 1.0, elapsed  # well under a second: ~0.05 s quiet; MLflow's import is ~3 s
+
+
+def test_evaluate_shows_progress_per_phase(scratch: Any) -> None:
+    err = scratch("evaluate", "--samples", "1").stderr
+    phases = ["base: held-out loss", "base: loss ", "fine-tuned: held-out loss", "fine-tuned: 1 generations"]
+    at = [err.find(phase) for phase in phases]
+    assert -1 not in at and at == sorted(at), err  # each phase said, in order, as it starts
