@@ -295,3 +295,27 @@ def test_evaluate_shows_progress_per_phase(scratch: Any) -> None:
     phases = ["base: held-out loss", "base: loss ", "fine-tuned: held-out loss", "fine-tuned: 1 generations"]
     at = [err.find(phase) for phase in phases]
     assert -1 not in at and at == sorted(at), err  # each phase said, in order, as it starts
+
+
+# --- an honest install ------------------------------------------------------------------------------
+
+
+def test_the_readme_installs_a_cpu_torch_where_there_is_no_gpu() -> None:
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    quickstart = readme[
+        readme.index("## Quickstart") : readme.index("\n## ", readme.index("## Quickstart") + 1)
+    ]
+    ci_pin = next(
+        line for line in (root / ".ci" / "run").read_text().splitlines() if "install -q torch" in line
+    )
+    version = ci_pin.split("torch==")[1].split()[0]
+    cpu = f"pip install torch=={version} --index-url https://download.pytorch.org/whl/cpu"
+    assert cpu in quickstart  # PyTorch's own CPU wheel index: no CUDA libraries pulled
+    assert f"pip install torch=={version}," in quickstart  # the plain one, for GPU machines
+    # every plain install line in the README names the CPU index (or says where the GPU one is)
+    for line in readme.splitlines():
+        if line.startswith("pip install torch"):
+            assert "--index-url https://download.pytorch.org/whl/cpu" in line, line
+    # times say the machine and its load
+    assert "2 CPU cores" in quickstart and "load average" in quickstart
