@@ -94,7 +94,7 @@ def test_the_gate_refuses_a_worse_model_and_register_force_records_it(trained, t
     out = ws.outputs("register")
     assert out["gate"]["result"] == "forced" and int(out["version"]) == int(first) + 1
     assert _registered_tags(ws)["ftctl.gate.result"] == "forced"
-    assert "(forced past the gate)" in ws("status", "--wide", "--set", "finetune.learning_rate=0.5").stdout
+    assert "(forced past the gate)" in ws("status", "--set", "finetune.learning_rate=0.5").stdout
     # The forced model again, even with --force: it is version first + 1 already.
     again = ws("register", "--force", "--set", "finetune.learning_rate=0.5")
     assert f"the same model as version {int(first) + 1}" in again.stderr
@@ -149,7 +149,7 @@ def test_a_template_that_leaves_the_end_of_turn_unlabelled_is_caught(
     assert check["ok"] is False and check["labels_end_turn"] is False
     assert check["end_probability"] < 0.9  # it was 0.99 before training: the model is unlearning to stop
     status = {s["name"]: s for s in ws.json("status", *fast)["stages"]}
-    assert STOP_MESSAGE in ws("status", "--wide", *fast).stdout and status["submit"]["status"] == "succeeded"
+    assert STOP_MESSAGE in ws("status", *fast).stdout and status["submit"]["status"] == "succeeded"
     evaluated = ws("evaluate", "--samples", "0", *fast).stdout
     assert f"warning: {STOP_MESSAGE}" in evaluated
 

@@ -187,12 +187,44 @@ FAILURE = (
 )
 
 
-def test_status_fits_80_columns_and_shows_messages_not_class_names(scratch: Any, monkeypatch: Any) -> None:
-    monkeypatch.setenv("COLUMNS", "80")
+def in_80_columns(argv: list[str], env: dict[str, str], cwd: Path) -> str:
+    """What `argv` draws on a pseudo-terminal 80 columns wide (as a tmux pane of that size)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 80, 0, 0))
+    env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.DEVNULL, env=env, cwd=cwd
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the command exited and the terminal closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=60) == 0
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+def test_status_fits_80_columns_and_shows_messages_not_class_names(scratch: Any) -> None:
+    import sys
+
     state = json.loads((scratch.workspace / "state.json").read_text())
     state["stages"]["score"].update(status="failed", error={"type": "StageFailed", "message": FAILURE})
     (scratch.workspace / "state.json").write_text(json.dumps(state))
-    out = scratch("status", "--set", "data.split_pc=50").stdout  # stale stages too: long reasons
+    argv = [sys.executable, "-m", "ftctl", "--set", "data.split_pc=50", "status"]  # long stale reasons
+    out = in_80_columns(argv, scratch.env(), scratch.root)
     # every line but the workspace's path (as long as the machine's temporary folder makes it)
     assert all(len(line) <= 80 for line in out.splitlines()[1:]), out
     assert "StageFailed" not in out and "stale: data.split_pc changed" in out
@@ -200,6 +232,7 @@ def test_status_fits_80_columns_and_shows_messages_not_class_names(scratch: Any,
     shown = cell.removesuffix("…")
     assert cell.endswith("…") and FAILURE.startswith(shown) and FAILURE[len(shown)] == " ", cell  # at a word
     assert "ftctl status STAGE" in out
+    assert FAILURE in scratch("status").stdout  # piped: in full
     detail = scratch("status", "score").stdout
     assert f"error: {FAILURE}" in detail and "StageFailed" not in detail
     assert FAILURE in scratch("status", "--wide").stdout

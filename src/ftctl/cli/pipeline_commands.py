@@ -62,7 +62,8 @@ def status(
 ) -> None:
     """Show each stage: status, when, key outputs, and whether it is stale (and why).
 
-    The table fits the terminal (80 columns at least); `ftctl status STAGE` shows one stage in full."""
+    On a terminal the table fits its width (80 columns at least); piped, it is printed in full, as
+    with --wide. `ftctl status STAGE` shows one stage in full."""
     from ftctl.pipeline import get_stage, status_report
     from ftctl.ui import table
 
@@ -76,17 +77,18 @@ def status(
     ctx.ui.emit({**report, "stages": stages})
     run_id = f", run {report['run_id']}" if report["run_id"] else ""
     header = f"workspace {report['workspace']} ({report['backend']}{run_id})"
-    if len(header) > 80 and not wide:  # the path on a line of its own
+    columns = None if wide else _terminal_columns()
+    if columns and len(header) > columns:  # the path on a line of its own
         header = f"workspace {report['workspace']}\n  ({report['backend']}{run_id})"
     ctx.ui.result(header)
-    if wide:
+    if columns is None:
         rows = [
             [s["name"], s["status"], _when(s), s["summary"], f"stale: {s['stale_reason']}" * s["stale"]]
             for s in report["stages"]
         ]
         ctx.ui.result(table(rows, ["STAGE", "STATUS", "WHEN", "OUTPUTS", "STALE"]))
     else:
-        ctx.ui.result(_narrow_table(report["stages"]))
+        ctx.ui.result(_narrow_table(report["stages"], columns))
     for item in report["live"]:
         if not item["recorded"]:
             ctx.ui.warn(
@@ -94,14 +96,22 @@ def status(
             )
 
 
-def _narrow_table(stages: list[dict[str, Any]]) -> str:
-    """STAGE, STATUS, WHEN and one column of what matters most (why it is stale, else its outputs),
-    fitted to the terminal's width at a word boundary."""
+def _terminal_columns() -> int | None:
+    """The width to fit `status` to when stdout is a terminal: its width (COLUMNS overrides it), at
+    least 80; None when the output goes elsewhere (a pipe, a file), which gets the table in full."""
     import shutil
+    import sys
 
+    if sys.stdout.isatty():
+        return max(shutil.get_terminal_size((80, 24)).columns, 80)
+    return None
+
+
+def _narrow_table(stages: list[dict[str, Any]], columns: int) -> str:
+    """STAGE, STATUS, WHEN and one column of what matters most (why it is stale, else its outputs),
+    fitted to `columns` at a word boundary."""
     from ftctl.ui import fit, table
 
-    columns = max(shutil.get_terminal_size((80, 24)).columns, 80)
     rows = [[s["name"], s["status"], _when(s)] for s in stages]
     used = sum(max(len(r[i]) for r in [["STAGE", "STATUS", "WHEN"], *rows]) + 2 for i in range(3))
     room = max(columns - used - 1, 20)
