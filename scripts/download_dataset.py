@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ftctl.data.prepare import SAMPLE_DATASET, PrepareOptions, format_dropped, prepare
-from ftctl.errors import DataError
+from ftctl.errors import FtctlError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
             ),
             progress=print,
         )
-    except DataError as exc:
+    except FtctlError as exc:  # bad input exits 2, an unreachable hub (a runtime failure) 1
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     for split in report.splits:
         print(f"wrote {split.path} ({split.rows_written} rows, {split.bytes} bytes, sha256 {split.sha256})")
     dropped = format_dropped(report, limit=20)

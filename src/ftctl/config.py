@@ -1,8 +1,10 @@
 """Configuration: pydantic models of configs/*.yaml, environment variables and --set overrides.
 
 The model defaults ARE the local quickstart (configs/local-quickstart.yaml spells them out; a test keeps
-the two equal). Precedence, lowest first: defaults, the config file, FTCTL_<SECTION>__<KEY> environment
-variables, then repeated `--set section.key=value` options.
+the two equal). Precedence, lowest first: defaults, the workspace's own settings (<workspace>/config.yaml:
+what stage options such as `prepare-data --dataset` and `ftctl config set` recorded), the config file
+(--config), FTCTL_<SECTION>__<KEY> environment variables, then repeated `--set section.key=value` options.
+LoadedConfig.origins says where each value came from (`ftctl config show`).
 
 Every value is checked before anything runs: floats are finite, every integer has a deliberate upper
 bound (stated in its Field description), numbers are not true/false and true/false is not a fraction.
@@ -399,6 +401,9 @@ class Config(Section):
     azureml: AzureMLSection = Field(default_factory=AzureMLSection)
 
 
+WORKSPACE_CONFIG = "config.yaml"  # the workspace's own settings, under the workspace folder
+
+
 @dataclass
 class LoadedConfig:
     """The validated config plus where it came from."""
@@ -406,6 +411,18 @@ class LoadedConfig:
     values: Config
     source: Path | None = None
     explicit: set[str] = field(default_factory=set)  # key paths given by env vars or --set
+    # key path (a setting or a whole section) -> where it was set: "workspace (<file>:<line>)",
+    # "<file>:<line>", "env FTCTL_...", "--set", "--backend"; a key in none of them is a default.
+    origins: dict[str, str] = field(default_factory=dict)
+
+    def origin(self, key: str) -> str:
+        """Where the value of setting `key` came from ("default" when nothing set it)."""
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            found = self.origins.get(".".join(parts[:n]))
+            if found is not None:
+                return found
+        return "default"
 
     def flat(self) -> dict[str, Any]:
         return flatten(self.values.model_dump(mode="json", by_alias=True))
@@ -623,37 +640,93 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     return data, lines
 
 
+def merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, section by section (a value that is not a mapping replaces what was there)."""
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = dict(value) if isinstance(value, Mapping) else value
+    return base
+
+
 def load_config(
     path: Path | None = None,
     overrides: Iterable[str] = (),
     environ: Mapping[str, str] | None = None,
     backend: str | None = None,
+    workspace_file: Path | None = None,
 ) -> LoadedConfig:
-    """Build the config; every error names the key path (and the file and line when it has one)."""
+    """Build the config; every error names the key path (and the file and line when it has one).
+
+    `workspace_file` is the workspace's own layer (<workspace>/config.yaml; absent: none), below `path`."""
     environ = os.environ if environ is None else environ
     data: dict[str, Any] = {}
     lines: dict[str, int] = {}
+    origins: dict[str, str] = {}  # for error messages: what did not come from `path`
+    shown: dict[str, str] = {}  # for `ftctl config show`: every layer's keys
+    if workspace_file is not None and workspace_file.is_file():
+        layer, layer_lines = _read_file(workspace_file)
+        merge(data, layer)
+        for key in flatten(layer):
+            origins[key] = f"{workspace_file}:{layer_lines.get(key, 1)}"
+            shown[key] = f"workspace ({origins[key]})"
     if path is not None:
-        data, lines = _read_file(path)
-    origins: dict[str, str] = {}
+        layer, lines = _read_file(path)
+        merge(data, layer)
+        for key in flatten(layer):
+            origins.pop(key, None)
+            shown[key] = f"{path}:{lines.get(key, 1)}"
     explicit: set[str] = set()
     for key, value, name in env_overrides(environ):
         _set_path(data, key, value)
-        origins[key] = name
+        origins[key], shown[key] = name, f"env {name}"
         explicit.add(key)
     for text in overrides:
         key, value = parse_override(text)
         _set_path(data, key, value)
-        origins[key] = "--set"
+        origins[key] = shown[key] = "--set"
         explicit.add(key)
     if backend is not None:
         data["backend"] = backend
-        origins["backend"] = "--backend"
+        origins["backend"] = shown["backend"] = "--backend"
     try:
         values = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, path, lines, origins)) from None
-    return LoadedConfig(values=values, source=path, explicit=explicit)
+    return LoadedConfig(values=values, source=path, explicit=explicit, origins=shown)
+
+
+def check_backend_settings(loaded: LoadedConfig) -> None:
+    """--backend azureml on nothing but the local defaults would fetch the built-in tiny model from the
+    Azure registry onto a cluster named `local`: refused (exit 2) with what to set."""
+    cfg = loaded.values
+    if cfg.backend != "azureml":
+        return
+    local = []
+    for key, value, local_value in (
+        ("model.name", cfg.model.name, TINY_MODEL),
+        ("compute.name", cfg.compute.name, "local"),
+    ):
+        if value == local_value:
+            local.append(f"{key} is {value!r} ({loaded.origin(key)})")
+    if local:
+        raise ConfigError(
+            "--backend azureml needs an Azure ML model and cluster, and "
+            + " and ".join(local)
+            + ": the local quickstart's values",
+            hint="start from the Azure defaults: `ftctl init --backend azureml` writes ftctl.yaml (Phi-4 "
+            "on an A100 cluster) to edit and pass with --config; or set model.name and compute.name",
+        )
+
+
+def validate_layer(data: Mapping[str, Any], origin: str) -> Config:
+    """`data` (a partial config, as a layer holds it) checked on its own; a ConfigError names each key
+    `(from <origin>)`, with did-you-mean for an unknown one."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, None, {}, dict.fromkeys(flatten(data), origin))) from None
 
 
 # --- error messages --------------------------------------------------------------------------------

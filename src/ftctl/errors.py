@@ -1,7 +1,7 @@
 """Typed errors. The CLI maps them to exit codes in one place (ftctl.cli.app).
 
-Exit codes: 0 ok, 1 a failure at run time (job failed, endpoint unreachable), 2 bad input
-(config, arguments, data, a missing upstream stage).
+Exit codes: 0 ok, 1 a failure at run time (job failed, endpoint down or unreachable, port in use, a
+host or the hub that cannot be reached), 2 bad input (config, arguments, data, a missing upstream stage).
 """
 
 from __future__ import annotations

@@ -221,6 +221,10 @@ class StalenessCheck:
         status = rec["status"]
         carries_on = (stage.background or stage.live) and self.alive(stage)
         if status == st.RUNNING and self.unattended and not carries_on:
+            ended = self.ctx.backend.ended_outcome(stage.name, rec.get("outputs") or {})
+            if ended is not None:  # a job started with --no-wait that ended on its own
+                outcome, said = ended
+                return Staleness(outcome, False, f"{said}; `ftctl {stage.name}` records the result")
             return Staleness("interrupted", False, f"its ftctl stopped; `ftctl {stage.name}` resumes it")
         if status != st.SUCCEEDED:
             return Staleness(status, False, None)
@@ -255,7 +259,9 @@ def staleness(ctx: Context, state: dict[str, Any], unattended: bool = False) -> 
 def summary(ctx: Context, stage: Stage, rec: dict[str, Any]) -> str:
     outputs = rec.get("outputs") or {}
     if rec.get("status") == st.FAILED and rec.get("error"):
-        return f"{rec['error'].get('type')}: {rec['error'].get('message', '')}".splitlines()[0][:80]
+        # the message, whole (the table fits it to the terminal at a word); never the error's class
+        lines = str(rec["error"].get("message") or "failed").strip().splitlines()
+        return lines[0] if lines else "failed"
     return impl(ctx, stage).summary(outputs) if outputs else ""
 
 
@@ -277,6 +283,10 @@ class Runner:
                 f"workspace {ctx.workspace} holds a {backend} run, but the backend is now {ctx.backend_name}",
                 hint=f"pass --backend {backend}, use another --workspace, or `ftctl reset --all`",
             )
+        if check_backend:
+            from ftctl.config import check_backend_settings
+
+            check_backend_settings(ctx.config)
         self.state["backend"] = ctx.backend_name
         if not relocation.identity(self.state):  # a workspace's first run: who it is, and where
             relocation.stamp(self.state, ctx.workspace)
@@ -328,14 +338,18 @@ class Runner:
         """Run one stage now (re-attaching to what an interrupted attempt started)."""
         self.require_upstream(stage)
         rec = st.record(self.state, stage.name)
+        previous: dict[str, Any] = {}
         if not (rec["status"] == st.RUNNING and rec.get("outputs")):
+            previous = dict(rec.get("outputs") or {})
             self._start_attempt(stage, rec)
 
         def checkpoint(outputs: dict[str, Any]) -> None:
             rec["outputs"] = dict(outputs)
             self.save()
 
-        call = StageCall(stage.name, self.state, self.options, dict(rec.get("outputs") or {}), checkpoint)
+        call = StageCall(
+            stage.name, self.state, self.options, dict(rec.get("outputs") or {}), checkpoint, previous
+        )
         try:
             outputs = impl(self.ctx, stage).run(self.ctx, call)
         except Detached as detached:
@@ -470,6 +484,8 @@ class Runner:
             return "its endpoint is down" if mine.down and not torn_down else None
         if mine.status in (st.RUNNING, "interrupted"):
             return "re-attaching to the interrupted attempt"
+        if mine.status == "completed":
+            return "recording the job that ended while no ftctl followed it"
         return {st.PENDING: "never run", st.FAILED: "failed last time"}.get(mine.status, mine.status)
 
     def _bring_up_live_upstream(self, stage: Stage, standing: StalenessCheck) -> list[dict[str, Any]]:
@@ -550,6 +566,8 @@ def status_report(ctx: Context) -> dict[str, Any]:
 def _status_summary(ctx: Context, stage: Stage, rec: dict[str, Any], ev: Staleness) -> str:
     if ev.status == "interrupted":
         return f"interrupted: `ftctl {stage.name}` resumes it"
+    if rec.get("status") == st.RUNNING and ev.reason:  # a job that ended with nobody following it
+        return ev.reason
     if ev.down:
         name = (rec.get("outputs") or {}).get("endpoint_name") or "the endpoint"
         return f"{name} is down: `ftctl {stage.name}` or `ftctl run --to score` starts it again"
@@ -558,8 +576,8 @@ def _status_summary(ctx: Context, stage: Stage, rec: dict[str, Any], ev: Stalene
         from ftctl.ttl import endpoint_record, uptime
 
         record = endpoint_record(ctx.state_store.load())
-        if record:
-            text = f"{text}, {uptime(record)}"
+        if record:  # first: what costs money stays in view when the table is fitted to the terminal
+            text = f"{uptime(record)}; {text}"
     return text
 
 

@@ -262,3 +262,15 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     return "\n".join(lines)
+
+
+def fit(text: str, width: int) -> str:
+    """`text` in at most `width` characters: cut after the last whole word that fits, marked with an
+    ellipsis (a first word longer than `width` is the only thing ever cut inside)."""
+    if len(text) <= width:
+        return text
+    room = max(width - 1, 1)
+    head = text[: room + 1]
+    cut = head.rfind(" ")
+    kept = head[:cut] if cut > 0 else text[:room]
+    return kept.rstrip(" ,;:(") + "…"

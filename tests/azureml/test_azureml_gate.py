@@ -83,7 +83,7 @@ def test_the_first_version_passes_on_the_jobs_own_eval_losses_and_carries_them(a
     read = {(r.query["run_id"], r.query["metric_key"]) for r in history}
     # eval_loss for the gate; train_runtime is submit's (the job's pace, for later plans).
     assert read == {(finetune.run_id, "eval_loss"), (finetune.run_id, "train_runtime")}
-    assert "(forced past the gate)" not in az("status").stdout
+    assert "(forced past the gate)" not in az("status", "--wide").stdout
 
 
 def test_with_nothing_to_compare_with_the_gate_skips_and_registers(az, tracking) -> None:
@@ -125,7 +125,7 @@ def test_register_force_registers_past_the_gate_and_records_it(az, tracking, clo
     tags = _versions(az.service)[out["version"]]
     assert tags["ftctl.gate.result"] == "forced" and float(tags["ftctl.eval.loss"]) == 1.7
     assert tags["ftctl.eval.previous_version"] == first and float(tags["ftctl.eval.previous_loss"]) == 1.0
-    assert "(forced past the gate)" in az("status").stdout
+    assert "(forced past the gate)" in az("status", "--wide").stdout
 
 
 def test_gate_off_reads_no_metrics(az, tracking) -> None:

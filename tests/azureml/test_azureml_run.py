@@ -192,7 +192,16 @@ def test_status_shows_azure_summaries_without_importing_azure(az) -> None:
         "print('AZURE', sorted(m for m in sys.modules if m.split('.')[0] == 'azure'))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, "--workspace", str(az.workspace), *az.args("status")[:-1], "status"],
+        [
+            sys.executable,
+            "-c",
+            code,
+            "--workspace",
+            str(az.workspace),
+            *az.args("status")[:-1],
+            "status",
+            "--wide",
+        ],
         capture_output=True,
         text=True,
         cwd=az.root,

@@ -10,7 +10,7 @@ from ftctl.data import sample
 from ftctl.data.prepare import SAMPLE_DATASET, PrepareOptions, PrepareReport, format_dropped, prepare
 from ftctl.data.sources import source_kind
 from ftctl.data.writer import Dropped, SplitReport
-from ftctl.errors import DataError
+from ftctl.errors import DataError, StageFailed
 
 SAMPLE_SIZES = {"train_sft": 400, "test_sft": 60, "train_gen": 400, "test_gen": 60}
 
@@ -329,11 +329,11 @@ def test_subset_rejected_for_local_sources(tmp_path):
         prepare(SAMPLE_DATASET, tmp_path / "out", PrepareOptions(subset="other"))
 
 
-def test_hub_unreachable_is_a_data_error(tmp_path):
+def test_hub_unreachable_is_a_runtime_failure(tmp_path):
     # The autouse fixture puts huggingface_hub in offline mode, as on a machine without network.
     out = tmp_path / "out"
     lines: list[str] = []
-    with pytest.raises(DataError, match="unreachable") as info:
+    with pytest.raises(StageFailed, match="unreachable") as info:
         prepare("HuggingFaceH4/ultrachat_200k", out, progress=lines.append)
     assert "HuggingFaceH4/ultrachat_200k" in str(info.value)
     assert SAMPLE_DATASET in (info.value.hint or "")

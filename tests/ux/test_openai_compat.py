@@ -77,7 +77,12 @@ def test_defaults_are_the_endpoints() -> None:
         ),
         ({"messages": [{"role": "user", "content": 5}]}, "must be a string or a list of text parts"),
         ({"messages": [USER], "n": 2}, "n is not supported by this endpoint (got 2)"),
-        ({"messages": [USER], "stop": ["\n"]}, "stop is not supported"),
+        ({"messages": [USER], "stop": [""]}, '"stop" must be a string or a list of non-empty strings'),
+        ({"messages": [USER], "stop": list("abcde")}, '"stop" takes at most 4 sequences (got 5)'),
+        (
+            {"messages": [USER], "response_format": {"type": "json_object"}},
+            "response_format is not supported by this endpoint",
+        ),
         ({"messages": [USER], "tools": [{"type": "function"}]}, "tools is not supported"),
         ({"messages": [USER], "logprobs": True}, "logprobs is not supported"),
         ({"messages": [USER], "frequency_penalty": 0.5}, "frequency_penalty is not supported"),

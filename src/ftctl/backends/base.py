@@ -44,11 +44,12 @@ class Capabilities:
     plan: bool = False
     evaluate: bool = False
     list_models: bool = False
+    rotate_key: bool = False  # ftctl credentials --rotate
     dry_run: bool = False  # --dry-run: show what would be created, create nothing
     cluster: bool = False  # teardown --compute: a compute cluster ftctl may have created
 
 
-METHOD_CAPABILITIES = ("endpoint", "metrics", "logs", "plan", "evaluate", "list_models")
+METHOD_CAPABILITIES = ("endpoint", "metrics", "logs", "plan", "evaluate", "list_models", "rotate_key")
 
 # The command each capability serves, for the message when a backend lacks it.
 COMMANDS = {
@@ -58,6 +59,7 @@ COMMANDS = {
     "plan": "ftctl plan",
     "evaluate": "ftctl evaluate",
     "list_models": "ftctl pick-model --list",
+    "rotate_key": "ftctl credentials --rotate",
     "dry_run": "--dry-run",
     "cluster": "teardown --compute",
 }
@@ -152,7 +154,22 @@ class Backend(ABC):
         A backend whose records live in a service keeps none."""
         return None
 
+    def rotate_key(self, state: State) -> None:
+        """Give the live endpoint a new key, which it honours at once (the old one is refused); its name
+        and address stay. Called under the workspace lock."""
+        raise self._unsupported("rotate_key")
+
     # --- processes ftctl started on this machine ----------------------------------------------------
+
+    # Whether `live` and `stop_live` see everything this backend starts (its own processes); False
+    # where jobs and endpoints live in a service.
+    tracks_processes: ClassVar[bool] = False
+
+    def ended_outcome(self, stage: str, outputs: dict[str, Any]) -> tuple[str, str] | None:
+        """For a `running` record of `stage` that no ftctl follows and whose work no longer runs (a job
+        started with `submit --no-wait`): (outcome, what it says) when the work recorded its own end,
+        e.g. ("completed", "...") or ("failed", "the trainer exited with code 1"); else None."""
+        return None
 
     def live(self, state: State | None) -> list[dict[str, Any]]:
         """The processes ftctl started that still run (training jobs, endpoints), from records kept

@@ -152,7 +152,7 @@ def workspace_path(given: str) -> Path:
 
 
 def build_context(tctx: typer.Context, extra: Sequence[str] = ()) -> Context:
-    from ftctl.config import load_config
+    from ftctl.config import WORKSPACE_CONFIG, load_config
     from ftctl.context import Context
     from ftctl.errors import UsageError
     from ftctl.ui import UI
@@ -160,9 +160,15 @@ def build_context(tctx: typer.Context, extra: Sequence[str] = ()) -> Context:
     opts = options(tctx)
     if opts.backend is not None and opts.backend not in NAMES:
         raise UsageError(f"--backend must be {' or '.join(NAMES)} (got {opts.backend!r})")
-    loaded = load_config(opts.config, [*opts.overrides, *extra], backend=opts.backend)
+    workspace = workspace_path(opts.workspace)
+    loaded = load_config(
+        opts.config,
+        [*opts.overrides, *extra],
+        backend=opts.backend,
+        workspace_file=workspace / WORKSPACE_CONFIG,
+    )
     return Context(
-        workspace=workspace_path(opts.workspace),
+        workspace=workspace,
         config=loaded,
         ui=UI(json_mode=opts.json),
         debug=opts.debug,
@@ -258,10 +264,13 @@ def command(
             if _config is not None:
                 opts.config = _config
             with handle_errors(opts):
-                given = [(key, kwargs.pop(option)) for option, key in settings.items()]
-                extra = [f"{key}={value}" for key, value in given if value is not None]
+                given = {key: kwargs.pop(option) for option, key in settings.items()}
+                given = {key: value for key, value in given.items() if value is not None}
+                extra = [f"{key}={json.dumps(value)}" for key, value in given.items()]
                 ctx = build_context(_tctx, [*_set, *extra])
                 _adopt_if_relocated(ctx)
+                if given and not kwargs.get("dry_run"):
+                    keep_settings(ctx, list(given))
                 _warn_if_expired(ctx)
                 body(ctx, **kwargs)
 
@@ -275,6 +284,27 @@ def command(
         return body
 
     return decorate
+
+
+def keep_settings(ctx: Context, keys: list[str]) -> None:
+    """Stage options are settings: keep their (validated) values in the workspace's config.yaml, so
+    that every later command agrees, and say so when one changes."""
+    from ftctl import settings
+    from ftctl.config import _read_file, flatten
+
+    flat = ctx.config.flat()
+    changed = settings.set_values(ctx.workspace, {key: flat[key] for key in keys}, "the command line")
+    where = settings.layer_path(ctx.workspace)
+    above = flatten(_read_file(ctx.config.source)[0]) if ctx.config.source else {}
+    for key, (old, new) in changed.items():
+        was = "default" if old is None else json.dumps(old)
+        undo = f"`ftctl config unset {key}` undoes it"
+        ctx.ui.info(f"{key}: {was} -> {json.dumps(new)} (kept in {where}; {undo})")
+        if key in above:
+            ctx.ui.warn(
+                f"{key} is set in {ctx.config.source} too, which ranks above the workspace's settings: "
+                "commands given that config use its value"
+            )
 
 
 def reflow(doc: str | None) -> str | None:

@@ -89,9 +89,21 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("ftctl metrics --json", "everything as JSON"),
         ("ftctl metrics --run job-20261122-031502-9a1c", "an earlier job (or an MLflow run id)"),
     ],
+    "config": [
+        ("ftctl config show", "every setting, its value and where it came from"),
+        ("ftctl config show data.dataset", "one setting"),
+        ("ftctl config set finetune.learning_rate 1e-4", "keep a value in this workspace"),
+        ("ftctl config unset finetune.learning_rate", "back to the default (or --config's value)"),
+    ],
+    "init": [
+        ("ftctl init", "ftctl.yaml from the local quickstart, to edit"),
+        ("ftctl init --backend azureml", "from the headline Azure ML config (Phi-4)"),
+        ("ftctl init --from azureml-phi4-mini-ultrachat -o mini.yaml", "another shipped config"),
+    ],
     "credentials": [
         ("ftctl credentials", "scoring URI, key and OpenAI-compatible base URL"),
         ("ftctl credentials --json", "the same as JSON: scoring_uri, primary_key, openai_base_url"),
+        ("ftctl credentials --rotate", "a new key (the old one is refused at once); same URL"),
     ],
     "chat": [
         ("ftctl chat", "talk to the deployed model; /reset starts over, /exit ends"),

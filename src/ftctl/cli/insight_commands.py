@@ -55,12 +55,26 @@ def metrics(
 
 
 @command(PANEL)
-def credentials(ctx: Context) -> None:
+def credentials(
+    ctx: Context,
+    rotate: bool = typer.Option(
+        False,
+        "--rotate",
+        help="Give the endpoint a new key first (the old one is refused at once); its URL stays.",
+    ),
+) -> None:
     """Show the endpoint's scoring URI and key (and, locally, the OpenAI-compatible base URL).
 
-    Like `az ml online-endpoint get-credentials`: the one ftctl command that shows the key."""
+    Like `az ml online-endpoint get-credentials`: the one ftctl command that shows the key. The key
+    stays the same across re-deploys; only --rotate changes it."""
     from ftctl.chat import endpoint
 
+    if rotate:
+        from ftctl.state import locked
+
+        ctx.backend.require("rotate_key")
+        with locked(ctx.workspace, ctx.command, ctx.cfg.lock_timeout_s):
+            ctx.backend.rotate_key(ctx.state_store.load())
     data = endpoint(ctx, "credentials").credentials()
     ctx.ui.emit(data)
     width = max(len(key) for key in data)
@@ -121,7 +135,7 @@ def _chat_opening(ctx: Context, ep: Endpoint, interactive: bool) -> None:
     from ftctl.stages.shared import demo_model_note
 
     picked = ctx.state_store.load().get("stages", {}).get("pick-model", {}).get("outputs", {})
-    note = demo_model_note(picked.get("name"))
+    note = demo_model_note(ctx, picked.get("name"))
     if note:
         ctx.ui.info(note)
     if interactive:

@@ -204,4 +204,30 @@ def teardown(
             return
     if compute:
         ctx.backend.require("cluster")
+    if not dry_run and _nothing_deployed(ctx):
+        return
     run_stage(ctx, "teardown", compute=compute, dry_run=dry_run)
+
+
+def _nothing_deployed(ctx: Context) -> bool:
+    """True (and said so) when no endpoint was deployed, so `trap 'ftctl teardown' EXIT` exits 0.
+
+    A local server left by a deploy that did not finish is stopped here, under the lock (with any key
+    no running server claims). A deploy that did not finish but recorded an endpoint in a service
+    (Azure ML) goes to the stage."""
+    from ftctl import state as st
+    from ftctl.cli.common import runner_session
+
+    deploy = st.record(ctx.state_store.load(), "deploy")
+    if deploy["status"] == st.SUCCEEDED:
+        return False
+    with runner_session(ctx, check_backend=False):
+        stopped = ctx.backend.stop_live(("endpoint",))
+    if deploy.get("outputs") and not stopped and not ctx.backend.tracks_processes:
+        return False  # an endpoint in a service that this machine cannot see: the stage decides
+    for what in stopped:
+        ctx.ui.info(f"stopped {what} (left by a deploy that did not finish)")
+    if not stopped:
+        ctx.ui.info("no endpoint is deployed: nothing to tear down")
+    ctx.ui.emit({"stage": "teardown", "status": "nothing deployed", "outputs": {"stopped": stopped}})
+    return True

@@ -47,7 +47,7 @@ from ftctl.data.sources import (
     source_kind,
 )
 from ftctl.data.writer import SplitReport, SplitWriter, os_reason, short_reason
-from ftctl.errors import DataError
+from ftctl.errors import DataError, StageFailed
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -106,13 +106,14 @@ class PrepareOptions:
 
 
 def _check_hub_reachable(dataset: str, say: Callable[[str], None]) -> None:
-    """DataError, before any download starts, when the Hugging Face hub does not answer."""
+    """StageFailed (exit 1: the machine's network, not the input), before any download starts, when
+    the Hugging Face hub does not answer."""
     from ftctl.hub import unreachable_reason
 
     say(f"loading {dataset} from the Hugging Face hub...")
     why = unreachable_reason()
     if why:
-        raise DataError(
+        raise StageFailed(
             f"data.dataset: {dataset} is not a local folder, and the Hugging Face hub is unreachable: {why}",
             hint="use a local folder (<split>.jsonl files or a downloaded hub repo) or the shipped "
             f"sample, {SAMPLE_DATASET}",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ftctl.constants import SAMPLE_DATASET
 from ftctl.data.ultrachat import show
 from ftctl.data.writer import os_reason, short_reason
-from ftctl.errors import DataError
+from ftctl.errors import DataError, StageFailed
 
 if TYPE_CHECKING:
     pass
@@ -341,14 +341,14 @@ class Source:
     def label(self) -> str:
         return self.dataset if self.kind != SOURCE_SAMPLE else f"{self.dataset} ({self.location})"
 
-    def _fail(self, exc: Exception, what: str) -> DataError:
+    def _fail(self, exc: Exception, what: str) -> DataError | StageFailed:
         if self.kind == SOURCE_HUB:
             what += f"; there is no local folder {self.dataset} either"
             offline = isinstance(exc, (ConnectionError, OSError, TimeoutError)) or any(
                 word in str(exc) for word in ("Couldn't reach", "offline", "Offline", "resolve")
             )
-            if offline:
-                return DataError(
+            if offline:  # the machine's network, not the input: a runtime failure (exit 1)
+                return StageFailed(
                     f"cannot load {self.dataset} from the Hugging Face hub ({what}): the hub is "
                     f"unreachable or the dataset does not exist ({short_reason(exc)})",
                     hint=f"without network access use a local folder (<split>.jsonl files or a "

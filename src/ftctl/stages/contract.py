@@ -50,6 +50,9 @@ class StageCall:
     options: RunOptions = RunOptions()
     recorded: Outputs = field(default_factory=dict)
     checkpoint: Callable[[Outputs], None] = lambda outputs: None
+    # What the previous attempt recorded, when this one starts anew (retired already): deploy keeps
+    # the endpoint's name, address and key across re-deploys, as an Azure ML endpoint does.
+    previous: Outputs = field(default_factory=dict)
 
     @property
     def upstream(self) -> StateView:

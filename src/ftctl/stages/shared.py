@@ -29,10 +29,19 @@ if TYPE_CHECKING:
 # --- the built-in model ------------------------------------------------------------------------------
 
 
-def demo_model_note(model_name: str | None) -> str | None:
-    """One line saying what the built-in model is, when it is the one picked (None otherwise)."""
+DEMO_NOTE_SHOWN = "demo-model-note-shown"  # in the workspace: the note was shown there once
+
+
+def demo_model_note(ctx: Context, model_name: str | None) -> str | None:
+    """One line saying what the built-in model is, when it is the one picked, the first time a command
+    would show it in this workspace (None otherwise: once read, it is noise on every command)."""
     if model_name != TINY_MODEL:
         return None
+    marker = ctx.workspace / DEMO_NOTE_SHOWN
+    if marker.exists():
+        return None
+    ctx.workspace.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, "")
     return (
         f"note: {TINY_MODEL} is a ~1M-parameter demo model: it learns the shape of answers, not facts. "
         "For a real one: `ftctl pick-model --model microsoft/Phi-3-mini-4k-instruct` (or a local folder)."
@@ -237,7 +246,7 @@ def show(ctx: Context, recorded: StateView, raw: str, sample: Sample | None = No
     ctx.ui.result(f"output: {parse_response(raw)}")
     if sample is not None and sample.expected is not None:
         ctx.ui.result(f"expected (the dataset's reply): {sample.expected[:500]}")
-    note = demo_model_note(recorded.pick_model.name)
+    note = demo_model_note(ctx, recorded.pick_model.name)
     if note:
         ctx.ui.info(note)
 

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 class LocalBackend(Backend):
     name = "local"
-    capabilities = Capabilities(endpoint=True, metrics=True, logs=True, plan=True, evaluate=True)
+    capabilities = Capabilities(
+        endpoint=True, metrics=True, logs=True, plan=True, evaluate=True, rotate_key=True
+    )
     unsupported = {
         "dry_run": ("--dry-run is for --backend azureml (the local backend creates nothing remote)", None),
         "cluster": ("--compute is for --backend azureml (the local backend has no cluster)", None),
@@ -93,6 +95,18 @@ class LocalBackend(Backend):
 
     def relocate(self, old: str, new: str) -> None:
         self.workspace.relocate(old, new)
+
+    tracks_processes = True
+
+    def ended_outcome(self, stage: str, outputs: dict[str, Any]) -> tuple[str, str] | None:
+        from ftctl.backends.local.stages.submit import ended_outcome
+
+        return ended_outcome(outputs) if stage == "submit" else None
+
+    def rotate_key(self, state: State) -> None:
+        from ftctl.backends.local.stages.deploy import rotate_key
+
+        rotate_key(self.ctx, state)
 
     def live(self, state: State | None) -> list[dict[str, Any]]:
         from ftctl.backends.local import hooks

@@ -583,22 +583,29 @@ def evaluate(ctx: Context, state: State, samples: int) -> EvalReport:
     chosen = conversations[:samples]
     turns = [t for t in (_first_turn(m) for m in chosen) if t is not None]
     replies: dict[str, list[str]] = {}
-    with ctx.ui.spinner("evaluating the base and fine-tuned models on the held-out split"):
+    previous = previous_version(ctx, model_name(ctx, recorded), submit.mlflow_run_id)
+    phases = 6 + (previous is not None)  # per model: loss, end-of-turn check, generations
+    with ctx.ui.progress("evaluating", total=phases, unit="phases") as task:
         for label, folder in (("base", base_dir), ("fine-tuned", fine_dir)):
+            done = len(report.losses) * 3
+            task.update(done, info=f"{label}: held-out loss on {len(held.examples)} conversations")
             model = load_model(folder, device)
             loss = heldout_loss(model, tokenizer, held, device)
             report.losses.append(ModelLoss(label, _what(ctx, label, folder, submit), loss, "computed here"))
+            task.update(done + 1, info=f"{label}: loss {loss:.3f}; end-of-turn check")
             check = stop_check(model, tokenizer, folder, conversations)
             if label == "base":
                 report.base_stop = check
             else:
                 report.stop = check
+            task.update(done + 2, info=f"{label}: {len(turns)} generations")
             replies[label] = _replies(model, tokenizer, folder, turns, ctx.cfg.score.max_new_tokens)
             del model
-    previous = previous_version(ctx, model_name(ctx, recorded), submit.mlflow_run_id)
-    if previous is not None:
-        loss, source = _previous_loss(ctx, previous, tokenizer, held, device)
-        report.losses.append(ModelLoss("previous", f"{previous.name} v{previous.version}", loss, source))
+        if previous is not None:
+            task.update(6, info=f"previous: {previous.name} v{previous.version}, held-out loss")
+            loss, source = _previous_loss(ctx, previous, tokenizer, held, device)
+            report.losses.append(ModelLoss("previous", f"{previous.name} v{previous.version}", loss, source))
+        task.update(phases, info="done")
     for n, (prompt, reply) in enumerate(turns):
         report.samples.append(
             Sample(prompt[-1]["content"], reply, {label: r[n] for label, r in replies.items()})

@@ -34,8 +34,8 @@ def endpoint(ctx: Context, state: State) -> Endpoint:
             f"there is no endpoint: deploy is {rec['status']}",
             hint="run `ftctl deploy` (or `ftctl run --to deploy`)",
         )
-    if not deploy.alive(ctx, outputs):
-        raise UsageError(
+    if not deploy.alive(ctx, outputs):  # a runtime failure (exit 1): the input is fine, the server is gone
+        raise StageFailed(
             f"the endpoint {outputs.get('endpoint_name')} is not running "
             "(it was torn down or its process ended)",
             hint="run `ftctl deploy`",
@@ -70,14 +70,22 @@ def endpoint(ctx: Context, state: State) -> Endpoint:
 
 
 def metrics(ctx: Context, state: State, run: str | None) -> RunMetrics:
-    """The metrics of `run` (an MLflow run id or a job id), default the job `ftctl submit` recorded."""
-    from ftctl.metrics import fetch
+    """The metrics of `run` (an MLflow run id or a job id), default the job `ftctl submit` recorded.
+
+    Read from the workspace's SQLite store directly when the run id is known (milliseconds); MLflow,
+    which takes seconds to import, only to find a running job's run or where the store is not readable
+    so."""
+    from ftctl.metrics import fetch, read_store
 
     ws = local(ctx)
     if not ws.mlflow_db.exists():
         raise UsageError(f"no MLflow store in {ws.root}", hint="run `ftctl auth` and `ftctl submit` first")
+    job_id, known = _known_run(ctx, state, run)
+    found = read_store(ws.mlflow_db, known) if known else None
+    if found is not None:
+        found.job_id, found.tracking_uri = job_id, ws.tracking_uri
+        return found
     client = ws.mlflow.MlflowClient()
-    job_id: str | None = None
     run_id: str | None = run
     if not run or run.startswith("job-"):
         submit = st.record(state, "submit").get("outputs") or {}
@@ -122,6 +130,9 @@ def stop_live(ctx: Context, kinds: tuple[str, ...], unrecorded_in: State | None 
     if targets is not None:
         targets = [r for r in targets if r.kind in kinds]
     stopped = live.stop_live(ctx.workspace, targets, kinds=kinds, notify=ctx.ui.info)
+    if targets is None and live.ENDPOINT in kinds:
+        # Every endpoint is stopped: a key kept for the next deploy (see deploy.retire) goes too.
+        live.remove_orphan_keys(ctx.workspace)
     return [resource.describe() for resource in stopped]
 
 
@@ -178,6 +189,23 @@ def _read_from(path: Path, offset: int) -> tuple[bytes, int]:
     except FileNotFoundError:
         return b"", offset
     return chunk, offset + len(chunk)
+
+
+def _known_run(ctx: Context, state: State, run: str | None) -> tuple[str | None, str | None]:
+    """(the job, its MLflow run id) as recorded, without MLflow: by submit, or by the job's result."""
+    from ftctl.backends.local.jobs import Job
+
+    if run and not run.startswith("job-"):
+        return None, run
+    submit = st.record(state, "submit").get("outputs") or {}
+    job_id = run or submit.get("job_id")
+    if not job_id:
+        return None, None
+    if job_id == submit.get("job_id") and submit.get("mlflow_run_id"):
+        return job_id, str(submit["mlflow_run_id"])
+    job = Job(local(ctx).jobs_dir / job_id)
+    found = job.result().get("mlflow_run_id") if job.spec_path.exists() else None
+    return job_id, str(found) if found else None
 
 
 def _run_of_job(ctx: Context, client: Any, job_id: str) -> str | None:

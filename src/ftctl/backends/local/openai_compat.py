@@ -7,10 +7,12 @@ fine-tuned model::
 
 Routes (the same `Authorization: Bearer <key>` as /score):
   POST /v1/chat/completions  {"model", "messages", "temperature", "top_p", "max_tokens" (or
-                             "max_completion_tokens"), "seed", "n": 1, "stream", "stream_options"}.
+                             "max_completion_tokens"), "seed", "stop", "n": 1, "stream", "stream_options"}.
                              Omitted settings take the endpoint's defaults (as /score does); temperature
-                             0 is greedy. Fields the endpoint cannot honour with a non-default value
-                             (n > 1, stop, tools, logprobs, penalties) are answered with 400 rather than
+                             0 is greedy; the reply ends before the first "stop" sequence (up to 4), with
+                             finish_reason "stop", as OpenAI's does. Fields the endpoint cannot honour with
+                             a non-default value (n > 1, response_format other than text, tools, logprobs,
+                             penalties) are answered with 400 rather than
                              ignored; other fields are ignored. "model" must name the model served
                              (its id, as GET /v1/models lists it, or that id without its ":<version>"),
                              or be left out; another name is answered 404 with code "model_not_found",
@@ -48,7 +50,8 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 # Fields that change what a client gets back: refused unless they hold their no-op value.
 _UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "n": lambda v: v in (None, 1),
-    "stop": lambda v: v in (None, [], ""),
+    # text is all this endpoint writes: json_object / json_schema would be a promise it cannot keep
+    "response_format": lambda v: v is None or (isinstance(v, dict) and v.get("type") in (None, "text")),
     "tools": lambda v: not v,
     "functions": lambda v: not v,
     "logprobs": lambda v: not v,
@@ -152,6 +155,52 @@ def _chat_settings(body: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return settings, tokens_field
 
 
+MAX_STOP_SEQUENCES = 4  # as OpenAI
+
+
+def _stop_sequences(body: dict[str, Any]) -> list[str]:
+    """The request's `stop`: a string or a list of up to 4; none when absent, null, "" or []."""
+    stop = body.get("stop")
+    if stop is None or stop == "" or stop == []:
+        return []
+    sequences = [stop] if isinstance(stop, str) else stop
+    if not isinstance(sequences, list) or not all(isinstance(s, str) and s for s in sequences):
+        raise BadRequest('"stop" must be a string or a list of non-empty strings', param="stop")
+    if len(sequences) > MAX_STOP_SEQUENCES:
+        raise BadRequest(
+            f'"stop" takes at most {MAX_STOP_SEQUENCES} sequences (got {len(sequences)})', param="stop"
+        )
+    return list(sequences)
+
+
+class StopFilter:
+    """Applies stop sequences to text as it streams: what `feed` returns may be sent (text that could
+    still begin a stop sequence is held back), nothing from the first stop sequence on is ever
+    returned, and `hit` says one was met (generation can stop there)."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.held = ""
+        self.hit = False
+
+    def feed(self, piece: str) -> str:
+        if self.hit:
+            return ""
+        text = self.held + piece
+        found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if found:
+            self.hit, self.held = True, ""
+            return text[: min(found)]
+        keep = max((n for s in self.stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+        self.held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep]
+
+    def finish(self) -> str:
+        """What is still held back, once generation ended without meeting a stop sequence."""
+        rest, self.held = self.held, ""
+        return "" if self.hit else rest
+
+
 def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
     """(whether to stream, whether to send a usage chunk) of a request."""
     stream = body.get("stream", False)
@@ -167,7 +216,8 @@ def _stream_options(body: dict[str, Any]) -> tuple[bool, bool]:
 def parse_chat_request(body: Any) -> dict[str, Any]:
     """The conversation, generation settings and streaming options of a chat.completions request.
 
-    Returns {"model", "messages", "settings", "stream", "include_usage", "tokens_field"} ("model": the
+    Returns {"model", "messages", "settings", "stop", "stream", "include_usage", "tokens_field"} ("stop": the
+    stop sequences, applied to the reply as OpenAI does; "model": the
     name asked for, None when left out; "tokens_field": the field the reply length came from); raises
     BadRequest naming the problem (and the field, as `param`).
     """
@@ -184,6 +234,7 @@ def parse_chat_request(body: Any) -> dict[str, Any]:
         "model": model,
         "messages": conversation,
         "settings": settings,
+        "stop": _stop_sequences(body),
         "stream": stream,
         "include_usage": include_usage,
         "tokens_field": tokens_field,
@@ -214,7 +265,14 @@ class _Generation:
     """One generation in a worker thread, its tokens streamed through a TextIteratorStreamer that also
     counts them (usage) and remembers the last one (finish_reason)."""
 
-    def __init__(self, gen: Generator, messages: list[dict], settings: dict[str, Any], timeout_s: float):
+    def __init__(
+        self,
+        gen: Generator,
+        messages: list[dict],
+        settings: dict[str, Any],
+        timeout_s: float,
+        stop: list[str],
+    ) -> None:
         from transformers import TextIteratorStreamer
 
         outer = self
@@ -230,6 +288,7 @@ class _Generation:
                         outer.last_token = int(ids[-1])
 
         self.gen = gen
+        self.stop = StopFilter(stop)
         self.messages = messages
         self.settings = settings
         self.timeout_s = timeout_s
@@ -273,8 +332,14 @@ class _Generation:
     def start(self) -> None:
         threading.Thread(target=self.run, name="ftctl-openai-generate", daemon=True).start()
 
+    def apply_stop(self) -> None:
+        """A finished non-streaming generation's text, cut at the first stop sequence."""
+        self.text = self.stop.feed(self.text) + self.stop.finish()
+
     @property
     def finish_reason(self) -> str:
+        if self.stop.hit:
+            return "stop"
         if self.last_token is not None and self.last_token in self.gen.eos_token_ids:
             return "stop"
         return "length" if self.completion_tokens >= self.settings["max_new_tokens"] else "stop"
@@ -345,7 +410,7 @@ async def _read_chat_request(request: Any, limit: int, model_name: str) -> dict[
 def _new_generation(gen: Generator, parsed: dict[str, Any], timeout_s: float) -> _Generation:
     """The generation a request asks for, not started yet; _Answer with 400 if the model cannot take it."""
     try:
-        return _Generation(gen, parsed["messages"], parsed["settings"], timeout_s)
+        return _Generation(gen, parsed["messages"], parsed["settings"], timeout_s, parsed["stop"])
     except BadRequest as exc:
         raise _Answer(_refused_request(exc, parsed)) from None
     except Exception as exc:  # a bug (what a client sends is answered 4xx above)
@@ -406,6 +471,7 @@ async def _complete(generation: _Generation, parsed: dict[str, Any], reply: _Rep
     if generation.error is not None:
         log.error("generation failed: %r", generation.error)
         return _error(500, f"generation failed: {type(generation.error).__name__}", "server_error")
+    generation.apply_stop()
     return reply.completion(generation)
 
 
@@ -417,13 +483,20 @@ def _events(generation: _Generation, reply: _Reply, include_usage: bool, timeout
         yield _sse(reply.chunk({"role": "assistant", "content": ""}))
         try:
             for piece in generation.streamer:
-                if piece:
-                    yield _sse(reply.chunk({"content": piece}))
+                sent = generation.stop.feed(piece)
+                if sent:
+                    yield _sse(reply.chunk({"content": sent}))
+                if generation.stop.hit:
+                    generation.cancel.set()  # the rest would not be sent: stop generating
+                    break
+            rest = generation.stop.finish()
+            if rest:
+                yield _sse(reply.chunk({"content": rest}))
         except Exception:  # queue.Empty: no token for timeout_s
             generation.cancel.set()
             generation.error = GenerationTimeout("no token within the request timeout")
         generation.done.wait(timeout_s)
-        if generation.error is not None:
+        if generation.error is not None and not generation.stop.hit:  # (a stop cancels generation)
             if isinstance(generation.error, GenerationTimeout):
                 message, kind = f"request timed out after {round(timeout_s * 1000)} ms", "timeout"
             else:

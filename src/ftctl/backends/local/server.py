@@ -16,10 +16,11 @@ Routes:
   POST /v1/chat/completions, GET /v1/models
                       OpenAI-compatible (same key), non-streaming and streaming (SSE); see openai_compat.
 
-The key is read from a file (never argv or the environment) and never logged. With `--fd N` uvicorn
-serves on an already-bound listening socket inherited from the parent process: that is how the deploy
-stage starts it (bind 127.0.0.1:0, learn the port, pass the descriptor with `pass_fds`, close its own
-copy). Module import is cheap: fastapi, torch and transformers are imported only where needed.
+The key is read from a file (never argv or the environment) and never logged; SIGHUP reads the file
+again (`ftctl credentials --rotate`), and the new key is the only one accepted from then on. With `--fd
+N` uvicorn serves on an already-bound listening socket inherited from the parent process: that is how
+the deploy stage starts it (bind 127.0.0.1:0, learn the port, pass the descriptor with `pass_fds`, close
+its own copy). Module import is cheap: fastapi, torch and transformers are imported only where needed.
 
 This module is the process entry: its arguments, the hand-off with deploy, and uvicorn. The parts it
 serves live in ftctl.backends.local.serving, by role: request parsing, generation, the app, and the
@@ -30,6 +31,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -37,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftctl.backends.local.serving.app import ServerOptions, create_app
+from ftctl.backends.local.serving.app import ServerOptions, create_app, set_key
 from ftctl.errors import FtctlError
 from ftctl.models.layout import resolve_hf_dir
 
@@ -160,12 +162,26 @@ def _serve(args: argparse.Namespace, key: str) -> int:
         server.should_exit = True
 
     app.state.on_load_failure = _stop
+    _reload_key_on_sighup(app, args.key_file)
     if args.expires_at is not None:
         _stop_at(args.expires_at, _stop)
     server.run()
     if app.state.load_error:
         return 1
     return 0
+
+
+def _reload_key_on_sighup(app: Any, key_file: Path) -> None:
+    """`ftctl credentials --rotate` writes a new key file and sends SIGHUP: from then on the new key is
+    the one accepted. An unreadable or empty file keeps the old key (logged; never the key itself)."""
+
+    def reload(signum: int, frame: Any) -> None:
+        key = _read_key(key_file)
+        if key is not None:
+            set_key(app, key)
+            log.info("the endpoint key was rotated")
+
+    signal.signal(signal.SIGHUP, reload)
 
 
 def _stop_at(when: float, stop: Callable[[], None]) -> None:

@@ -153,9 +153,16 @@ def _readiness(app: Any, gen: Generator, served_name: str) -> Any:
     return JSONResponse({"status": "loading"}, status_code=503)
 
 
-def _refuse_score(request: Any, app: Any, gen: Generator, key: bytes) -> Any:
+def set_key(app: Any, key: str) -> None:
+    """The key the app accepts from now on (the server calls it when its key file is rotated)."""
+    if not key:
+        raise ValueError("the endpoint key must not be empty")
+    app.state.key = key.encode("utf-8")
+
+
+def _refuse_score(request: Any, app: Any, gen: Generator) -> Any:
     """401 without the key, 503 while the model is not loaded; else None."""
-    if not _authorized(request.headers.get("authorization"), key):
+    if not _authorized(request.headers.get("authorization"), app.state.key):
         return _error(401, "missing or invalid key: send the header `Authorization: Bearer <key>`")
     if not gen.loaded:
         if app.state.load_error:
@@ -204,7 +211,7 @@ def _add_health_routes(app: Any, gen: Generator, served_name: str) -> None:
         return _readiness(app, gen, served_name)
 
 
-def _add_score_route(app: Any, gen: Generator, key: bytes, options: ServerOptions) -> None:
+def _add_score_route(app: Any, gen: Generator, options: ServerOptions) -> None:
     """POST /score: concurrent requests with the same settings share one generate call."""
     from fastapi import Request
 
@@ -212,7 +219,7 @@ def _add_score_route(app: Any, gen: Generator, key: bytes, options: ServerOption
 
     @app.post("/score")
     async def score(request: Request) -> Any:
-        refused = _refuse_score(request, app, gen, key)
+        refused = _refuse_score(request, app, gen)
         if refused is not None:
             return refused
         raw = await read_body(request, options.max_body_bytes)
@@ -246,7 +253,6 @@ def create_app(
 
     opts = options or ServerOptions()
     _check_options(key, opts)
-    key_bytes = key.encode("utf-8")
     model_dir = Path(model_dir)
     gen = generator or Generator(model_dir, device=opts.device, max_batch_size=opts.max_batch_size)
     served_name = opts.model_name or model_dir.name
@@ -262,16 +268,17 @@ def create_app(
         openapi_url=None,
     )
     app.state.generator = gen
+    set_key(app, key)
     app.state.max_body_bytes = opts.max_body_bytes
     app.state.load_error = None
     app.state.on_load_failure = None
     app.middleware("http")(_log_requests)
     _add_health_routes(app, gen, served_name)
-    _add_score_route(app, gen, key_bytes, opts)
+    _add_score_route(app, gen, opts)
     add_openai_routes(
         app,
         gen,
-        authorized=lambda header: _authorized(header, key_bytes),
+        authorized=lambda header: _authorized(header, app.state.key),
         request_timeout_s=opts.request_timeout_s,
         model_name=served_name,
     )

@@ -91,3 +91,15 @@ def wait_until_ready(url: str, timeout_s: float, proc: Any = None) -> None:
                 ) from None
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 1.5, 1.0)
+
+
+def key_accepted(url: str, key: str, timeout_s: float = 2.0) -> bool:
+    """Whether the endpoint at `url` (its base URL) accepts `key` (GET /v1/models answers 200)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    headers = {"Authorization": f"Bearer {key}"}
+    request = urllib.request.Request(url.rstrip("/") + "/v1/models", headers=headers)
+    try:
+        with opener.open(request, timeout=timeout_s) as answer:
+            return int(answer.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False

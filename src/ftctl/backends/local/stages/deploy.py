@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from ftctl.backends.local.backend import local
-from ftctl.errors import StageFailed, UsageError
+from ftctl.errors import StageFailed
 from ftctl.stages.contract import no_inputs as inputs
 from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.shared import check_lists
@@ -59,7 +60,10 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise UsageError(f"deploy.port: cannot listen on {host}:{port} ({exc.strerror})") from None
+        raise StageFailed(
+            f"cannot listen on {host}:{port} ({exc.strerror})",
+            hint="stop what uses the port, or set another deploy.port (0 picks a free one)",
+        ) from None
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
@@ -99,16 +103,58 @@ def forget(ctx: Context, outputs: dict[str, Any]) -> None:
 
 
 def retire(ctx: Context, outputs: dict[str, Any]) -> None:
-    """Before deploy runs again (--force, or stale): stop the endpoint the previous attempt started,
-    which would otherwise keep running once its record is replaced, and drop its key."""
-    from ftctl.backends.local import procs
+    """Before deploy runs again (--force, or stale): stop the server the previous attempt started,
+    which would otherwise keep running once its record is replaced. Its key file stays: the next
+    server takes over the endpoint's name, port and key (see `_kept_address`); whatever ends every
+    endpoint (teardown, `reset --all`) or the next deploy's clean-up removes a key nobody took."""
+    from ftctl.backends.local import live, procs
 
     process = server_process(outputs)
     if procs.alive(process):
         name = outputs.get("endpoint_name")
-        ctx.ui.info(f"  stopping the previous endpoint {name} ({procs.describe(process)})")
+        ctx.ui.info(f"  stopping the previous server of endpoint {name} ({procs.describe(process)})")
         procs.stop(process)
-    forget(ctx, outputs)
+    if outputs.get("endpoint_name"):
+        live.remove(local(ctx).root, live.ENDPOINT, str(outputs["endpoint_name"]))
+
+
+@dataclass(frozen=True)
+class _Address:
+    """What a re-deploy keeps of the endpoint it replaces: its name, port and key."""
+
+    name: str
+    port: int
+    key: str
+
+
+def _kept_address(ctx: Context, previous: dict[str, Any]) -> _Address | None:
+    """The previous endpoint's name, port and key, when it was not torn down (its key file is still
+    there) and the settings that make the address (prefix, host) have not changed; else None."""
+    cfg, ws = ctx.cfg.deploy, local(ctx)
+    name, port = previous.get("endpoint_name"), previous.get("port")
+    if not isinstance(name, str) or not name.startswith(cfg.endpoint_name_prefix) or "/" in name:
+        return None
+    if previous.get("host") != cfg.host or not isinstance(port, int):
+        return None
+    key_file = ws.secrets_dir / f"{name}.key"
+    try:
+        key = "" if key_file.is_symlink() else key_file.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return _Address(name, port, key) if key else None
+
+
+def _listen_kept(ctx: Context, kept: _Address | None) -> socket.socket:
+    """The listening socket: deploy.port when set, else the kept endpoint's port while it is free, else
+    a free one."""
+    cfg = ctx.cfg.deploy
+    if cfg.port or kept is None:
+        return _listen(cfg.host, cfg.port)
+    try:
+        return _listen(cfg.host, kept.port)
+    except StageFailed:
+        ctx.ui.warn(f"port {kept.port} of endpoint {kept.name} is taken by another process; using a free one")
+        return _listen(cfg.host, 0)
 
 
 @dataclass
@@ -143,22 +189,25 @@ def _new_endpoint_dir(root: Path, endpoints: Path, prefix: str) -> tuple[str, Pa
     raise StageFailed(f"no free endpoint name in {endpoints} (100 tried from {prefix}{stamp})")
 
 
-def _prepare_server(ctx: Context, call: StageCall) -> _Server:
+def _prepare_server(ctx: Context, call: StageCall, kept: _Address | None) -> _Server:
     """The endpoint's folder, model, listening socket and command line (nothing started yet)."""
     from ftctl.backends.local import live, procs
 
     ws, cfg = local(ctx), ctx.cfg.deploy
     registered, compute = call.upstream.register, call.upstream.check_compute
     # Endpoints that ended on their own leave a record and a key: gone now, as are keys nobody claims
-    # (a deploy killed between writing one and recording its server, by an older ftctl).
+    # (a deploy killed between writing one and recording its server; the kept key is held in memory).
     live.forget_ended(ws.root)
     live.remove_orphan_keys(ws.root)
-    name, endpoint_dir = _new_endpoint_dir(ws.root, ws.endpoints_dir, cfg.endpoint_name_prefix)
+    if kept:  # the endpoint keeps its name: its folder stays, still never through a link
+        name, endpoint_dir = kept.name, make_dirs(ws.endpoints_dir / kept.name, ws.root)
+    else:
+        name, endpoint_dir = _new_endpoint_dir(ws.root, ws.endpoints_dir, cfg.endpoint_name_prefix)
     model_name, version = registered.need("model_name"), registered.need("version")
-    model_dir = registered_model_dir(ws, model_name, version, endpoint_dir / "model")
+    model_dir = registered_model_dir(ws, model_name, version, endpoint_dir / f"model-{version}")
     _check_template(ctx, call, model_dir)
     key_file = ws.secrets_dir / f"{name}.key"  # written once the server is recorded
-    sock = _listen(cfg.host, cfg.port)
+    sock = _listen_kept(ctx, kept)
     command = procs.python_command(
         SERVER_MODULE,
         "--model-dir", str(model_dir),
@@ -196,7 +245,7 @@ def _outputs(ctx: Context, call: StageCall, server: _Server, process: dict[str, 
     }
 
 
-def _start_recorded(ctx: Context, call: StageCall, server: _Server) -> Outputs:
+def _start_recorded(ctx: Context, call: StageCall, server: _Server, key: str | None) -> Outputs:
     """Start the server and record it (state, live record, then its key) before it may serve.
 
     The server waits on a pipe until the state file records it (and only then reads its key): if this
@@ -223,7 +272,7 @@ def _start_recorded(ctx: Context, call: StageCall, server: _Server) -> Outputs:
         live.write(ws.root, live.ENDPOINT, server.name, {"server": process}, url=url, host=outputs["host"],
                    port=outputs["port"], key_file=str(server.key_file), log=str(server.log_path))  # fmt: skip
         call.checkpoint(outputs)
-        ws.write_secret(server.key_file.name, secrets.token_urlsafe(32))
+        ws.write_secret(server.key_file.name, key or new_key())
         with contextlib.suppress(OSError):  # a server that already exited reads nothing
             os.write(handoff_write, HANDOFF_RECORDED)
     finally:
@@ -245,9 +294,14 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     if allow:
         size = call.upstream.check_compute.size or "cpu"
         check_lists(size, allow, [], "the model's inference_compute_allow_list")
-    server = _prepare_server(ctx, call)
-    outputs = _start_recorded(ctx, call, server)
+    kept = _kept_address(ctx, call.previous)
+    server = _prepare_server(ctx, call, kept)
+    outputs = _start_recorded(ctx, call, server, kept.key if kept else None)
     url, pid, log_path = outputs["url"], outputs["pid"], server.log_path
+    if kept:
+        same = "same URL and key" if kept.port == server.port else "same key, new port"
+        version = outputs["model_version"]
+        ctx.ui.info(f"  endpoint {server.name}: a new deployment, of version {version} ({same})")
     ctx.ui.info(f"  endpoint {server.name} starting (pid {pid}) at {url}; log: {log_path}")
     try:
         with ctx.ui.spinner("waiting for the endpoint to load the model"):
@@ -259,6 +313,36 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         raise
     ctx.ui.info(f"  endpoint ready: POST {url}/score (key in {server.key_file})")
     return outputs
+
+
+def rotate_key(ctx: Context, state: dict[str, Any]) -> None:
+    """`ftctl credentials --rotate`: a new key in the endpoint's key file, and its server (identity
+    checked) told to read it; returns once the server refuses the old key and accepts the new one."""
+    from ftctl.backends.local import procs
+    from ftctl.backends.local.hooks import endpoint
+    from ftctl.backends.local.serving.probe import key_accepted
+
+    current = endpoint(ctx, state)  # UsageError / StageFailed when there is none or it is down
+    outputs = state["stages"]["deploy"]["outputs"]
+    process = server_process(outputs)
+    key = new_key()
+    local(ctx).write_secret(Path(outputs["key_file"]).name, key)
+    if not procs.send(process, signal.SIGHUP, group=False):
+        raise StageFailed(f"the server of endpoint {current.name} ended while its key was rotated")
+    deadline = time.monotonic() + 10.0
+    while not (key_accepted(current.url, key) and not key_accepted(current.url, current.key)):
+        if time.monotonic() > deadline:
+            raise StageFailed(
+                f"endpoint {current.name} did not take its new key within 10 s",
+                hint=f"its log: {outputs.get('log')}; `ftctl deploy --force` restarts it with the new key",
+            )
+        time.sleep(0.05)
+    ctx.ui.info(f"endpoint {current.name}: new key in place; the old one is refused from now on")
+
+
+def new_key() -> str:
+    """A fresh endpoint key."""
+    return secrets.token_urlsafe(32)
 
 
 def _check_template(ctx: Context, call: StageCall, model_dir: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl.config import TINY_MODEL
-from ftctl.errors import UsageError
+from ftctl.errors import StageFailed, UsageError
 from ftctl.models.layout import shipped_model_dir
 from ftctl.stages.contract import always_alive as alive
 from ftctl.stages.contract import no_output_files as output_files
@@ -43,8 +43,8 @@ def resolve_model_dir(name: str, revision: str | None) -> tuple[Path, str]:
     from ftctl.hub import unreachable_reason
 
     why = unreachable_reason()
-    if why:
-        raise UsageError(
+    if why:  # the machine's network, not the input: a runtime failure (exit 1)
+        raise StageFailed(
             f"model.name: {name} is not a local folder, and the Hugging Face hub is unreachable: {why}",
             hint="download the model elsewhere and set model.name to its local folder",
         )
@@ -117,7 +117,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         f"  {name} ({kind}): {info['architecture']}, {info['parameters'] or '?'} parameters, "
         f"context {info['context_length']}"
     )
-    note = demo_model_note(name)
+    note = demo_model_note(ctx, name)
     if note:
         ctx.ui.info(f"  {note}")
     if info["model_specific_defaults"]:

@@ -214,6 +214,21 @@ def output_files(ctx: Context, outputs: Outputs) -> dict[str, Path]:
     return {"model folder": Path(outputs["model_dir"])} if outputs.get("model_dir") else {}
 
 
+def ended_outcome(outputs: dict[str, Any]) -> tuple[str, str] | None:
+    """How a job nobody followed (`submit --no-wait`) ended, once it has: ("completed", ...) or
+    ("failed", its error); None while it runs, or without a job."""
+    from ftctl.backends.local.jobs import COMPLETED, TERMINAL
+
+    if not outputs.get("job_dir"):
+        return None
+    status = _job(outputs).status()
+    if status.get("state") not in TERMINAL:
+        return None
+    if status["state"] == COMPLETED:
+        return COMPLETED, f"job {outputs.get('job_id')} completed"
+    return "failed", f"job {outputs.get('job_id')} failed: {status.get('error') or 'see `ftctl logs`'}"
+
+
 def alive(ctx: Context, outputs: Outputs) -> bool:
     """Whether the job is still training (asked of a `running` record that no ftctl is following)."""
     if not outputs.get("job_dir"):
