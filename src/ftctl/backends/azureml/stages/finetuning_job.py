@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml.backend import azure
-from ftctl.backends.azureml.client import calling, show_dry_run, status_text
+from ftctl.backends.azureml.client import calling, status_text
 from ftctl.backends.azureml.params import Declared, FinetuneSources, finetune_inputs
 from ftctl.errors import Detached, StageFailed, UsageError
 from ftctl.stages.shared import data_file, model_name
@@ -131,13 +131,8 @@ def submit(ctx: Context, call: StageCall) -> Outputs:
     from ftctl.backends.azureml.stages import submit as pipeline
 
     if call.options.dry_run:
-        job, info = build(ctx, call, None)
-        text = show_dry_run(ctx, "fine-tuning job that submit would create", job)
-        return {
-            "dry_run": True,
-            **{k: v for k, v in info.items() if k != "job_name"},
-            "yaml_chars": len(text),
-        }
+        title = "fine-tuning job that submit would create"
+        return pipeline.dry_run_outputs(ctx, title, *build(ctx, call, None))
     recorded = dict(call.recorded)
     name = recorded.get("job_name")
     job = pipeline._get_job(ctx, name) if name else None

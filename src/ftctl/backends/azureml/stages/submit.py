@@ -305,6 +305,13 @@ def _follow(ctx: Context, name: str) -> Any:
         time.sleep(ctx.cfg.poll_interval_s)
 
 
+def dry_run_outputs(ctx: Context, title: str, job: Any, info: dict[str, Any]) -> Outputs:
+    """A submit dry run's outputs, either route: the job entity shown as the SDK's YAML, and what submit
+    would record of it (no name: only the service gives one)."""
+    text = show_dry_run(ctx, title, job)
+    return {"dry_run": True, **{k: v for k, v in info.items() if k != "job_name"}, "yaml_chars": len(text)}
+
+
 def run(ctx: Context, call: StageCall) -> Outputs:
     if dry_run.offline(call, "pick-model", "check-compute", "prepare-data"):
         return dry_run.submit(ctx)
@@ -313,13 +320,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
 
         return finetuning_job.submit(ctx, call)
     if call.options.dry_run:
-        job, info = build(ctx, call, None)
-        text = show_dry_run(ctx, "pipeline job that submit would create", job)
-        return {
-            "dry_run": True,
-            **{k: v for k, v in info.items() if k != "job_name"},
-            "yaml_chars": len(text),
-        }
+        return dry_run_outputs(ctx, "pipeline job that submit would create", *build(ctx, call, None))
     recorded = dict(call.recorded)
     name = recorded.get("job_name")
     job = _get_job(ctx, name) if name else None
