@@ -103,18 +103,22 @@ class LocalWorkspace:
                     if moved != value:
                         db.execute(f"update {table} set {column} = ? where {key} = ?", (moved, row_key))
 
+    def experiment_location(self, name: str) -> str:
+        """Where experiment `name` keeps its artifacts: a folder of its own inside the workspace, as a
+        file URI (without importing MLflow: the trainer creates the experiment there)."""
+        folder = name.replace("/", "_").replace("\0", "_")
+        if not folder.strip("."):  # "", "." and ".." would not be a folder of their own
+            folder = f"_{folder}"
+        # as_uri percent-encodes every character a URI cannot hold as such (`?`, `#`, `%`, spaces...).
+        return (self.artifacts_dir / folder).as_uri()
+
     def ensure_experiment(self, name: str) -> str:
         """The experiment's id, creating it with its artifacts inside the workspace."""
         client = self.mlflow.MlflowClient()
         found = client.get_experiment_by_name(name)
         if found is not None:
             return str(found.experiment_id)
-        folder = name.replace("/", "_").replace("\0", "_")
-        if not folder.strip("."):  # "", "." and ".." would not be a folder of their own
-            folder = f"_{folder}"
-        # as_uri percent-encodes every character a URI cannot hold as such (`?`, `#`, `%`, spaces...).
-        location = (self.artifacts_dir / folder).as_uri()
-        return str(client.create_experiment(name, artifact_location=location))
+        return str(client.create_experiment(name, artifact_location=self.experiment_location(name)))
 
     def write_secret(self, name: str, value: str) -> Path:
         """A 0600 file under secrets/ (never in the state file); neither secrets/ nor the file may be a
