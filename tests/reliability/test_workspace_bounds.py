@@ -20,7 +20,7 @@ LIMIT_S = 60  # far above what any case needs; a hang is what it catches
 
 
 def ftctl(cwd: Path, *args: str, timeout: float = LIMIT_S) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FTCTL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTCTL_", "MLFLOW_"))}
     return subprocess.run(
         [sys.executable, "-m", "ftctl", *args],
         cwd=cwd,
