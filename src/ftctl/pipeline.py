@@ -145,6 +145,9 @@ def explain_outputs(recorded: dict[str, str], current: dict[str, str]) -> str | 
         now = current.get(label, "missing")
         if now == "missing":
             reasons.append(f"{label} is missing")
+        elif now.startswith(("special:", "unreadable:")):  # a FIFO, a device: never opened
+            kind = "not a regular file" if now.startswith("special:") else "unreadable"
+            reasons.append(f"{label} is {kind} any more")
         elif now != signature:
             reasons.append(f"{label} changed since it was written")
     return "; ".join(reasons) or None
