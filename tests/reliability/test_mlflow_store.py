@@ -104,3 +104,25 @@ def test_a_damaged_store_is_one_line_and_status_says_the_registry_is_unreadable(
     for argv in (["metrics"], ["register", "--force"], ["run", "--to", "register"]):
         one_line_error(ws.process(*argv, code=None), 2, "is damaged (file is not a database)")
     assert ws.status()["register"]["status"] == "failed"
+
+
+def test_metrics_read_the_store_under_a_percent_encoded_path(tmp_path: Path) -> None:
+    """`ftctl metrics` reads mlflow.db with SQLite directly; under `a%20b` it opened `a b/mlflow.db`
+    (nothing there) and fell back to importing MLflow, seconds instead of milliseconds."""
+    from ftctl.metrics import read_store
+
+    db = tmp_path / "a%20b" / "mlflow.db"
+    db.parent.mkdir()
+    with contextlib.closing(sqlite3.connect(db)) as con, con:
+        con.executescript(
+            "create table experiments (experiment_id, name);"
+            "create table runs (run_uuid, name, status, experiment_id);"
+            "create table params (key, value, run_uuid);"
+            "create table latest_metrics (key, value, is_nan, run_uuid);"
+            "create table metrics (key, value, step, is_nan, run_uuid, timestamp);"
+            "insert into experiments values (1, 'e');"
+            "insert into runs values ('r1', 'job', 'FINISHED', 1);"
+            "insert into metrics values ('loss', 2.5, 1, 0, 'r1', 0);"
+        )
+    found = read_store(db, "r1")
+    assert found is not None and found.run_name == "job" and found.steps[0]["step"] == 1
