@@ -20,7 +20,7 @@ LIMIT_S = 60  # far above what any case needs; a hang is what it catches
 
 
 def ftctl(cwd: Path, *args: str, timeout: float = LIMIT_S) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FTCTL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTCTL_", "MLFLOW_"))}
     return subprocess.run(
         [sys.executable, "-m", "ftctl", *args],
         cwd=cwd,
@@ -148,6 +148,7 @@ def test_status_answers_when_a_prepared_file_is_not_a_regular_file(prepared: Pat
     assert done.returncode == 0, done.stderr
     stages = {s["name"]: s for s in json.loads(done.stdout)["stages"]}
     assert stages["prepare-data"]["stale"], stages["prepare-data"]
+    assert "train_sft.jsonl is not a regular file" in stages["prepare-data"]["stale_reason"]
 
 
 def test_a_model_folder_that_is_no_model_is_refused_before_it_is_hashed(
