@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from ftctl.backends.local import checkpoints
 from harness import Ftctl
 
@@ -110,3 +112,52 @@ def test_killed_trainer_resumes_with_the_uninterrupted_loss(
     assert abs(outputs["eval_loss"] - reference) <= 1e-4, f"{outputs['eval_loss']} vs {reference} {where}"
     assert json.loads((job_dir / "status.json").read_text())["attempts"] == 2
     assert "passed over checkpoint" in (job_dir / "log.txt").read_text()
+
+
+def _failed_job_with_a_checkpoint(ws: Ftctl) -> Path:
+    """A submit attempt recorded as failed, whose job left a sealed checkpoint (made by hand)."""
+    job_dir = ws.workspace / "jobs" / "job-20260101-000000-dead"
+    folder = job_dir / "checkpoints" / "checkpoint-2"
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    checkpoints.write_manifest(folder, 2, 8, 3.9, None)
+    (job_dir / "spec.json").write_text(json.dumps({"job_id": job_dir.name, "resume_key": "another"}))
+    (job_dir / "status.json").write_text(
+        json.dumps({"state": "failed", "signal": "SIGKILL", "error": "killed"})
+    )
+    state = ws.state()
+    state["stages"]["submit"].update(
+        status="failed",
+        attempt=1,
+        started_at="2026-01-01T00:00:00+00:00",
+        ended_at="2026-01-01T00:01:00+00:00",
+        outputs={"job_id": job_dir.name, "job_dir": str(job_dir)},
+        error={"type": "StageFailed", "message": "killed"},
+    )
+    (ws.workspace / "state.json").write_text(json.dumps(state))
+    return job_dir
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("restart", [True, False])
+def test_restart_or_changed_settings_start_a_new_job(
+    prepared_ws: Ftctl, tmp_path: Path, restart: bool
+) -> None:
+    ws = prepared_ws.copy(tmp_path / "ws")
+    old = _failed_job_with_a_checkpoint(ws)
+    out = ws("submit", "--no-wait", "--no-plan", *(["--restart"] if restart else [])).stderr
+    try:
+        new = ws.outputs("submit")["job_id"]
+        assert new != old.name  # a new job, from step 0
+        if restart:
+            assert f"starting over (--restart): the checkpoints of job {old.name} are deleted" in out
+            assert checkpoints.folders(old / "checkpoints") == []
+        else:  # the failed job was another model, data or parameters (its resume key differs)
+            assert (
+                f"job {old.name} has a checkpoint, but the model, data or parameters changed: a new job"
+                in out
+            )
+            assert [c.step for c in checkpoints.complete(old / "checkpoints")] == [2]
+        assert "resuming" not in out
+    finally:
+        ws("reset", "submit", code=None)  # stops the new job's trainer
