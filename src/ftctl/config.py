@@ -67,6 +67,7 @@ MAX_TOKENS = 1 << 20  # sequence or generation length in tokens: beyond any mode
 MAX_LORA_RANK = 1024
 MAX_LORA_ALPHA = 4096
 MAX_CHECKPOINTS = 1000
+MAX_MINUTES = 10_000.0  # minutes between time-based checkpoints (about a week)
 MAX_SEED = 2**32 - 1  # numpy's seed range; transformers.set_seed seeds numpy too
 MAX_PORT = 65535
 
@@ -222,7 +223,27 @@ class FinetuneSection(Section):
         -1,
         ge=-1,
         le=MAX_CHECKPOINTS,
-        description=f"checkpoints kept (Azure ML), -1..{MAX_CHECKPOINTS}; -1 = all",
+        description=f"checkpoints kept, -1..{MAX_CHECKPOINTS}; -1 = all (local: the best one is kept too "
+        "under select: best)",
+    )
+    save_steps: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_STEPS,
+        description=f"local: optimizer steps between checkpoints, 0..{MAX_STEPS}; null = at every "
+        "evaluation (about a quarter of the run); 0 = no checkpoints (and no resume)",
+    )
+    save_minutes: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_MINUTES,
+        description=f"local: also checkpoint when this many minutes passed since the last one, "
+        f"(0, {MAX_MINUTES}]; null = by steps only",
+    )
+    select: Literal["last", "best"] = Field(
+        "last",
+        description="local: the model the job outputs: last (the final weights) or best (the checkpoint "
+        "or final weights with the lowest held-out loss)",
     )
     logging_steps: int = Field(
         5, ge=1, le=MAX_STEPS, description=f"steps between progress reports, 1..{MAX_STEPS}"

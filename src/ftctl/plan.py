@@ -554,6 +554,18 @@ class Finding:
 
 
 @dataclass
+class CheckpointDisk:
+    """The disk the local job's checkpoints take at most (finetune.save_steps, save_total_limit)."""
+
+    every_steps: int  # 0: by time only, or none
+    kept: int  # checkpoints on disk at most
+    each_bytes: int
+    total_bytes: int
+    free_bytes: int | None  # free on the workspace's file system now
+    folder: str
+
+
+@dataclass
 class Plan:
     backend: str
     model: dict[str, Any]  # name, parameters, context_length, trainable
@@ -567,6 +579,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     tokens_exact: bool = True  # False: estimated from characters (no tokenizer on this machine)
     time_note: str | None = None  # why there is no time estimate, when there is none
+    checkpoints: CheckpointDisk | None = None  # local: the checkpoints' disk
 
     @property
     def errors(self) -> list[Finding]:
@@ -644,6 +657,16 @@ def check(plan: Plan, train_split: str) -> list[Finding]:
                     "whole",
                 )
             )
+    disk = plan.checkpoints
+    if disk is not None and disk.free_bytes is not None and disk.total_bytes > disk.free_bytes:
+        found.append(
+            Finding(
+                "warning",
+                f"the checkpoints take up to {fmt_bytes(disk.total_bytes)}, and {disk.folder} has "
+                f"{fmt_bytes(disk.free_bytes)} free",
+                hint="lower finetune.save_total_limit (or free disk space)",
+            )
+        )
     memory = plan.memory
     if memory is not None and memory.verdict == "oom":
         found.append(
@@ -746,6 +769,7 @@ def render(plan: Plan) -> str:
         )
     lines.extend(_memory_lines(plan.memory))
     lines.extend(_time_lines(plan))
+    lines.extend(_checkpoint_lines(plan.checkpoints))
     lines.extend(f"note: {n}" for n in plan.notes)
     for f in plan.findings:
         lines.append(f"{f.level}: {f.message}" + (f" ({f.hint})" if f.hint else ""))
@@ -774,6 +798,19 @@ def _memory_lines(memory: MemoryEstimate | None) -> list[str]:
             f"tensors at the peak; estimate {fmt_bytes(memory.tensors_bytes)} ({diff:+.0%})"
         )
     return lines
+
+
+def _checkpoint_lines(disk: CheckpointDisk | None) -> list[str]:
+    if disk is None:
+        return []
+    if disk.kept == 0:
+        return ["checkpoints: none (finetune.save_steps 0): a killed job starts over"]
+    free = f", {fmt_bytes(disk.free_bytes)} free" if disk.free_bytes is not None else ""
+    every = f"every {disk.every_steps} steps" if disk.every_steps else "by time"
+    return [
+        f"checkpoints: {every}, at most {disk.kept} kept x {fmt_bytes(disk.each_bytes)} = "
+        f"{fmt_bytes(disk.total_bytes)} on disk ({disk.folder}{free})"
+    ]
 
 
 def _time_lines(plan: Plan) -> list[str]:

@@ -112,7 +112,10 @@ class SubmitOutputs(_Outputs):
     mlflow_run_id: str | None = None
     model_dir: str | None = None
     train_loss: float | None = None
-    eval_loss: float | None = None
+    eval_loss: float | None = None  # the selected model's held-out loss (finetune.select)
+    select: str | None = None  # local: finetune.select, last or best
+    selected_step: Count | None = None  # local: the step whose weights the job output
+    final_eval_loss: float | None = None  # local: the held-out loss at the last step
     params: dict[str, Any] | None = None
     stop_check: dict[str, Any] | None = None  # whether the fine-tuned model ends its turn
     test_file: str | None = None  # Azure ML: the test split the job was given
@@ -128,6 +131,9 @@ class RegisterOutputs(_Outputs):
     version: str | None = None
     model_uri: str | None = None
     tags: dict[str, str] = {}
+    select: str | None = None  # local: finetune.select of the job registered
+    selected_step: Count | None = None  # local: the job's step whose weights were registered
+    selected_eval_loss: float | None = None  # local: their held-out loss (what the gate compared)
 
 
 class DeployOutputs(_Outputs):

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ftctl.errors import FtctlError, UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ftctl.chat import Endpoint
     from ftctl.context import Context
     from ftctl.evaluation import EvalReport
@@ -45,11 +47,21 @@ class Capabilities:
     evaluate: bool = False
     list_models: bool = False
     rotate_key: bool = False  # ftctl credentials --rotate
+    export: bool = False  # ftctl export
     dry_run: bool = False  # --dry-run: show what would be created, create nothing
     cluster: bool = False  # teardown --compute: a compute cluster ftctl may have created
 
 
-METHOD_CAPABILITIES = ("endpoint", "metrics", "logs", "plan", "evaluate", "list_models", "rotate_key")
+METHOD_CAPABILITIES = (
+    "endpoint",
+    "metrics",
+    "logs",
+    "plan",
+    "evaluate",
+    "list_models",
+    "rotate_key",
+    "export",
+)
 
 # The command each capability serves, for the message when a backend lacks it.
 COMMANDS = {
@@ -60,6 +72,7 @@ COMMANDS = {
     "evaluate": "ftctl evaluate",
     "list_models": "ftctl pick-model --list",
     "rotate_key": "ftctl credentials --rotate",
+    "export": "ftctl export",
     "dry_run": "--dry-run",
     "cluster": "teardown --compute",
 }
@@ -153,6 +166,11 @@ class Backend(ABC):
         backend keeps outside the state file (ftctl.relocation rewrites the state and ftctl's records).
         A backend whose records live in a service keeps none."""
         return None
+
+    def export(self, state: State, fmt: str, out: Path, job: str | None) -> dict[str, Any]:
+        """Write the registered version's model (or job `job`'s) to `out` in `fmt`, check it with an
+        independent reader and return the figures (StageFailed, exit 1, when it differs)."""
+        raise self._unsupported("export")
 
     def rotate_key(self, state: State) -> None:
         """Give the live endpoint a new key, which it honours at once (the old one is refused); its name

@@ -10,6 +10,7 @@ from ftctl.cli import logs_commands  # noqa: F401
 from ftctl.cli import insight_commands  # noqa: F401
 from ftctl.cli import quality_commands  # noqa: F401
 from ftctl.cli import config_commands  # noqa: F401
+from ftctl.cli import export_commands  # noqa: F401
 
 # isort: on
 from ftctl.cli.common import app

@@ -401,3 +401,8 @@ if hasattr(typer.core, "TyperOption") and hasattr(typer.core.TyperOption, "displ
     _flags_show_no_type()
 
 FORCE = typer.Option(False, "--force", "-f", help="Run even if the stage is up to date.")
+RESTART = typer.Option(
+    False,
+    "--restart",
+    help="Start the training job over instead of resuming a failed one from its last checkpoint.",
+)

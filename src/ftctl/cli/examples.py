@@ -34,6 +34,8 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("ftctl --set finetune.learning_rate=1e-4 submit", "change a training parameter for this run"),
         ("ftctl submit 2> train.log", "plain progress lines, no control codes, when not a terminal"),
         ("ftctl submit --no-plan", "skip the pre-flight check of tokens and memory"),
+        ("ftctl submit --restart", "start a killed job over instead of resuming it from its last checkpoint"),
+        ("ftctl --set finetune.select=best submit", "output the checkpoint with the lowest held-out loss"),
     ],
     "register": [
         ("ftctl register", "register the job's model as a new version in the MLflow registry"),
@@ -77,6 +79,21 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("ftctl plan --set finetune.max_seq_length=512", "what another max_seq_length would cut and cost"),
         ("ftctl plan --no-calibrate", "without timing steps on this machine (a cached calibration is used)"),
         ("ftctl plan --json", "everything as JSON"),
+    ],
+    "export": [
+        ("ftctl export out/", "the registered model as a transformers folder, checked by transformers"),
+        (
+            "ftctl export out.gguf.d --format gguf",
+            "a GGUF file for llama.cpp, checked by transformers' GGUF loader",
+        ),
+        (
+            "ftctl export my-model --format ollama",
+            "a GGUF and a Modelfile (template, stop tokens) for Ollama",
+        ),
+        (
+            "ftctl export lora/ --format adapter --job job-20261122-031502-9a1c",
+            "one job's LoRA adapter (PEFT)",
+        ),
     ],
     "evaluate": [
         ("ftctl evaluate", "held-out loss of base, fine-tuned and previous models; end of turn; samples"),

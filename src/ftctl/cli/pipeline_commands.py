@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from ftctl.cli.common import command, runner_session
+from ftctl.cli.common import RESTART, command, runner_session
 
 if TYPE_CHECKING:
     from ftctl.context import Context
@@ -22,6 +22,7 @@ def run(
     from_: Optional[str] = typer.Option(None, "--from", help="First stage to consider."),
     to: Optional[str] = typer.Option(None, "--to", help="Last stage to consider."),
     force: bool = typer.Option(False, "--force", "-f", help="Re-run the stages even if up to date."),
+    restart: bool = RESTART,
     dry_run: bool = typer.Option(
         False,
         "--dry-run",
@@ -37,7 +38,7 @@ def run(
         ctx.backend.require("dry_run")
         ctx.ui.emit({"stages": Runner(ctx, RunOptions(dry_run=True)).dry_run_many(from_, to)})
         return
-    with runner_session(ctx, RunOptions(force=force)) as runner:
+    with runner_session(ctx, RunOptions(force=force, restart=restart)) as runner:
         results = runner.run_many(from_, to)
     ctx.ui.info("done: every stage succeeded or was up to date")
     ctx.ui.emit({"stages": results})

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from ftctl.cli.common import FORCE, command, runner_session
+from ftctl.cli.common import FORCE, RESTART, command, runner_session
 
 if TYPE_CHECKING:
     from ftctl.context import Context
@@ -116,13 +116,15 @@ def submit(
     no_plan: bool = typer.Option(
         False, "--no-plan", help="Skip the pre-flight check of tokens and memory (`ftctl plan`)."
     ),
+    restart: bool = RESTART,
     force: bool = FORCE,
     dry_run: bool = DRY_RUN,
 ) -> None:
-    """Fine-tune the model as a job; streams progress (re-running re-attaches to a running job).
+    """Fine-tune the model as a job; streams progress (re-running re-attaches to a running job, and
+    resumes a killed one from its last checkpoint unless --restart).
 
     A new job is checked first (`ftctl plan`): a run that cannot work is refused (exit 2)."""
-    run_stage(ctx, "submit", force, wait=not no_wait, dry_run=dry_run, plan=not no_plan)
+    run_stage(ctx, "submit", force, wait=not no_wait, dry_run=dry_run, plan=not no_plan, restart=restart)
 
 
 @command(PANEL)

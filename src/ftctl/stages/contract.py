@@ -34,6 +34,7 @@ class RunOptions:
     compute: bool = False  # `teardown --compute`: also delete the cluster ftctl created
     plan: bool = True  # submit checks the plan first (tokens, memory); False with `submit --no-plan`
     skip_gate: bool = False  # `register --force`: register even a model the promotion gate refuses
+    restart: bool = False  # `submit/run --restart`: a failed job starts over instead of resuming
 
 
 @dataclass

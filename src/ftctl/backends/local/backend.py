@@ -11,6 +11,8 @@ from ftctl.backends.base import Backend, Capabilities
 from ftctl.errors import FtctlError, UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ftctl.backends.local.workspace import LocalWorkspace
     from ftctl.chat import Endpoint
     from ftctl.context import Context
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 class LocalBackend(Backend):
     name = "local"
     capabilities = Capabilities(
-        endpoint=True, metrics=True, logs=True, plan=True, evaluate=True, rotate_key=True
+        endpoint=True, metrics=True, logs=True, plan=True, evaluate=True, rotate_key=True, export=True
     )
     unsupported = {
         "dry_run": ("--dry-run is for --backend azureml (the local backend creates nothing remote)", None),
@@ -87,6 +89,11 @@ class LocalBackend(Backend):
         from ftctl.backends.local.preflight import build_plan
 
         return build_plan(self.ctx, state, calibrate)
+
+    def export(self, state: State, fmt: str, out: Path, job: str | None) -> dict[str, Any]:
+        from ftctl.backends.local.export import export
+
+        return export(self.ctx, state, fmt, out, job)
 
     def evaluate(self, state: State, samples: int) -> EvalReport:
         from ftctl.backends.local.evaluate import evaluate

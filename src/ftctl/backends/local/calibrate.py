@@ -155,11 +155,19 @@ def calibrate(spec: dict[str, Any], work_dir: Path) -> dict[str, Any]:
     model = tr._load_model(job, model_path, amp)
     load_s = time.perf_counter() - started
     # The warm-up step, the measured one, the timed ones; no evaluation in between (timed on its own).
-    job.p = job.p.model_copy(update={"max_steps": steps + 1 + MAX_EXTRA_STEPS, "logging_steps": 10**6})
+    # No checkpoints either: a calibration is timed, not kept.
+    job.p = job.p.model_copy(
+        update={
+            "max_steps": steps + 1 + MAX_EXTRA_STEPS,
+            "logging_steps": 10**6,
+            "save_steps": 0,
+            "save_minutes": None,
+        }
+    )
     train_only = tr._Data(data.train, data.dropped, [], data.rows)
     args = tr._training_arguments(job, train_only, amp)
     timer = _callback(job.device, steps)
-    trainer = tr._make_trainer(job, model, tokenizer, args, train_only, timer)
+    trainer = tr._make_trainer(job, model, tokenizer, args, train_only, [timer])
     with tr._quiet_checkpointing_deprecation():
         trainer.train()
     times = timer.times

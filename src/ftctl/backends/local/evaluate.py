@@ -509,7 +509,8 @@ def _previous_loss(
 
 
 def gate(ctx: Context, call: StageCall) -> GateDecision:
-    """register's gate: the fine-tuned model's held-out loss (the job's last eval_loss) against the base
+    """register's gate: the fine-tuned model's held-out loss (the job's eval_loss of the weights it
+    output: the last step's, or under finetune.select: best the best checkpoint's) against the base
     model's (the job's eval_loss at step 0) and the previous registered version's (its tag; computed
     only when it has none comparable, or when the job logged no step-0 figure)."""
     policy = ctx.cfg.register_.gate

@@ -185,6 +185,24 @@ class Job:
                 stopped = procs.stop(found[role], timeout_s=timeout_s) or stopped
         return stopped
 
+    def reopen(self, event: dict[str, Any]) -> int:
+        """Make a failed job startable again (its trainer resumes from its checkpoint): a fresh status,
+        the attempts counted, and `event` appended to its events to mark where this attempt begins (an
+        earlier attempt's error is not this one's). Returns the events' offset before the marker."""
+        previous = _read_json(self.status_path)
+        attempts = int(previous.get("attempts") or 1) + 1
+        atomic_write_text(
+            self.status_path,
+            json.dumps({"state": QUEUED, "attempts": attempts, "updated_at": now_iso()}, indent=2),
+        )
+        try:
+            offset = self.events_path.stat().st_size
+        except FileNotFoundError:
+            offset = 0
+        with self.events_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"time": round(time.time(), 3), **event, "attempt": attempts}) + "\n")
+        return offset
+
     def read_events(self, offset: int) -> tuple[list[dict[str, Any]], int]:
         """Complete event lines after byte `offset`, and the new offset."""
         try:
@@ -231,13 +249,29 @@ def describe_failure(job: Job, status: dict[str, Any]) -> str:
     return f"job {job.id} {what} (log: {job.log_path})"
 
 
+def _last_error(job: Job) -> dict[str, Any] | None:
+    """The trainer's last "error" event in the job's latest attempt (after the last resume marker)."""
+    events, _ = job.read_events(0)
+    last = None
+    for event in events:
+        if event.get("type") == "resume_requested":
+            last = None
+        elif event.get("type") == "error":
+            last = event
+    return last
+
+
+def trainer_error_type(job: Job) -> str | None:
+    """The type of the error the trainer reported in the job's latest attempt (None without one)."""
+    last = _last_error(job)
+    return str(last.get("error_type")) if last is not None else None
+
+
 def trainer_error(job: Job) -> str | None:
     """The cause the trainer itself reported (its last "error" event), in one line."""
-    events, _ = job.read_events(0)
-    errors = [e for e in events if e.get("type") == "error"]
-    if not errors:
+    last = _last_error(job)
+    if last is None:
         return None
-    last = errors[-1]
     message = _one_line(last.get("message")) or str(last.get("error_type") or "error")
     if last.get("expected"):  # an ftctl error: its message says it all
         return message

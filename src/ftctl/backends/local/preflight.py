@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl import state as st
+from ftctl.backends.local.backend import local
 from ftctl.config import FinetuneSection
 from ftctl.data.chat_tokens import load_chat_tokenizer, measure_conversations
 from ftctl.errors import UsageError
 from ftctl.plan import (
+    CheckpointDisk,
     GiB,
     MemoryEstimate,
     MemorySetup,
@@ -300,8 +302,40 @@ def build_plan(ctx: Context, state: State, calibrate: bool, command: str = "ftct
         plan.run = _run_size(params, compute, train_stats, rows, data.test_split in files)
         plan.memory = _memory(shape, params, compute, trainable, plan)
         plan.time = _time(ctx, state, params, plan, calibrate)
+        plan.checkpoints = _checkpoint_disk(ctx, params, model_dir, shape, trainable, plan.run.steps)
     plan.findings = check(plan, data.train_split)
     return plan
+
+
+def _checkpoint_disk(
+    ctx: Context, params: dict[str, Any], model_dir: Path, shape: ModelShape, trainable: int, steps: int
+) -> CheckpointDisk:
+    """The disk the job's checkpoints take at most, and what the workspace's file system has free."""
+    import shutil
+
+    from ftctl.backends.local import checkpoints
+
+    kept = checkpoints.checkpoint_count(
+        params.get("save_steps"), steps, int(params["save_total_limit"]), str(params.get("select") or "last")
+    )
+    if params.get("save_minutes") and kept == 0:  # by time only: as many as the limit (at least one)
+        kept = max(1, int(params["save_total_limit"]))
+    tokenizer = checkpoints.tokenizer_bytes(model_dir)
+    each = checkpoints.checkpoint_bytes(trainable, shape.parameters, bool(params["apply_lora"]), tokenizer)
+    folder = local(ctx).jobs_dir
+    probe = folder if folder.exists() else local(ctx).root
+    try:
+        free: int | None = shutil.disk_usage(probe).free
+    except OSError:
+        free = None
+    return CheckpointDisk(
+        every_steps=checkpoints.save_interval(params.get("save_steps"), steps),
+        kept=kept,
+        each_bytes=each,
+        total_bytes=kept * each,
+        free_bytes=free,
+        folder=str(folder),
+    )
 
 
 def _run_size(

@@ -45,6 +45,8 @@ from urllib.parse import unquote
 
 from pydantic import ValidationError
 
+from ftctl.backends.local import checkpoints
+from ftctl.backends.local.checkpoints import Checkpoint
 from ftctl.config import FinetuneSection
 from ftctl.data.chat_tokens import (
     IGNORE_INDEX,
@@ -236,7 +238,8 @@ def _default_artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
-def _start_mlflow_run(cfg: dict) -> Any:
+def _start_mlflow_run(cfg: dict, run_id: str | None = None) -> Any:
+    """The job's MLflow run: a new one, or the one an interrupted attempt of the job started (`run_id`)."""
     import mlflow
 
     uri = cfg.get("tracking_uri")
@@ -256,6 +259,9 @@ def _start_mlflow_run(cfg: dict) -> Any:
             exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
+    if run_id:
+        with contextlib.suppress(Exception):  # gone (a reset store): a new run
+            return mlflow.start_run(run_id=run_id)
     return mlflow.start_run(experiment_id=exp_id, run_name=cfg.get("run_name"))
 
 
@@ -360,6 +366,11 @@ class _Job:
     device: str  # cpu | cuda
     on_event: Callable[[Event], None]
     ds_stage: int | None  # DeepSpeed ZeRO stage, under a multi-process launch only
+    resume: Checkpoint | None = None  # the checkpoint an earlier attempt of this job left
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.job_dir / "checkpoints"
 
     @property
     def is_main(self) -> bool:
@@ -408,6 +419,7 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
 
     hf_logging.disable_progress_bar()  # loading/saving bars; progress is reported through on_event
     job = _new_job(spec, Path(job_dir), on_event)
+    job.resume = _resume_point(job)
     amp = _amp_flags(job)
     model_path = _model_path(spec)
     set_seed(job.p.seed)
@@ -419,6 +431,17 @@ def train(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> dict[
         result = _train_and_save(job, model, tokenizer, args, data, run)
     job.emit({"type": "done", **result})
     return result
+
+
+def _resume_point(job: _Job) -> Checkpoint | None:
+    """The newest intact checkpoint an earlier attempt of this job saved (newer, damaged or partial
+    ones are passed over, with a warning, and removed: this run saves them again)."""
+    found, skipped = checkpoints.resume_point(job.checkpoints)
+    for line in skipped:
+        job.emit({"type": "warning", "message": f"passed over checkpoint {line}"})
+    if found is not None and job.is_main:
+        checkpoints.discard_after(job.checkpoints, found.step)
+    return found
 
 
 def _new_job(spec: dict, job_dir: Path, on_event: Callable[[Event], None]) -> _Job:
@@ -549,7 +572,6 @@ def _training_arguments(job: _Job, data: _Data, amp: tuple[bool, bool]) -> Any:
         logging_steps=p.logging_steps,
         logging_first_step=True,
         logging_nan_inf_filter=False,  # a NaN/inf loss is logged as such: the job stops, "diverged"
-        save_strategy="no",
         eval_strategy="no",
         report_to="none",
         disable_tqdm=True,
@@ -565,9 +587,15 @@ def _training_arguments(job: _Job, data: _Data, amp: tuple[bool, bool]) -> Any:
     )
     if _world_size() > 1 and not job.use_deepspeed:
         args_kwargs["ddp_find_unused_parameters"] = False  # every trainable weight is used each step
+    planned = _planned_steps(p, len(data.rows))
     if data.eval:  # an eval curve: before training, about every quarter of it, and at the end
-        every = eval_every(_planned_steps(p, len(data.rows)))
-        args_kwargs.update(eval_strategy="steps", eval_steps=every, eval_on_start=True)
+        every = eval_every(planned)
+        args_kwargs.update(eval_strategy="steps", eval_steps=every, eval_on_start=job.resume is None)
+    policy = checkpoints.policy_for(p, planned, bool(data.eval))
+    # Saved by steps (the minutes are the checkpoint callback's); kept and rotated by ftctl, which seals
+    # each checkpoint with its manifest first (the Trainer's own limit would count unsealed ones).
+    every_steps = policy.every_steps or planned + 1
+    args_kwargs.update(save_strategy="steps" if policy.enabled else "no", save_steps=every_steps)
     return TrainingArguments(**args_kwargs)
 
 
@@ -580,7 +608,8 @@ def _mlflow_run(job: _Job, model_path: Path) -> Iterator[Any]:
         return
     import mlflow
 
-    run = _start_mlflow_run(mlflow_cfg)
+    run_id = job.resume.mlflow_run_id if job.resume is not None else None
+    run = _start_mlflow_run(mlflow_cfg, run_id)
     mlflow.log_params(
         _flat_params({**job.p.model_dump(), "model_path": str(model_path), "device": job.device})
     )
@@ -616,17 +645,26 @@ def _train_and_save(
     """Train with the Trainer `args` describe, evaluate, save the model folders, log to MLflow `run`."""
     trainable = sum(x.numel() for x in model.parameters() if x.requires_grad)
     callback = _make_callback(job.emit, _metric_logger(run))
-    trainer = _make_trainer(job, model, tokenizer, args, data, callback)
-    _announce(job, data, _planned_steps(job.p, len(data.rows)), trainable)
-    fitted = _fit(trainer, callback, data)
+    planned = _planned_steps(job.p, len(data.rows))
+    saver = checkpoints.make_callback(
+        checkpoints.policy_for(job.p, planned, bool(data.eval)),
+        job.checkpoints,
+        job.emit,
+        lambda: callback.last_eval,
+        lambda: run.info.run_id if run is not None else None,
+    )
+    trainer = _make_trainer(job, model, tokenizer, args, data, [callback, saver])
+    _announce(job, data, planned, trainable)
+    fitted = _fit(trainer, callback, data, job.resume)
+    selected = _select(job, trainer, fitted)
     _save_trained(job, trainer)
     if not job.is_main:
         return {}
     with contextlib.suppress(OSError):
-        (job.job_dir / "checkpoints").rmdir()  # the Trainer's output_dir; nothing is checkpointed there
+        job.checkpoints.rmdir()  # the Trainer's output_dir, when nothing was checkpointed there
     saved = _save_hf_model(job, trainer, tokenizer)
     model_dir = _save_mlflow_folder(job.outputs)
-    result = _result(job, run, fitted, data, model_dir)
+    result = {**_result(job, run, fitted, data, model_dir), **selected}
     stops = _stop_check(job, saved, tokenizer)
     del saved
     if stops is not None:
@@ -646,8 +684,8 @@ def _metric_logger(run: Any) -> Callable[[dict, int], None]:
     return log_metrics
 
 
-def _make_trainer(job: _Job, model: Any, tokenizer: Any, args: Any, data: _Data, callback: Any) -> Any:
-    """The transformers Trainer, reporting through `callback` only (no progress printer)."""
+def _make_trainer(job: _Job, model: Any, tokenizer: Any, args: Any, data: _Data, callbacks: list[Any]) -> Any:
+    """The transformers Trainer, reporting through `callbacks` only (no progress printer)."""
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback
 
@@ -663,7 +701,7 @@ def _make_trainer(job: _Job, model: Any, tokenizer: Any, args: Any, data: _Data,
             eval_dataset=data.eval or None,
             data_collator=collator,
             processing_class=tokenizer,
-            callbacks=[callback],
+            callbacks=callbacks,
         )
     trainer.remove_callback(PrinterCallback)  # progress goes through on_event instead
     return trainer
@@ -683,6 +721,9 @@ def _announce(job: _Job, data: _Data, max_steps: int, trainable: int) -> None:
             "trainable_params": trainable,
         }
     )
+    if job.resume is not None:
+        job.emit({"type": "resume", "step": job.resume.step, "max_steps": job.resume.max_steps,
+                  "checkpoint": str(job.resume.path)})  # fmt: skip
     if data.dropped:
         job.emit(
             {
@@ -693,13 +734,17 @@ def _announce(job: _Job, data: _Data, max_steps: int, trainable: int) -> None:
         )
 
 
-def _fit(trainer: Any, callback: Any, data: _Data) -> _Fitted:
-    """Train, then evaluate at the last step unless the eval curve already did."""
+def _fit(trainer: Any, callback: Any, data: _Data, resume: Checkpoint | None = None) -> _Fitted:
+    """Train (from `resume`, an earlier attempt's checkpoint, when there is one), then evaluate at the
+    last step unless the eval curve already did."""
     started = time.perf_counter()
     with _quiet_checkpointing_deprecation():
-        train_output = trainer.train()
+        train_output = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
     runtime = time.perf_counter() - started
     steps = int(trainer.state.global_step)
+    train_loss = float(train_output.training_loss)
+    if resume is not None:  # the Trainer's mean covers this attempt's steps only
+        train_loss = _logged_mean_loss(trainer.state.log_history, steps, train_loss)
     eval_loss = perplexity = None
     if data.eval:
         if callback.last_eval is None or callback.last_eval["step"] != steps:
@@ -708,12 +753,46 @@ def _fit(trainer: Any, callback: Any, data: _Data) -> _Fitted:
             eval_loss, perplexity = callback.last_eval["eval_loss"], callback.last_eval["perplexity"]
     return _Fitted(
         steps=steps,
-        train_loss=float(train_output.training_loss),
+        train_loss=train_loss,
         train_tokens=int(trainer.state.num_input_tokens_seen or 0),
         runtime=runtime,
         eval_loss=eval_loss,
         perplexity=perplexity,
     )
+
+
+def _logged_mean_loss(history: list[dict], steps: int, fallback: float) -> float:
+    """The mean training loss over all `steps`, from the logged losses (each the mean since the last
+    log), as the Trainer restores them on resume; `fallback` when the log does not cover the run."""
+    total, previous = 0.0, 0
+    for entry in history:
+        if "loss" in entry and "step" in entry and int(entry["step"]) > previous:
+            total += float(entry["loss"]) * (int(entry["step"]) - previous)
+            previous = int(entry["step"])
+    return total / previous if previous == steps and steps > 0 else fallback
+
+
+def _select(job: _Job, trainer: Any, fitted: _Fitted) -> dict[str, Any]:
+    """`finetune.select`: keep the final weights (last), or load the checkpoint with the lowest held-out
+    loss when it beats them (best). `fitted` then describes the selected model; returns what the result
+    records of the choice."""
+    chosen: dict[str, Any] = {"select": job.p.select, "final_eval_loss": fitted.eval_loss}
+    last = {**chosen, "selected_step": fitted.steps, "selected_eval_loss": fitted.eval_loss}
+    best = checkpoints.best(checkpoints.complete(job.checkpoints)) if job.p.select == "best" else None
+    if best is None or best.eval_loss is None or best.step >= fitted.steps:
+        return last
+    if fitted.eval_loss is not None and best.eval_loss >= fitted.eval_loss:
+        return last
+    if job.use_deepspeed:
+        job.emit(
+            {"type": "warning", "message": "select: best is not supported with DeepSpeed: the last weights"}
+        )
+        return last
+    checkpoints.load_weights(trainer.accelerator.unwrap_model(trainer.model), best, job.p.apply_lora)
+    fitted.eval_loss = best.eval_loss
+    fitted.perplexity = math.exp(best.eval_loss) if best.eval_loss < 700 else float("inf")
+    job.emit({"type": "selected", "step": best.step, "max_steps": fitted.steps, "eval_loss": best.eval_loss})
+    return {**chosen, "selected_step": best.step, "selected_eval_loss": best.eval_loss}
 
 
 def _save_trained(job: _Job, trainer: Any) -> None:
@@ -884,6 +963,13 @@ def describe_event(event: Event) -> str:
             f"{event['train_loss']:.4f}, {event['train_tokens']} tokens "
             f"({event['tokens_per_second']:.0f}/s), model at {event['model_dir']}"
         )
+    if kind == "resume":
+        return f"resumed from step {event['step']} of {event['max_steps']} ({event.get('checkpoint')})"
+    if kind == "checkpoint":
+        loss = event.get("eval_loss")
+        return f"checkpoint at step {event['step']}" + ("" if loss is None else f" (eval_loss {loss:.4f})")
+    if kind == "selected":
+        return f"selected the checkpoint of step {event['step']} (eval_loss {event['eval_loss']:.4f}): best"
     if kind in ("warning", "error"):
         return f"{kind}: {event.get('message')}"
     if kind == "phase":

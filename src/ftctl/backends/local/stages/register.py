@@ -85,8 +85,9 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         same = _same_model(ws.mlflow.MlflowClient(), name, lineage, job.eval_loss)
         if same is not None:
             return _reuse(ctx, name, same)
+    selected = _selected(ctx, job)
     gate = _gate(ctx, call)
-    tags = {**lineage, **gate.get("tags", {})}
+    tags = {**lineage, **gate.get("tags", {}), **_selected_tags(selected)}
     source = f"runs:/{run_id}/mlflow_model"
     with ctx.ui.spinner(f"registering {name} in the MLflow model registry"):
         mlflow = ws.mlflow
@@ -115,7 +116,27 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "tags": tags,
         "registration_token": token,
         "gate": gate.get("decision"),
+        **selected,
     }
+
+
+def _selected(ctx: Context, job: Any) -> Outputs:
+    """Which step of the job the registered weights are (finetune.select) and their held-out loss: the
+    figure the gate compares."""
+    if job.selected_step is None:
+        return {}
+    selected = {"select": job.select, "selected_step": job.selected_step, "selected_eval_loss": job.eval_loss}
+    loss = "n/a" if job.eval_loss is None else f"{job.eval_loss:.4f}"
+    ctx.ui.info(
+        f"  model: the weights of step {job.selected_step} (select: {job.select}), held-out loss {loss}"
+    )
+    return selected
+
+
+def _selected_tags(selected: Outputs) -> dict[str, str]:
+    if not selected:
+        return {}
+    return {"ftctl.select": str(selected["select"]), "ftctl.selected_step": str(selected["selected_step"])}
 
 
 def _version_outputs(client: Any, name: str, version: Any) -> Outputs:

@@ -22,6 +22,7 @@ from ftctl.stages.shared import data_file, display_name, finetune_params
 from ftctl.stages.shared import training_inputs as inputs
 
 if TYPE_CHECKING:
+    from ftctl.backends.local.checkpoints import Checkpoint
     from ftctl.backends.local.jobs import Job
     from ftctl.context import Context
     from ftctl.stages.contract import Outputs, StageCall
@@ -34,6 +35,7 @@ class _Follower:
         self.ctx = ctx
         self.bar = bar
         self.started: float | None = None  # the job's "start" event time: the ETA is the job's own pace
+        self.first_step = 0  # the step this attempt started from (a resumed job's checkpoint)
         bar.update(info="starting the job (loading the model and data)", quiet=True)
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -48,8 +50,9 @@ class _Follower:
         elif kind == "progress":
             step, total = event.get("step") or 0, event.get("max_steps") or None
             eta = None
-            if self.started is not None and event.get("time") and step and total:
-                eta = (event["time"] - self.started) / step * (total - step)
+            done = step - self.first_step
+            if self.started is not None and event.get("time") and done > 0 and total:
+                eta = (event["time"] - self.started) / done * (total - step)
             self.bar.update(
                 step,
                 total=total,
@@ -64,6 +67,11 @@ class _Follower:
             )
         elif kind == "phase":
             self.bar.update(info=str(event.get("message")), quiet=True)
+        elif kind == "resume":
+            self.first_step = int(event.get("step") or 0)
+            self.bar.log(f"  resumed from step {event.get('step')} of {event.get('max_steps')}")
+        elif kind == "selected":
+            self.bar.log(f"  selected the checkpoint of step {event.get('step')}: the lowest eval_loss")
         elif kind == "warning":
             self.ctx.ui.warn(str(event.get("message")))
 
@@ -97,12 +105,11 @@ def _refuse_second_trainer(ctx: Context) -> None:
             )
 
 
-def _start_job(ctx: Context, call: StageCall) -> Job:
-    from ftctl.backends.local.jobs import Job, new_job_id
+def _job_spec(ctx: Context, call: StageCall, job_id: str) -> dict[str, Any]:
+    """What the job `job_id` runs: the model, the data, the parameters, the command."""
     from ftctl.backends.local.launch import launch_command
 
     ws = local(ctx)
-    _refuse_second_trainer(ctx)
     recorded, data = call.upstream, ctx.cfg.data
     model, compute = recorded.pick_model, recorded.check_compute
     params, notes = finetune_params(ctx, recorded)
@@ -114,7 +121,6 @@ def _start_job(ctx: Context, call: StageCall) -> Job:
     experiment = f"chat_completion_{model_name.split('/')[-1]}"
     gpus = compute.gpus_per_node or 0
     name = display_name(model_name, params, gpus)
-    job_id = new_job_id()
     command = launch_command(
         ws.jobs_dir / job_id,
         num_gpus=gpus,
@@ -140,7 +146,28 @@ def _start_job(ctx: Context, call: StageCall) -> Job:
         "command": command,
         "workspace": str(ws.root),
     }
-    job = Job.create(ws.jobs_dir, spec)
+    return {**spec, "resume_key": _resume_key(spec)}
+
+
+def _resume_key(spec: dict[str, Any]) -> str:
+    """What a checkpoint of the job depends on: the model, the data's contents, the parameters and the
+    command. A failed job resumes only while the job submit would start now has the same key."""
+    from ftctl.state import digest, file_signature
+
+    files = {
+        key: file_signature(Path(spec[key])) if spec.get(key) else None for key in ("train_file", "eval_file")
+    }
+    keys = ("model_path", "params", "device", "command")
+    return digest({**{key: spec.get(key) for key in keys}, **files})
+
+
+def _start_job(ctx: Context, call: StageCall) -> Job:
+    from ftctl.backends.local.jobs import Job, new_job_id
+
+    _refuse_second_trainer(ctx)
+    spec = _job_spec(ctx, call, new_job_id())
+    name = spec["display_name"]
+    job = Job.create(local(ctx).jobs_dir, spec)
     # Record the job before starting it: an ftctl killed in between leaves a recorded job that the
     # next `ftctl submit` starts or re-attaches to, never one training unrecorded while a second starts.
     started = {"job_id": job.id, "job_dir": str(job.dir), "display_name": name}
@@ -151,11 +178,59 @@ def _start_job(ctx: Context, call: StageCall) -> Job:
     return job
 
 
+def _resumable(ctx: Context, call: StageCall, outputs: dict[str, Any]) -> tuple[Job, Checkpoint] | None:
+    """The failed job of `outputs` and its last complete checkpoint, when the job submit would start
+    now is the same (model, data, parameters, command) and `--restart` was not given."""
+    from ftctl.backends.local import checkpoints
+    from ftctl.backends.local.jobs import FAILED, trainer_error_type
+
+    if not outputs.get("job_dir"):
+        return None
+    job = _job(outputs)
+    if job.status().get("state") != FAILED or job.running():
+        return None
+    if trainer_error_type(job) == "TrainingDiverged":  # it would diverge again
+        return None
+    found = checkpoints.latest(job.dir / "checkpoints")
+    if found is None:
+        return None
+    if call.options.restart or call.options.force:
+        ctx.ui.info(f"  starting over (--restart): the checkpoints of job {job.id} are deleted")
+        checkpoints.remove_all(job.dir / "checkpoints")
+        return None
+    spec = job.spec()
+    if spec.get("resume_key") != _resume_key(_job_spec(ctx, call, job.id)):
+        ctx.ui.info(f"  job {job.id} has a checkpoint, but the model, data or parameters changed: a new job")
+        return None
+    return job, found
+
+
+def _resume(ctx: Context, call: StageCall, job: Job, found: Checkpoint) -> int:
+    """Start the failed `job` again: its trainer resumes from its last complete checkpoint. Returns the
+    offset in its events from which this attempt's events follow."""
+    _refuse_second_trainer(ctx)
+    offset = job.reopen({"type": "resume_requested", "step": found.step, "max_steps": found.max_steps})
+    started = {"job_id": job.id, "job_dir": str(job.dir), "display_name": job.spec().get("display_name")}
+    call.checkpoint(started)
+    process = job.start()
+    call.checkpoint({**started, "pid": process["pid"], "process": process})
+    ctx.ui.info(
+        f"  resuming job {job.id} from its checkpoint at step {found.step} of {found.max_steps} "
+        f"(pid {process['pid']}; `--restart` starts over); log: {job.log_path}"
+    )
+    return offset
+
+
 def run(ctx: Context, call: StageCall) -> Outputs:
     from ftctl.backends.local.jobs import COMPLETED, describe_failure
 
     recorded = call.recorded
-    if recorded.get("job_dir"):
+    offset = 0
+    resumable = _resumable(ctx, call, recorded or call.previous)
+    if resumable is not None:  # a failed job (killed, or every process lost) with a checkpoint
+        job, found = resumable
+        offset = _resume(ctx, call, job, found)
+    elif recorded.get("job_dir"):
         job = _job(recorded)
         if job.never_started():  # the attempt that recorded it was interrupted before starting it
             ctx.ui.info(f"  re-attaching to job {job.id} (its start was interrupted: starting it now)")
@@ -170,9 +245,9 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     if not call.options.wait:
         raise Detached(f"job {job.id} is running; follow it with `ftctl submit` or check `ftctl status`")
     with ctx.ui.progress("training", unit="steps") as bar:
-        final = job.follow(_Follower(ctx, bar))
+        final = job.follow(_Follower(ctx, bar), offset=offset)
     if final.get("state") != COMPLETED:
-        raise StageFailed(describe_failure(job, final))
+        raise StageFailed(describe_failure(job, final) + _checkpoint_note(job.dir, resumes=True))
     result = job.result()
     eval_loss = result.get("eval_loss")
     ctx.ui.info(
@@ -192,6 +267,9 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "train_tokens": result.get("train_tokens"),
         "tokens_per_second": result.get("tokens_per_second"),
         "steps": result.get("steps"),
+        "select": result.get("select"),
+        "selected_step": result.get("selected_step"),
+        "final_eval_loss": result.get("final_eval_loss"),
         "params": job.spec().get("params"),
     }
     return _with_stop_check(ctx, call, outputs, result)
@@ -237,7 +315,18 @@ def ended_outcome(outputs: dict[str, Any]) -> tuple[str, str] | None:
         return None
     if status["state"] == COMPLETED:
         return COMPLETED, f"job {outputs.get('job_id')} completed"
-    return "failed", f"job {outputs.get('job_id')} failed: {status.get('error') or 'see `ftctl logs`'}"
+    note = _checkpoint_note(Path(outputs["job_dir"]), resumes=True)
+    return "failed", f"job {outputs.get('job_id')} failed: {status.get('error') or 'see `ftctl logs`'}{note}"
+
+
+def _checkpoint_note(job_dir: Path, resumes: bool = False) -> str:
+    """'; last checkpoint: step 4 of 8' (what `ftctl status` shows of a job's checkpoints), or ''."""
+    from ftctl.backends.local import checkpoints
+
+    last = checkpoints.latest(job_dir / "checkpoints")
+    if last is None:
+        return ""
+    return f"; last checkpoint: {last.describe()}" + (" (`ftctl submit` resumes from it)" if resumes else "")
 
 
 def alive(ctx: Context, outputs: Outputs) -> bool:
@@ -249,6 +338,10 @@ def alive(ctx: Context, outputs: Outputs) -> bool:
 
 def summary(outputs: dict[str, Any]) -> str:
     text = f"{outputs.get('job_id')}"
+    if outputs.get("job_dir") and outputs.get("steps") is None:  # still training: how far it is saved
+        text += _checkpoint_note(Path(outputs["job_dir"]))
+    elif outputs.get("selected_step") is not None and outputs.get("selected_step") != outputs.get("steps"):
+        text += f", selected step {outputs['selected_step']} of {outputs.get('steps')}"
     for name in ("eval_loss", "train_loss"):
         loss = outputs.get(name)
         if isinstance(loss, float):
