@@ -47,6 +47,7 @@ class Capabilities:
     rotate_key: bool = False  # ftctl credentials --rotate
     dry_run: bool = False  # --dry-run: show what would be created, create nothing
     cluster: bool = False  # teardown --compute: a compute cluster ftctl may have created
+    loss_weights: bool = False  # training honours "weight": 0 on an assistant message (no loss on it)
 
 
 METHOD_CAPABILITIES = ("endpoint", "metrics", "logs", "plan", "evaluate", "list_models", "rotate_key")
@@ -62,6 +63,7 @@ COMMANDS = {
     "rotate_key": "ftctl credentials --rotate",
     "dry_run": "--dry-run",
     "cluster": "teardown --compute",
+    "loss_weights": '"weight": 0 on assistant messages',
 }
 
 
