@@ -1,6 +1,8 @@
 """The user's own data: the four formats (OpenAI chat, ShareGPT, Alpaca, prompt/completion) in JSONL,
 JSON, CSV and parquet files, detected or forced, columns renamed; one file divided into train and test
-(seeded); duplicates and overlap reported or dropped; weight 0 honoured in the loss mask."""
+(seeded); duplicates and overlap reported or dropped; weight 0 honoured in the loss mask. Then
+`ftctl prepare-data --dataset my.jsonl` as a user runs it, for each format, good and malformed: what it
+prints, what it records, and exit 2 naming file:line with nothing written."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from ftctl.data import formats
 from ftctl.data.prepare import PrepareOptions, format_checks, format_dropped, held_out_count, prepare
 from ftctl.data.ultrachat import ALL_WEIGHT_0, check_record
 from ftctl.errors import DataError
+from harness import Ftctl
 
 QA = [(f"What is {i} plus {i}?", f"{i} plus {i} is {2 * i}.") for i in range(1, 31)]
 
@@ -337,3 +340,120 @@ def test_read_conversations_keeps_weight_0(tmp_path):
     found = [messages for _, messages in read_conversations(path)]
     assert found[0][1] == {"role": "assistant", "content": "Bad answer.", "weight": 0}
     assert found[1][1] == {"role": "assistant", "content": "Bad answer."}
+
+
+# --- ftctl prepare-data --dataset FILE ---------------------------------------------------------
+
+
+FORMATS = {
+    "openai": "OpenAI chat (messages)",
+    "sharegpt": "ShareGPT (conversations)",
+    "alpaca": "Alpaca (instruction/input/output)",
+    "prompt-completion": "prompt/completion",
+}
+
+
+@pytest.fixture
+def ws(prepared_ws: Ftctl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ftctl:
+    """A copy of the session's prepared workspace (authenticated, the sample prepared), its folder the
+    current one (where the user's file is)."""
+    copy = prepared_ws.copy(tmp_path / "ws")
+    monkeypatch.chdir(copy.root)
+    return copy
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_prepare_data_on_a_file_of_each_format(ws: Ftctl, fmt: str) -> None:
+    src = write(ws.root / "my.jsonl", [as_format(fmt, q, a) for q, a in QA])
+    result = ws("prepare-data", "--dataset", "my.jsonl")
+    assert "my.jsonl: 30 records, 0 dropped: train_sft 27, test_sft 3 (10% held out, seed 0)" in result.stderr
+    assert f"format: {FORMATS[fmt]}, detected at my.jsonl:1" in result.stderr
+    assert "score samples test_sft (there is no 'test_gen' split)" in result.stderr
+    outputs = ws.outputs("prepare-data")
+    assert outputs["source_kind"] == "file" and outputs["divided"] == {
+        "split": "my",
+        "test_pc": 10.0,
+        "seed": 0,
+    }
+    assert {name: (f["rows"], f["format"], f["duplicates"]) for name, f in outputs["files"].items()} == {
+        "train_sft": (27, fmt, 0),
+        "test_sft": (3, fmt, 0),
+    }
+    first = json.loads((ws.workspace / "data" / "train_sft.jsonl").read_text().splitlines()[0])
+    assert [m["role"] for m in first["messages"]] == ["user", "assistant"]
+    # The file is an input of the stage: changing it makes prepare-data stale.
+    assert ws.status()["prepare-data"]["stale"] is False
+    src.write_text(src.read_text() + json.dumps(as_format(fmt, "One more?", "Yes.")) + "\n")
+    assert ws.status()["prepare-data"]["stale_reason"] == "dataset changed"
+
+
+def test_options_are_settings_and_duplicates_are_reported_then_dropped(ws: Ftctl) -> None:
+    records = [as_format("alpaca", q, a) for q, a in QA]
+    records[5] = records[1]
+    write(ws.root / "my.csv", records)
+    kept = ws("prepare-data", "--dataset", "my.csv", "--test-pc", "20")
+    assert "train_sft 24, test_sft 6 (20% held out, seed 0)" in kept.stderr
+    assert "train_sft: 1 exact duplicates (my.csv:7 = line 3); kept: set data.dedupe=true" in kept.stderr
+    dropped = ws("prepare-data", "--dedupe")
+    assert "my.csv: 30 records, 1 dropped: train_sft 23, test_sft 6" in dropped.stderr
+    assert "dropped my.csv:7: exact duplicate of line 3 (data.dedupe)" in dropped.stderr
+    assert "20" in ws("config", "show", "data.test_pc").stdout
+    assert "true" in ws("config", "show", "data.dedupe").stdout
+
+
+def weight_2(i: int) -> dict[str, Any]:
+    return {
+        "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a", "weight": 2}]
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "fragments"),
+    [
+        ("bad.jsonl", "\n".join(["{oops"] * 12) + "\n",
+         ["bad.jsonl: only 0 valid training rows", "bad.jsonl:1: invalid JSON"]),
+        ("bad.json", '[\n{"prompt": "a", "completion": "b"}\n{"prompt": "c"}\n]',
+         ["bad.json:3: invalid JSON: expected ',' or ']'"]),
+        ("bad.csv", "instruction,output\n" + "".join(f"q{i},\n" for i in range(12)),
+         ["bad.csv: only 0 valid training rows", "bad.csv:2: 'output' is empty"]),
+        ("keys.jsonl", "".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n" for i in range(12)),
+         ["keys.jsonl: only 0 valid training rows", "keys.jsonl:1: no 'messages' field", "data.columns"]),
+        ("weights.jsonl", "".join(json.dumps(weight_2(i)) + "\n" for i in range(12)),
+         ["weights.jsonl:1: message 1 has weight 2, not 0 or 1"]),
+    ],
+)  # fmt: skip
+def test_a_malformed_file_is_exit_2_naming_file_and_line(
+    ws: Ftctl, name: str, content: str, fragments: list[str]
+) -> None:
+    (ws.root / name).write_text(content, encoding="utf-8")
+    data = ws.workspace / "data"
+    before = {path.name: path.read_bytes() for path in data.iterdir()}
+    result = ws("prepare-data", "--dataset", name, code=2)
+    for fragment in fragments:
+        assert fragment in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    # The sample's prepared files are as they were: nothing half-written, no temp file left.
+    assert {path.name: path.read_bytes() for path in data.iterdir()} == before
+    assert ws.record("prepare-data")["status"] == "failed"
+
+
+def test_a_forced_format_and_columns_from_the_config(ws: Ftctl) -> None:
+    write(ws.root / "qa.parquet", [{"q": q, "a": a} for q, a in QA])
+    ws.settings += ["data.columns.prompt=q", "data.columns.completion=a"]
+    result = ws("prepare-data", "--dataset", "qa.parquet")
+    assert "format: prompt/completion, detected at qa.parquet:1" in result.stderr
+    refused = ws("--set", "data.columns.nope=q", "prepare-data", code=2)
+    assert "data.columns" in refused.stderr and "unknown column 'nope'" in refused.stderr
+    forced = ws("prepare-data", "--format", "sharegpt", code=2)
+    assert "qa.parquet:1: no 'conversations' field (the data is ShareGPT)" in forced.stderr
+
+
+def test_dry_run_on_azure_says_the_file_is_divided(ftctl: Ftctl, tmp_path: Path) -> None:
+    pytest.importorskip("azure.ai.ml")
+    write(ftctl.root / "my.jsonl", [as_format("openai", q, a) for q, a in QA])
+    result = ftctl(
+        "--backend", "azureml", "--set", "model.name=Phi-4", "--set", "compute.name=gpu",
+        "prepare-data", "--dataset", "my.jsonl", "--dry-run",
+    )  # fmt: skip
+    assert "divides: 10% of its valid records to test_sft (seed 0), the rest to train_sft" in result.stdout
+    assert "test_gen" not in result.stdout

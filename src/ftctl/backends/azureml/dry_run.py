@@ -181,8 +181,8 @@ def prepare_data(ctx: Context) -> Outputs:
         [cfg.train_split, cfg.test_split] if one_file else [cfg.train_split, cfg.test_split, cfg.score_split]
     )
     shape = (
-        {"divides": f"its valid records: {cfg.test_pc:g}% to {cfg.test_split} (seed {cfg.seed}), the rest to "
-         f"{cfg.train_split}"}
+        {"divides": f"{cfg.test_pc:g}% of its valid records to {cfg.test_split} (seed {cfg.seed}), the rest "
+         f"to {cfg.train_split}"}
         if one_file
         else {"other_splits": "<every other split of the dataset, as <split>.jsonl>"}
     )  # fmt: skip
