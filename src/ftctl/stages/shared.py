@@ -163,7 +163,7 @@ def registry_name(model: str) -> str:
     if model.startswith(("/", "~", ".", "\\")) or re.match(r"^[A-Za-z]:[\\/]", model):
         path = Path(model).expanduser()
         model = (path.resolve() if path.name in ("", ".", "..") else path).name
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", model.replace("/", "-")).lstrip("-._")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", model.replace("/", "-")).strip("-._")
     return name or "model"
 
 
