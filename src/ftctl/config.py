@@ -302,7 +302,9 @@ def _off_is_text(value: Any) -> Any:
 
 
 class RegisterSection(Section):
-    model_name: str | None = Field(None, description="default: <model>-ultrachat-200k with / replaced by -")
+    model_name: str | None = Field(
+        None, description="default: <model>-ultrachat-200k (a hub id's / as -, a model folder by its name)"
+    )
     gate: Annotated[Literal["improve", "off"], BeforeValidator(_off_is_text)] = Field(
         "improve",
         description="improve: register only a model whose held-out loss beats the base model's and the "
