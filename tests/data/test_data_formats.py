@@ -185,7 +185,7 @@ def test_duplicates_in_one_file_are_reported_then_dropped(tmp_path):
     train, test = report.splits
     assert train.duplicates == [(10, 3), (21, 3)] and train.rows_written + test.rows_written == 30
     assert format_checks(report, dedupe=False)[0].startswith(
-        f"train_sft: 2 exact duplicates ({src}:10 = line 3, {src}:21 = line 3); kept"
+        f"{src}: 2 exact duplicates ({src}:10 = line 3, {src}:21 = line 3); kept"
     )
     report = prepare(str(src), tmp_path / "out", PrepareOptions(dedupe=True))
     train, test = report.splits
@@ -393,7 +393,7 @@ def test_options_are_settings_and_duplicates_are_reported_then_dropped(ws: Ftctl
     write(ws.root / "my.csv", records)
     kept = ws("prepare-data", "--dataset", "my.csv", "--test-pc", "20")
     assert "train_sft 24, test_sft 6 (20% held out, seed 0)" in kept.stderr
-    assert "train_sft: 1 exact duplicates (my.csv:7 = line 3); kept: set data.dedupe=true" in kept.stderr
+    assert "my.csv: 1 exact duplicates (my.csv:7 = line 3); kept: set data.dedupe=true" in kept.stderr
     dropped = ws("prepare-data", "--dedupe")
     assert "my.csv: 30 records, 1 dropped: train_sft 23, test_sft 6" in dropped.stderr
     assert "dropped my.csv:7: exact duplicate of line 3 (data.dedupe)" in dropped.stderr

@@ -693,8 +693,9 @@ def format_checks(report: PrepareReport, dedupe: bool, limit: int = 3) -> list[s
             pairs = ", ".join(f"{split.where}:{line} = line {other}" for line, other in found[:limit])
             more = f", ... ({len(found) - limit} more)" if len(found) > limit else ""
             done = "dropped" if dedupe else "kept: set data.dedupe=true to drop them"
-            if what == "exact duplicates":
-                lines.append(f"{split.name}: {len(found)} {what} ({pairs}{more}); {done}")
+            if what == "exact duplicates":  # in a divided file: found before it was divided
+                name = split.where if report.divided is not None else split.name
+                lines.append(f"{name}: {len(found)} {what} ({pairs}{more}); {done}")
             else:
                 lines.append(f"{split.name}: {len(found)} records {what} ({pairs}{more}); {done}")
     return lines
