@@ -457,3 +457,24 @@ def test_dry_run_on_azure_says_the_file_is_divided(ftctl: Ftctl, tmp_path: Path)
     )  # fmt: skip
     assert "divides: 10% of its valid records to test_sft (seed 0), the rest to train_sft" in result.stdout
     assert "test_gen" not in result.stdout
+
+
+@pytest.mark.parametrize("engine", ["arrow", "datasets"])
+def test_a_one_split_hub_dataset_with_a_column_mapping_is_divided(tmp_path, engine):
+    """A hub dataset of question/answer columns with only a `train` split, read as the hub reads it
+    (`datasets`, as for a hub id) and with pyarrow: mapped, converted, divided; its split name kept in
+    the lines it reports."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    rows = [{"question": q, "answer": a} for q, a in QA] + [{"question": "", "answer": "x"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "hub" / "data" / "train-00000-of-00001.parquet")
+    options = PrepareOptions(columns={"prompt": "question", "completion": "answer"}, engine=engine)
+    report = prepare(str(tmp_path / "hub"), tmp_path / "out", options)
+    assert report.source_kind == "hub-layout" and report.divided == "train" and report.checked
+    assert [(s.name, s.rows_written, s.format) for s in report.splits] == [
+        ("train_sft", 27, "prompt-completion"),
+        ("test_sft", 3, "prompt-completion"),
+    ]
+    assert format_dropped(report) == ["train:31: 'prompt' is empty"]
