@@ -148,15 +148,49 @@ class ComputeSection(Section):
     )
 
 
+def _data_columns(value: dict[str, str] | None) -> dict[str, str] | None:
+    """data.columns: the keys are columns of a format ftctl reads (ftctl.data.formats)."""
+    from ftctl.data.formats import COLUMN_NAMES
+
+    for key, column in (value or {}).items():
+        if key not in COLUMN_NAMES:
+            raise ValueError(f"unknown column {key!r}: the columns ftctl reads are {', '.join(COLUMN_NAMES)}")
+        if not column.strip():
+            raise ValueError(f"data.columns.{key} is empty: name the column of your data that holds {key}")
+    return value or None
+
+
 class DataSection(Section):
-    dataset: str = SAMPLE_DATASET
+    dataset: str = Field(
+        SAMPLE_DATASET,
+        description="a data file (.jsonl, .json, .csv, .parquet), a folder of <split>.jsonl or a hub-layout "
+        "folder, a hub id, or the shipped sample",
+    )
     subset: str | None = None
     revision: str | None = None
+    format: Literal["auto", "openai", "sharegpt", "alpaca", "prompt-completion"] = Field(
+        "auto", description="the records' format; auto: from the first record's columns"
+    )
+    columns: Annotated[dict[str, str] | None, AfterValidator(_data_columns)] = Field(
+        None, description="format column -> your column, e.g. {prompt: question, completion: answer}"
+    )
     split_pc: float = Field(100.0, gt=0, le=100, description="percent of each split to keep, (0, 100]")
+    test_pc: float = Field(
+        10.0,
+        ge=0,
+        lt=100,
+        description="one file (or one-split dataset): percent held out as test_split, [0, 100)",
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description=f"chooses the held-out records, 0..{MAX_SEED}")
+    dedupe: bool = Field(
+        False, description="drop exact duplicates and test records also in train (else reported)"
+    )
     download_dir: str = Field("data", description="relative paths are inside the workspace")
     train_split: str = "train_sft"
     test_split: str = "test_sft"
-    score_split: str = "test_gen"
+    score_split: str = Field(
+        "test_gen", description="score's sample; test_split when the data has no such split"
+    )
     min_train_rows: int = Field(
         10, ge=1, le=MAX_ROWS, description=f"fewest valid training rows to go on with, 1..{MAX_ROWS}"
     )
@@ -289,7 +323,9 @@ def _off_is_text(value: Any) -> Any:
 
 
 class RegisterSection(Section):
-    model_name: str | None = Field(None, description="default: <model>-ultrachat-200k with / replaced by -")
+    model_name: str | None = Field(
+        None, description="default: <model>-ultrachat-200k (a hub id's / as -, a model folder by its name)"
+    )
     gate: Annotated[Literal["improve", "off"], BeforeValidator(_off_is_text)] = Field(
         "improve",
         description="improve: register only a model whose held-out loss beats the base model's and the "

@@ -52,7 +52,12 @@ STAGES: tuple[Stage, ...] = (
         ("compute", "finetune.precision"),
         "Find or create compute; check allow/deny lists.",
     ),
-    Stage("prepare-data", ("auth",), ("data",), "Download, validate and write the ultrachat splits."),
+    Stage(
+        "prepare-data",
+        ("auth",),
+        ("data",),
+        "Read, validate and write the splits (any chat format, as ultrachat records).",
+    ),
     Stage(
         "submit",
         ("check-compute", "prepare-data"),

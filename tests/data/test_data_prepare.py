@@ -291,7 +291,8 @@ def test_unknown_requested_split(tmp_path):
 
 @pytest.mark.parametrize("name", ["./does-not-exist", "no/such/folder", "~/nope-ftctl-xyz", "data.jsonl"])
 def test_nonexistent_path(tmp_path, name):
-    with pytest.raises(DataError, match="no such folder") as info:
+    what = "file" if name.endswith(".jsonl") else "folder"
+    with pytest.raises(DataError, match=f"no such {what}") as info:
         prepare(name, tmp_path / "out")
     assert name in str(info.value)
 
@@ -312,11 +313,12 @@ def test_folder_without_dataset(tmp_path):
     assert str(folder) in str(info.value)
 
 
-def test_file_instead_of_folder(tmp_path, make_chat):
-    path = tmp_path / "train_sft.jsonl"
+def test_file_of_an_unknown_type_instead_of_folder(tmp_path, make_chat):
+    path = tmp_path / "train_sft.txt"
     path.write_text(json.dumps(make_chat(1)) + "\n")
-    with pytest.raises(DataError, match="not a dataset folder"):
+    with pytest.raises(DataError, match="is a file that is not .jsonl, .json, .csv or .parquet"):
         prepare(str(path), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_builtin_dataset(tmp_path):

@@ -1,4 +1,5 @@
-"""The whole local pipeline for real: train, register, serve over HTTP, score, tear down."""
+"""The whole local pipeline for real, on the user's own data: a ShareGPT file (the shipped sample's
+conversations) is converted and divided, then train, register, serve over HTTP, score, tear down."""
 
 from __future__ import annotations
 
@@ -15,8 +16,18 @@ from harness import FAST, Ftctl
 
 @pytest.fixture
 def ftctl(ftctl: Ftctl) -> Ftctl:
-    """The same fresh workspace, with the suite's fast training profile (harness.FAST)."""
-    return Ftctl(ftctl.root, config=FAST)
+    """The same fresh workspace, with the suite's fast training profile (harness.FAST), on a ShareGPT
+    file of the sample's conversations (the one training of this test: no more than the sample costs)."""
+    from ftctl.data.sample import iter_sample_conversations
+
+    speaker = {"system": "system", "user": "human", "assistant": "gpt"}
+    records = [
+        {"conversations": [{"from": speaker[m["role"]], "value": m["content"]} for m in row["messages"]]}
+        for split in ("train_sft", "test_sft")
+        for row in iter_sample_conversations(split)
+    ]
+    (ftctl.root / "my-chats.json").write_text(json.dumps(records), encoding="utf-8")
+    return Ftctl(ftctl.root, config=FAST + "data:\n  dataset: my-chats.json\n")
 
 
 def _post(url: str, body: dict, key: str | None) -> tuple[int, str]:
@@ -33,8 +44,11 @@ def _post(url: str, body: dict, key: str | None) -> tuple[int, str]:
 
 
 def test_nine_local_stages_end_to_end(ftctl) -> None:
+    # The user's file, converted and divided: 460 conversations, 46 held out.
+    prepared = ftctl("run", "--to", "prepare-data")
+    assert "my-chats.json: 460 records, 0 dropped: train_sft 414, test_sft 46" in prepared.stderr
+    assert "format: ShareGPT (conversations), detected at my-chats.json:1" in prepared.stderr
     # Start training detached, then let `run` re-attach to the same job.
-    ftctl("run", "--to", "prepare-data")
     ftctl("submit", "--no-wait")
     submit = ftctl.state()["stages"]["submit"]
     assert submit["status"] == "running"
@@ -44,6 +58,7 @@ def test_nine_local_stages_end_to_end(ftctl) -> None:
     assert f"re-attaching to job {job_id}" in result.stderr
     assert "output: " in result.stdout and 'raw response: {"output":' in result.stdout
     status = ftctl.status()
+    assert status["score"]["outputs"]["split"] == "test_sft"  # the file has no test_gen split
     # Every stage succeeded; deploy's endpoint is down again, since `run` ends with teardown.
     wanted = ["down" if name == "deploy" else "succeeded" for name in ORDER]
     assert [status[name]["status"] for name in ORDER] == wanted

@@ -50,6 +50,7 @@ class Capabilities:
     export: bool = False  # ftctl export
     dry_run: bool = False  # --dry-run: show what would be created, create nothing
     cluster: bool = False  # teardown --compute: a compute cluster ftctl may have created
+    loss_weights: bool = False  # training honours "weight": 0 on an assistant message (no loss on it)
 
 
 METHOD_CAPABILITIES = (
@@ -75,6 +76,7 @@ COMMANDS = {
     "export": "ftctl export",
     "dry_run": "--dry-run",
     "cluster": "teardown --compute",
+    "loss_weights": '"weight": 0 on assistant messages',
 }
 
 

@@ -27,6 +27,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
             "5% of every split of the hub dataset",
         ),
         ("ftctl prepare-data --dataset ./my-jsonl-folder", "a folder of <split>.jsonl files"),
+        ("ftctl prepare-data --dataset my.jsonl", "one file of your own (any chat format), 10% held out"),
     ],
     "submit": [
         ("ftctl submit", "check the plan, then fine-tune with a live progress bar (loss, tokens/s, ETA)"),

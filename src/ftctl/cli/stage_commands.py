@@ -88,24 +88,39 @@ def check_compute(ctx: Context, force: bool = FORCE, dry_run: bool = DRY_RUN) ->
     settings={
         "dataset": "data.dataset",
         "subset": "data.subset",
+        "format": "data.format",
         "download_dir": "data.download_dir",
         "split_pc": "data.split_pc",
+        "test_pc": "data.test_pc",
+        "dedupe": "data.dedupe",
     },
 )
 def prepare_data(
     ctx: Context,
     dataset: Optional[str] = typer.Option(
-        None, "--dataset", help="Hub id, hub-layout folder or folder of <split>.jsonl."
+        None,
+        "--dataset",
+        help="A data file (.jsonl, .json, .csv, .parquet), a folder of <split>.jsonl, a hub-layout folder "
+        "or a hub id.",
     ),
     subset: Optional[str] = typer.Option(None, "--subset", help="Dataset config/subset name."),
+    format: Optional[str] = typer.Option(
+        None, "--format", help="openai, sharegpt, alpaca or prompt-completion (default: auto, detected)."
+    ),
     download_dir: Optional[str] = typer.Option(None, "--download-dir", help="Where to write <split>.jsonl."),
     split_pc: Optional[float] = typer.Option(
         None, "--split-pc", help="Percent of each split to keep (0-100]."
     ),
+    test_pc: Optional[float] = typer.Option(
+        None, "--test-pc", help="One file: percent of its records held out as the test split [0-100)."
+    ),
+    dedupe: Optional[bool] = typer.Option(
+        None, "--dedupe/--no-dedupe", help="Drop exact duplicates and test records also in train."
+    ),
     force: bool = FORCE,
     dry_run: bool = DRY_RUN,
 ) -> None:
-    """Download, validate and write the dataset splits as JSON lines."""
+    """Read, validate and write the dataset splits as JSON lines (any chat format, in the ultrachat shape)."""
     run_stage(ctx, "prepare-data", force, dry_run=dry_run)
 
 

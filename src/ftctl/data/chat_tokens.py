@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ftctl.data.ultrachat import trained_on
 from ftctl.errors import DataError, UsageError
 from ftctl.plan import Conversation, sample_indices
 
@@ -73,7 +74,8 @@ def tokenize_conversation(
     """Tokenise a conversation with its chat template; labels are -100 except on assistant replies.
 
     Trainable tokens: each assistant turn's content and the end-of-turn token closing it (`<|end|>`
-    for Phi-3; plus the eos token where a template appends one after the last turn). Returns
+    for Phi-3; plus the eos token where a template appends one after the last turn), except turns with
+    `"weight": 0` (the OpenAI fine-tuning format): those stay in the context, out of the loss. Returns
     (input_ids, labels) truncated to max_seq_length, or None when no trainable token is left.
 
     Works for any chat template: a reply starts where render(messages[:i], add_generation_prompt=True)
@@ -83,6 +85,8 @@ def tokenize_conversation(
     """
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError("tokenize_conversation needs a fast tokenizer (it uses offset mappings)")
+    trained = [trained_on(message) for message in messages]
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]  # the template sees no weight
     full = render(tokenizer, messages)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(enc["input_ids"])
@@ -93,6 +97,9 @@ def tokenize_conversation(
         if message.get("role") != "assistant":
             continue
         start = _reply_start(tokenizer, messages, i, full, search_from)
+        if not trained[i]:  # weight 0: context only; the next reply is searched for after this one
+            search_from = max(search_from, start)
+            continue
         if start < 0:
             continue
         common = common_prefix_len(encode(tokenizer, render(tokenizer, messages[: i + 1])), ids)
@@ -120,7 +127,7 @@ def _require_file(path: Path) -> None:
         raise DataError(f"{path}: no such data file", hint=MISSING_HINT)
 
 
-def read_conversations(path: Path) -> Iterable[tuple[int, list[dict[str, str]]]]:
+def read_conversations(path: Path) -> Iterable[tuple[int, list[dict[str, Any]]]]:
     """Yield (line number, messages) from a jsonl file of {"messages": [{role, content}, ...]}; DataError
     naming the file and line for a line that is not UTF-8, not JSON, or not a conversation."""
     path = Path(path)
@@ -147,7 +154,15 @@ def read_conversations(path: Path) -> Iterable[tuple[int, list[dict[str, str]]]]
                 raise DataError(
                     f'{path}:{lineno}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}'
                 )
-            yield lineno, [{"role": m["role"], "content": m["content"]} for m in messages]
+            yield lineno, [_message(m) for m in messages]
+
+
+def _message(message: dict[str, Any]) -> dict[str, Any]:
+    """role and content, and `"weight": 0` where a message has it (no loss on that reply)."""
+    found = {"role": message["role"], "content": message["content"]}
+    if message.get("weight") == 0:
+        found["weight"] = 0
+    return found
 
 
 def count_lines(path: Path) -> int:

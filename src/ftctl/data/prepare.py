@@ -7,7 +7,19 @@ This is the notebook's download-dataset.py step: for every split of the dataset,
 - a local folder laid out like a hub dataset repo (``data/<split>-*.parquet``), loaded through
   ``datasets.load_dataset`` exactly as a hub dataset would be;
 - a local folder of ``<split>.jsonl`` files, read line by line so bad lines are reported by number;
+- one file (.jsonl, .json, .csv or .parquet): one split, which prepare-data divides itself into the train
+  and test splits (`test_pc` percent of its valid records, chosen with a seeded shuffle); so is a
+  dataset with a single split not named like the train split (a hub dataset with only ``train``);
 - a Hugging Face hub id such as ``HuggingFaceH4/ultrachat_200k``.
+
+Records may be in any format of ftctl.data.formats (OpenAI chat, ShareGPT, Alpaca, prompt/completion),
+detected per split from the first record that has one's columns (or forced with `format`), with
+`columns` renaming the source's columns first; they are written in the ultrachat shape.
+
+Exact duplicates, and test records also in the train split, are found and reported (dropped with
+`dedupe`) for the user's own data: files, folders of JSON lines, converted formats, one-split datasets.
+Hub datasets (hub ids, hub-layout folders, the sample) already in the messages format are checked only
+with `dedupe`: hashing every record of ultrachat_200k costs a tenth of prepare-data's time.
 
 Invalid records are dropped and reported (see ftctl.data.ultrachat.check_record), each with its line
 and reason; so are JSON lines that are not strict JSON (duplicate keys, NaN) and overlong lines. Output
@@ -24,17 +36,23 @@ module decides which splits, writes them (in worker processes for large ones), a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import itertools
+import math
 import os
+import random
 import re
 import signal
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl.constants import SAMPLE_DATASET as SAMPLE_DATASET
+from ftctl.data import formats
 from ftctl.data.sources import (
+    SOURCE_FILE,
     SOURCE_HUB,
     SOURCE_HUB_LAYOUT,
     SOURCE_JSONL_DIR,
@@ -56,8 +74,12 @@ if TYPE_CHECKING:
 @dataclass
 class PrepareReport:
     dataset: str
-    source_kind: str  # "sample" | "hub-layout" | "jsonl-dir" | "hub"
+    source_kind: str  # "sample" | "hub-layout" | "jsonl-dir" | "file" | "hub"
     splits: list[SplitReport] = field(default_factory=list)
+    divided: str | None = None  # the one split prepare-data divided into train and test (None: it did not)
+    test_pc: float = 0.0  # (when divided) the percentage of it held out
+    seed: int = 0  # (when divided) the seed that chose them
+    checked: bool = False  # whether duplicates and overlap were looked for
 
     def split(self, name: str) -> SplitReport:
         for report in self.splits:
@@ -94,6 +116,10 @@ class PrepareOptions:
     `revision`: the hub revision. `engine`: local hub-layout folders (and the sample) are streamed with
     pyarrow ("arrow", the default: flat memory, several times faster), or loaded through
     `datasets.load_dataset` as a hub dataset is ("datasets"); hub ids always go through `datasets`.
+    `format`: "auto" or one of ftctl.data.formats.FORMATS; `columns`: format column -> source column.
+    `test_split`, `test_pc`, `seed`: where a one-split dataset's held-out records go, how many (percent),
+    chosen how. `dedupe`: drop exact duplicates and test records also in train (else only reported).
+    `weights`: whether the backend honours `"weight": 0` (else a record with one is refused).
     """
 
     subset: str | None = None
@@ -103,6 +129,13 @@ class PrepareOptions:
     min_train_rows: int = 10
     revision: str | None = None
     engine: str = "arrow"
+    format: str = formats.AUTO
+    columns: Mapping[str, str] | None = None
+    test_split: str = "test_sft"
+    test_pc: float = 10.0
+    seed: int = 0
+    dedupe: bool = False
+    weights: bool = True
 
 
 def _check_hub_reachable(dataset: str, say: Callable[[str], None]) -> None:
@@ -120,10 +153,11 @@ def _check_hub_reachable(dataset: str, say: Callable[[str], None]) -> None:
         ) from None
 
 
-def _wanted_splits(source: Source, splits: Sequence[str] | None, train_split: str) -> list[str]:
+def _wanted_splits(
+    source: Source, available: list[str], splits: Sequence[str] | None, train_split: str
+) -> list[str]:
     """The splits to write (all those of `source` unless `splits` names some), checked: they exist, make
     file names, and include the train split."""
-    available = source.split_names()
     if not available:
         raise DataError(f"{source.label()}: the dataset has no splits")
     if splits is not None:
@@ -164,20 +198,28 @@ def _check_train_rows(source: Source, train: SplitReport, options: PrepareOption
     needed = max(options.min_train_rows, 1)
     if train.rows_written >= needed:
         return
-    where = (
-        str(Path(source.location) / f"{options.train_split}.jsonl")
-        if source.kind == SOURCE_JSONL_DIR
-        else f"{source.label()} split {options.train_split}"
-    )
+    if source.kind == SOURCE_JSONL_DIR:
+        where = str(Path(source.location) / f"{options.train_split}.jsonl")
+    elif source.kind == SOURCE_FILE:
+        where = source.dataset
+    else:
+        where = f"{source.label()} split {options.train_split}"
     # Name the dropped records (file:line and why) here too: the caller's warnings about them are never
     # printed when the stage fails.
     why = "".join(
         f"\n  {text}" for text in format_dropped(PrepareReport(source.dataset, source.kind, [train]), limit=5)
     )
+    hint = "fix or replace the dropped records, or raise data.split_pc"
+    if options.format == formats.AUTO and train.detected_at is None and train.rows_written == 0:
+        hint = (
+            f"no record has the columns of a format ftctl reads: {formats.EXPECTED}; name yours with "
+            "data.columns (e.g. data.columns.prompt=question), or set data.format"
+        )
+    held = f" ({options.test_pc:g}% held out for {options.test_split})" if source.kind == SOURCE_FILE else ""
     raise DataError(
-        f"{where}: only {train.rows_written} valid training rows "
+        f"{where}: only {train.rows_written} valid training rows{held} "
         f"({train.rows_read} read, {len(train.dropped)} dropped); at least {needed} needed" + why,
-        hint="fix or replace the dropped records, or raise data.split_pc",
+        hint=hint,
     )
 
 
@@ -209,28 +251,92 @@ def prepare(
     opts = options or PrepareOptions()
     if opts.engine not in ("arrow", "datasets"):
         raise ValueError(f"engine must be arrow or datasets, not {opts.engine!r}")
+    if opts.format != formats.AUTO and opts.format not in formats.FORMATS:
+        raise DataError(
+            f"data.format must be auto or one of {', '.join(formats.FORMATS)}, not {opts.format!r}"
+        )
     pc = _check_split_pc(opts.split_pc)
     kind = source_kind(dataset)
     source = Source(dataset, kind, opts.subset, opts.revision, opts.engine)
     say = progress or (lambda _line: None)
     if kind == SOURCE_HUB:
         _check_hub_reachable(dataset, say)
-    wanted = _wanted_splits(source, opts.splits, opts.train_split)
+    available = source.split_names()
+    divided = _divided_split(source, available, opts)
+    if divided is not None:
+        wanted = [opts.train_split] + ([opts.test_split] if opts.test_pc > 0 else [])
+        if opts.test_split == opts.train_split:
+            raise DataError(f"data.test_split and data.train_split are both {opts.train_split!r}")
+    else:
+        wanted = _wanted_splits(source, available, opts.splits, opts.train_split)
+    spec = _Spec.of(source, opts)
 
     download_dir = Path(download_dir)
     created_dir = _make_download_dir(download_dir, wanted)
     done: dict[str, tuple[SplitReport, Path]] = {}
     try:
-        with contextlib.closing(_write_splits(source, wanted, pc, download_dir)) as written:
-            for report, tmp in written:
+        if divided is not None:
+            for report, tmp in _write_divided(source, divided, pc, download_dir, spec, opts):
                 done[report.name] = (report, tmp)
-                say(f"{report.name}: {report.rows_written} rows, {len(report.dropped)} dropped")
+            say(_divided_line(source, opts, [done[split][0] for split in wanted]))
+        else:
+            with contextlib.closing(_write_splits(source, wanted, pc, download_dir, spec)) as written:
+                for report, tmp in written:
+                    done[report.name] = (report, tmp)
+                    say(f"{report.name}: {report.rows_written} rows, {len(report.dropped)} dropped")
         _check_train_rows(source, done[opts.train_split][0], opts)
+        _check_refused([done[split][0] for split in wanted])
         _commit([done[split] for split in wanted])
     except BaseException:
         _discard(done, download_dir if created_dir else None)
         raise
-    return PrepareReport(dataset=dataset, source_kind=kind, splits=[done[split][0] for split in wanted])
+    return PrepareReport(
+        dataset=dataset,
+        source_kind=kind,
+        splits=[done[split][0] for split in wanted],
+        divided=divided,
+        test_pc=opts.test_pc if divided is not None else 0.0,
+        seed=opts.seed,
+        checked=spec.hashing or divided is not None,
+    )
+
+
+def _divided_split(source: Source, available: list[str], opts: PrepareOptions) -> str | None:
+    """The one split prepare-data divides into train and test: a file's, or a one-split dataset's whose
+    split is neither the train nor the test split (a hub dataset with only `train`); None for datasets
+    with their own."""
+    if source.kind == SOURCE_FILE:
+        return available[0]
+    if (
+        opts.splits is None
+        and len(available) == 1
+        and available[0] not in (opts.train_split, opts.test_split)
+    ):
+        return available[0]
+    return None
+
+
+def _divided_line(source: Source, opts: PrepareOptions, reports: Sequence[SplitReport]) -> str:
+    """`my.jsonl: 120 records, 2 dropped: train_sft 106, test_sft 12 (10%, seed 0)`."""
+    first = reports[0]
+    parts = ", ".join(f"{r.name} {r.rows_written}" for r in reports)
+    held = f" ({opts.test_pc:g}% held out, seed {opts.seed})" if len(reports) > 1 else ""
+    return f"{first.where}: {first.rows_read} records, {len(first.dropped)} dropped: {parts}{held}"
+
+
+def _check_refused(reports: Sequence[SplitReport]) -> None:
+    """DataError naming the records with weight 0, where the backend cannot leave a reply out."""
+    refused = [(r.where, d) for r in reports for d in r.refused]
+    if not refused:
+        return
+    where, first = refused[0]
+    more = f" (and {len(refused) - 1} more records)" if len(refused) > 1 else ""
+    raise DataError(
+        f"{where}:{first.line}: an assistant message has weight 0{more}, and this backend trains on every "
+        "assistant reply: it cannot leave one out",
+        hint="remove the weight 0 turns (or their weight, to train on them), or use the local backend, "
+        "which honours weight 0",
+    )
 
 
 def _commit(files: Sequence[tuple[SplitReport, Path]]) -> None:
@@ -276,37 +382,197 @@ def _signals_deferred() -> Iterator[None]:
 PARALLEL_MIN_ROWS = 100_000  # below this, starting worker processes costs more than it saves
 
 
-def _write_one(source: Source, split: str, pc: float, download_dir: Path) -> tuple[SplitReport, Path]:
-    """Read, validate and write one split to a temp file; (its report, the temp file)."""
-    writer = SplitWriter(download_dir, split)
-    try:
-        _fill(writer, source.rows(split, pc))
-        writer.close()
-    except BaseException:
-        writer.discard()
-        raise
-    return writer.report(), writer.tmp
+DETECT_LIMIT = 100  # records read to find the format before the split is read as OpenAI chat
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """How a split's records are read and written (picklable: it goes to worker processes)."""
+
+    format: str = formats.AUTO
+    columns: tuple[tuple[str, str], ...] = ()
+    decode_lists: bool = False  # CSV: list columns hold JSON text
+    hashing: bool = False  # look for duplicates (and overlap): always, whatever the format
+    dedupe: bool = False
+    weights: bool = True
+    train_split: str = "train_sft"
+    test_split: str = "test_sft"
+
+    @classmethod
+    def of(cls, source: Source, opts: PrepareOptions) -> _Spec:
+        hub = source.kind in (SOURCE_SAMPLE, SOURCE_HUB_LAYOUT, SOURCE_HUB)
+        columns = tuple((opts.columns or {}).items())
+        return cls(
+            format=opts.format,
+            columns=columns,
+            decode_lists=source.kind == SOURCE_FILE and source.location.lower().endswith(".csv"),
+            hashing=opts.dedupe
+            or not hub
+            or bool(columns)
+            or opts.format not in (formats.AUTO, formats.OPENAI),
+            dedupe=opts.dedupe,
+            weights=opts.weights,
+            train_split=opts.train_split,
+            test_split=opts.test_split,
+        )
+
+    def writer(self, download_dir: Path, split: str, **extra: Any) -> SplitWriter:
+        return SplitWriter(
+            download_dir, split, hashing=self.hashing, dedupe=self.dedupe, weights=self.weights, **extra
+        )
+
+
+def _records(rows: Iterator[tuple[int, Any]], spec: _Spec, writer: SplitWriter) -> Iterator[tuple[int, Any]]:
+    """`rows` converted to the ultrachat shape (Bad for those that cannot be); the format found (or
+    forced) is noted on `writer`, which then also looks for duplicates unless it is OpenAI chat."""
+    columns = dict(spec.columns)
+    fmt = spec.format
+    pending: list[tuple[int, Any]] = []
+    if fmt == formats.AUTO:
+        for number, record in rows:
+            pending.append((number, record))
+            if isinstance(record, Bad):
+                continue
+            found = formats.detect(formats.rename(record, columns) if columns else record)
+            if found is not None:
+                fmt, writer.detected_at = found, number
+                break
+            if len(pending) >= DETECT_LIMIT:
+                break
+        if fmt == formats.AUTO:  # no record has any format's columns: each says what it lacks
+            fmt = formats.OPENAI
+    writer.format = fmt
+    writer.hashing = writer.hashing or fmt != formats.OPENAI
+    if fmt == formats.OPENAI and not columns and not spec.decode_lists:  # ultrachat: as it is
+        yield from pending
+        yield from rows
+        return
+    convert = formats.CONVERTERS[fmt]
+    for number, record in itertools.chain(pending, rows):
+        if isinstance(record, Bad):
+            yield number, record
+            continue
+        if columns:
+            record = formats.rename(record, columns)
+        if spec.decode_lists and isinstance(record, dict):
+            record = formats.decode_lists(record)
+        converted = record if isinstance(record, str) else convert(record)
+        yield number, Bad(converted) if isinstance(converted, str) else converted
+
+
+def _write_one(
+    source: Source,
+    split: str,
+    pc: float,
+    download_dir: Path,
+    spec: _Spec,
+    exclude: Mapping[bytes, int] | None = None,
+) -> tuple[SplitReport, Path, dict[bytes, int]]:
+    """Read, validate and write one split to a temp file; (its report, the temp file, the digests of
+    its records when it looked for duplicates)."""
+    writer = spec.writer(download_dir, split, exclude=exclude)
+    _fill(writer, _records(source.rows(split, pc), spec, writer))
+    return dataclasses.replace(writer.report(), where=source.where(split)), writer.tmp, writer.digests
 
 
 def _write_one_in_worker(
-    args: tuple[str, str, str | None, str | None, str, str, float, str],
+    args: tuple[str, str, str | None, str | None, str, str, float, str, _Spec],
 ) -> tuple[SplitReport, Path]:
-    dataset, kind, subset, revision, engine, split, pc, download_dir = args
-    return _write_one(Source(dataset, kind, subset, revision, engine), split, pc, Path(download_dir))
+    dataset, kind, subset, revision, engine, split, pc, download_dir, spec = args
+    source = Source(dataset, kind, subset, revision, engine)
+    report, tmp, _ = _write_one(source, split, pc, Path(download_dir), spec)
+    return report, tmp
+
+
+def held_out_count(valid: int, test_pc: float) -> int:
+    """How many of `valid` records a one-split dataset holds out: `test_pc` percent, rounded, at least one
+    and never all (none when test_pc is 0 or there are fewer than 2)."""
+    if test_pc <= 0 or valid < 2:
+        return 0
+    return min(max(int(math.floor(valid * test_pc / 100 + 0.5)), 1), valid - 1)
+
+
+def _write_divided(
+    source: Source, split: str, pc: float, download_dir: Path, spec: _Spec, opts: PrepareOptions
+) -> list[tuple[SplitReport, Path]]:
+    """One split's valid records, divided into the train and test splits: `held_out_count` of them, chosen
+    by a seeded shuffle, go to the test split, in their order. Duplicates are found in the whole split
+    first (dropped with dedupe: no record is then on both sides); without dedupe, a test record whose
+    copy went to train is reported as overlap."""
+    pool = spec.writer(download_dir, opts.train_split)
+    pool.hashing, pool.order, pool.lines = True, [], []
+    _fill(pool, _records(source.rows(split, pc), spec, pool))
+    where = source.where(split)
+    outputs: list[SplitWriter] = []
+    try:
+        order, lines = pool.order or [], pool.lines or []
+        chosen = set(
+            random.Random(opts.seed).sample(range(len(order)), held_out_count(len(order), opts.test_pc))
+        )
+        train = SplitWriter(download_dir, opts.train_split)
+        outputs.append(train)
+        test = SplitWriter(download_dir, opts.test_split) if opts.test_pc > 0 else None
+        if test is not None:
+            outputs.append(test)
+        in_train: dict[bytes, int] = {}
+        for i, digest in enumerate(order):
+            if i not in chosen:
+                in_train.setdefault(digest, lines[i])
+        with pool.tmp.open("rb") as fh:
+            for i, data in enumerate(fh):
+                if test is not None and i in chosen:
+                    test.add_written(data)
+                    if order[i] in in_train:
+                        test.overlap.append((lines[i], in_train[order[i]]))
+                else:
+                    train.add_written(data)
+        for writer in outputs:
+            writer.close()
+    except BaseException:
+        for writer in outputs:
+            writer.discard()
+        raise
+    finally:
+        pool.discard()
+    first = pool.report()
+    found = [
+        dataclasses.replace(
+            train.report(),
+            where=where,
+            rows_read=first.rows_read,
+            dropped=first.dropped,
+            format=first.format,
+            detected_at=first.detected_at,
+            duplicates=first.duplicates,
+            refused=first.refused,
+        )
+    ]
+    if test is not None:
+        found.append(dataclasses.replace(test.report(), where=where, format=first.format))
+    return [(report, writer.tmp) for report, writer in zip(found, outputs, strict=True)]
 
 
 def _write_splits(
-    source: Source, splits: Sequence[str], pc: float, download_dir: Path
+    source: Source, splits: Sequence[str], pc: float, download_dir: Path, spec: _Spec
 ) -> Generator[tuple[SplitReport, Path], None, None]:
-    """Write every split; large parquet datasets use one process per core, biggest split first."""
+    """Write every split; large parquet datasets use one process per core, biggest split first. When
+    duplicates are looked for, the train split is written first and the test split checked against it."""
     workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, len(splits))
     sizes: dict[str, int] = {}
-    if workers > 1 and source.engine == "arrow" and source.kind in (SOURCE_SAMPLE, SOURCE_HUB_LAYOUT):
+    parallel = (
+        not spec.hashing and source.engine == "arrow" and source.kind in (SOURCE_SAMPLE, SOURCE_HUB_LAYOUT)
+    )
+    if workers > 1 and parallel:
         files = hub_layout_splits(Path(source.location))
         sizes = {split: parquet_rows(files[split]) for split in splits}
     if sum(sizes.values()) < PARALLEL_MIN_ROWS:
-        for split in splits:
-            yield _write_one(source, split, pc, download_dir)
+        train: dict[bytes, int] = {}
+        for split in sorted(splits, key=lambda name: name != spec.train_split):  # train first
+            exclude = train if split == spec.test_split else None
+            report, tmp, digests = _write_one(source, split, pc, download_dir, spec, exclude)
+            if split == spec.train_split:
+                train = digests
+            yield report, tmp
         return
 
     import multiprocessing
@@ -314,7 +580,17 @@ def _write_splits(
 
     order = sorted(splits, key=lambda s: -sizes[s])
     args = [
-        (source.dataset, source.kind, source.subset, source.revision, source.engine, s, pc, str(download_dir))
+        (
+            source.dataset,
+            source.kind,
+            source.subset,
+            source.revision,
+            source.engine,
+            s,
+            pc,
+            str(download_dir),
+            spec,
+        )
         for s in order
     ]
     # spawn, not fork: the caller may hold threads (MLflow, torch) that a fork would copy mid-state.
@@ -374,11 +650,17 @@ def _remove_stale_temp_files(download_dir: Path, splits: Iterable[str]) -> None:
 
 
 def _fill(writer: SplitWriter, rows: Iterable[tuple[int, Any]]) -> None:
-    for number, record in rows:
-        if isinstance(record, Bad):
-            writer.drop(number, record.reason)
-        else:
-            writer.add(number, record)
+    """Write `rows` and close the writer; its temp file is deleted if anything fails."""
+    try:
+        for number, record in rows:
+            if isinstance(record, Bad):
+                writer.drop(number, record.reason)
+            else:
+                writer.add(number, record)
+        writer.close()
+    except BaseException:
+        writer.discard()
+        raise
 
 
 def format_dropped(report: PrepareReport, limit: int = 10) -> list[str]:
@@ -386,11 +668,34 @@ def format_dropped(report: PrepareReport, limit: int = 10) -> list[str]:
     lines: list[str] = []
     total = 0
     for split in report.splits:
-        where = f"{split.name}.jsonl" if report.source_kind == SOURCE_JSONL_DIR else split.name
+        where = split.where or (
+            f"{split.name}.jsonl" if report.source_kind == SOURCE_JSONL_DIR else split.name
+        )
         for dropped in split.dropped:
             total += 1
             if len(lines) < limit:
                 lines.append(f"{where}:{dropped.line}: {dropped.reason}")
     if total > len(lines):
         lines.append(f"... and {total - len(lines)} more")
+    return lines
+
+
+def format_checks(report: PrepareReport, dedupe: bool, limit: int = 3) -> list[str]:
+    """What the duplicate and overlap checks found, a line per split that has any (empty when none)."""
+    lines: list[str] = []
+    for split in report.splits:
+        for found, what in (
+            (split.duplicates, "exact duplicates"),
+            (split.overlap, "also in the train split"),
+        ):
+            if not found:
+                continue
+            pairs = ", ".join(f"{split.where}:{line} = line {other}" for line, other in found[:limit])
+            more = f", ... ({len(found) - limit} more)" if len(found) > limit else ""
+            done = "dropped" if dedupe else "kept: set data.dedupe=true to drop them"
+            if what == "exact duplicates":  # in a divided file: found before it was divided
+                name = split.where if report.divided is not None else split.name
+                lines.append(f"{name}: {len(found)} {what} ({pairs}{more}); {done}")
+            else:
+                lines.append(f"{split.name}: {len(found)} records {what} ({pairs}{more}); {done}")
     return lines

@@ -1,6 +1,9 @@
 """Where prepare-data reads a dataset from, and how: the kinds of source (the shipped sample, a hub-layout
-folder, a folder of <split>.jsonl files, a hub id), their splits, and readers that yield every record
-with its 1-based line or row number (or why it cannot be read).
+folder, a folder of <split>.jsonl files, one file, a hub id), their splits, and readers that yield every
+record with its 1-based line or row number (or why it cannot be read).
+
+A file (.jsonl, .json, .csv or .parquet) is one split, named after the file; prepare-data divides it into
+the train and test splits itself (ftctl.data.prepare).
 
 `datasets` and pyarrow are imported inside functions: importing this module stays cheap.
 """
@@ -28,6 +31,10 @@ SOURCE_SAMPLE = "sample"
 SOURCE_HUB_LAYOUT = "hub-layout"
 SOURCE_JSONL_DIR = "jsonl-dir"
 SOURCE_HUB = "hub"
+SOURCE_FILE = "file"
+# The files a dataset may be, by suffix: JSON lines, JSON (an array of records, or JSON lines), CSV
+# (a header row; list columns hold JSON text) and parquet.
+FILE_TYPES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 
 # owner/name or name, as the hub allows them.
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -141,12 +148,12 @@ def _looks_like_path(dataset: str) -> bool:
     return (
         not _HUB_ID_RE.match(dataset)
         or dataset.startswith((".", "~"))
-        or dataset.endswith((".jsonl", ".json", ".parquet", ".csv"))
+        or dataset.lower().endswith(FILE_TYPES)
     )
 
 
 def source_kind(dataset: str) -> str:
-    """Which kind of source `dataset` names: "sample", "hub-layout", "jsonl-dir" or "hub".
+    """Which kind of source `dataset` names: "sample", "hub-layout", "jsonl-dir", "file" or "hub".
 
     Raises DataError for a local path that does not exist or holds no dataset.
     """
@@ -157,9 +164,12 @@ def source_kind(dataset: str) -> str:
     path = Path(dataset).expanduser()
     if path.exists():
         if not path.is_dir():
+            if path.suffix.lower() in FILE_TYPES:
+                return SOURCE_FILE
             raise DataError(
-                f"{path}: is a file, not a dataset folder",
-                hint="point at the folder holding <split>.jsonl files or a hub-layout data/ folder",
+                f"{path}: is a file that is not .jsonl, .json, .csv or .parquet, and not a dataset folder",
+                hint="give a data file with one of those names, or the folder holding <split>.jsonl files "
+                "or a hub-layout data/ folder",
             )
         if _hub_layout_files(path):
             return SOURCE_HUB_LAYOUT
@@ -173,9 +183,11 @@ def source_kind(dataset: str) -> str:
     if dataset.startswith("ftctl:"):
         raise DataError(f"unknown built-in dataset {dataset!r}", hint=f"the built-in one is {SAMPLE_DATASET}")
     if _looks_like_path(dataset):
+        what = "file" if dataset.lower().endswith(FILE_TYPES) else "folder"
         raise DataError(
-            f"{dataset}: no such folder",
-            hint="give an existing local folder, a Hugging Face hub id (owner/name) or " + SAMPLE_DATASET,
+            f"{dataset}: no such {what}",
+            hint="give an existing data file or folder, a Hugging Face hub id (owner/name) or "
+            + SAMPLE_DATASET,
         )
     return SOURCE_HUB
 
@@ -327,7 +339,7 @@ class Source:
         self.revision = revision
         if kind == SOURCE_SAMPLE:
             self.location = str(sample_dataset_dir())
-        elif kind in (SOURCE_HUB_LAYOUT, SOURCE_JSONL_DIR):
+        elif kind in (SOURCE_HUB_LAYOUT, SOURCE_JSONL_DIR, SOURCE_FILE):
             self.location = str(Path(dataset).expanduser())
         else:
             self.location = dataset
@@ -360,7 +372,15 @@ class Source:
             )
         return DataError(f"{self.location}: cannot load the dataset ({what}): {short_reason(exc)}")
 
+    def where(self, split: str) -> str:
+        """What a dropped record's line number counts in: `<where>:<line>`."""
+        if self.kind == SOURCE_FILE:
+            return self.dataset
+        return f"{split}.jsonl" if self.kind == SOURCE_JSONL_DIR else split
+
     def split_names(self) -> list[str]:
+        if self.kind == SOURCE_FILE:
+            return [Path(self.location).stem]
         if self.kind == SOURCE_JSONL_DIR:
             return [p.stem for p in _jsonl_files(Path(self.location))]
         if self.kind in (SOURCE_SAMPLE, SOURCE_HUB_LAYOUT) and self.engine == "arrow":
@@ -382,6 +402,9 @@ class Source:
         return [str(n) for n in names]
 
     def rows(self, split: str, split_pc: float) -> Iterator[tuple[int, Any]]:
+        if self.kind == SOURCE_FILE:
+            yield from read_file(Path(self.location), split_pc)
+            return
         if self.kind == SOURCE_JSONL_DIR:
             yield from _read_jsonl(Path(self.location) / f"{split}.jsonl", split_pc)
             return
@@ -406,3 +429,142 @@ class Source:
         except Exception as exc:
             raise self._fail(exc, f"split {split}") from None
         yield from _iter_dataset_rows(ds)
+
+
+# --------------------------------------------------------------------------------------------------
+# One file: .jsonl, .json, .csv or .parquet
+# --------------------------------------------------------------------------------------------------
+
+
+def read_file(path: Path, split_pc: float) -> Iterator[tuple[int, Any]]:
+    """(line, record) for every record of a data file ((row, record) for parquet)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        yield from _read_parquet([path], split_pc)
+    elif suffix == ".csv":
+        yield from _take(_read_csv(path), split_pc)
+    elif suffix == ".json" and _starts_with(path, b"["):
+        yield from _take(_read_json_array(path), split_pc)
+    else:  # .jsonl, .ndjson, and .json files written as JSON lines
+        yield from _read_jsonl(path, split_pc)
+
+
+def _take(rows: Iterable[tuple[int, Any]], split_pc: float) -> Iterator[tuple[int, Any]]:
+    """The first `split_pc` percent of `rows` (held in memory only when fewer than all are taken)."""
+    if split_pc >= 100:
+        yield from rows
+        return
+    found = list(rows)
+    yield from found[: _take_count(len(found), split_pc)]
+
+
+def _starts_with(path: Path, text: bytes) -> bool:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({os_reason(exc)})") from None
+    return head.removeprefix(_BOM).lstrip().startswith(text)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({os_reason(exc)})") from None
+    try:
+        return data.removeprefix(_BOM).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({exc.reason})") from None
+
+
+def _read_json_array(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line where it starts, record) for every element of a JSON array. A file that is not one
+    well-formed array is refused whole (DataError naming the line): past a syntax error nothing can be
+    read reliably."""
+    text = _read_text(path)
+    counted, line = 0, 1  # text[:counted] holds line - 1 newlines
+
+    def line_at(at: int) -> int:
+        nonlocal counted, line
+        line += text.count("\n", counted, at)
+        counted = at
+        return line
+
+    def fail(at: int, why: str) -> DataError:
+        return DataError(f"{path}:{text.count(chr(10), 0, at) + 1}: invalid JSON: {why}")
+
+    def skip(at: int) -> int:
+        while at < len(text) and text[at] in " \t\r\n":
+            at += 1
+        return at
+
+    pos = skip(text.index("[") + 1)
+    closed = pos < len(text) and text[pos] == "]"
+    pos += closed
+    while not closed:
+        start = pos
+        try:
+            record, pos = _DECODER.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise fail(exc.pos, f"{exc.msg} (column {exc.colno})") from None
+        except _NotStrict as exc:
+            raise fail(start, str(exc)) from None
+        except RecursionError:
+            raise fail(start, "nested too deeply") from None
+        yield line_at(start), record
+        pos = skip(pos)
+        after = text[pos : pos + 1]
+        if not after:
+            raise fail(pos, "the array is not closed (no ']' at the end)")
+        if after not in (",", "]"):
+            raise fail(pos, "expected ',' or ']' after an element of the array")
+        closed = after == "]"
+        pos = pos + 1 if closed else skip(pos + 1)
+    if text[pos:].strip():
+        raise fail(skip(pos), "more text after the array")
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line where the row starts, {column: cell}) for every row of a CSV file with a header row; a row
+    with more or fewer cells than the header is Bad. A file the csv module cannot parse (a NUL byte, an
+    unclosed quote at the end) is refused whole, naming the line."""
+    import csv
+
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_BYTES))
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({os_reason(exc)})") from None
+
+    def text_lines() -> Iterator[str]:  # decoded line by line: a bad byte is named by its line
+        for number, raw in enumerate(handle, 1):
+            try:
+                yield (raw[3:] if number == 1 and raw.startswith(_BOM) else raw).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{number}: not valid UTF-8 ({exc.reason})") from None
+
+    with handle:
+        reader = csv.reader(text_lines(), strict=True)
+        line = 0
+        try:
+            header: list[str] | None = None
+            for cells in reader:
+                start, line = line + 1, reader.line_num
+                if not cells or (len(cells) == 1 and not cells[0].strip()):
+                    continue  # a blank line
+                if header is None:
+                    header = [cell.strip() for cell in cells]
+                    duplicated = sorted({c for c in header if header.count(c) > 1})
+                    if duplicated:
+                        raise DataError(f"{path}:{start}: the header names {show(duplicated[0])} twice")
+                    continue
+                if len(cells) != len(header):
+                    yield start, Bad(f"{len(cells)} cells, but the header has {len(header)} columns")
+                    continue
+                yield start, dict(zip(header, cells, strict=True))
+        except csv.Error as exc:
+            raise DataError(f"{path}:{reader.line_num}: not readable as CSV ({exc})") from None
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read it ({os_reason(exc)})") from None

@@ -15,22 +15,23 @@ from typing import Any
 ROLES = ("system", "user", "assistant")
 MIN_MESSAGES = 2
 NO_REPLY = "no assistant reply to learn from"
+ALL_WEIGHT_0 = "no assistant reply to learn from (every one has weight 0)"
 
 
 def check_record(record: object) -> str | None:
     """None if `record` is a usable chat record, else a short reason why not."""
     if not isinstance(record, Mapping):
-        return f"not an object (got {_kind(record)})"
+        return f"not an object (got {kind(record)})"
     if "messages" not in record:
         return "no 'messages' field"
     messages = record["messages"]
     if not isinstance(messages, (list, tuple)):
-        return f"'messages' is not a list (got {_kind(messages)})"
+        return f"'messages' is not a list (got {kind(messages)})"
     if len(messages) < MIN_MESSAGES:
         return f"fewer than {MIN_MESSAGES} messages ({len(messages)})"
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
-            return f"message {i} is not an object (got {_kind(message)})"
+            return f"message {i} is not an object (got {kind(message)})"
         missing = [key for key in ("role", "content") if key not in message]
         if missing:
             return f"message {i} has no {' or '.join(repr(k) for k in missing)}"
@@ -39,12 +40,36 @@ def check_record(record: object) -> str | None:
             return f"message {i} has role {show(role)}, not one of {', '.join(ROLES)}"
         content = message["content"]
         if not isinstance(content, str):
-            return f"message {i} content is not a string (got {_kind(content)})"
+            return f"message {i} content is not a string (got {kind(content)})"
         if not content.strip():
             return f"message {i} content is empty"
-    if not any(message["role"] == "assistant" for message in messages):
-        return NO_REPLY
+        if "weight" in message and (why := _check_weight(i, role, message["weight"])):
+            return why
+    return _no_reply(messages)
+
+
+def _no_reply(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why there is nothing to learn from (no assistant reply, or weight 0 on every one), or None."""
+    if any(message["role"] == "assistant" and message.get("weight", 1) for message in messages):
+        return None
+    return ALL_WEIGHT_0 if any(message["role"] == "assistant" for message in messages) else NO_REPLY
+
+
+def _check_weight(i: int, role: str, weight: object) -> str | None:
+    if role != "assistant":
+        return f"message {i} has a weight, but only assistant messages may have one"
+    if type(weight) is not int or weight not in (0, 1):  # True is not a weight, nor is 0.5
+        return f"message {i} has weight {show(weight)}, not 0 or 1"
     return None
+
+
+def trained_on(message: Mapping[str, Any]) -> bool:
+    """Whether training learns from `message`: an assistant reply whose weight is not 0."""
+    return message.get("role") == "assistant" and message.get("weight", 1) != 0
+
+
+def has_weight_0(record: Mapping[str, Any]) -> bool:
+    return any(isinstance(m, Mapping) and m.get("weight") == 0 for m in record.get("messages") or ())
 
 
 def show(value: object, limit: int = 40) -> str:
@@ -61,7 +86,8 @@ def last_user_turn(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, A
     return []
 
 
-def _kind(value: object) -> str:
+def kind(value: object) -> str:
+    """What `value` is, in words ("a string", "null"...), for reasons."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -1,6 +1,10 @@
 """Writing one split: every record validated (ftctl.data.ultrachat.check_record), the valid ones written
 as JSON lines to a new temporary file (O_EXCL|O_NOFOLLOW: never one that exists, never through a
 symlink), the dropped ones reported with their line and reason.
+
+With `hashing`, every written record's digest is kept: exact duplicates (the same record, byte for byte
+as written) are found, and dropped with `dedupe`; `exclude` holds another split's digests (the train
+split's, when this is the test split): a record found there is overlap, dropped with `dedupe` too.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ import hashlib
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ftctl.data.ultrachat import check_record
+from ftctl.data.ultrachat import check_record, has_weight_0
 from ftctl.errors import DataError
 
 if TYPE_CHECKING:
@@ -48,6 +53,12 @@ class SplitReport:
     dropped: list[Dropped]
     sha256: str
     bytes: int
+    where: str = ""  # what the line numbers count in: `<where>:<line>` (a file, <split>.jsonl, a split)
+    format: str | None = None  # the format the records were read as (ftctl.data.formats)
+    detected_at: int | None = None  # the line the format was detected from (None: forced, or not found)
+    duplicates: list[tuple[int, int]] = field(default_factory=list)  # (line, line of its first copy)
+    overlap: list[tuple[int, int]] = field(default_factory=list)  # (line, line of the train record)
+    refused: list[Dropped] = field(default_factory=list)  # weight 0 where the backend cannot honour it
 
 
 # A temp file is always a new file: never one that exists, never through a symlink.
@@ -59,8 +70,30 @@ _TEMP_FLAGS = (
 class SplitWriter:
     """Writes one split's valid records to a temp file in download_dir, hashing as it goes."""
 
-    def __init__(self, download_dir: Path, split: str) -> None:
+    def __init__(
+        self,
+        download_dir: Path,
+        split: str,
+        *,
+        hashing: bool = False,
+        dedupe: bool = False,
+        exclude: Mapping[bytes, int] | None = None,
+        weights: bool = True,
+    ) -> None:
         self.split = split
+        self.hashing = hashing
+        self.dedupe = dedupe
+        self.exclude = exclude or {}
+        self.weights = weights  # False: a record with weight 0 is refused (the backend trains on it all)
+        self.digests: dict[bytes, int] = {}  # digest -> line of the first record written with it
+        # Set to lists to keep the digest and line of every record written (in order).
+        self.order: list[bytes] | None = None
+        self.lines: list[int] | None = None
+        self.duplicates: list[tuple[int, int]] = []
+        self.overlap: list[tuple[int, int]] = []
+        self.refused: list[Dropped] = []
+        self.format: str | None = None
+        self.detected_at: int | None = None
         self.target = download_dir / f"{split}.jsonl"
         # Not tempfile.mkstemp: its files are 0600; these get the usual umask-based mode.
         for _ in range(100):
@@ -97,6 +130,41 @@ class SplitWriter:
         except (TypeError, ValueError) as exc:
             self.dropped.append(Dropped(number, _unwritable(exc)))
             return
+        if not self.weights and has_weight_0(record):
+            self.refused.append(Dropped(number, "an assistant message has weight 0"))
+        if self.hashing and not self._admit(number, data):
+            return
+        self._append(data)
+
+    def _admit(self, number: int, data: bytes) -> bool:
+        """Record the digest of `data`; False when it is to be dropped (a duplicate, or in `exclude`,
+        with dedupe)."""
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        first = self.digests.get(digest)
+        if first is not None:
+            self.duplicates.append((number, first))
+            if self.dedupe:
+                self.dropped.append(Dropped(number, f"exact duplicate of line {first} (data.dedupe)"))
+                return False
+        else:
+            self.digests[digest] = number
+        other = self.exclude.get(digest)
+        if other is not None:
+            self.overlap.append((number, other))
+            if self.dedupe:
+                self.dropped.append(Dropped(number, f"also in the train split (line {other}; data.dedupe)"))
+                return False
+        if self.order is not None and self.lines is not None:
+            self.order.append(digest)
+            self.lines.append(number)
+        return True
+
+    def add_written(self, data: bytes) -> None:
+        """Append a line another writer validated (a split of its records)."""
+        self.rows_read += 1
+        self._append(data)
+
+    def _append(self, data: bytes) -> None:
         self._pending.append(data)
         self._pending_bytes += len(data)
         self.bytes += len(data)
@@ -148,6 +216,11 @@ class SplitWriter:
             dropped=self.dropped,
             sha256=self._hash.hexdigest(),
             bytes=self.bytes,
+            format=self.format,
+            detected_at=self.detected_at,
+            duplicates=self.duplicates,
+            overlap=self.overlap,
+            refused=self.refused,
         )
 
 

@@ -152,7 +152,19 @@ def training_inputs(ctx: Context, state: State) -> dict[str, Path]:
 
 def model_name(ctx: Context, recorded: StateView) -> str:
     base = recorded.pick_model.name or ctx.cfg.model.name
-    return ctx.cfg.register_.model_name or f"{base}-ultrachat-200k".replace("/", "-")
+    return ctx.cfg.register_.model_name or f"{registry_name(base)}-ultrachat-200k"
+
+
+def registry_name(model: str) -> str:
+    """A registry name for `model`: a hub id with its / as - (microsoft-Phi-3-mini-4k-instruct); a local
+    folder (a path) by its own name, not the path; anything but letters, digits, `.`, `_` and `-`
+    becomes `-`, and the name starts with a letter or a digit (as Azure ML's and MLflow's names do, and
+    so that no command line reads it as an option)."""
+    if model.startswith(("/", "~", ".", "\\")) or re.match(r"^[A-Za-z]:[\\/]", model):
+        path = Path(model).expanduser()
+        model = (path.resolve() if path.name in ("", ".", "..") else path).name
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", model.replace("/", "-")).strip("-._")
+    return name or "model"
 
 
 def lineage_tags(ctx: Context, recorded: StateView) -> dict[str, str]:
@@ -185,8 +197,15 @@ def register_summary(outputs: Outputs) -> str:
 # --- score ------------------------------------------------------------------------------------------
 
 
+def score_split(ctx: Context, state: State) -> str:
+    """The split score samples: data.score_split, or data.test_split when the prepared data has no
+    such split (a file prepare-data divided into train and test)."""
+    data, files = ctx.cfg.data, prepared_files(state)
+    return data.test_split if data.score_split not in files and data.test_split in files else data.score_split
+
+
 def score_inputs(ctx: Context, state: State) -> dict[str, Path]:
-    return split_inputs(state, ctx.cfg.data.score_split)
+    return split_inputs(state, score_split(ctx, state))
 
 
 def score_summary(outputs: Outputs) -> str:
@@ -221,7 +240,7 @@ def write_sample(ctx: Context, recorded: StateView) -> Sample:
     """A seeded random conversation of data.score_split, up to its last user turn, with the scoring
     parameters, as the request file both backends send."""
     cfg = ctx.cfg.score
-    split = ctx.cfg.data.score_split
+    split = score_split(ctx, recorded.state)
     files = prepared_files(recorded.state)
     if split not in files:
         raise UsageError(f"data.score_split: the prepared data has no {split!r} split ({', '.join(files)})")
@@ -267,8 +286,10 @@ def prepare_inputs(ctx: Context, state: State) -> dict[str, Path]:
 def prepare_run(ctx: Context, call: StageCall) -> Outputs:
     """The notebook's download-dataset.py step, validating every record: one <split>.jsonl per split
     under data.download_dir (inside the workspace unless absolute), with row counts, dropped records
-    and sha256 per file."""
-    from ftctl.data.prepare import PrepareOptions, format_dropped, prepare
+    and sha256 per file. Any format ftctl reads is written in the ultrachat shape; one file is divided
+    into the train and test splits (data.test_pc, data.seed); duplicates and overlap are reported."""
+    from ftctl.data.formats import NAMES
+    from ftctl.data.prepare import PrepareOptions, format_checks, format_dropped, prepare
 
     cfg = ctx.cfg.data
     out_dir = make_dirs(ctx.data_dir(), ctx.workspace)
@@ -279,7 +300,7 @@ def prepare_run(ctx: Context, call: StageCall) -> Outputs:
         def progress(line: str) -> None:  # "<split>: N rows, M dropped" once a split is done
             nonlocal rows
             bar.log(f"  {line}")
-            found = re.match(r"\S+: (\d+) rows", line)
+            found = re.match(r"\S+: (\d+) (rows|records)", line)
             if found:
                 rows += int(found.group(1))
                 bar.update(rows, quiet=True)
@@ -293,19 +314,42 @@ def prepare_run(ctx: Context, call: StageCall) -> Outputs:
                 train_split=cfg.train_split,
                 min_train_rows=cfg.min_train_rows,
                 revision=cfg.revision,
+                format=cfg.format,
+                columns=cfg.columns,
+                test_split=cfg.test_split,
+                test_pc=cfg.test_pc,
+                seed=cfg.seed,
+                dedupe=cfg.dedupe,
+                weights=ctx.backend.has("loss_weights"),
             ),
             progress=progress,
         )
+    formats = {split.format for split in report.splits if split.format}
+    if report.checked or formats != {"openai"}:  # the user's own data (ultrachat's output stays as it was)
+        first = report.splits[0]
+        how = f"detected at {first.where}:{first.detected_at}" if first.detected_at else "data.format"
+        ctx.ui.info(f"  format: {', '.join(NAMES[f] for f in sorted(formats))}, {how}")
     for line in format_dropped(report):
         ctx.ui.warn(f"dropped {line}")
+    for line in format_checks(report, cfg.dedupe):
+        ctx.ui.warn(line)
     names = [split.name for split in report.splits]
-    for split in (cfg.test_split, cfg.score_split):
-        if split not in names:
-            ctx.ui.warn(f"no {split!r} split in {cfg.dataset} (it has {', '.join(names)})")
+    if cfg.test_split not in names:
+        ctx.ui.warn(f"no {cfg.test_split!r} split in {cfg.dataset} (it has {', '.join(names)})")
+    if cfg.score_split not in names and cfg.score_split != cfg.test_split:
+        if report.divided is None:
+            ctx.ui.warn(f"no {cfg.score_split!r} split in {cfg.dataset} (it has {', '.join(names)})")
+        if cfg.test_split in names:
+            ctx.ui.info(f"  score samples {cfg.test_split} (there is no {cfg.score_split!r} split)")
     return {
         "dataset": cfg.dataset,
         "source_kind": report.source_kind,
         "download_dir": str(out_dir),
+        **(
+            {"divided": {"split": report.divided, "test_pc": report.test_pc, "seed": report.seed}}
+            if report.divided is not None
+            else {}
+        ),
         "files": {
             split.name: {
                 "path": str(split.path),
@@ -314,6 +358,12 @@ def prepare_run(ctx: Context, call: StageCall) -> Outputs:
                 "dropped": len(split.dropped),
                 "sha256": split.sha256,
                 "bytes": split.bytes,
+                "format": split.format,
+                **(
+                    {"duplicates": len(split.duplicates), "overlap": len(split.overlap)}
+                    if report.checked
+                    else {}
+                ),
             }
             for split in report.splits
         },

@@ -13,6 +13,7 @@ print SDK entities as the SDK's YAML (no client is built, nothing is sent).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl.errors import ConfigError
@@ -172,8 +173,19 @@ def check_compute(ctx: Context) -> Outputs:
 
 
 def prepare_data(ctx: Context) -> Outputs:
+    from ftctl.data.sources import FILE_TYPES
+
     cfg = ctx.cfg.data
-    splits = [cfg.train_split, cfg.test_split, cfg.score_split]
+    one_file = Path(cfg.dataset).expanduser().is_file() and cfg.dataset.lower().endswith(FILE_TYPES)
+    splits = (
+        [cfg.train_split, cfg.test_split] if one_file else [cfg.train_split, cfg.test_split, cfg.score_split]
+    )
+    shape = (
+        {"divides": f"{cfg.test_pc:g}% of its valid records to {cfg.test_split} (seed {cfg.seed}), the rest "
+         f"to {cfg.train_split}"}
+        if one_file
+        else {"other_splits": "<every other split of the dataset, as <split>.jsonl>"}
+    )  # fmt: skip
     return show(
         ctx,
         "prepare-data",
@@ -181,9 +193,10 @@ def prepare_data(ctx: Context) -> Outputs:
             "runs_on": "this machine (as the notebook's download-dataset.py)",
             "dataset": cfg.dataset,
             "subset": cfg.subset,
+            "format": cfg.format,
             "split_pc": cfg.split_pc,
             "writes": {split: str(ctx.data_dir() / f"{split}.jsonl") for split in dict.fromkeys(splits)},
-            "other_splits": "<every other split of the dataset, as <split>.jsonl>",
+            **shape,
             "rows": "<known once the dataset is read>",
         },
     )
@@ -468,7 +481,9 @@ def score(ctx: Context, call: StageCall) -> Outputs:
         "do_sample": cfg.do_sample,
         "max_new_tokens": cfg.max_new_tokens,
     }
-    split = ctx.cfg.data.score_split
+    from ftctl.stages.shared import score_split
+
+    split = score_split(ctx, call.upstream.state)
     calls = [
         f"online_endpoints.invoke(endpoint_name={endpoint!r}, "
         f"deployment_name={ctx.cfg.deploy.deployment_name!r}, request_file=<the request below>)"

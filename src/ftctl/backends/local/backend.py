@@ -25,7 +25,14 @@ if TYPE_CHECKING:
 class LocalBackend(Backend):
     name = "local"
     capabilities = Capabilities(
-        endpoint=True, metrics=True, logs=True, plan=True, evaluate=True, rotate_key=True, export=True
+        endpoint=True,
+        metrics=True,
+        logs=True,
+        plan=True,
+        evaluate=True,
+        rotate_key=True,
+        export=True,
+        loss_weights=True,
     )
     unsupported = {
         "dry_run": ("--dry-run is for --backend azureml (the local backend creates nothing remote)", None),

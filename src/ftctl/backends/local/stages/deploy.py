@@ -210,18 +210,20 @@ def _prepare_server(ctx: Context, call: StageCall, kept: _Address | None) -> _Se
     _check_template(ctx, call, model_dir)
     key_file = ws.secrets_dir / f"{name}.key"  # written once the server is recorded
     sock = _listen_kept(ctx, kept)
+    # Every argument as --option=value: a value that starts with "-" (a model name, a path) is never
+    # read as an option.
     command = procs.python_command(
         SERVER_MODULE,
-        "--model-dir", str(model_dir),
-        "--key-file", str(key_file),
-        "--fd", str(sock.fileno()),
-        "--request-timeout-ms", str(cfg.request_timeout_ms),
-        "--device", compute.device or "cpu",
-        "--model-name", f"{model_name}:{version}",
-    )  # fmt: skip
+        f"--model-dir={model_dir}",
+        f"--key-file={key_file}",
+        f"--fd={sock.fileno()}",
+        f"--request-timeout-ms={cfg.request_timeout_ms}",
+        f"--device={compute.device or 'cpu'}",
+        f"--model-name={model_name}:{version}",
+    )
     expires = expires_at(cfg.ttl)
     if expires:  # the cost guard: the server stops itself then
-        command += ["--expires-at", str(datetime.fromisoformat(expires).timestamp())]
+        command.append(f"--expires-at={datetime.fromisoformat(expires).timestamp()}")
     port = int(sock.getsockname()[1])
     return _Server(name, model_dir, key_file, endpoint_dir / "server.log", sock, command, cfg.host, port)
 
@@ -261,7 +263,7 @@ def _start_recorded(ctx: Context, call: StageCall, server: _Server, key: str | N
     try:
         try:
             pid = procs.spawn(
-                [*server.command, "--handoff-fd", str(handoff_read)],
+                [*server.command, f"--handoff-fd={handoff_read}"],
                 server.log_path,
                 pass_fds=[server.sock.fileno(), handoff_read],
                 env={**os.environ},
