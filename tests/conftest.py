@@ -75,13 +75,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # A summary test sums up what the other tests of its module recorded: it runs after all of them,
     # whatever order the tests were collected or reordered in (stable: the others keep their order).
     items.sort(key=lambda item: item.get_closest_marker("summary") is not None)
-    # Spread over processes (pytest-xdist, `-n N --dist loadgroup`: the README's test command), the
-    # integration tests of a module stay in one process: its module-scoped fixtures (a served model, a
-    # workspace) are built once, and a summary test sees what the others of its module recorded.
-    for item in items:
-        if item.get_closest_marker("integration") is not None:
-            module = Path(str(item.path)).resolve().relative_to(TESTS).as_posix()
-            item.add_marker(pytest.mark.xdist_group(module))
 
 
 @pytest.fixture
