@@ -32,8 +32,10 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
+from xml.sax.saxutils import escape
 
 import requests
 import urllib3
@@ -60,6 +62,12 @@ WS_PREFIX = (
     f"/providers/Microsoft.MachineLearningServices/workspaces/{WORKSPACE}"
 )
 WS_ID = WS_PREFIX
+CONTAINER = "azureml-blobstore-8d2c6f4e-0c3b-4f2a-9b1d-7e6f5a4b3c2d"  # the workspace's default datastore
+# A model version registered from a job's output (`azureml://jobs/<job>/outputs/<output>`) is answered with
+# the datastore path the output was written to: the default output path of a job is
+# azureml://datastores/workspaceblobstore/paths/azureml/<job>/<output>/ (azure-ai-ml's
+# ModelOperations.download parses "datastores/<name>/paths/<prefix>" out of the version's path).
+JOB_OUTPUT = re.compile(r"azureml://jobs/(?P<job>[^/]+)/outputs/(?P<output>[^/]+)/?$")
 
 # The chat_completion_pipeline inputs (azureml-assets, version 0.0.82): name -> (type, extra).
 COMPONENT_INPUTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -650,6 +658,13 @@ class FakeAzureML:
             "systemData": _system_data(),
         }
 
+    def put_folder(self, prefix: str, folder: Path) -> None:
+        """The files under `folder` as blobs under `prefix` in the default datastore (what a job wrote)."""
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                blob = f"{prefix.strip('/')}/{path.relative_to(folder).as_posix()}"
+                self.blobs[f"{STORAGE_ACCOUNT}/{CONTAINER}/{blob}"] = path.read_bytes()
+
     def add_compute(self, name: str, size: str, state: str = "Succeeded") -> None:
         self.computes[name] = self._compute_body(
             name, {"vmSize": size, "scaleSettings": {"minNodeCount": 0, "maxNodeCount": 1}}, state
@@ -1166,7 +1181,7 @@ class FakeAzureML:
                 "credentials": {"credentialsType": "AccountKey"},
                 "datastoreType": "AzureBlob",
                 "accountName": STORAGE_ACCOUNT,
-                "containerName": "azureml-blobstore-8d2c6f4e-0c3b-4f2a-9b1d-7e6f5a4b3c2d",
+                "containerName": CONTAINER,
                 "endpoint": "core.windows.net",
                 "protocol": "https",
                 "serviceDataAccessAuthIdentity": "WorkspaceSystemAssignedIdentity",
@@ -1256,7 +1271,7 @@ class FakeAzureML:
                 "isArchived": False,
                 "isAnonymous": False,
                 "modelType": "mlflow_model",
-                "modelUri": f"azureml://jobs/{job}/outputs/registered_model",
+                "modelUri": self._datastore_uri(f"azureml://jobs/{job}/outputs/registered_model"),
                 "jobName": job,
                 "provisioningState": "Succeeded",
                 "flavors": {"python_function": {"data": {"loader_module": "mlflow.transformers"}}},
@@ -1289,6 +1304,7 @@ class FakeAzureML:
             }
         )
         props = body.setdefault("properties", {})
+        props["modelUri"] = self._datastore_uri(str(props.get("modelUri") or ""))
         props["provisioningState"] = "Succeeded"
         props.setdefault("isArchived", False)
         props.setdefault("isAnonymous", False)
@@ -1297,6 +1313,16 @@ class FakeAzureML:
             props["flavors"] = {"python_function": {"data": {"loader_module": "mlflow.transformers"}}}
         self.models.setdefault(name, {})[version] = body
         return _json(200, copy.deepcopy(body))
+
+    def _datastore_uri(self, uri: str) -> str:
+        """A job output's URI as the service answers it: the datastore path the output lies at."""
+        found = JOB_OUTPUT.match(uri)
+        if found is None:
+            return uri
+        return (
+            f"azureml://subscriptions/{SUBSCRIPTION}/resourcegroups/{RESOURCE_GROUP}/workspaces/{WORKSPACE}"
+            f"/datastores/workspaceblobstore/paths/azureml/{found['job']}/{found['output']}/"
+        )
 
     def _get_model(
         self, r: Recorded, sub: str, rg: str, ws: str, name: str, version: str
@@ -1593,6 +1619,8 @@ class FakeAzureML:
         if r.method == "PUT":
             self.blobs[key] = raw_body or b""
             return 201, headers, b""
+        if r.method == "GET" and r.query.get("restype") == "container" and r.query.get("comp") == "list":
+            return self._list_blobs(r, key, headers)
         if r.method in ("HEAD", "GET"):
             if key not in self.blobs:
                 return 404, {**headers, "x-ms-error-code": "BlobNotFound"}, b""
@@ -1603,8 +1631,62 @@ class FakeAzureML:
                 "x-ms-blob-type": "BlockBlob",
                 "Content-Type": "application/octet-stream",
             }
+            data = self.blobs[key]
             if r.method == "HEAD":
-                return 200, {**blob_headers, "Content-Length": str(len(self.blobs[key]))}, b""
-            return 200, blob_headers, self.blobs[key]
+                return 200, {**blob_headers, "Content-Length": str(len(data))}, b""
+            wanted = next((v for k, v in r.headers.items() if k.lower() in ("x-ms-range", "range")), None)
+            if wanted is None:
+                return 200, blob_headers, data
+            # Get Blob with a range (how azure-storage-blob downloads): 206 with Content-Range; a range
+            # that starts past the end (any range of an empty blob) is 416 InvalidRange.
+            first, _, last = wanted.removeprefix("bytes=").partition("-")
+            start, end = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+            if start >= len(data):
+                return (
+                    416,
+                    {**headers, "x-ms-error-code": "InvalidRange", "Content-Range": f"bytes */{len(data)}"},
+                    b"",
+                )
+            chunk = data[start : end + 1]
+            ranged = {**blob_headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"}
+            return 206, {**ranged, "Content-Length": str(len(chunk))}, chunk
         self.unhandled.append(r)
         return 400, headers, b""
+
+    def _list_blobs(self, r: Recorded, key: str, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        """List Blobs of a container (one page): the blobs under `prefix`, and with a `delimiter` the
+        "folders" one level down as BlobPrefix entries, in the service's EnumerationResults XML."""
+        container = key.split("/")[1]
+        prefix, delimiter = r.query.get("prefix", ""), r.query.get("delimiter")
+        start = f"{key}/"
+        names = sorted(k[len(start) :] for k in self.blobs if k.startswith(start))
+        blobs, prefixes = [], []
+        for name in names:
+            if not name.startswith(prefix):
+                continue
+            rest = name[len(prefix) :]
+            if delimiter and delimiter in rest:
+                folder = prefix + rest[: rest.index(delimiter) + len(delimiter)]
+                if folder not in prefixes:
+                    prefixes.append(folder)
+                continue
+            blobs.append(name)
+        modified = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+        entries = [
+            f"<Blob><Name>{escape(name)}</Name><Properties><Creation-Time>{modified}</Creation-Time>"
+            f"<Last-Modified>{modified}</Last-Modified><Etag>0x8DD714562F435D1</Etag>"
+            f"<Content-Length>{len(self.blobs[start + name])}</Content-Length>"
+            "<Content-Type>application/octet-stream</Content-Type><BlobType>BlockBlob</BlobType>"
+            "<AccessTier>Hot</AccessTier><AccessTierInferred>true</AccessTierInferred>"
+            "<LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState>"
+            "<ServerEncrypted>true</ServerEncrypted></Properties><Metadata /></Blob>"
+            for name in blobs
+        ] + [f"<BlobPrefix><Name>{escape(folder)}</Name></BlobPrefix>" for folder in prefixes]
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            f'<EnumerationResults ServiceEndpoint="https://{STORAGE_ACCOUNT}.blob.core.windows.net/" '
+            f'ContainerName="{escape(container)}"><Prefix>{escape(prefix)}</Prefix>'
+            + (f"<Delimiter>{escape(delimiter)}</Delimiter>" if delimiter else "")
+            + f"<Blobs>{''.join(entries)}</Blobs><NextMarker /></EnumerationResults>"
+        )
+        return 200, {**headers, "Content-Type": "application/xml"}, body.encode("utf-8")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from ftctl.backends.local import export as ex
-from ftctl.backends.local.export_check import check
+from ftctl import export as ex
+from ftctl.export.check import check
 from harness import Ftctl
 
 EXPECTED_FILES = {
@@ -119,7 +119,7 @@ def test_stop_tokens_missing_from_the_generation_config_fail_the_check(
 
 
 def test_a_gguf_without_a_tensor_fails_the_check(trained_ws: Ftctl, tmp_path: Path, monkeypatch: Any) -> None:
-    from ftctl.backends.local import gguf_export
+    from ftctl.export import gguf as gguf_export
 
     original = gguf_export._tensors
     monkeypatch.setattr(

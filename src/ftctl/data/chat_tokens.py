@@ -9,6 +9,7 @@ inside the functions that load a tokenizer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -203,3 +204,27 @@ def end_of_turn_ids(tokenizer: Any, end_token: str = "<|end|>") -> list[int]:
     the eos token."""
     ids = [tokenizer.get_vocab().get(end_token), tokenizer.eos_token_id]
     return [i for n, i in enumerate(ids) if isinstance(i, int) and i not in ids[:n]]
+
+
+def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
+    """The tokens a reply stops on, as the endpoint stops: the end-of-turn token, the eos token and the
+    model's generation config's eos ids (without loading the weights)."""
+    from transformers import GenerationConfig
+
+    from ftctl.models.layout import resolve_hf_dir
+
+    ids = end_of_turn_ids(tokenizer)
+    with contextlib.suppress(OSError):  # no generation_config.json
+        value = GenerationConfig.from_pretrained(str(resolve_hf_dir(model_dir))).eos_token_id
+        for token_id in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(token_id, int) and token_id not in ids:
+                ids.append(token_id)
+    return ids
+
+
+def first_turn(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str] | None:
+    """(the prompt before the first assistant reply, that reply)."""
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant" and i > 0:
+            return messages[:i], message["content"]
+    return None

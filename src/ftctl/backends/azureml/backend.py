@@ -12,6 +12,8 @@ from ftctl.backends.base import Backend, Capabilities
 from ftctl.errors import UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ftctl.backends.azureml.client import AzureHandles
     from ftctl.chat import Endpoint
     from ftctl.context import Context
@@ -32,6 +34,7 @@ class AzureBackend(Backend):
         list_models=True,
         dry_run=True,
         cluster=True,
+        export=True,
     )
     reads = {
         "auth": (
@@ -115,6 +118,12 @@ class AzureBackend(Backend):
         from ftctl.backends.azureml.evaluate import evaluate
 
         return evaluate(self.ctx, state, samples)
+
+    def export(self, state: State, fmt: str, out: Path, job: str | None) -> dict[str, Any]:
+        """The registered version, downloaded, then written and checked on this machine (ftctl.export)."""
+        from ftctl.backends.azureml.export import export
+
+        return export(self.ctx, state, fmt, out, job)
 
     def list_models(self, show_all: bool) -> list[dict[str, Any]]:
         from ftctl.backends.azureml.stages.pick_model import list_models

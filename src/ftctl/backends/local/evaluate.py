@@ -19,7 +19,6 @@ Heavy imports (torch, transformers, mlflow) happen inside functions only.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from ftctl import evaluation
 from ftctl.backends.local.backend import local
+from ftctl.data.chat_tokens import first_turn as _first_turn
+from ftctl.data.chat_tokens import stop_token_ids
 from ftctl.errors import UsageError
 from ftctl.evaluation import (
     EvalReport,
@@ -83,29 +84,6 @@ def load_model(model_dir: Path, device: str) -> Any:
     return model.to(device).eval()
 
 
-def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
-    """The tokens the endpoint stops on: the end-of-turn token, the eos token and the model's
-    generation config's eos ids (as ftctl.backends.local.serving.generation.Generator._load does,
-    without the weights)."""
-    from transformers import GenerationConfig
-
-    from ftctl.backends.local.serving.generation import END_TOKEN
-    from ftctl.models.layout import resolve_hf_dir
-
-    ids: list[int] = []
-
-    def add(value: Any) -> None:
-        for token_id in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(token_id, int) and token_id not in ids:
-                ids.append(token_id)
-
-    add(tokenizer.get_vocab().get(END_TOKEN))
-    add(tokenizer.eos_token_id)
-    with contextlib.suppress(OSError):  # no generation_config.json
-        add(GenerationConfig.from_pretrained(str(resolve_hf_dir(model_dir))).eos_token_id)
-    return ids
-
-
 def held_out(path: Path, limit: int | None = None) -> list[list[dict[str, str]]]:
     """The held-out conversations (messages lists) of a prepared split."""
     from ftctl.backends.local.trainer import read_conversations
@@ -116,14 +94,6 @@ def held_out(path: Path, limit: int | None = None) -> list[list[dict[str, str]]]
             break
         found.append(messages)
     return found
-
-
-def _first_turn(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str] | None:
-    """(the prompt before the first assistant reply, that reply)."""
-    for i, message in enumerate(messages):
-        if message["role"] == "assistant" and i > 0:
-            return messages[:i], message["content"]
-    return None
 
 
 # --- held-out loss ---------------------------------------------------------------------------------

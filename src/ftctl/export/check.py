@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ftctl.backends.local.export import Source
+    from ftctl.export import Source
 
 TOLERANCE = {"merged": 1e-4, "adapter": 1e-3, "gguf": 1e-3, "ollama": 1e-3}
 PROMPTS = 8
@@ -56,12 +56,13 @@ def _exported(src: Source, fmt: str, out: Path) -> tuple[Any, Any]:
             return model.eval(), AutoTokenizer.from_pretrained(str(out), gguf_file=GGUF_FILE)
     tokenizer = AutoTokenizer.from_pretrained(str(out))
     if fmt == "adapter":
+        import warnings
+
         from peft import PeftModel
 
-        from ftctl.backends.local.trainer import _quiet_checkpointing_deprecation
-
         base = AutoModelForCausalLM.from_pretrained(str(src.base_dir), dtype=torch.float32)
-        with _quiet_checkpointing_deprecation():
+        with warnings.catch_warnings():  # peft calls transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             return PeftModel.from_pretrained(base, str(out)).eval(), tokenizer
     return AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval(), tokenizer
 
@@ -92,13 +93,13 @@ def declared_stops(fmt: str, out: Path, tokenizer: Any) -> list[int]:
 
 def _conversations(src: Source) -> list[tuple[list[dict[str, str]], list[dict[str, str]]]]:
     """(prompt messages, the whole first exchange) of the first held-out conversations."""
-    from ftctl.backends.local.evaluate import _first_turn, held_out
+    from ftctl.data.chat_tokens import first_turn, read_conversations
 
     if src.held_out is None:
         return [([{"role": "user", "content": "Hello! What can you do?"}],) * 2]  # type: ignore[list-item]
     found = []
-    for messages in held_out(src.held_out, PROMPTS * 2):
-        turn = _first_turn(messages)
+    for _, messages in read_conversations(src.held_out):
+        turn = first_turn(messages)
         if turn is not None:
             prompt, reply = turn
             found.append((prompt, [*prompt, {"role": "assistant", "content": reply}]))
@@ -146,7 +147,7 @@ def check(src: Source, fmt: str, out: Path) -> dict[str, Any]:
     """The figures of the check, with "ok" and the "problems" (one line each)."""
     import torch
 
-    from ftctl.backends.local.export import stop_ids
+    from ftctl.export import stop_ids
 
     _quiet()
     tolerance = TOLERANCE[fmt]
