@@ -5,6 +5,8 @@ still quantized."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import subprocess
@@ -29,11 +31,9 @@ def test_missing_wheel_says_exactly_what_to_install(ftctl: Ftctl, monkeypatch: p
 
 
 def test_missing_gguf_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = smollm2.importlib.util.find_spec
-    monkeypatch.setattr(
-        smollm2.importlib.util, "find_spec", lambda name: None if name == "gguf" else real(name)
-    )
-    monkeypatch.setattr(smollm2.importlib.metadata, "distribution", lambda name: object())
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "gguf" else real(name))
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: object())
     assert "gguf" in str(smollm2.missing())
     with pytest.raises(UsageError, match="the package gguf .* is not installed") as caught:
         smollm2.locate_gguf()
