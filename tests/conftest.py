@@ -15,9 +15,14 @@ marked `integration` (and `slow`) at collection, by the fixtures it uses and the
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -70,6 +75,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # A summary test sums up what the other tests of its module recorded: it runs after all of them,
     # whatever order the tests were collected or reordered in (stable: the others keep their order).
     items.sort(key=lambda item: item.get_closest_marker("summary") is not None)
+    # Spread over processes (pytest-xdist, `-n N --dist loadgroup`: the README's test command), the
+    # integration tests of a module stay in one process: its module-scoped fixtures (a served model, a
+    # workspace) are built once, and a summary test sees what the others of its module recorded.
+    for item in items:
+        if item.get_closest_marker("integration") is not None:
+            module = Path(str(item.path)).resolve().relative_to(TESTS).as_posix()
+            item.add_marker(pytest.mark.xdist_group(module))
 
 
 @pytest.fixture
@@ -86,11 +98,50 @@ def ftctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ftctl:
 # --- the session's snapshots ----------------------------------------------------------------------
 
 
+@dataclass
+class Snapshot:
+    """Where snapshot workspaces are built (`folder`), and what the commands that built them printed
+    (`transcripts`: None until built)."""
+
+    folder: Path
+    transcripts: dict[str, str] | None = None
+
+
+@contextlib.contextmanager
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Snapshot]:
+    """Snapshot `name`, built once per test run: the caller builds it in `folder` when its `transcripts`
+    is None (and sets them), else finds it built.
+
+    When the run is spread over processes (pytest-xdist, `-n`), they share one folder beside their own
+    temporary folders: the first to get there builds the snapshot holding a lock, and the others wait.
+    The builder's transcripts go last into `name.json`, which marks the snapshot complete."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield Snapshot(tmp_path_factory.mktemp(name))
+        return
+    base = tmp_path_factory.getbasetemp().parent
+    done, snapshot = base / f"{name}.json", Snapshot(base / name)
+    with (base / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if done.is_file():
+            snapshot.transcripts = json.loads(done.read_text())
+            yield snapshot
+            return
+        shutil.rmtree(snapshot.folder, ignore_errors=True)  # a builder that failed half-way
+        snapshot.folder.mkdir()
+        yield snapshot
+        if snapshot.transcripts is not None:
+            done.write_text(json.dumps(snapshot.transcripts))
+
+
 @pytest.fixture(scope="session")
 def prepared_ws(tmp_path_factory: pytest.TempPathFactory) -> Ftctl:
     """auth .. prepare-data with the fast profile, once (copy it: `prepared_ws.copy(tmp_path / "ws")`)."""
-    ws = Ftctl(tmp_path_factory.mktemp("prepared"), config=FAST)
-    ws.transcripts["prepare"] = ws("run", "--to", "prepare-data").stderr
+    with built_once(tmp_path_factory, "prepared") as snapshot:
+        ws = Ftctl(snapshot.folder, config=FAST)
+        if snapshot.transcripts is None:
+            ws.transcripts["prepare"] = ws("run", "--to", "prepare-data").stderr
+            snapshot.transcripts = ws.transcripts
+    ws.transcripts.update(snapshot.transcripts)
     return ws
 
 
@@ -102,13 +153,22 @@ def trained_ws(prepared_ws: Ftctl, tmp_path_factory: pytest.TempPathFactory) -> 
     pseudo-terminal, as a user at a terminal would see it (transcripts["terminal"]). A copy taken while
     the job ran, where submit is still recorded as running, is kept as `interrupted`: an `ftctl submit`
     there re-attaches to the same job and replays its progress, piped (see ux/test_progress)."""
-    ws = prepared_ws.copy(tmp_path_factory.mktemp("trained") / "ws")
-    ws.transcripts["prepare"] = prepared_ws.transcripts["prepare"]
-    ws("submit", "--no-wait")
-    ws.interrupted = ws.copy(tmp_path_factory.mktemp("interrupted") / "ws", ignore=("jobs",), relocated=False)  # type: ignore[attr-defined]
-    ws.transcripts["terminal"] = run_in_terminal([sys.executable, "-m", "ftctl", "submit"], ws.env(), ws.root)
-    ws.transcripts["register"] = ws("register").stderr
-    return ws
+    with built_once(tmp_path_factory, "trained") as snapshot:
+        ws, interrupted = snapshot.folder / "ws", snapshot.folder / "interrupted"
+        if snapshot.transcripts is None:
+            built = prepared_ws.copy(ws)
+            built.transcripts["prepare"] = prepared_ws.transcripts["prepare"]
+            built("submit", "--no-wait")
+            built.copy(interrupted, ignore=("jobs",), relocated=False)
+            built.transcripts["terminal"] = run_in_terminal(
+                [sys.executable, "-m", "ftctl", "submit"], built.env(), built.root
+            )
+            built.transcripts["register"] = built("register").stderr
+            snapshot.transcripts = built.transcripts
+    trained = Ftctl(ws, config=FAST)
+    trained.transcripts.update(snapshot.transcripts)
+    trained.interrupted = Ftctl(interrupted, config=FAST)  # type: ignore[attr-defined]
+    return trained
 
 
 @pytest.fixture(scope="session")

@@ -76,9 +76,11 @@ def read_store(db: Path, run_id: str) -> RunMetrics | None:
     (importing MLflow takes seconds; this takes milliseconds). None when the run is not there or the
     store's tables are not the ones this reads (another MLflow schema): ask MLflow then."""
     import sqlite3
+    from urllib.parse import quote
 
+    uri = f"file:{quote(str(db), safe='/')}?mode=ro"  # a path with `%`, `?` or `#` read as itself
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as con:
             run = con.execute(
                 "SELECT r.run_uuid, r.name, r.status, e.name FROM runs r "
                 "LEFT JOIN experiments e ON e.experiment_id = r.experiment_id WHERE r.run_uuid = ?",

@@ -151,6 +151,9 @@ def explain_outputs(recorded: dict[str, str], current: dict[str, str]) -> str | 
         now = current.get(label, "missing")
         if now == "missing":
             reasons.append(f"{label} is missing")
+        elif now.startswith(("special:", "unreadable:")):  # a FIFO, a device: never opened
+            kind = "not a regular file" if now.startswith("special:") else "unreadable"
+            reasons.append(f"{label} is {kind} any more")
         elif now != signature:
             reasons.append(f"{label} changed since it was written")
     return "; ".join(reasons) or None
@@ -241,6 +244,7 @@ class StalenessCheck:
             reason = reason or explain_outputs(
                 rec.get("output_signatures") or {}, output_signatures(self.ctx, stage, outputs)
             )
+            reason = reason or self.ctx.backend.outputs_gone(stage.name, outputs)
             cause = stage.name if reason else None
         if reason and cause and cause != stage.name and not reason.startswith(f"{cause} is "):
             reason = f"{cause} is stale: {reason}"
@@ -376,6 +380,10 @@ class Runner:
             exc.hint = f"{exc.hint}; then {rerun}" if exc.hint else rerun
             raise
         except Exception as exc:
+            known = self.ctx.backend.explain_error(exc)
+            if known is not None:  # a library's error the backend recognises: one line of ftctl's
+                self._fail(rec, type(known).__name__, known.message)
+                raise known from exc  # its hint says what to do (the store, not the stage, is at fault)
             self._fail(rec, type(exc).__name__, str(exc))
             raise StageFailed(
                 f"{stage.name} failed: unexpected {type(exc).__name__}: {exc}",

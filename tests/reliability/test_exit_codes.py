@@ -45,6 +45,12 @@ def nothing(workspace: Path) -> None:
     pass
 
 
+def damaged_store(workspace: Path) -> None:
+    """MLflow's store overwritten with something that is not an SQLite database."""
+    workspace.mkdir(parents=True)
+    (workspace / "mlflow.db").write_bytes(b"not a database\n" * 256)
+
+
 CLI_CASES: list[tuple[str, Callable[[Path], None], list[str], int, str]] = [
     # (case, setup, argv, exit code, in stderr)
     ("help", nothing, ["--help"], 0, ""),
@@ -62,6 +68,7 @@ CLI_CASES: list[tuple[str, Callable[[Path], None], list[str], int, str]] = [
     ("endpoint down: credentials", down_endpoint, ["credentials"], 1, "is not running"),
     ("endpoint down: chat", down_endpoint, ["chat"], 1, "is not running"),
     ("endpoint down: score --file", down_endpoint, ["score", "--file", "-"], 1, "is not running"),
+    ("damaged MLflow store", damaged_store, ["auth"], 2, "mlflow.db is damaged (file is not a database)"),
 ]
 
 

@@ -20,7 +20,7 @@ LIMIT_S = 60  # far above what any case needs; a hang is what it catches
 
 
 def ftctl(cwd: Path, *args: str, timeout: float = LIMIT_S) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FTCTL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTCTL_", "MLFLOW_"))}
     return subprocess.run(
         [sys.executable, "-m", "ftctl", *args],
         cwd=cwd,
@@ -39,12 +39,10 @@ def one_line_error(done: subprocess.CompletedProcess[str], code: int) -> str:
 
 
 @pytest.fixture
-def prepared(tmp_path: Path) -> Path:
-    """A workspace where auth and prepare-data ran (no model is trained: nothing here needs one). Not a
-    copy: the state records where its files are."""
-    done = ftctl(tmp_path, "run", "--to", "prepare-data", timeout=300)
-    assert done.returncode == 0, done.stderr
-    return tmp_path
+def prepared(prepared_ws, tmp_path: Path) -> Path:
+    """A workspace where auth and prepare-data ran (no model is trained: nothing here needs one): a
+    self-contained copy of the session's (its state records where its own files are)."""
+    return prepared_ws.copy(tmp_path / "ws").root
 
 
 def write_state(root: Path, state: dict) -> Path:
@@ -150,16 +148,18 @@ def test_status_answers_when_a_prepared_file_is_not_a_regular_file(prepared: Pat
     assert done.returncode == 0, done.stderr
     stages = {s["name"]: s for s in json.loads(done.stdout)["stages"]}
     assert stages["prepare-data"]["stale"], stages["prepare-data"]
+    assert "train_sft.jsonl is not a regular file" in stages["prepare-data"]["stale_reason"]
 
 
-def test_a_model_folder_that_is_no_model_is_refused_before_it_is_hashed(tmp_path: Path) -> None:
+def test_a_model_folder_that_is_no_model_is_refused_before_it_is_hashed(
+    prepared: Path, tmp_path: Path
+) -> None:
     big = tmp_path / "not-a-model"
     for i in range(200):  # a folder of many files: hashing it all is the bug
         sub = big / f"d{i}"
         sub.mkdir(parents=True)
         for j in range(50):
             (sub / f"f{j}.bin").write_bytes(os.urandom(4096))
-    assert ftctl(tmp_path, "auth").returncode == 0
     calls = tmp_path / "calls.txt"
     # Count the files ftctl hashes, in the child, by wrapping the one function that reads them.
     script = (
@@ -171,7 +171,7 @@ def test_a_model_folder_that_is_no_model_is_refused_before_it_is_hashed(tmp_path
     for args in (["--set", f"model.name={big}", "status"], ["pick-model", "--model", str(big)]):
         done = subprocess.run(
             [sys.executable, "-c", script, *args],
-            cwd=tmp_path,
+            cwd=prepared,  # authenticated (the first stages ran)
             capture_output=True,
             text=True,
             timeout=LIMIT_S,

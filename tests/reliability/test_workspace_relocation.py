@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def test_a_moved_workspace_keeps_working_and_writes_nothing_at_the_old_path(
 ) -> None:
     first = cp_r(deployed_ws, tmp_path / "first")
     first("status")  # adopted as a copy: its own from now on
-    moved_root = tmp_path / "moved"
+    moved_root = tmp_path / "moved%20ws"  # `%20` too: every path handed to MLflow is escaped
     first.root.rename(moved_root)
     moved = Ftctl(moved_root, options=first.options, settings=first.settings, environ=first.environ)
     moved.config = moved_root / first.config.name if first.config is not None else None
@@ -66,3 +67,36 @@ def test_a_moved_workspace_keeps_working_and_writes_nothing_at_the_old_path(
     assert not first.root.exists(), sorted(str(p) for p in first.root.rglob("*"))
     assert moved.outputs("register")["model_name"] == "moved-model"
     assert str(moved_root) in json.dumps(moved.outputs("submit"))
+
+
+def in_folder(ws: Ftctl, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ftctl args` as a process whose current folder is `cwd` (not the workspace's root)."""
+    done = subprocess.run(ws.argv(*args), cwd=cwd, env=ws.env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"ftctl {' '.join(args)} exited {done.returncode}\n{done.stderr}"
+    return done
+
+
+def test_a_workspace_moved_with_its_endpoint_up_still_owns_it(trained_ws: Ftctl, tmp_path: Path) -> None:
+    """`mv` of a project whose endpoint runs: status shows it up, `credentials --rotate` reaches it (its
+    server reads the new key from the moved folder), teardown stops it and removes its key and record;
+    nothing is written under the old path, and nothing in the folder ftctl was run from."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    ws = trained_ws.copy(tmp_path / "first")
+    in_folder(ws, cwd, "deploy")
+    url = ws.outputs("deploy")["url"]
+    moved = Ftctl(tmp_path / "moved", options=ws.options, settings=ws.settings, environ=ws.environ)
+    moved.config = moved.root / ws.config.name if ws.config is not None else None
+    ws.root.rename(moved.root)
+    status = in_folder(moved, cwd, "status", "--json")
+    assert "moved from" in status.stderr
+    deploy = {s["name"]: s for s in json.loads(status.stdout)["stages"]}["deploy"]
+    assert deploy["status"] == "succeeded" and not deploy["stale"], deploy
+    assert ready(url)
+    in_folder(moved, cwd, "credentials", "--rotate")
+    in_folder(moved, cwd, "teardown")
+    assert not ready(url)
+    for folder in ("secrets", "live"):
+        assert not list((moved.workspace / folder).glob("*")), folder
+    assert not ws.root.exists()
+    assert list(cwd.iterdir()) == []

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ftctl.errors import UsageError
+from ftctl.errors import FtctlError, UsageError
 
 if TYPE_CHECKING:
     from ftctl.chat import Endpoint
@@ -169,6 +169,17 @@ class Backend(ABC):
         """For a `running` record of `stage` that no ftctl follows and whose work no longer runs (a job
         started with `submit --no-wait`): (outcome, what it says) when the work recorded its own end,
         e.g. ("completed", "...") or ("failed", "the trainer exited with code 1"); else None."""
+        return None
+
+    def outputs_gone(self, stage: str, outputs: dict[str, Any]) -> str | None:
+        """Why what a succeeded `stage` made is no longer there, beyond its files (`output_files`):
+        e.g. a registered version its registry no longer holds, or a registry that cannot be read.
+        Answered in bounded time (it runs on `status`); None when it is there or cannot be told."""
+        return None
+
+    def explain_error(self, exc: BaseException) -> FtctlError | None:
+        """An unexpected exception from a library this backend drives (a store, an SDK), as one line of
+        ftctl's own with the right exit code, when the backend recognises it; else None."""
         return None
 
     def live(self, state: State | None) -> list[dict[str, Any]]:

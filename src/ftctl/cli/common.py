@@ -272,7 +272,15 @@ def command(
                 if given and not kwargs.get("dry_run"):
                     keep_settings(ctx, list(given))
                 _warn_if_expired(ctx)
-                body(ctx, **kwargs)
+                try:
+                    body(ctx, **kwargs)
+                except FtctlError:
+                    raise
+                except Exception as exc:  # a library's error the backend can tell in one line
+                    known = ctx.backend.explain_error(exc)
+                    if known is None:
+                        raise
+                    raise known from exc
 
         # typer reads the signature and the annotations (resolved in the body's module).
         wrapper.__signature__ = inspect.Signature([*own, *_COMMON])  # type: ignore[attr-defined]

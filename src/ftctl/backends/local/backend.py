@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.base import Backend, Capabilities
-from ftctl.errors import UsageError
+from ftctl.errors import FtctlError, UsageError
 
 if TYPE_CHECKING:
     from ftctl.backends.local.workspace import LocalWorkspace
@@ -102,6 +102,18 @@ class LocalBackend(Backend):
         from ftctl.backends.local.stages.submit import ended_outcome
 
         return ended_outcome(outputs) if stage == "submit" else None
+
+    def outputs_gone(self, stage: str, outputs: dict[str, Any]) -> str | None:
+        if stage == "deploy":
+            from ftctl.backends.local.stages.deploy import key_gone
+
+            return key_gone(self.ctx, outputs)
+        if stage != "register" or not outputs.get("model_name") or not outputs.get("version"):
+            return None
+        return self.workspace.registry_problem(str(outputs["model_name"]), str(outputs["version"]))
+
+    def explain_error(self, exc: BaseException) -> FtctlError | None:
+        return self.workspace.store_error(exc)
 
     def rotate_key(self, state: State) -> None:
         from ftctl.backends.local.stages.deploy import rotate_key

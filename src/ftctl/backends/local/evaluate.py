@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 STOP_PROMPTS = 8  # greedy replies checked for their end of turn
 END_PROBABILITY_CONVERSATIONS = 32  # held-out replies the end-of-turn probability is taken over
+STOP_CHECK_CONVERSATIONS = 64  # held-out conversations submit's end-of-turn check draws from
 TEMPLATE_CONVERSATIONS = 3  # held-out conversations rendered both ways (every assistant turn of each)
 UNLIMITED = 1 << 40
 
@@ -278,18 +279,28 @@ def stop_check(
     )
 
 
-def check_model_stops(ctx: Context, recorded: StateView, model_dir: Path) -> dict[str, Any] | None:
-    """After training: whether the fine-tuned model ends its turn (None without a test split). For
-    submit's outputs, so `ftctl status` shows it."""
+def held_out_stop_check(model: Any, tokenizer: Any, model_dir: Path, test_file: Path) -> StopCheck:
+    """stop_check on the first held-out conversations of a prepared test split: what submit records,
+    computed by the trainer on the model it has just saved to `model_dir` (or by submit on a reload)."""
+    return stop_check(model, tokenizer, model_dir, held_out(test_file, STOP_CHECK_CONVERSATIONS))
+
+
+def check_model_stops(
+    ctx: Context, recorded: StateView, model_dir: Path, found: StopCheck | None = None
+) -> dict[str, Any] | None:
+    """After training: whether the fine-tuned model ends its turn (None without a test split), for
+    submit's outputs, so `ftctl status` shows it. `found` is the trainer's own check of the model it
+    saved; without one (a job of another launch), the saved model is loaded and checked here."""
     files = prepared_files(recorded.state)
     split = ctx.cfg.data.test_split
     if split not in files:
         return None
-    device = recorded.check_compute.device or "cpu"
-    with ctx.ui.spinner("checking that the fine-tuned model ends its turn", quiet=True):
-        tokenizer = load_tokenizer(model_dir)
-        model = load_model(model_dir, device)
-        found = stop_check(model, tokenizer, model_dir, held_out(Path(files[split]["path"]), 64))
+    if found is None:
+        device = recorded.check_compute.device or "cpu"
+        with ctx.ui.spinner("checking that the fine-tuned model ends its turn", quiet=True):
+            tokenizer = load_tokenizer(model_dir)
+            model = load_model(model_dir, device)
+            found = held_out_stop_check(model, tokenizer, model_dir, Path(files[split]["path"]))
     result = {
         "prompts": found.prompts,
         "stopped": found.stopped,

@@ -23,7 +23,9 @@ FINETUNE_STEP = "finetune"
 LOG_POLL_S = 0.25  # how often `ftctl logs --follow` looks for new lines (as Job.follow does for events)
 
 
-def endpoint(ctx: Context, state: State) -> Endpoint:
+def endpoint(ctx: Context, state: State, *, need_key: bool = True) -> Endpoint:
+    """The recorded endpoint, checked to run, with its key ("" when its key file is gone and not
+    `need_key`: `credentials --rotate` gives it a new one)."""
     from ftctl.backends.local.stages import deploy
     from ftctl.chat import Endpoint
 
@@ -44,11 +46,14 @@ def endpoint(ctx: Context, state: State) -> Endpoint:
     try:
         key = key_file.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise StageFailed(
-            f"the key of endpoint {outputs.get('endpoint_name')} is gone ({key_file} was deleted); the "
-            "endpoint still runs and refuses every request without it",
-            hint="`ftctl deploy --force` starts it again with a new key",
-        ) from None
+        if need_key:
+            raise StageFailed(
+                f"the key of endpoint {outputs.get('endpoint_name')} is gone ({key_file} was deleted); "
+                "the endpoint still runs and refuses every request without it",
+                hint="`ftctl credentials --rotate` gives it a new key (or `ftctl deploy --force` starts "
+                "it again)",
+            ) from None
+        key = ""
     except OSError as exc:
         raise StageFailed(f"cannot read the endpoint key {key_file}: {exc.strerror}") from None
     model = None

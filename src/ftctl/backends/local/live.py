@@ -156,16 +156,16 @@ def unrecorded(workspace: Path, state: dict[str, Any]) -> list[LiveResource]:
 
 
 def key_file_of(workspace: Path, resource: LiveResource) -> Path | None:
-    """The endpoint's key file, if it is a `*.key` directly under <workspace>/secrets (a record pointing
-    anywhere else is not trusted with a deletion)."""
+    """The endpoint's key file: the `*.key` of the recorded name directly under <workspace>/secrets,
+    wherever the record says (a record made before the workspace moved names the old path; nothing
+    outside this workspace's secrets/ is trusted with a deletion)."""
     raw = resource.details.get("key_file")
     if resource.kind != ENDPOINT or not isinstance(raw, str) or not raw:
         return None
-    path = Path(raw)
-    secrets = (Path(workspace) / "secrets").resolve()
-    if path.suffix != ".key" or path.parent.resolve() != secrets:
+    name = Path(raw).name
+    if not name.endswith(".key") or name.startswith("."):
         return None
-    return path
+    return Path(workspace) / "secrets" / name
 
 
 def _stop_one(workspace: Path, resource: LiveResource, timeout_s: float) -> bool:

@@ -225,7 +225,9 @@ def save_mlflow_model(hf_dir: Path, out_dir: Path) -> Path:
                 mlflow.pyfunc.save_model(
                     path=str(out_dir),
                     python_model=ChatModel(),
-                    artifacts={MLFLOW_HF_ARTIFACT: str(src)},
+                    # As a file:// URI: MLflow reads a plain path as a URI too, and would decode a
+                    # `%20` in the workspace's path into a space (a folder that does not exist).
+                    artifacts={MLFLOW_HF_ARTIFACT: src.resolve().as_uri()},
                     signature=_signature(),
                     pip_requirements=_pip_requirements(),
                 )

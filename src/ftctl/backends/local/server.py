@@ -128,10 +128,16 @@ def _refuse_start(args: argparse.Namespace) -> int | None:
     return None
 
 
-def _read_key(key_file: Path) -> str | None:
-    """The endpoint key in `key_file`; None (logged) when it cannot be read or is empty."""
+def _read_key(key_file: Path, folder_fd: int | None = None) -> str | None:
+    """The endpoint key in `key_file` (with `folder_fd`, the file of that name in the folder open as
+    `folder_fd`); None (logged) when it cannot be read or is empty."""
     try:
-        key = key_file.read_text(encoding="utf-8").strip()
+        if folder_fd is None:
+            key = key_file.read_text(encoding="utf-8").strip()
+        else:
+            fd = os.open(key_file.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder_fd)
+            with os.fdopen(fd, "rb") as handle:
+                key = handle.read(4096).decode("utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         log.error("cannot read the key file %s: %s", key_file, exc)
         return None
@@ -173,10 +179,13 @@ def _serve(args: argparse.Namespace, key: str) -> int:
 
 def _reload_key_on_sighup(app: Any, key_file: Path) -> None:
     """`ftctl credentials --rotate` writes a new key file and sends SIGHUP: from then on the new key is
-    the one accepted. An unreadable or empty file keeps the old key (logged; never the key itself)."""
+    the one accepted. An unreadable or empty file keeps the old key (logged; never the key itself).
+    The key's folder is held open, so a workspace moved (`mv`) while the endpoint runs is still the
+    one it reads its new key from."""
+    folder_fd = os.open(key_file.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def reload(signum: int, frame: Any) -> None:
-        key = _read_key(key_file)
+        key = _read_key(key_file, folder_fd)
         if key is not None:
             set_key(app, key)
             log.info("the endpoint key was rotated")

@@ -29,6 +29,7 @@ Heavy imports (torch, transformers, peft, mlflow) happen inside functions only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -625,9 +626,13 @@ def _train_and_save(
         return {}
     with contextlib.suppress(OSError):
         (job.job_dir / "checkpoints").rmdir()  # the Trainer's output_dir; nothing is checkpointed there
-    _save_hf_model(job, trainer, tokenizer)
+    saved = _save_hf_model(job, trainer, tokenizer)
     model_dir = _save_mlflow_folder(job.outputs)
     result = _result(job, run, fitted, data, model_dir)
+    stops = _stop_check(job, saved, tokenizer)
+    del saved
+    if stops is not None:
+        result["stop_check"] = stops
     if run is not None:
         _log_final_metrics(result, data)
     return result
@@ -723,8 +728,9 @@ def _save_trained(job: _Job, trainer: Any) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-def _save_hf_model(job: _Job, trainer: Any, tokenizer: Any) -> None:
-    """outputs/hf_model: the complete model (LoRA merged in) and the tokenizer (rank 0)."""
+def _save_hf_model(job: _Job, trainer: Any, tokenizer: Any) -> Any:
+    """outputs/hf_model: the complete model (LoRA merged in) and the tokenizer (rank 0). Returns the model
+    as saved, in memory (None under DeepSpeed, whose live weights are sharded)."""
     hf_dir = job.outputs / "hf_model"
     if job.p.apply_lora:
         if not job.p.merge_lora_weights:
@@ -737,8 +743,25 @@ def _save_hf_model(job: _Job, trainer: Any, tokenizer: Any) -> None:
             )
         merged = _merged_model(trainer, job.spec, job.outputs / "adapter", job.use_deepspeed)
         merged.save_pretrained(str(hf_dir))
-        del merged
+    else:
+        merged = trainer.accelerator.unwrap_model(trainer.model)
     tokenizer.save_pretrained(str(hf_dir))
+    return None if job.use_deepspeed else merged
+
+
+def _stop_check(job: _Job, model: Any, tokenizer: Any) -> dict[str, Any] | None:
+    """submit's end-of-turn check (ftctl.backends.local.evaluate.held_out_stop_check) on the model just
+    saved, while it is in memory: submit then need not load it again. None without a test split or a
+    model in memory (submit checks the saved folder itself)."""
+    eval_file = job.spec.get("eval_file")
+    if model is None or not eval_file:
+        return None
+    from ftctl.backends.local.evaluate import held_out_stop_check
+
+    job.emit({"type": "phase", "message": "checking that the fine-tuned model ends its turn"})
+    model.eval()
+    found = held_out_stop_check(model, tokenizer, job.outputs / "hf_model", Path(eval_file))
+    return dataclasses.asdict(found)
 
 
 def _save_mlflow_folder(outputs: Path) -> Path:
@@ -867,6 +890,8 @@ def describe_event(event: Event) -> str:
         )
     if kind in ("warning", "error"):
         return f"{kind}: {event.get('message')}"
+    if kind == "phase":
+        return str(event.get("message"))
     return json.dumps(event, default=str)
 
 

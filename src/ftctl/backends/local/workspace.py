@@ -2,6 +2,11 @@
 
 A workspace path may hold any character (spaces, `?`, `#`, `%`, non-ASCII): every URI built from it is
 escaped, so MLflow and SQLAlchemy create nothing outside it.
+
+MLflow's SQLite store (mlflow.db) is checked with the standard library before MLflow touches it: a path
+too long for SQLite, a file that is not a database, or a store another process has locked is one line of
+ftctl's own (MLflow would retry for minutes, then print SQLAlchemy's dump), and an error MLflow raises
+from the store later is told the same way (`store_error`).
 """
 
 from __future__ import annotations
@@ -9,13 +14,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sqlite3
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import quote
 
-from ftctl.errors import StateError
+from ftctl.errors import FtctlError, StageFailed, StateError, UsageError
 from ftctl.state import atomic_write_text, make_dirs
+
+# SQLite (its unix file layer) opens paths of at most 512 bytes, its `-journal` file's included: the
+# store's own path may have at most 504. Past that MLflow retries for about 110 s, then fails.
+SQLITE_MAX_PATH_BYTES = 512 - len("-journal")
+STORE_TIMEOUT_S = 5.0  # how long a command waits for another process's lock on mlflow.db
+REGISTRY_PROBE_S = 0.5  # how long `status` waits for it
+RETRAIN = "ftctl run --from submit --to register --force"  # a new store's runs and registry, from scratch
 
 
 class LocalWorkspace:
@@ -63,9 +76,89 @@ class LocalWorkspace:
         make_dirs(self.secrets_dir, self.root, mode=0o700)
         os.chmod(real_dir(self.secrets_dir), 0o700)
 
+    def check_store(self, *, create: bool = True, timeout_s: float = STORE_TIMEOUT_S) -> bool:
+        """Raise, as one line, what MLflow would stumble on in mlflow.db: a path too long for SQLite
+        (UsageError), a link or non-file in its place or a damaged file (StateError), a lock another
+        process holds past `timeout_s` (StageFailed). `create`: a missing store is created (as MLflow
+        would); otherwise a missing store passes. Returns whether the store is new (holds no table)."""
+        db = self.mlflow_db
+        size = len(os.fsencode(db))
+        if size > SQLITE_MAX_PATH_BYTES:
+            raise UsageError(
+                f"the workspace's path is too long for MLflow's SQLite store: {db} has {size} bytes, "
+                f"SQLite opens at most {SQLITE_MAX_PATH_BYTES}",
+                hint="use a workspace with a shorter path (--workspace, or FTCTL_WORKSPACE)",
+            )
+        if db.is_symlink() or (db.exists() and not db.is_file()):
+            raise StateError(
+                f"{db} is {'a symbolic link' if db.is_symlink() else 'not a regular file'}; MLflow's store "
+                "must be a file in the workspace itself",
+                hint=f"move it away (mv {db} {db}.moved) and run `{RETRAIN}`",
+            )
+        if not create and not db.exists():
+            return False
+        uri = "file:" + quote(str(db), safe="/") + ("?mode=rwc" if create else "?mode=ro")
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=timeout_s)) as con:
+                tables = con.execute("select count(*) from sqlite_master").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise self.store_error(exc) or StageFailed(f"MLflow's store {db}: {exc}") from None
+        return not tables
+
+    def store_error(self, exc: BaseException) -> FtctlError | None:
+        """`exc` (from MLflow, SQLAlchemy or sqlite3) as one line of ftctl's, when an SQLite error of
+        the store caused it; else None."""
+        found = _sqlite_cause(exc)
+        if found is None:
+            return None
+        db, said = self.mlflow_db, (str(found).splitlines() or ["unknown error"])[0]
+        lowered = said.lower()
+        if "locked" in lowered or "busy" in lowered:
+            return StageFailed(
+                f"MLflow's store {db} is locked by another process ({said})",
+                hint="wait until that process (another ftctl, an `mlflow ui`) is done, then run the "
+                "command again",
+            )
+        if "not a database" in lowered or "malformed" in lowered:
+            return StateError(
+                f"MLflow's store {db} is damaged ({said}): its runs and registered models cannot be read",
+                hint=f"restore it from a backup, or move it aside (mv {db} {db}.corrupt) and run "
+                f"`{RETRAIN}` to train and register again",
+            )
+        if "unable to open" in lowered:
+            return UsageError(
+                f"cannot open MLflow's store {db} ({said})",
+                hint="check that the workspace folder exists and is writable",
+            )
+        return StageFailed(f"MLflow's store {db}: {said}")
+
+    def registry_problem(self, name: str, version: str) -> str | None:
+        """Why the registry does not hold version `version` of model `name` (None when it does, or
+        while another process's lock keeps it from being read): for `ftctl status`, so within a second
+        and without MLflow."""
+        db = self.mlflow_db
+        if not db.exists() and not db.is_symlink():
+            return f"the model registry {db.name} is missing"
+        try:
+            self.check_store(create=False, timeout_s=REGISTRY_PROBE_S)
+            uri = "file:" + quote(str(db), safe="/") + "?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=REGISTRY_PROBE_S)) as con:
+                held = con.execute(
+                    "select 1 from model_versions where name = ? and version = ?", (name, version)
+                ).fetchone()
+        except (FtctlError, sqlite3.Error) as exc:
+            known = exc if isinstance(exc, FtctlError) else self.store_error(exc)
+            if known is not None and " is locked " in known.message:
+                return None  # another process writes to it: it cannot be told now
+            if "no such table" in str(exc):
+                return f"{db.name} holds no model registry"
+            return f"the model registry is unreadable: {known.message if known else exc}"
+        return None if held else f"version {version} of {name} is not in the model registry"
+
     @cached_property
     def mlflow(self) -> ModuleType:
-        """mlflow, pointed at this workspace's SQLite tracking and registry store."""
+        """mlflow, pointed at this workspace's SQLite tracking and registry store (checked first)."""
+        new = self.check_store()
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         import mlflow
 
@@ -74,6 +167,11 @@ class LocalWorkspace:
 
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
+        if new:  # created here, so that its Default experiment keeps its artifacts in the workspace too
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            # (MLflow's own default for them: <current folder>/mlruns)
+            SqlAlchemyStore(self.tracking_uri, self.artifacts_dir.as_uri())
         return mlflow
 
     def relocate(self, old: str, new: str) -> None:
@@ -103,18 +201,22 @@ class LocalWorkspace:
                     if moved != value:
                         db.execute(f"update {table} set {column} = ? where {key} = ?", (moved, row_key))
 
+    def experiment_location(self, name: str) -> str:
+        """Where experiment `name` keeps its artifacts: a folder of its own inside the workspace, as a
+        file URI (without importing MLflow: the trainer creates the experiment there)."""
+        folder = name.replace("/", "_").replace("\0", "_")
+        if not folder.strip("."):  # "", "." and ".." would not be a folder of their own
+            folder = f"_{folder}"
+        # as_uri percent-encodes every character a URI cannot hold as such (`?`, `#`, `%`, spaces...).
+        return (self.artifacts_dir / folder).as_uri()
+
     def ensure_experiment(self, name: str) -> str:
         """The experiment's id, creating it with its artifacts inside the workspace."""
         client = self.mlflow.MlflowClient()
         found = client.get_experiment_by_name(name)
         if found is not None:
             return str(found.experiment_id)
-        folder = name.replace("/", "_").replace("\0", "_")
-        if not folder.strip("."):  # "", "." and ".." would not be a folder of their own
-            folder = f"_{folder}"
-        # as_uri percent-encodes every character a URI cannot hold as such (`?`, `#`, `%`, spaces...).
-        location = (self.artifacts_dir / folder).as_uri()
-        return str(client.create_experiment(name, artifact_location=location))
+        return str(client.create_experiment(name, artifact_location=self.experiment_location(name)))
 
     def write_secret(self, name: str, value: str) -> Path:
         """A 0600 file under secrets/ (never in the state file); neither secrets/ nor the file may be a
@@ -127,6 +229,22 @@ class LocalWorkspace:
         atomic_write_text(path, value, mode=0o600)
         os.chmod(path, 0o600)
         return path
+
+
+def _sqlite_cause(exc: BaseException) -> sqlite3.Error | None:
+    """The sqlite3 error behind `exc` (itself, its cause or context, SQLAlchemy's `orig`), if any."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, sqlite3.Error):
+            return current
+        orig = getattr(current, "orig", None)
+        todo += [current.__cause__, current.__context__, orig if isinstance(orig, BaseException) else None]
+    return None
 
 
 def real_dir(path: Path) -> Path:

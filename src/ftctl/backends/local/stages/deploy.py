@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -95,9 +95,11 @@ def forget(ctx: Context, outputs: dict[str, Any]) -> None:
     from ftctl.backends.local import live
 
     key = outputs.get("key_file")
-    if key and Path(key).parent.resolve() == local(ctx).secrets_dir.resolve():
+    if key and Path(key).suffix == ".key":
+        # By its name in this workspace's secrets/: a record made before the workspace moved still
+        # names the key at the old path (nothing is deleted anywhere else).
         with contextlib.suppress(FileNotFoundError):
-            Path(key).unlink()
+            (local(ctx).secrets_dir / Path(key).name).unlink()
     if outputs.get("endpoint_name"):
         live.remove(local(ctx).root, live.ENDPOINT, str(outputs["endpoint_name"]))
 
@@ -305,14 +307,48 @@ def run(ctx: Context, call: StageCall) -> Outputs:
     ctx.ui.info(f"  endpoint {server.name} starting (pid {pid}) at {url}; log: {log_path}")
     try:
         with ctx.ui.spinner("waiting for the endpoint to load the model"):
-            wait_until_ready(url, cfg.ready_timeout_s, proc=procs.handle(pid))
+            wait_until_ready(url, _seconds_to_ready(ctx, outputs), proc=procs.handle(pid))
     except StageFailed:
         procs.stop(outputs["process"])
         forget(ctx, outputs)
+        if _seconds_left(outputs) == 0.0:  # the server stops itself at its expiry, loaded or not
+            raise StageFailed(
+                f"endpoint {server.name} reached its time to live (deploy.ttl {cfg.ttl}) before it had "
+                "loaded the model; it is stopped and nothing of it runs",
+                hint="deploy again with a longer time to live, e.g. `ftctl deploy --ttl 1h`",
+            ) from None
         ctx.ui.info(procs.tail(log_path, 20))
         raise
     ctx.ui.info(f"  endpoint ready: POST {url}/score (key in {server.key_file})")
     return outputs
+
+
+def key_gone(ctx: Context, outputs: dict[str, Any]) -> str | None:
+    """Why a running endpoint cannot be called: its key file is gone (None when it is there, or when
+    the endpoint does not run: teardown removes the key of what it stops)."""
+    key_file = outputs.get("key_file")
+    if not key_file or Path(key_file).is_file() or not alive(ctx, outputs):
+        return None
+    return (
+        f"its key file {Path(key_file).name} is gone: the endpoint runs, but ftctl cannot call it "
+        "(`ftctl credentials --rotate` gives it a new key)"
+    )
+
+
+def _seconds_left(outputs: dict[str, Any]) -> float | None:
+    """Seconds until the endpoint's expiry (0.0 once past it; None without a ttl)."""
+    if not outputs.get("expires_at"):
+        return None
+    left = datetime.fromisoformat(outputs["expires_at"]) - datetime.now(timezone.utc)
+    return max(left.total_seconds(), 0.0)
+
+
+def _seconds_to_ready(ctx: Context, outputs: dict[str, Any]) -> float:
+    """How long deploy waits for the model to load: deploy.ready_timeout_s, or until the endpoint's
+    expiry if that comes first (its server stops itself then)."""
+    left = _seconds_left(outputs)
+    timeout = float(ctx.cfg.deploy.ready_timeout_s)
+    return timeout if left is None else min(timeout, left)
 
 
 def rotate_key(ctx: Context, state: dict[str, Any]) -> None:
@@ -322,7 +358,8 @@ def rotate_key(ctx: Context, state: dict[str, Any]) -> None:
     from ftctl.backends.local.hooks import endpoint
     from ftctl.backends.local.serving.probe import key_accepted
 
-    current = endpoint(ctx, state)  # UsageError / StageFailed when there is none or it is down
+    # UsageError / StageFailed when there is none or it is down; a key file that is gone is replaced
+    current = endpoint(ctx, state, need_key=False)
     outputs = state["stages"]["deploy"]["outputs"]
     process = server_process(outputs)
     key = new_key()
@@ -330,7 +367,8 @@ def rotate_key(ctx: Context, state: dict[str, Any]) -> None:
     if not procs.send(process, signal.SIGHUP, group=False):
         raise StageFailed(f"the server of endpoint {current.name} ended while its key was rotated")
     deadline = time.monotonic() + 10.0
-    while not (key_accepted(current.url, key) and not key_accepted(current.url, current.key)):
+    old = current.key
+    while not (key_accepted(current.url, key) and not (old and key_accepted(current.url, old))):
         if time.monotonic() > deadline:
             raise StageFailed(
                 f"endpoint {current.name} did not take its new key within 10 s",

@@ -62,6 +62,8 @@ class _Follower:
                 f"  eval_loss {event.get('eval_loss'):.4f}  perplexity {event.get('perplexity'):.2f}"
                 + (f"  (step {event['step']})" if event.get("step") is not None else "")
             )
+        elif kind == "phase":
+            self.bar.update(info=str(event.get("message")), quiet=True)
         elif kind == "warning":
             self.ctx.ui.warn(str(event.get("message")))
 
@@ -110,7 +112,6 @@ def _start_job(ctx: Context, call: StageCall) -> Job:
         params["precision"] = compute.precision or "32"
     model_name = model.need("name")
     experiment = f"chat_completion_{model_name.split('/')[-1]}"
-    ws.ensure_experiment(experiment)
     gpus = compute.gpus_per_node or 0
     name = display_name(model_name, params, gpus)
     job_id = new_job_id()
@@ -129,7 +130,13 @@ def _start_job(ctx: Context, call: StageCall) -> Job:
         "eval_file": data_file(ctx, recorded, data.test_split, "data.test_split", required=False),
         "params": params,
         "device": compute.device or "cpu",
-        "mlflow": {"tracking_uri": ws.tracking_uri, "experiment": experiment, "run_name": name},
+        # The trainer creates the experiment (it imports MLflow anyway), its artifacts in the workspace.
+        "mlflow": {
+            "tracking_uri": ws.tracking_uri,
+            "experiment": experiment,
+            "artifact_location": ws.experiment_location(experiment),
+            "run_name": name,
+        },
         "command": command,
         "workspace": str(ws.root),
     }
@@ -200,12 +207,16 @@ def _plan_first(ctx: Context, call: StageCall) -> None:
 
 
 def _with_stop_check(ctx: Context, call: StageCall, outputs: Outputs, result: dict[str, Any]) -> Outputs:
-    """After training: whether the model ends its turn (a few greedy replies on held-out prompts)."""
+    """After training: whether the model ends its turn (a few greedy replies on held-out prompts), as the
+    trainer checked it on the model it saved (else checked here, on a reload of that model)."""
     from ftctl.backends.local.evaluate import check_model_stops
+    from ftctl.evaluation import StopCheck
 
     hf_dir = result.get("hf_model_dir") or result.get("model_dir")
+    found = result.get("stop_check")
     if hf_dir:
-        outputs["stop_check"] = check_model_stops(ctx, call.upstream, Path(hf_dir))
+        checked = StopCheck(**found) if isinstance(found, dict) else None
+        outputs["stop_check"] = check_model_stops(ctx, call.upstream, Path(hf_dir), checked)
     return outputs
 
 
