@@ -126,6 +126,11 @@ class ModelSection(Section):
         None, description="hub revision (local) or pinned registry version (azureml)"
     )
     label: str = "latest"
+    cache_dir: str | None = Field(
+        None,
+        description="local: where built-in models are converted once (relative paths inside the workspace); "
+        "null = <workspace>/models",
+    )
 
 
 class ComputeSection(Section):
