@@ -23,10 +23,11 @@ import endpoint  # noqa: E402
 import gen_ultrachat  # noqa: E402
 import prepare_data  # noqa: E402
 import status_scale  # noqa: E402
+import threads  # noqa: E402
 import train_throughput  # noqa: E402
 from common import BENCH_DIR, RESULTS_DIR  # noqa: E402
 
-NAMES = ["cli_start", "prepare_data", "status_scale", "train_throughput", "endpoint", "end_to_end"]
+NAMES = ["cli_start", "prepare_data", "status_scale", "train_throughput", "endpoint", "end_to_end", "threads"]
 
 
 def update_readme() -> None:
@@ -72,6 +73,8 @@ def main() -> None:
             endpoint.main(48, reps)
         elif name == "end_to_end":
             end_to_end.main(reps)
+        elif name == "threads":
+            threads.main(reps, ["tiny", "smollm2"])
     update_readme()
 
 

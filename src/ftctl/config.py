@@ -126,6 +126,11 @@ class ModelSection(Section):
         None, description="hub revision (local) or pinned registry version (azureml)"
     )
     label: str = "latest"
+    cache_dir: str | None = Field(
+        None,
+        description="local: where built-in models are converted once (relative paths inside the workspace); "
+        "null = <workspace>/models",
+    )
 
 
 class ComputeSection(Section):
@@ -832,7 +837,8 @@ def _meant(keys: list[str], origin: str | None) -> str:
     if origin is not None and origin.startswith("FTCTL_"):
         # Environment variables set section keys only (FTCTL_<SECTION>__<KEY>).
         keys = [f"{k}, i.e. FTCTL_{k.upper().replace('.', '__')}" if "." in k else k for k in keys]
-    return " or ".join(keys)
+        return " or ".join(keys)
+    return " or ".join([", ".join(keys[:-1]), keys[-1]] if len(keys) > 2 else keys)
 
 
 def _fields(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:

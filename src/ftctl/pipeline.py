@@ -45,7 +45,13 @@ STAGES: tuple[Stage, ...] = (
         ("backend",),
         "Connect to the backend: local MLflow stores or Azure ML.",
     ),
-    Stage("pick-model", ("auth",), ("model",), "Resolve the base model and read its metadata."),
+    Stage(
+        "pick-model",
+        ("auth",),
+        ("model",),
+        "Resolve the base model and read its metadata.",
+        ignores=("model.cache_dir",),  # where a conversion is kept; the model folder's content is an input
+    ),
     Stage(
         "check-compute",
         ("pick-model",),

@@ -360,6 +360,14 @@ def lock_is_free(workspace: Path) -> bool:
     return True
 
 
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def describe_owner(owner: dict[str, Any]) -> str:
     return (
         f"pid {owner.get('pid')} on {owner.get('host')}, `{owner.get('command')}`, "
@@ -391,6 +399,19 @@ class WorkspaceLock:
             return None
         return owner if isinstance(owner, dict) else None
 
+    def _holder_or_none(self, fd: int, owner: dict[str, Any]) -> dict[str, Any] | None:
+        """The holder's record, for the error once the wait is over; None when the lock got free
+        meanwhile (then `fd` holds it). The holder writes its record right after taking the lock and
+        empties it right before letting go: an empty record is waited on for a moment, trying the lock
+        again, so the error names the holder instead of "pid None"."""
+        named_by = time.monotonic() + 1.0
+        while not owner and time.monotonic() < named_by:
+            time.sleep(0.01)
+            if _try_flock(fd):
+                return None
+            owner = self.read_owner() or {}
+        return owner
+
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -404,31 +425,22 @@ class WorkspaceLock:
             raise StateError(f"the lock file {self.path} is not a regular file", hint=f"remove {self.path}")
         deadline = time.monotonic() + self.timeout_s
         told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                owner = self.read_owner() or {}
-                if time.monotonic() >= deadline:
-                    # The holder writes its record right after it takes the lock: give it that moment,
-                    # so the error names it instead of "pid None".
-                    named_by = time.monotonic() + 1.0
-                    while not owner and time.monotonic() < named_by:
-                        time.sleep(0.01)
-                        owner = self.read_owner() or {}
-                    os.close(fd)
-                    raise LockTimeout(
-                        f"workspace {self.path.parent} is locked by another ftctl ({describe_owner(owner)})",
-                        hint="wait for it to finish, or wait longer with `--set lock_timeout_s=SECONDS`",
-                    ) from None
-                if not told:
-                    self.notify(
-                        f"waiting up to {self.timeout_s:g}s for the workspace lock held by "
-                        f"{describe_owner(owner)}"
-                    )
-                    told = True
-                time.sleep(0.1)
+        while not _try_flock(fd):
+            owner = self.read_owner() or {}
+            if time.monotonic() >= deadline:
+                named = self._holder_or_none(fd, owner)
+                if named is None:  # it let go while we looked: the lock is ours
+                    break
+                os.close(fd)
+                raise LockTimeout(
+                    f"workspace {self.path.parent} is locked by another ftctl ({describe_owner(named)})",
+                    hint="wait for it to finish, or wait longer with `--set lock_timeout_s=SECONDS`",
+                ) from None
+            if not told:
+                held_by = describe_owner(owner)
+                self.notify(f"waiting up to {self.timeout_s:g}s for the workspace lock held by {held_by}")
+                told = True
+            time.sleep(0.1)
         previous = self.read_owner()
         if previous and previous.get("pid") != os.getpid():
             self.notify(f"taking over the workspace lock left by a dead ftctl ({describe_owner(previous)})")

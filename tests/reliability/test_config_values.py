@@ -203,7 +203,7 @@ def test_bool_settings_take_the_usual_spellings(text: str) -> None:
             "c.yaml:1: learning_rate: unknown key (did you mean finetune.learning_rate?)",
         ),
         ("data:\n  learning_rate: 0.1\n", "(did you mean finetune.learning_rate?)"),
-        ("seed: 1\n", "(did you mean finetune.seed or score.seed?)"),
+        ("seed: 1\n", "(did you mean data.seed, finetune.seed or score.seed?)"),  # data.seed: issue 19
         ("Finetune:\n  seed: 1\n", "(did you mean finetune?)"),
         ("lock_timeout: 3\n", "(did you mean lock_timeout_s?)"),
     ],

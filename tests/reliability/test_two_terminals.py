@@ -139,3 +139,27 @@ def read_state(w: Workspace) -> int:
     data: Any = json.loads(text)
     assert isinstance(data["stages"], dict)
     return 1
+
+
+def test_a_lock_let_go_while_the_loser_looks_is_taken_not_blamed_on_pid_none(tmp_path) -> None:
+    """Found by the campaign above under pytest-xdist: the holder empties its record and then lets go;
+    a waiter with lock_timeout_s=0 that tried the lock just before read the emptied record and failed
+    with "locked by another ftctl (pid None on None ...)". A lock that gets free while the waiter looks
+    for its holder's name is now taken."""
+    import fcntl
+    import os
+    import threading
+
+    from ftctl.state import LOCK_FILE, WorkspaceLock
+
+    (tmp_path / LOCK_FILE).write_text("")  # the record as a holder leaves it right before letting go
+    holder = os.open(tmp_path / LOCK_FILE, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    threading.Timer(0.3, lambda: fcntl.flock(holder, fcntl.LOCK_UN)).start()
+    lock = WorkspaceLock(tmp_path, "ftctl reset pick-model", timeout_s=0.0, notify=lambda _: None)
+    try:
+        lock.acquire()  # raised LockTimeout naming "pid None" before the fix
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    finally:
+        lock.release()
+        os.close(holder)

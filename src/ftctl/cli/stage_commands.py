@@ -47,7 +47,13 @@ def auth(ctx: Context, force: bool = FORCE, dry_run: bool = DRY_RUN) -> None:
 @command(PANEL, "pick-model", settings={"model": "model.name"})
 def pick_model(
     ctx: Context,
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Hub id, local folder or registry name."),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="A built-in name (ftctl/tiny-phi3-chat, smollm2-135m-instruct), a hub id, a local folder or a "
+        "registry name.",
+    ),
     list_models: bool = typer.Option(
         False, "--list", help="Azure ML: list the registry's chat-completion models (records nothing)."
     ),

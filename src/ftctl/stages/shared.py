@@ -17,6 +17,7 @@ import ftctl
 from ftctl.config import TINY_MODEL, FinetuneSection
 from ftctl.constants import SAMPLE_DATASET
 from ftctl.errors import ConfigError, UsageError
+from ftctl.models.smollm2 import NAME as SMOLLM2
 from ftctl.records import StateView
 from ftctl.scoring import build_request, expected_reply, parse_response, pick_conversation
 from ftctl.state import atomic_write_text, digest, make_dirs
@@ -44,7 +45,8 @@ def demo_model_note(ctx: Context, model_name: str | None) -> str | None:
     atomic_write_text(marker, "")
     return (
         f"note: {TINY_MODEL} is a ~1M-parameter demo model: it learns the shape of answers, not facts. "
-        "For a real one: `ftctl pick-model --model microsoft/Phi-3-mini-4k-instruct` (or a local folder)."
+        f"For a real one, offline: `ftctl pick-model --model {SMOLLM2}` (SmolLM2-135M-Instruct; "
+        "README: With a real model), or a local folder or hub id."
     )
 
 

@@ -72,11 +72,14 @@ def load_tokenizer(model_dir: Path) -> Any:
 
 
 def load_model(model_dir: Path, device: str) -> Any:
-    """The model for inference, as the endpoint loads it."""
+    """The model for inference, as the endpoint loads it (torch's threads chosen for the machine)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from ftctl import threads
     from ftctl.models.layout import resolve_hf_dir
+
+    threads.apply()
 
     model: Any = AutoModelForCausalLM.from_pretrained(
         str(resolve_hf_dir(model_dir)), dtype=torch.float32 if device == "cpu" else "auto"

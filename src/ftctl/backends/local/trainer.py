@@ -45,6 +45,7 @@ from urllib.parse import unquote
 
 from pydantic import ValidationError
 
+from ftctl import threads
 from ftctl.backends.local import checkpoints
 from ftctl.backends.local.checkpoints import Checkpoint
 from ftctl.config import FinetuneSection
@@ -513,6 +514,7 @@ def _load_model(job: _Job, model_path: Path, amp: tuple[bool, bool]) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
+    threads.apply()  # torch's thread count for this machine's cores and load (ftctl.threads)
     # Frozen base weights may stay in 16 bits on a GPU under LoRA; everything else trains in float32
     # (the Trainer's amp flags then do the mixed precision).
     fp16, bf16 = amp
@@ -719,6 +721,7 @@ def _announce(job: _Job, data: _Data, max_steps: int, trainable: int) -> None:
             "device": job.device,
             "apply_lora": job.p.apply_lora,
             "trainable_params": trainable,
+            "threads": threads.apply().describe(),
         }
     )
     if job.resume is not None:
@@ -954,6 +957,7 @@ def describe_event(event: Event) -> str:
             f"{event['eval_examples']} for evaluation, {event['max_steps']} steps on {event['device']}, "
             f"{'LoRA' if event['apply_lora'] else 'full fine-tune'}: "
             f"{event['trainable_params']:,} trainable parameters"
+            + (f"; {event['threads']}" if event.get("threads") else "")
         )
     if kind == "eval":
         return f"eval_loss {event['eval_loss']:.4f} perplexity {event['perplexity']:.2f}"

