@@ -45,7 +45,7 @@ def test_each_format_passes_the_fidelity_check(trained_ws: Ftctl, tmp_path: Path
         and figures["top1_agreement"].split("/")[0] == figures["top1_agreement"].split("/")[1]
     )
     assert figures["logits_max_abs_diff"] <= figures["tolerance"]
-    assert figures["template_token_ids_equal"] == "16/16"
+    assert figures["template_token_ids_equal"] == "16/16" and figures["text_token_ids_equal"] == "3/3"
     assert figures["greedy_replies_end_turn"] == figures["fine_tuned_replies_end_turn"] == "8/8"
     assert figures["stop_tokens"]  # the end-of-turn token is declared
     registered = trained_ws.outputs("register")
@@ -153,3 +153,68 @@ def test_an_export_never_writes_into_a_folder_with_files(trained_ws: Ftctl, tmp_
     result = trained_ws("export", str(tmp_path / "out"), code=2)
     assert "exists and is not an empty folder" in result.stderr
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+# SmolLM2-135M-Instruct's chat template (ChatML with a default system turn), as ftctl's conversion has it.
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    "<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_chatml_translates_to_an_ollama_template_and_another_wording_is_refused() -> None:
+    from ftctl.errors import UsageError
+    from ftctl.export.gguf import _ollama_template
+
+    template = _ollama_template(SMOLLM2_TEMPLATE)
+    assert template == (
+        '{{- range $i, $m := .Messages }}{{- if and (eq $i 0) (ne $m.Role "system") }}<|im_start|>system\n'
+        "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n{{ end }}"
+        "<|im_start|>{{ $m.Role }}\n{{ $m.Content }}<|im_end|>\n{{ end }}"
+        "{{- if .Messages }}<|im_start|>assistant\n{{ end }}"
+    )
+    without_system = (
+        SMOLLM2_TEMPLATE.split("{% if loop.first")[0] + SMOLLM2_TEMPLATE.split("{% endif %}", 1)[1]
+    )
+    assert "system" not in _ollama_template(without_system)
+    for changed in (
+        SMOLLM2_TEMPLATE.replace("+ '<|im_end|>' + '\n'", "+ '<|im_end|>'"),  # no newline after a turn
+        SMOLLM2_TEMPLATE.replace("message['content']", "message['content'] | trim"),
+    ):
+        with pytest.raises(UsageError, match="no Go-template translation"):
+            _ollama_template(changed)
+
+
+@pytest.mark.parametrize(
+    ("tokenizer", "named"),
+    [
+        (  # upstream SmolLM2: digits one by one, then the byte-level split (llama.cpp's `smollm`)
+            {
+                "pre_tokenizer": {
+                    "type": "Sequence",
+                    "pretokenizers": [
+                        {"type": "Digits", "individual_digits": True},
+                        {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True},
+                    ],
+                }
+            },
+            "Digits(individual_digits=True) + ByteLevel(add_prefix_space=False, use_regex=True)",
+        ),
+        ({"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True}}, "add_prefix_space=True"),
+        (
+            {"normalizer": {"type": "NFC"}, "pre_tokenizer": {"type": "ByteLevel", "use_regex": True}},
+            "normalizer NFC",
+        ),
+    ],
+)
+def test_a_pre_tokenization_gguf_cannot_declare_is_exit_2(tokenizer: dict[str, Any], named: str) -> None:
+    from ftctl.errors import UsageError
+    from ftctl.export.gguf import _pre_tokenizer
+
+    assert _pre_tokenizer({"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}}) == "gpt2"
+    with pytest.raises(UsageError, match="no exact llama.cpp equivalent") as raised:
+        _pre_tokenizer(tokenizer)
+    assert named in str(raised.value)

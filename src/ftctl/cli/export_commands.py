@@ -40,6 +40,7 @@ def export(
         f"  checked with {check['reader']} on {check['prompts']} held-out prompts: logits max abs diff "
         f"{check['logits_max_abs_diff']:.2g} (tolerance {check['tolerance']:g}), top-1 agreement "
         f"{check['top1_agreement']}, chat template token ids equal {check['template_token_ids_equal']}, "
+        f"plain-text token ids equal {check['text_token_ids_equal']}, "
         f"greedy replies end their turn {check['greedy_replies_end_turn']} "
         f"(fine-tuned {check['fine_tuned_replies_end_turn']})"
     )

@@ -5,6 +5,8 @@ base model for the adapter; transformers' GGUF loader, `gguf_file=`, for gguf an
 writer. On the first turns of held-out conversations it compares:
   - the chat template: the token ids the export's tokenizer renders (prompt with the generation prompt,
     and the whole conversation) against the fine-tuned model's tokenizer, exactly;
+  - plain text: the token ids of a few probe texts (numbers, punctuation, whitespace runs, non-ASCII),
+    exactly, where pre-tokenization differences (e.g. digits split one by one or not) would show;
   - next-token logits after each prompt: the largest absolute difference (within TOLERANCE[format]) and
     whether the top token agrees (where the fine-tuned model's top two are further apart than that);
   - that greedy replies end their turn on the stop tokens the export declares (generation_config.json,
@@ -28,6 +30,11 @@ TOLERANCE = {"merged": 1e-4, "adapter": 1e-3, "gguf": 1e-3, "ollama": 1e-3}
 PROMPTS = 8
 MAX_NEW_TOKENS = 48
 GGUF_FILE = "model.gguf"
+PROBE_TEXTS = (
+    "In 2024, 3.14159 x 12 = 37.7 and 1000000 people; call 555-0123 at 10:45pm (v2.0.1).",
+    "  Indented\n\n\tcode: x[i] += 1  # don't, won't, it's   three   spaces\n",
+    "Ünïcödé – “quotes”, naïve café, 東京, emoji 🙂!",
+)
 
 
 def _quiet() -> None:
@@ -143,6 +150,35 @@ def _greedy_stops(
     return ended
 
 
+def _template_differences(
+    ref_tok: Any, exp_tok: Any, conversations: list[tuple[list[dict[str, str]], list[dict[str, str]]]]
+) -> tuple[list[str], list[list[int]]]:
+    """Where the export's chat template renders other ids (one line each), and the prompts' ids."""
+    found: list[str] = []
+    prompts: list[list[int]] = []
+    for n, (prompt, whole) in enumerate(conversations):
+        for messages, with_prompt, what in ((prompt, True, "prompt"), (whole, False, "conversation")):
+            want, got = _ids(ref_tok, messages, with_prompt), _ids(exp_tok, messages, with_prompt)
+            if want != got:
+                at = _first_difference(want, got)
+                wrong, right = got[at : at + 1], want[at : at + 1]
+                found.append(f"held-out {what} {n + 1}: token {at} is {wrong} instead of {right}")
+        prompts.append(_ids(ref_tok, prompt, True))
+    return found, prompts
+
+
+def _text_differences(ref_tok: Any, exp_tok: Any) -> list[str]:
+    """Where the export's tokenizer splits the probe texts otherwise, one line each."""
+    found = []
+    for n, text in enumerate(PROBE_TEXTS):
+        want = ref_tok.encode(text, add_special_tokens=False)
+        got = exp_tok.encode(text, add_special_tokens=False)
+        if want != got:
+            at = _first_difference(want, got)
+            found.append(f"probe {n + 1}: token {at} is {got[at : at + 1]} instead of {want[at : at + 1]}")
+    return found
+
+
 def check(src: Source, fmt: str, out: Path) -> dict[str, Any]:
     """The figures of the check, with "ok" and the "problems" (one line each)."""
     import torch
@@ -162,17 +198,12 @@ def check(src: Source, fmt: str, out: Path) -> dict[str, Any]:
             "problems": [f"transformers cannot read it: {first[:300]}"],
             "tolerance": tolerance,
         }
-    conversations = _conversations(src)
-    template_diffs: list[str] = []
-    prompts: list[list[int]] = []
-    for n, (prompt, whole) in enumerate(conversations):
-        for messages, with_prompt, what in ((prompt, True, "prompt"), (whole, False, "conversation")):
-            want, got = _ids(ref_tok, messages, with_prompt), _ids(exp_tok, messages, with_prompt)
-            if want != got:
-                at = _first_difference(want, got)
-                wrong, right = got[at : at + 1], want[at : at + 1]
-                template_diffs.append(f"held-out {what} {n + 1}: token {at} is {wrong} instead of {right}")
-        prompts.append(_ids(ref_tok, prompt, True))
+    template_diffs, prompts = _template_differences(ref_tok, exp_tok, _conversations(src))
+    text_diffs = _text_differences(ref_tok, exp_tok)
+    if text_diffs:
+        problems.append(
+            f"plain text tokenizes to other ids ({len(text_diffs)} of {len(PROBE_TEXTS)}; {text_diffs[0]})"
+        )
     max_diff, agree, compared = 0.0, 0, 0
     with torch.inference_mode():
         for ids in prompts:
@@ -217,6 +248,7 @@ def check(src: Source, fmt: str, out: Path) -> dict[str, Any]:
         "tolerance": tolerance,
         "top1_agreement": f"{agree}/{compared}",
         "template_token_ids_equal": f"{2 * len(prompts) - len(template_diffs)}/{2 * len(prompts)}",
+        "text_token_ids_equal": f"{len(PROBE_TEXTS) - len(text_diffs)}/{len(PROBE_TEXTS)}",
         "stop_tokens": stops,
         "greedy_replies_end_turn": f"{exp_stops}/{len(prompts)}",
         "fine_tuned_replies_end_turn": f"{ref_stops}/{len(prompts)}",

@@ -5,6 +5,11 @@ them) and the Llama family (`llama`: the query and key rows permuted as llama.cp
 rotary embeddings pair the same dimensions). Tensors are float32 (no quantization: the export is checked
 against the fine-tuned model to 1e-3). The tokenizer is the byte-level BPE of tokenizer.json (llama.cpp's
 `gpt2` model: tokens in id order, their types, the merges) with the special ids and the chat template.
+Its pre-tokenization is declared as llama.cpp's `gpt2` (the GPT-2 split, which is what a plain ByteLevel
+pre-tokenizer with its regex does, and what transformers' GGUF loader builds back); any other
+pre-tokenizer or a normalizer is exit 2 naming it, since neither llama.cpp's `tokenizer.ggml.pre` names
+nor transformers' loader would reproduce it for sure (e.g. upstream SmolLM2's individual digits, llama.cpp's
+`smollm`, which transformers' loader reads as plain ByteLevel).
 Tensor names come from gguf's own name map for the architecture (what llama.cpp and transformers' GGUF
 loader read).
 """
@@ -12,6 +17,7 @@ loader read).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +62,29 @@ def _vocabulary(tokenizer: dict[str, Any], size: int) -> tuple[list[str], list[i
             types[added["id"]] = CONTROL if added.get("special") else USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
     return tokens, types, merges
+
+
+def _pre_tokenizer(tokenizer: dict[str, Any]) -> str:
+    """llama.cpp's `tokenizer.ggml.pre` for tokenizer.json's pre-tokenization; UsageError where ftctl has
+    no exact equivalent (llama.cpp and transformers' GGUF loader would split text otherwise)."""
+    pre = tokenizer.get("pre_tokenizer") or {}
+    normalizer = tokenizer.get("normalizer")
+    plain = pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space")
+    if plain and not normalizer:
+        return "gpt2"
+    what = f"normalizer {normalizer.get('type')}" if normalizer else f"pre-tokenizer {_describe(pre)}"
+    raise UsageError(
+        f"GGUF export: the tokenizer's {what} has no exact llama.cpp equivalent that transformers' GGUF "
+        "loader reads back (ftctl writes byte-level BPE with the GPT-2 split only)",
+        hint="export --format merged (or adapter)",
+    )
+
+
+def _describe(pre: dict[str, Any]) -> str:
+    if pre.get("type") == "Sequence":
+        return " + ".join(_describe(p) for p in pre.get("pretokenizers") or [])
+    options = {k: v for k, v in pre.items() if k != "type" and isinstance(v, (bool, int, str))}
+    return f"{pre.get('type')}({', '.join(f'{k}={v}' for k, v in options.items())})"
 
 
 def _permute(weight: Any, heads: int, kv_heads: int) -> Any:
@@ -115,6 +144,7 @@ def write_gguf(hf_dir: Path, path: Path, stop_ids: list[int]) -> None:
             f"GGUF export supports {', '.join(ARCHITECTURES)} models; this one is {model_type}",
             hint="export --format merged (or adapter)",
         )
+    pre = _pre_tokenizer(tokenizer)
     arch_name = ARCHITECTURES[model_type]
     arch = next(key for key, value in MODEL_ARCH_NAMES.items() if value == arch_name)
     hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
@@ -135,7 +165,7 @@ def write_gguf(hf_dir: Path, path: Path, stop_ids: list[int]) -> None:
     size = int(config["vocab_size"])
     tokens, types, merges = _vocabulary(tokenizer, size)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
@@ -177,16 +207,45 @@ def modelfile(hf_dir: Path, gguf_name: str, stop_ids: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The ChatML template (SmolLM2's), as its Jinja is spelled with newlines escaped: an optional default system
+# turn when the conversation has none, each message as <|im_start|>role\ncontent<|im_end|>\n, then the
+# assistant's turn. Matched whole, so any other wording is refused rather than half-translated.
+_CHATML = re.compile(
+    r"\{% for message in messages %\}"
+    r"(?:\{% if loop\.first and messages\[0\]\['role'\] != 'system' %\}"
+    r"\{\{ '<\|im_start\|>system\\n(?P<system>[^'{}\\]*)<\|im_end\|>\\n' \}\}\{% endif %\})?"
+    r"\{\{ ?'<\|im_start\|>' \+ message\['role'\] \+ '\\n' \+ message\['content'\]"
+    r" \+ '<\|im_end\|>' \+ '\\n' ?\}\}"
+    r"\{% endfor %\}\{% if add_generation_prompt %\}\{\{ '<\|im_start\|>assistant\\n' \}\}\{% endif %\}"
+    r"(?:\\n)*"
+)
+
+
 def _ollama_template(jinja: str) -> str:
-    """The chat template as an Ollama (Go) template, for the role-tag templates ftctl's models use
-    ('<|role|>\\n' + content + '<|end|>\\n', then '<|assistant|>\\n'); UsageError for another."""
+    """The chat template as an Ollama (Go) template, for the two template shapes of the models ftctl trains:
+    Phi-3's role tags ('<|role|>\\n' + content + '<|end|>\\n', then '<|assistant|>\\n') and ChatML
+    (SmolLM2's, with its default system turn); UsageError for another."""
     spelled = jinja.replace("\n", "\\n")  # a newline in the template's strings, or its escape
-    if "'<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n'" not in spelled:
+    if "'<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n'" in spelled:
+        return (
+            "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}"
+            "{{- if .Messages }}<|assistant|>\n{{ end }}"
+        )
+    chatml = _CHATML.fullmatch(spelled.strip())
+    if chatml is None:
         raise UsageError(
-            "Ollama export: this chat template has no Go-template translation in ftctl",
+            "Ollama export: this chat template has no Go-template translation in ftctl (it translates "
+            "Phi-3's role tags and ChatML)",
             hint="export --format gguf (the Jinja template is in the file); write the Modelfile's TEMPLATE",
         )
+    system = chatml["system"]
+    default_system = (
+        '{{- if and (eq $i 0) (ne $m.Role "system") }}'
+        f"<|im_start|>system\n{system.replace(chr(92) + 'n', chr(10))}<|im_end|>\n{{{{ end }}}}"
+        if system is not None
+        else ""
+    )
     return (
-        "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}"
-        "{{- if .Messages }}<|assistant|>\n{{ end }}"
+        "{{- range $i, $m := .Messages }}" + default_system + "<|im_start|>{{ $m.Role }}\n"
+        "{{ $m.Content }}<|im_end|>\n{{ end }}{{- if .Messages }}<|im_start|>assistant\n{{ end }}"
     )
