@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/, for `harness
 # thread per core each, torch oversubscribes them (measured on a loaded 2-core machine: a fast-profile
 # `ftctl submit` 48 s -> 37 s; 300 requests from 16 clients to one endpoint 30-70 s -> 4 s).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Ctrl-C as a terminal delivers it, however the suite was started: a shell starts a background job
+# (`pytest ... &`, a CI runner's script) with SIGINT ignored, and an ignored signal stays ignored in every
+# process started from it, so ftctl would never see the Ctrl-C the interrupt tests send. A handled signal
+# is reset to the default on exec, so the processes the tests start get Python's own handler again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from harness import FAST, Ftctl, run_in_terminal  # noqa: E402
 
