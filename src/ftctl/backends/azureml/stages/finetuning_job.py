@@ -21,9 +21,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml.backend import azure
-from ftctl.backends.azureml.client import calling, status_text
+from ftctl.backends.azureml.client import calling
 from ftctl.backends.azureml.params import Declared, FinetuneSources, finetune_inputs
-from ftctl.errors import Detached, StageFailed, UsageError
+from ftctl.errors import StageFailed, UsageError
 from ftctl.stages.shared import data_file, model_name
 
 if TYPE_CHECKING:
@@ -133,34 +133,11 @@ def submit(ctx: Context, call: StageCall) -> Outputs:
     if call.options.dry_run:
         title = "fine-tuning job that submit would create"
         return pipeline.dry_run_outputs(ctx, title, *build(ctx, call, None))
-    recorded = dict(call.recorded)
-    name = recorded.get("job_name")
-    job = pipeline._get_job(ctx, name) if name else None
-    if job is not None:
-        ctx.ui.info(f"  re-attaching to fine-tuning job {name}")
-        info = recorded
-    elif name:
-        ctx.ui.info(f"  job {name} was recorded but never reached Azure ML; submitting it now")
-        job, info = _submit(ctx, call, name)
-    else:
-        if call.options.plan and not call.upstream.check_compute.serverless:
-            from ftctl.backends.azureml.preflight import preflight
-
-            preflight(ctx, call)  # on a cluster: the same memory and time check as the pipeline route
-        job, info = _submit(ctx, call, pipeline._new_job_name())
-        name = info["job_name"]
-    assert name is not None
+    # On a cluster, the same memory and time check as the pipeline route; serverless has no plan.
+    plan = call.options.plan and not call.upstream.check_compute.serverless
+    job, info, name = pipeline.attach_or_submit(ctx, call, _submit, kind="fine-tuning job", plan=plan)
     studio = job.studio_url or info.get("studio_url")
-    if not call.options.wait:
-        raise Detached(
-            f"fine-tuning job {name} is running on Azure ML ({studio}); follow it with `ftctl submit`"
-        )
-    final = pipeline._follow(ctx, name)
-    status = status_text(final.status)
-    if status == "Failed":
-        raise pipeline._failed(ctx, name, studio)
-    if status != "Completed":
-        raise StageFailed(f"job {name} ended {status}", hint=f"its logs are in Azure ML studio: {studio}")
+    final, status = pipeline.follow_to_completion(ctx, call, name, studio, kind="fine-tuning job")
     output = (final.outputs or {}).get(OUTPUT)
     output_name = getattr(output, "name", None) or info.get("output_model_name")
     ctx.ui.info(f"  job {name} completed; the service registered the model {output_name}")

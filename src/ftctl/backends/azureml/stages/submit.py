@@ -13,7 +13,7 @@ import io
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ftctl.backends.azureml import dry_run
@@ -312,6 +312,46 @@ def dry_run_outputs(ctx: Context, title: str, job: Any, info: dict[str, Any]) ->
     return {"dry_run": True, **{k: v for k, v in info.items() if k != "job_name"}, "yaml_chars": len(text)}
 
 
+def attach_or_submit(
+    ctx: Context, call: StageCall, submit: Callable[..., tuple[Any, dict[str, Any]]], *, kind: str, plan: bool
+) -> tuple[Any, dict[str, Any], str]:
+    """(job, what to record of it, its name): the recorded job re-attached to; or, when the attempt that
+    recorded its name was interrupted before Azure ML had it, submitted under that name; else, after the
+    pre-flight plan (`plan`), a new one. `submit(ctx, call, name)` creates the job."""
+    recorded = dict(call.recorded)
+    name = recorded.get("job_name")
+    job = _get_job(ctx, name) if name else None
+    if job is not None and name:
+        ctx.ui.info(f"  re-attaching to {kind} {name}")
+        return job, recorded, name
+    if name:
+        ctx.ui.info(f"  job {name} was recorded but never reached Azure ML; submitting it now")
+        job, info = submit(ctx, call, name)
+        return job, info, name
+    if plan:
+        from ftctl.backends.azureml.preflight import preflight
+
+        preflight(ctx, call)
+    job, info = submit(ctx, call, _new_job_name())
+    return job, info, info["job_name"]
+
+
+def follow_to_completion(
+    ctx: Context, call: StageCall, name: str, studio: str | None, *, kind: str
+) -> tuple[Any, str]:
+    """(the job as it ended, "Completed"): job `name` followed to its end; Detached without --wait,
+    StageFailed when it failed or ended otherwise."""
+    if not call.options.wait:
+        raise Detached(f"{kind} {name} is running on Azure ML ({studio}); follow it with `ftctl submit`")
+    final = _follow(ctx, name)
+    status = status_text(final.status)
+    if status == "Failed":
+        raise _failed(ctx, name, studio)
+    if status != "Completed":
+        raise StageFailed(f"job {name} ended {status}", hint=f"its logs are in Azure ML studio: {studio}")
+    return final, status
+
+
 def run(ctx: Context, call: StageCall) -> Outputs:
     if dry_run.offline(call, "pick-model", "check-compute", "prepare-data"):
         return dry_run.submit(ctx)
@@ -321,35 +361,9 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         return finetuning_job.submit(ctx, call)
     if call.options.dry_run:
         return dry_run_outputs(ctx, "pipeline job that submit would create", *build(ctx, call, None))
-    recorded = dict(call.recorded)
-    name = recorded.get("job_name")
-    job = _get_job(ctx, name) if name else None
-    if job is not None:
-        ctx.ui.info(f"  re-attaching to job {name}")
-        info = recorded
-    elif name:
-        ctx.ui.info(f"  job {name} was recorded but never reached Azure ML; submitting it now")
-        job, info = _submit(ctx, call, name)
-    else:
-        if call.options.plan:
-            from ftctl.backends.azureml.preflight import preflight
-
-            preflight(ctx, call)
-        job, info = _submit(ctx, call, _new_job_name())
-        name = info["job_name"]
-    assert name is not None
+    job, info, name = attach_or_submit(ctx, call, _submit, kind="job", plan=call.options.plan)
     studio = job.studio_url or info.get("studio_url")
-    if not call.options.wait:
-        raise Detached(f"job {name} is running on Azure ML ({studio}); follow it with `ftctl submit`")
-    final = _follow(ctx, name)
-    status = status_text(final.status)
-    if status == "Failed":
-        raise _failed(ctx, name, studio)
-    if status != "Completed":
-        raise StageFailed(
-            f"job {name} ended {status}",
-            hint=f"its logs are in Azure ML studio: {studio}",
-        )
+    _, status = follow_to_completion(ctx, call, name, studio, kind="job")
     ctx.ui.info(f"  job {name} completed; model output azureml://jobs/{name}/outputs/trained_model")
     outputs = {
         **{k: v for k, v in info.items() if k != "submitted"},
