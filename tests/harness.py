@@ -54,6 +54,22 @@ def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# `python -c IMPORT_GUARD PACKAGES ARGS...`: runs `ftctl ARGS...` in this process (its exit code kept),
+# then prints which of the comma-separated top-level PACKAGES it imported.
+IMPORT_GUARD = """
+import json, sys
+from ftctl.cli.app import main
+watched, sys.argv = set(sys.argv[1].split(",")), ["ftctl", *sys.argv[2:]]
+code = 0
+try:
+    main()
+except SystemExit as exit:
+    code = exit.code if isinstance(exit.code, int) else 1
+print("IMPORTED " + json.dumps(sorted({m.split(".")[0] for m in sys.modules} & watched)))
+sys.exit(code)
+"""
+
+
 class Ftctl:
     """`ftctl [options] ...` against the workspace `root/.ftctl`.
 
@@ -130,6 +146,18 @@ class Ftctl:
         if self.config is not None:
             env["FTCTL_CONFIG"] = str(self.config)
         return env
+
+    def imports(
+        self, *args: str, of: Sequence[str], code: int = 0
+    ) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+        """`ftctl args` as a process, and which of the top-level packages `of` it imported."""
+        done = subprocess.run(
+            [sys.executable, "-c", IMPORT_GUARD, ",".join(of), *self.args(*args)],
+            capture_output=True, text=True, env=self.env(), cwd=self.root, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == code, f"ftctl {' '.join(args)} exited {done.returncode}\n{done.stderr}"
+        line = next(x for x in reversed(done.stdout.splitlines()) if x.startswith("IMPORTED "))
+        return done, set(json.loads(line.removeprefix("IMPORTED ")))
 
     def argv(self, *args: str) -> list[str]:
         """`python -m ftctl ...` for this workspace."""

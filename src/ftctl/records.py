@@ -118,6 +118,7 @@ class SubmitOutputs(_Outputs):
     final_eval_loss: float | None = None  # local: the held-out loss at the last step
     params: dict[str, Any] | None = None
     stop_check: dict[str, Any] | None = None  # whether the fine-tuned model ends its turn
+    template_check: dict[str, Any] | None = None  # local: the trainer's check of the chat template
     test_file: str | None = None  # Azure ML: the test split the job was given
     pace: dict[str, Any] | None = None  # Azure ML: the fine-tuning step's measured time per step
     route: str | None = None  # Azure ML: "pipeline" or "job"

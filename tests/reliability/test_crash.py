@@ -338,17 +338,38 @@ def test_kill_inside_deploy_score_teardown(trained_w: Workspace) -> None:
         assert live["pid"] == recorded and "re-attaching to endpoint" in done.stderr, done.describe()
 
     # score, twice.
+    landed = 0
     for _ in range(2):
-        crash(w, "score", "score", rng=rng, span=1.0, retries=3)
+        landed += crash(w, "score", "score", rng=rng, span=1.0, retries=3).killed_in_stage
         rerun(w, "score")
+        _check_endpoint(w)
+    if not landed:  # both ended before the timed kill (a quick reply): kill one before a file commit
+        _kill_before_commit_live(w, "score", "score")
         _check_endpoint(w)
 
     # teardown: once with the server up, once when it is already down.
+    landed = 0
     for _ in range(2):
-        crash(w, "teardown", "teardown", rng=rng, span=1.5, retries=3)
+        landed += crash(w, "teardown", "teardown", rng=rng, span=1.5, retries=3).killed_in_stage
         rerun(w, "teardown")
         assert w.servers() == []
         assert not port_is_open(live["host"], live["port"])
+    if not landed:  # as for score, with the endpoint up again
+        w.run("run", "--from", "deploy", "--to", "score")
+        _check_endpoint(w)
+        _kill_before_commit_live(w, "teardown", "teardown")
+        assert w.servers() == []
+
+
+def _kill_before_commit_live(w: Workspace, stage: str, *args: str) -> None:
+    """`ftctl args` SIGKILLed just before its second file commit (the first saves its running record):
+    a kill inside `stage` however quickly it ends; then the invariants, status, and a re-run."""
+    outcome = w.run(*args, inject=("replace", "2"), code=None)
+    assert outcome.code == -9, f"the second commit of {stage} was not reached\n{outcome.describe()}"
+    TRIALS.append({"stage": stage, "args": ("replace", 2), "killed": True, "in_stage": True})
+    check_invariants(w, f"{stage} killed before its file commit 2")
+    status_works(w)
+    rerun(w, stage)
 
 
 @pytest.mark.summary

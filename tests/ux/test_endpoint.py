@@ -243,3 +243,36 @@ def test_score_shows_the_expected_reply_and_what_the_demo_model_is(deployed) -> 
     chat = deployed("chat", input="Hi\n")
     assert "~1M-parameter demo model" not in chat.stderr
     assert "assistant> \n" not in chat.stdout and not chat.stdout.startswith("\n")
+
+
+ML_LIBRARIES = ("torch", "transformers", "tokenizers", "peft", "mlflow")
+
+
+def test_deploy_reuses_the_trainers_template_check_and_loads_no_ml_library(scratch) -> None:
+    # The trainer checked the chat template of the model it saved (submit's outputs); deploy finds the
+    # registered folder in MLflow's store with sqlite3: it starts the server without loading either.
+    recorded = scratch.outputs("submit")["template_check"]
+    assert recorded["mismatches"] == [] and recorded["turns"] > 0
+    done, imported = scratch.imports("deploy", of=ML_LIBRARIES)
+    assert not imported, done.stderr
+    assert f"chat template: training and the endpoint agree on {recorded['turns']} replies" in done.stderr
+    assert "endpoint ready" in done.stderr
+    scratch("teardown")
+
+
+def test_a_registered_template_changed_after_training_is_checked_again(scratch) -> None:
+    from ftctl.backends.local.workspace import LocalWorkspace
+    from ftctl.models.layout import resolve_hf_dir
+
+    registered = scratch.outputs("register")
+    ws = LocalWorkspace(scratch.workspace)
+    folder = ws.registered_folder(registered["model_name"], registered["version"])
+    assert folder is not None
+    # Its chat template (transformers keeps it in chat_template.jinja) without the newline after a role.
+    (resolve_hf_dir(folder) / "chat_template.jinja").write_text(
+        "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    )
+    refused = scratch("deploy", code=2)
+    assert "the endpoint would format conversations differently from training" in refused.stderr
+    assert not list((scratch.workspace / "secrets").glob("*.key"))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -335,6 +335,43 @@ def _describe_difference(tokenizer: Any, trained: list[int], served: list[int]) 
     )
 
 
+# What the check's result depends on besides the two folders' small files and the conversations: bump it
+# when the comparison itself changes.
+TEMPLATE_CHECK_VERSION = 1
+WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack"})
+
+
+def template_key(train_dir: Path, serve_dir: Path, conversations: list[list[dict[str, str]]]) -> str:
+    """A digest of everything `template_check(train_dir, serve_dir, conversations)` reads: every file
+    of each Hugging Face folder but its weights (the tokenizer, its chat template, the generation
+    config), the conversations, and the versions of the code that renders them (ftctl, transformers,
+    tokenizers). Equal digests, equal results: deploy reuses the check the trainer made, without
+    loading transformers. Standard library only."""
+    import hashlib
+    import json
+    from importlib import metadata
+
+    import ftctl
+    from ftctl.models.layout import resolve_hf_dir
+
+    digest = hashlib.sha256()
+    versions = [TEMPLATE_CHECK_VERSION, ftctl.__version__]
+    for dist in ("transformers", "tokenizers"):
+        try:
+            versions.append(metadata.version(dist))
+        except metadata.PackageNotFoundError:
+            versions.append(None)
+    digest.update(json.dumps([versions, conversations], sort_keys=True).encode())
+    for role, folder in (("train", train_dir), ("serve", serve_dir)):
+        hf_dir = resolve_hf_dir(folder)
+        for path in sorted(hf_dir.iterdir()):
+            if path.suffix in WEIGHT_SUFFIXES or not path.is_file():
+                continue
+            digest.update(f"\0{role}/{path.name}\0".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def template_check(
     train_dir: Path, serve_dir: Path, conversations: list[list[dict[str, str]]]
 ) -> TemplateCheck:
@@ -376,6 +413,26 @@ def template_check(
     return found
 
 
+def trained_template_check(base_dir: Path, hf_dir: Path, test_file: Path) -> dict[str, Any]:
+    """The trainer's template check of the model it has just saved (`hf_dir`) against the base model,
+    on the test split: what deploy would check, with its key (see `template_key`), for submit's outputs."""
+    conversations = held_out(test_file, TEMPLATE_CONVERSATIONS)
+    found = template_check(base_dir, hf_dir, conversations)
+    return {"key": template_key(base_dir, hf_dir, conversations), **asdict(found)}
+
+
+def _recorded_template_check(recorded: StateView, key: str) -> TemplateCheck | None:
+    """The trainer's check (submit's outputs) when it checked exactly what deploy would (the same key)."""
+    made = recorded.submit.template_check or {}
+    if made.get("key") != key:
+        return None
+    try:
+        mismatches = [str(m) for m in made["mismatches"]]
+        return TemplateCheck(int(made["conversations"]), int(made["turns"]), mismatches)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def check_template(ctx: Context, recorded: StateView, model_dir: Path) -> TemplateCheck:
     """deploy's check: refuses (UsageError) a served model that formats conversations differently."""
     files = prepared_files(recorded.state)
@@ -384,8 +441,10 @@ def check_template(ctx: Context, recorded: StateView, model_dir: Path) -> Templa
         return TemplateCheck(0, 0)
     base = Path(recorded.pick_model.need("path"))
     conversations = held_out(Path(files[split]["path"]), TEMPLATE_CONVERSATIONS)
-    with ctx.ui.spinner("checking that the endpoint formats conversations as training did", quiet=True):
-        found = template_check(base, model_dir, conversations)
+    found = _recorded_template_check(recorded, template_key(base, model_dir, conversations))
+    if found is None:
+        with ctx.ui.spinner("checking that the endpoint formats conversations as training did", quiet=True):
+            found = template_check(base, model_dir, conversations)
     if not found.ok:
         raise UsageError(
             f"the endpoint would format conversations differently from training: {found.mismatches[0]}"

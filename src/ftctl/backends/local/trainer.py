@@ -671,6 +671,9 @@ def _train_and_save(
     del saved
     if stops is not None:
         result["stop_check"] = stops
+    template = _template_check(job)
+    if template is not None:
+        result["template_check"] = template
     if run is not None:
         _log_final_metrics(result, data)
     return result
@@ -841,6 +844,19 @@ def _stop_check(job: _Job, model: Any, tokenizer: Any) -> dict[str, Any] | None:
     model.eval()
     found = held_out_stop_check(model, tokenizer, job.outputs / "hf_model", Path(eval_file))
     return dataclasses.asdict(found)
+
+
+def _template_check(job: _Job) -> dict[str, Any] | None:
+    """deploy's chat-template check (ftctl.backends.local.evaluate.check_template) on the model just
+    saved, while transformers is loaded here: deploy reuses it when it would check exactly the same
+    files and conversations. None without a test split."""
+    eval_file, base = job.spec.get("eval_file"), job.spec.get("model_path")
+    if not eval_file or not base:
+        return None
+    from ftctl.backends.local.evaluate import trained_template_check
+
+    job.emit({"type": "phase", "message": "checking the chat template the endpoint will use"})
+    return trained_template_check(Path(base), job.outputs / "hf_model", Path(eval_file))
 
 
 def _save_mlflow_folder(outputs: Path) -> Path:

@@ -18,7 +18,7 @@ import sqlite3
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlparse
 
 from ftctl.errors import FtctlError, StageFailed, StateError, UsageError
 from ftctl.state import atomic_write_text, make_dirs
@@ -154,6 +154,30 @@ class LocalWorkspace:
                 return f"{db.name} holds no model registry"
             return f"the model registry is unreadable: {known.message if known else exc}"
         return None if held else f"version {version} of {name} is not in the model registry"
+
+    def registered_folder(self, name: str, version: str) -> Path | None:
+        """The local folder MLflow's registry holds version `version` of model `name` in, read from the
+        store with sqlite3 (deploy needs no MLflow for it); None when the registry cannot say so here
+        (no such READY version, a location that is no local folder, an unreadable store): ask MLflow."""
+        db = self.mlflow_db
+        if not db.is_file() or db.is_symlink():
+            return None
+        uri = "file:" + quote(str(db), safe="/") + "?mode=ro"
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=REGISTRY_PROBE_S)) as con:
+                row = con.execute(
+                    "select storage_location, source from model_versions "
+                    "where name = ? and version = ? and status = 'READY'",
+                    (name, version),
+                ).fetchone()
+        except sqlite3.Error:
+            return None
+        location = next((value for value in row or () if value), None)
+        parsed = urlparse(location or "")
+        if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+            return None
+        folder = Path(unquote(parsed.path))
+        return folder if folder.is_dir() else None
 
     @cached_property
     def mlflow(self) -> ModuleType:

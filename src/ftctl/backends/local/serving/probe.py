@@ -26,7 +26,8 @@ def port_is_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
-UNREACHABLE_TRIES = 5  # "network unreachable" this many times in a row (about 2 s): no route will come
+READY_POLL_MAX_S = 0.25  # a local GET: a deploy waits at most this long past the model's load
+UNREACHABLE_TRIES = 10  # "network unreachable" this many times in a row (about 2 s): no route will come
 
 
 def _no_route(reason: Any) -> bool:
@@ -90,7 +91,7 @@ def wait_until_ready(url: str, timeout_s: float, proc: Any = None) -> None:
                     hint="bring it up (`ip link set lo up`) where the server runs",
                 ) from None
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 1.0)
+        delay = min(delay * 1.5, READY_POLL_MAX_S)
 
 
 def key_accepted(url: str, key: str, timeout_s: float = 2.0) -> bool:

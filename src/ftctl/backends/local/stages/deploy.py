@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 def registered_model_dir(ws: LocalWorkspace, name: str, version: str, dest: Path) -> Path:
     """The local folder of a registered model version (downloaded only if the store is not local)."""
+    folder = ws.registered_folder(name, version)
+    if folder is not None:
+        return folder
     mlflow = ws.mlflow
     uri = mlflow.MlflowClient().get_model_version_download_uri(name, version)
     parsed = urlparse(uri)

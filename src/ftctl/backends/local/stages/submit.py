@@ -271,6 +271,7 @@ def run(ctx: Context, call: StageCall) -> Outputs:
         "selected_step": result.get("selected_step"),
         "final_eval_loss": result.get("final_eval_loss"),
         "params": job.spec().get("params"),
+        "template_check": result.get("template_check"),
     }
     return _with_stop_check(ctx, call, outputs, result)
 
