@@ -157,9 +157,9 @@ def adopt(ctx: Context, state: dict[str, Any], found: Relocation) -> dict[str, A
     saved."""
     old, new = str(found.old), str(found.new)
     before, state = state, rewrite(state, old, new)
+    ctx.backend.relocate(old, new, state)
     _refresh_upstream(before, state)
     _rewrite_records(ctx.workspace, old, new)
-    ctx.backend.relocate(old, new)
     if found.kind == COPIED:
         state.pop("workspace", None)  # a new id, below
         forgotten = _forget_originals(ctx, state)

@@ -100,3 +100,22 @@ def test_a_workspace_moved_with_its_endpoint_up_still_owns_it(trained_ws: Ftctl,
         assert not list((moved.workspace / folder).glob("*")), folder
     assert not ws.root.exists()
     assert list(cwd.iterdir()) == []
+
+
+def test_a_moved_workspace_records_its_own_mlflow_store(prepared_ws: Ftctl, tmp_path: Path) -> None:
+    """auth's record of the MLflow store (an SQLAlchemy URI, not a path or a file:// URI) follows a move,
+    into a path that needs the escaped form: nothing in the state names the old place."""
+    from ftctl.backends.local.workspace import LocalWorkspace
+
+    first = cp_r(prepared_ws, tmp_path / "first")
+    first("status")  # adopted as a copy: its own from now on
+    assert first.outputs("auth")["tracking_uri"] == f"sqlite:///{first.workspace / 'mlflow.db'}"
+    moved = cp_r(first, tmp_path / "moved?%20ws")
+    shutil.rmtree(first.root)
+    assert "moved from" in moved("status").stderr
+    auth = moved.outputs("auth")
+    expected = LocalWorkspace(moved.workspace).tracking_uri
+    assert expected.startswith("sqlite+pysqlite:///") and "%3F" in expected
+    assert auth["tracking_uri"] == auth["registry_uri"] == expected
+    assert str(first.root) not in json.dumps(moved.state())
+    assert not any(s["stale"] for s in moved.json("status")["stages"])

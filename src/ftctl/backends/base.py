@@ -163,10 +163,11 @@ class Backend(ABC):
         """The registry's models (name, latest_version, task, description)."""
         raise self._unsupported("list_models")
 
-    def relocate(self, old: str, new: str) -> None:
+    def relocate(self, old: str, new: str, state: State) -> None:
         """The workspace moved from `old` to `new` (or is a copy of `old`): rewrite the paths this
-        backend keeps outside the state file (ftctl.relocation rewrites the state and ftctl's records).
-        A backend whose records live in a service keeps none."""
+        backend keeps outside the state file, and in `state` (in place) those ftctl.relocation cannot
+        know, spelled in a form of the backend's own (ftctl.relocation rewrites plain paths and file://
+        URIs in the state and ftctl's records). A backend whose records live in a service keeps none."""
         return None
 
     def export(self, state: State, fmt: str, out: Path, job: str | None) -> dict[str, Any]:

@@ -107,8 +107,18 @@ class LocalBackend(Backend):
 
         return evaluate(self.ctx, state, samples)
 
-    def relocate(self, old: str, new: str) -> None:
+    def relocate(self, old: str, new: str, state: State) -> None:
+        from pathlib import Path
+
+        from ftctl.backends.local.workspace import LocalWorkspace
+
         self.workspace.relocate(old, new)
+        # auth's record of the MLflow store: an SQLAlchemy URI (sqlite:///PATH, or an escaped form)
+        auth = ((state.get("stages") or {}).get("auth") or {}).get("outputs") or {}
+        before = LocalWorkspace(Path(old)).tracking_uri
+        for key in ("tracking_uri", "registry_uri"):
+            if auth.get(key) == before:
+                auth[key] = self.workspace.tracking_uri
 
     tracks_processes = True
 
