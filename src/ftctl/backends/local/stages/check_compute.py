@@ -7,6 +7,7 @@ name: the GPU's name (e.g. "NVIDIA H100 80GB HBM3") or "cpu".
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +23,31 @@ if TYPE_CHECKING:
     from ftctl.stages.contract import Outputs, StageCall
 
 
+# What a Linux machine has where torch.cuda can see a GPU: NVIDIA's driver nodes, ROCm's kernel driver,
+# WSL2's GPU paravirtualisation. Without any of them there is no GPU to find, and no need to import torch
+# (1.5 s) to say so.
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def no_gpu_possible() -> bool:
+    """True when this is Linux with none of GPU_DEVICE_NODES (elsewhere, torch is asked)."""
+    import sys
+
+    return sys.platform == "linux" and not any(os.path.exists(node) for node in GPU_DEVICE_NODES)
+
+
 def detect() -> dict[str, Any]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    found: dict[str, Any] = {"gpus": [], "cpu_cores": cores, "ram_gib": round(ram, 1)}
+    if no_gpu_possible():
+        from importlib import metadata
+
+        with contextlib.suppress(metadata.PackageNotFoundError):  # else the import below says it
+            return {**found, "torch_version": metadata.version("torch")}
     import torch
 
-    gpus = []
+    gpus = found["gpus"]
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
@@ -37,9 +59,7 @@ def detect() -> dict[str, Any]:
                     "bf16": bool(torch.cuda.is_bf16_supported()),
                 }
             )
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"gpus": gpus, "cpu_cores": cores, "ram_gib": round(ram, 1), "torch_version": torch.__version__}
+    return {**found, "torch_version": torch.__version__}
 
 
 def choose(found: dict[str, Any], device: str, num_gpus: int | None, precision: str) -> dict[str, Any]:
