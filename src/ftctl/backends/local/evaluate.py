@@ -339,6 +339,8 @@ def _describe_difference(tokenizer: Any, trained: list[int], served: list[int]) 
 # when the comparison itself changes.
 TEMPLATE_CHECK_VERSION = 1
 WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack"})
+# Larger files are no tokenizer's (the largest tokenizer.json files are tens of MB): read by name and size.
+TEMPLATE_KEY_MAX_FILE_BYTES = 256 << 20
 
 
 def template_key(train_dir: Path, serve_dir: Path, conversations: list[list[dict[str, str]]]) -> str:
@@ -367,8 +369,14 @@ def template_key(train_dir: Path, serve_dir: Path, conversations: list[list[dict
         for path in sorted(hf_dir.iterdir()):
             if path.suffix in WEIGHT_SUFFIXES or not path.is_file():
                 continue
-            digest.update(f"\0{role}/{path.name}\0".encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+            size = path.stat().st_size
+            digest.update(f"\0{role}/{path.name}\0{size}\0".encode())
+            if size <= TEMPLATE_KEY_MAX_FILE_BYTES:
+                content = hashlib.sha256()
+                with path.open("rb") as handle:
+                    for chunk in iter(lambda: handle.read(1 << 20), b""):
+                        content.update(chunk)
+                digest.update(content.digest())
     return digest.hexdigest()
 
 
