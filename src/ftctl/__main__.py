@@ -1,3 +1,3 @@
-from ftctl.cli.app import main
+from ftctl.cli import main
 
 main()

