@@ -46,6 +46,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+import schedule  # noqa: E402
 import snapshots  # noqa: E402
 from harness import FAST, Ftctl  # noqa: E402
 
@@ -75,18 +76,28 @@ INTEGRATION_MODULES = {
 TESTS = Path(__file__).resolve().parent
 
 
+def module_of(item: pytest.Item) -> str:
+    """The test's file, relative to tests/ (as in INTEGRATION_MODULES and tests/durations.json)."""
+    return Path(str(item.path)).resolve().relative_to(TESTS).as_posix()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist hands out files in the order tests/schedule.py gives them, not by number of tests.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the integration tests (`integration`, and `slow`, its older name): see INTEGRATION_*."""
+    """Mark the integration tests (`integration`, and `slow`, its older name): see INTEGRATION_*; then
+    order the files for the workers (tests/schedule.py). A summary test sums up what the other tests of
+    its module recorded: it runs after all of them."""
     for item in items:
-        module = Path(str(item.path)).resolve().relative_to(TESTS).as_posix()
         fixtures = set(getattr(item, "fixturenames", ()))
         marked = item.get_closest_marker("integration") is not None
-        if marked or module in INTEGRATION_MODULES or fixtures & INTEGRATION_FIXTURES:
+        if marked or module_of(item) in INTEGRATION_MODULES or fixtures & INTEGRATION_FIXTURES:
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.slow)
-    # A summary test sums up what the other tests of its module recorded: it runs after all of them,
-    # whatever order the tests were collected or reordered in (stable: the others keep their order).
-    items.sort(key=lambda item: item.get_closest_marker("summary") is not None)
+    items[:] = schedule.order(items, module_of)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
