@@ -21,8 +21,14 @@ import pytest
 
 from ftctl.backends.local.jobs import Job
 
-# What CPython prints when SIGINT lands while the interpreter itself starts, before any ftctl code runs.
-INTERPRETER_START = ("Fatal Python error: init_import_site", "Could not import runpy module")
+# What CPython prints when SIGINT lands while the interpreter itself starts, before any ftctl code runs:
+# also a traceback through `site`, which runs the .pth files of site-packages (found trying `ftctl status`
+# interrupted 10 ms after its start: setuptools' distutils hack was loading; exit 1).
+INTERPRETER_START = (
+    "Fatal Python error: init_import_site",
+    "Could not import runpy module",
+    'File "<frozen site>"',
+)
 
 
 def test_ctrl_c_at_any_moment_exits_130_with_a_state_that_parses(tmp_path: Path) -> None:
