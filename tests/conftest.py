@@ -148,8 +148,8 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[
         yield Snapshot(tmp_path_factory.mktemp(name))
         return
     base = tmp_path_factory.getbasetemp().parent
-    done, snapshot = base / f"{name}.json", Snapshot(base / name)
-    with (base / f"{name}.lock").open("w") as lock:
+    done, snapshot = snapshots.done_path(base, name), Snapshot(base / name)
+    with snapshots.lock_path(base, name).open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if done.is_file():
             snapshot.transcripts = json.loads(done.read_text())

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 import snapshots
 
-TESTS = Path(__file__).resolve().parent
-DURATIONS = TESTS / "durations.json"
+DURATIONS = snapshots.TESTS / "durations.json"
 # Seconds of tests that need no trained snapshot to run first: about what building it takes, per worker.
 LEAD_S = 60.0
 # A file missing from durations.json: seconds per test, by tier.
