@@ -45,11 +45,33 @@ FAST_ENVIRON = {
 CONFIG_NAME = "ftctl-test.yaml"
 
 
+# The address of this test run's warm process (ftctl.backends.local.warm), when conftest started one:
+# the trainers, endpoints and calibrations of every ftctl process started here are forked from it.
+WARM: str | None = None
+
+
+def suite_environ() -> dict[str, str]:
+    """What every ftctl the suite runs sees beyond this process's environment, in-process or not:
+    offline, unbuffered, this Python's scripts first on PATH, and FTCTL_WARM naming the test run's warm
+    process (if any)."""
+    env = dict(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    if WARM:
+        env["FTCTL_WARM"] = WARM
+    return env
+
+
+# Left out of every ftctl's environment: a developer's own settings (FTCTL_*), and pytest's name of the
+# test running, which changes from test to test (a library reads it when it is imported, so the warm
+# process serves only an environment without it).
+def _left_out(name: str) -> bool:
+    return name.startswith("FTCTL_") or name == "PYTEST_CURRENT_TEST"
+
+
 def clean_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without any FTCTL_* variable (a developer's own settings), offline."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FTCTL_")}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    """The environment for an ftctl process: this one's, less what is left out, plus suite_environ()."""
+    env = {k: v for k, v in os.environ.items() if not _left_out(k)}
+    env.update(suite_environ())
     env.update(extra or {})
     return env
 
@@ -117,12 +139,12 @@ class Ftctl:
         from ftctl.cli.app import app
         from ftctl.cli.common import BackendOptions
 
-        clean: dict[str, str | None] = {name: None for name in os.environ if name.startswith("FTCTL_")}
+        clean: dict[str, str | None] = {name: None for name in os.environ if _left_out(name)}
         result = self.runner.invoke(
             app,
             self.args(*args),
             input=input,
-            env={**clean, **self.environ},
+            env={**clean, **suite_environ(), **self.environ},
             obj=BackendOptions(self.backend_options),
         )
         if code is not None:

@@ -110,6 +110,8 @@ def _lock_to_build(base: Path, name: str) -> int | None:
 
 
 def _spawn(base: Path, held: dict[str, int]) -> None:
+    import harness
+
     try:
         with (base / "background.log").open("ab") as log:
             subprocess.Popen(
@@ -119,6 +121,7 @@ def _spawn(base: Path, held: dict[str, int]) -> None:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=base,
+                env={**os.environ, **({"FTCTL_WARM": harness.WARM} if harness.WARM else {})},
             )
     finally:
         for fd in held.values():
@@ -140,6 +143,9 @@ def _build(base: Path, name: str) -> dict[str, str]:
 def main(argv: list[str]) -> int:
     """`snapshots.py BASE NAME=FD ...`: build each snapshot in order, releasing its lock (FD) when done."""
     sys.path.insert(0, str(TESTS))
+    import harness
+
+    harness.WARM = os.environ.get("FTCTL_WARM")  # the worker's warm process, for the ftctl run here
     base, held = Path(argv[0]), [item.split("=") for item in argv[1:]]
     for name, fd in held:
         try:

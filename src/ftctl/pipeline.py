@@ -472,7 +472,8 @@ class Runner:
         names = self._range(start, stop)
         standing = StalenessCheck(self.ctx, self.state)
         results: list[dict[str, Any]] = []
-        for name in names:
+        warmed = False
+        for index, name in enumerate(names):
             stage = get_stage(name)
             torn_down = (
                 "teardown" in names
@@ -486,6 +487,9 @@ class Runner:
                 self.ctx.ui.info(f"- {name}: up to date{note}")
                 results.append({"stage": name, "status": "up to date"})
                 continue
+            if not warmed:
+                self.ctx.backend.warm_up(names[index:])
+                warmed = True
             results.extend(self._bring_up_live_upstream(stage, standing))
             self.ctx.ui.info(f"> {name}: running ({why})")
             self.execute(stage)

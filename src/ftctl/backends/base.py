@@ -14,7 +14,7 @@ This module is backend-neutral: it imports no backend.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -185,6 +185,10 @@ class Backend(ABC):
     # Whether `live` and `stop_live` see everything this backend starts (its own processes); False
     # where jobs and endpoints live in a service.
     tracks_processes: ClassVar[bool] = False
+
+    def warm_up(self, stages: Sequence[str]) -> None:  # noqa: B027  (a hook: most backends need none)
+        """`ftctl run` is about to run `stages` (in order, the first now): start in the background what
+        they will need later. Nothing by default."""
 
     def ended_outcome(self, stage: str, outputs: dict[str, Any]) -> tuple[str, str] | None:
         """For a `running` record of `stage` that no ftctl follows and whose work no longer runs (a job

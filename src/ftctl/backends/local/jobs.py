@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ftctl.backends.local import live, procs
+from ftctl.backends.local import live, procs, warm
 from ftctl.state import atomic_write_text, now_iso
 
 QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
@@ -138,7 +138,7 @@ class Job:
             return {**data, "state": FAILED, "error": "the job process did not start"}
         return data
 
-    def _spawned_child(self) -> subprocess.Popen[bytes] | None:
+    def _spawned_child(self) -> procs.Child | None:
         return procs.handle(self.supervisor["pid"]) if self.supervisor else None
 
     def _ended_unrecorded(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -316,7 +316,7 @@ def _supervise(job_dir: Path) -> int:
     if not command:
         job.write_status(FAILED, error="spec.json has no command", ended_at=now_iso())
         return 2
-    child: subprocess.Popen[bytes] | None = None
+    child: procs.Child | None = None
     requested: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
@@ -335,7 +335,10 @@ def _supervise(job_dir: Path) -> int:
         live.remove(workspace, live.JOB, job.id)
         return 1
     print(f"[ftctl job {job.id}] {' '.join(command)}", flush=True)
-    child = subprocess.Popen(command, cwd=job.dir, preexec_fn=_die_with(os.getpid()))
+    # Forked by the warm process when there is one (tied to this supervisor as PR_SET_PDEATHSIG ties it).
+    child = warm.launch(command, stdio=[0, 1, 2], cwd=job.dir, tied=True) or subprocess.Popen(
+        command, cwd=job.dir, preexec_fn=_die_with(os.getpid())
+    )
     trainer = procs.started_identity(child.pid, child) or {"pid": child.pid}
     # Recorded before anything trusts it: the live record first (it survives a damaged state file).
     live.write(workspace, live.JOB, job.id, {"supervisor": me, "trainer": trainer}, **details)

@@ -13,12 +13,11 @@ Caches live in <workspace>/plan/: token statistics per (split file, model, setti
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl import state as st
+from ftctl.backends.local import procs
 from ftctl.backends.local.backend import local
 from ftctl.config import FinetuneSection
 from ftctl.data.chat_tokens import load_chat_tokenizer, measure_conversations
@@ -50,6 +49,7 @@ if TYPE_CHECKING:
 NEEDS = ("pick-model", "check-compute", "prepare-data")
 STATS_VERSION = 2
 CALIBRATION_VERSION = 2
+CALIBRATE_MODULE = "ftctl.backends.local.calibrate"
 
 
 def plan_dir(ctx: Context) -> Path:
@@ -232,15 +232,9 @@ def run_calibration(
         ctx.ui.spinner(f"calibrating: timing {steps}+ optimizer steps on this machine"),
         log.open("wb") as out,
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "ftctl.backends.local.calibrate", str(work)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
+        returncode = procs.run(procs.python_command(CALIBRATE_MODULE, str(work)), out)
     result = cached_calibration(ctx, key)
-    if done.returncode != 0 or result is None:
+    if returncode != 0 or result is None:
         text = log.read_text(encoding="utf-8", errors="replace")
         oom = "out of memory" in text.lower() or "outofmemory" in text.lower()
         last = [line for line in text.splitlines() if line.strip()][-1:] or ["(no output)"]

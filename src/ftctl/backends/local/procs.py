@@ -17,13 +17,25 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
 Identity = dict[str, Any]
 
+
+class Child(Protocol):
+    """A process this one started: a subprocess.Popen, or a warm.WarmChild (forked by the warm process)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+
+
 # Children started by this process: polled so a finished child is not mistaken for a live one (a zombie
 # still answers kill(pid, 0)).
-_children: dict[int, subprocess.Popen[bytes]] = {}
+_children: dict[int, Child] = {}
 
 
 def spawn(
@@ -35,9 +47,21 @@ def spawn(
     pass_fds: Sequence[int] = (),
     preexec_fn: Callable[[], None] | None = None,
 ) -> int:
-    """Start `command` in its own session (immune to the terminal closing), output to `log_path`."""
+    """Start `command` in its own session (immune to the terminal closing), output to `log_path`.
+
+    A served module (see warm.py) is forked by the warm process when FTCTL_WARM names one."""
+    from ftctl.backends.local import warm
+
+    env = warm.environ(env)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+        forked = None
+        if preexec_fn is None:
+            stdio = [devnull.fileno(), log.fileno(), log.fileno()]
+            forked = warm.launch(command, stdio=stdio, cwd=cwd, env=env, pass_fds=pass_fds)
+        if forked is not None:
+            _children[forked.pid] = forked
+            return forked.pid
         proc = subprocess.Popen(
             list(command),
             stdin=subprocess.DEVNULL,
@@ -51,6 +75,19 @@ def spawn(
         )
     _children[proc.pid] = proc
     return proc.pid
+
+
+def run(command: Sequence[str], out: BinaryIO) -> int:
+    """Run `command` to its end, output to `out`; its return code. A served module (warm.py) is forked
+    by the warm process when there is one, tied to this process (it ends if this one does)."""
+    from ftctl.backends.local import warm
+
+    with open(os.devnull, "rb") as devnull:
+        stdio = [devnull.fileno(), out.fileno(), out.fileno()]
+        forked = warm.launch(command, stdio=stdio, tied=True)
+        if forked is not None:
+            return forked.wait()
+        return subprocess.run(list(command), stdin=devnull, stdout=out, stderr=subprocess.STDOUT).returncode
 
 
 # --- identities -------------------------------------------------------------------------------------
@@ -86,7 +123,9 @@ def _cmdline(pid: int) -> list[str] | None:
         raw = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return [part.decode("utf-8", "surrogateescape") for part in raw.split(b"\0")[:-1]]
+    # A process forked by the warm process pads its command line with NULs (warm.py): not arguments.
+    raw = raw.rstrip(b"\0")
+    return [part.decode("utf-8", "surrogateescape") for part in raw.split(b"\0")] if raw else []
 
 
 def identity(pid: int | None) -> Identity | None:
@@ -103,9 +142,7 @@ def identity(pid: int | None) -> Identity | None:
             "pgid": int(fields[2])}  # fmt: skip
 
 
-def started_identity(
-    pid: int, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 5.0
-) -> Identity | None:
+def started_identity(pid: int, proc: Child | None = None, timeout_s: float = 5.0) -> Identity | None:
     """The identity of a process just spawned (None if it has already exited).
 
     Popen returns once the child's exec has begun, but for a moment after that the kernel still shows
@@ -182,7 +219,7 @@ def describe(recorded: Identity | None) -> str:
     return f"pid {recorded.get('pid')}" if isinstance(recorded, dict) else "no process"
 
 
-def handle(pid: int) -> subprocess.Popen[bytes] | None:
+def handle(pid: int) -> Child | None:
     """The Popen of a child this process started (None for processes started by another ftctl)."""
     return _children.get(pid)
 
