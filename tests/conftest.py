@@ -108,7 +108,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]
     if any(item.get_closest_marker("integration") for item in session.items):
-        _start_warm(factory.getbasetemp().parent)
+        # Beside the workers' folders under xdist, else in the run's own folder.
+        base = factory.getbasetemp()
+        _start_warm(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
     names: set[str] = set()

@@ -334,11 +334,12 @@ def _supervise(job_dir: Path) -> int:
         job.write_status(FAILED, signal=name, error=f"killed by {name}", ended_at=now_iso())
         live.remove(workspace, live.JOB, job.id)
         return 1
-    print(f"[ftctl job {job.id}] {' '.join(command)}", flush=True)
     # Forked by the warm process when there is one (tied to this supervisor as PR_SET_PDEATHSIG ties it).
-    child = warm.launch(command, stdio=[0, 1, 2], cwd=job.dir, tied=True) or subprocess.Popen(
-        command, cwd=job.dir, preexec_fn=_die_with(os.getpid())
-    )
+    child = warm.launch(command, stdio=[0, 1, 2], cwd=job.dir, tied=True)
+    how = "forked by the warm process" if child else f"started cold: {warm.last_refusal}"
+    print(f"[ftctl job {job.id}] {' '.join(command)} ({how})", flush=True)
+    if child is None:
+        child = subprocess.Popen(command, cwd=job.dir, preexec_fn=_die_with(os.getpid()))
     trainer = procs.started_identity(child.pid, child) or {"pid": child.pid}
     # Recorded before anything trusts it: the live record first (it survives a damaged state file).
     live.write(workspace, live.JOB, job.id, {"supervisor": me, "trainer": trainer}, **details)

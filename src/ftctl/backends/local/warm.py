@@ -15,9 +15,9 @@ out, so the identity ftctl records (procs.identity) is the one it keeps for life
 
 What it will not do, so that a forked process never differs from a cold one:
 - serve a module it has not imported (SERVED), or another interpreter;
-- serve an environment that differs from its own except in FTCTL_* and the few other variables read only
-  at run time (see _FREE_NAMES): a library may read any other variable when it is imported
-  (HF_HUB_OFFLINE, OMP_NUM_THREADS, ...), and those imports are done;
+- serve an environment that differs from its own in a variable its imports read (recorded while they
+  ran: HF_HUB_OFFLINE, ...) or that C libraries read as they load (OMP_NUM_THREADS, ...): those imports
+  are done, with its values;
 - serve another user (the peer's uid is checked on every connection; the address is abstract, so no
   file is written for it).
 
@@ -45,10 +45,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 ENV = "FTCTL_WARM"
 MODULE = "ftctl.backends.local.warm"
@@ -57,12 +57,16 @@ SERVED = (
     "ftctl.backends.local.server",
     "ftctl.backends.local.calibrate",
 )
-# Environment variables that may differ between the warm process and a request, as they are read only
-# at run time: ftctl's own; MLflow's store and progress bar, which an ftctl command sets for the processes
-# it starts (mlflow.set_tracking_uri exports them; MLflow reads them when it is called); and those the
-# warm process's own imports set (a cold process's imports would find the requester's value and keep
-# it). Everything else is compared: the imports read ~500 variables (recorded once), C libraries read
-# more (OMP_NUM_THREADS), and a library may read any of them.
+# Which environment variables must be the same in a request as in the warm process: those its imports
+# read (recorded while they run: ~500, from HF_HUB_OFFLINE to TORCHINDUCTOR_*), and those C libraries and
+# the interpreter read when they load, which no Python code sees (NATIVE_PREFIXES). Any other variable
+# was read by nothing the warm process did, and the child gets the requester's value of it as a cold
+# process would, as it gets every other. FTCTL_* and MLflow's store variables are read at run time only.
+NATIVE_PREFIXES = (
+    "OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "GOTO", "BLIS_", "VECLIB_", "NUMEXPR_", "ONEDNN_",
+    "DNNL_", "CUDA", "CUBLAS", "CUDNN", "NCCL_", "NVIDIA_", "HIP_", "ROCM", "HSA_", "TORCH", "PYTORCH_",
+    "TOKENIZERS_", "RAYON_", "LD_", "MALLOC_", "GLIBC_", "LANG", "LC_", "TZ", "PYTHON", "HOME", "TMP",
+)  # fmt: skip
 _FREE_PREFIX = "FTCTL_"
 _FREE_NAMES = frozenset(
     {"MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
@@ -78,6 +82,7 @@ PR_SET_PDEATHSIG = 1
 # --- the client side --------------------------------------------------------------------------------
 
 _started: str | None = None  # the address of the warm process this one started (start())
+last_refusal: str | None = None  # why the last launch() started nothing (for a log line)
 
 
 def environ(env: dict[str, str] | None = None) -> dict[str, str] | None:
@@ -178,9 +183,11 @@ def launch(
 
     `stdio`: the descriptors for the child's 0, 1 and 2; `pass_fds` keep their numbers in the child;
     `tied`: the child ends when this process does (SIGTERM), as under PR_SET_PDEATHSIG."""
+    global last_refusal
     env = dict(os.environ if env is None else env)
     address = env.get(ENV) or _started
     if not address or not servable(command):
+        last_refusal = "no warm process" if not address else "not a module it serves"
         return None
     request = {
         "executable": command[0],
@@ -202,12 +209,15 @@ def launch(
         socket.send_fds(conn, [json.dumps(request).encode()], [*stdio, *pass_fds])
         conn.settimeout(ANSWER_TIMEOUT_S)
         answer = json.loads(conn.recv(4096) or b"{}")
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
         conn.close()
+        last_refusal = f"the warm process did not answer ({exc})"
         return None
     if not isinstance(answer, dict) or not isinstance(answer.get("pid"), int):
         conn.close()
+        last_refusal = str(answer.get("refused") if isinstance(answer, dict) else answer)
         return None
+    last_refusal = None
     return WarmChild(answer["pid"], conn, tied)
 
 
@@ -316,6 +326,7 @@ class _Warm:
     title: tuple[int, int]  # where this process's arguments lie in its memory
     env: dict[str, str]  # as it started, before the imports
     set_by_imports: dict[str, str]  # what the imports set (torch's inductor cache, MLflow's session)
+    read_by_imports: frozenset[str]
     children: dict[int, _Child] = field(default_factory=dict)
     stopping: bool = False
     last_active: float = field(default_factory=time.monotonic)
@@ -330,7 +341,13 @@ class _Warm:
         different = {k for k in self.env.keys() ^ request.env.keys()}
         different |= {k for k in self.env.keys() & request.env.keys() if self.env[k] != request.env[k]}
         free = _FREE_NAMES | self.set_by_imports.keys()
-        bound = sorted(k for k in different if not k.startswith(_FREE_PREFIX) and k not in free)
+        bound = sorted(
+            k
+            for k in different
+            if (k in self.read_by_imports or k.startswith(NATIVE_PREFIXES))
+            and not k.startswith(_FREE_PREFIX)
+            and k not in free
+        )
         if bound:
             return f"the environment differs in {', '.join(bound[:5])}"
         if len(_cmdline_bytes(request)) > self.title[1] - self.title[0]:
@@ -505,6 +522,24 @@ class _Warm:
         return None
 
 
+@contextlib.contextmanager
+def _recording_reads() -> Iterator[set[str]]:
+    """The names of the environment variables Python code reads (os.environ, os.getenv) meanwhile."""
+    read: set[str] = set()
+    environ_class = type(os.environ)
+    original = environ_class.__getitem__
+
+    def getitem(self: Any, key: Any) -> Any:
+        read.add(os.fsdecode(key))
+        return original(self, key)
+
+    environ_class.__getitem__ = getitem  # type: ignore[method-assign]
+    try:
+        yield read
+    finally:
+        environ_class.__getitem__ = original  # type: ignore[method-assign]
+
+
 def _fcntl_dup(fd: int, lowest: int) -> int:
     import fcntl
 
@@ -609,11 +644,12 @@ def main(argv: list[str] | None = None) -> int:
     pid, _, start = args.owner.partition(":")
     listener = socket.socket(fileno=args.fd)  # requests wait on it while the libraries load
     began, env = time.monotonic(), dict(os.environ)
-    if args.no_preload:
-        for module in SERVED:
-            __import__(module)
-    else:
-        preload()
+    with _recording_reads() as read:
+        if args.no_preload:
+            for module in SERVED:
+                __import__(module)
+        else:
+            preload()
     set_by_imports = {k: v for k, v in os.environ.items() if env.get(k) != v}
     # What the imports made stays out of the collector's way: a child's collections would otherwise
     # write to (and so copy) every page of it.
@@ -626,7 +662,16 @@ def main(argv: list[str] | None = None) -> int:
         os.set_blocking(fd, False)
     signal.set_wakeup_fd(wake[1])
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    warm = _Warm(listener, wake, (int(pid), int(start or 0)), args.idle, _title_area(), env, set_by_imports)
+    warm = _Warm(
+        listener,
+        wake,
+        (int(pid), int(start or 0)),
+        args.idle,
+        _title_area(),
+        env,
+        set_by_imports,
+        frozenset(read),
+    )
     signal.signal(signal.SIGTERM, lambda *_: setattr(warm, "stopping", True))
     request = warm.serve()
     if request is None:
