@@ -63,6 +63,9 @@ def test_a_ttl_that_runs_out_while_the_model_loads_says_so_and_leaves_nothing(
     trained_ws: Ftctl, tmp_path: Path
 ) -> None:
     ws = trained_ws.copy(tmp_path / "ws")
+    # The server starts cold, importing torch (seconds): forked from a loaded warm process it would be
+    # ready within the second, and there would be no load for the time to live to run out in.
+    ws.environ["FTCTL_WARM"] = "off"
     started = time.monotonic()
     done = ws("deploy", "--ttl", "1s", code=1)
     assert "reached its time to live (deploy.ttl 1s) before it had loaded the model" in done.stderr

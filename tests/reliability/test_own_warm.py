@@ -89,7 +89,10 @@ def test_a_forked_server_is_the_process_a_cold_start_would_be(
         handoff_read, handoff_write = os.pipe()
         log = tmp_path / f"{how}.log"
         command = server_command(tmp_path, sock.fileno(), handoff_read)
-        env = env_for(warm_process.address) if how == "warm" else harness.clean_environ()
+        env = {
+            **(env_for(warm_process.address) if how == "warm" else harness.clean_environ()),
+            "FTCTL_MARK": how,
+        }
         with open(log, "wb") as out, open(os.devnull, "rb") as devnull:
             if how == "warm":
                 child = warm.launch(
@@ -119,6 +122,7 @@ def test_a_forked_server_is_the_process_a_cold_start_would_be(
         for number, ours in ((sock.fileno(), sock.fileno()), (handoff_read, handoff_read)):
             assert inode(f"/proc/{pid}/fd/{number}") == inode(f"/proc/self/fd/{ours}")
         assert procs.same_process(found)
+        assert f"FTCTL_MARK={how}\0".encode() in Path(f"/proc/{pid}/environ").read_bytes()
         sock.close()
         os.close(handoff_read)
         os.close(handoff_write)  # unsigned: the server refuses to run unrecorded and exits

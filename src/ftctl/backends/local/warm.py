@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 ENV = "FTCTL_WARM"
+OFF = "off"  # FTCTL_WARM=off: no warm process, everything starts cold
 MODULE = "ftctl.backends.local.warm"
 SERVED = (
     "ftctl.backends.local.trainer",
@@ -72,6 +73,8 @@ _FREE_NAMES = frozenset(
     {"MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"}
 )
 ROOM = 8192  # bytes reserved in the warm process's arguments for a child's command line
+ENV_ROOM = 32768  # and in its environment block, for a child's environment (/proc/PID/environ)
+ROOM_ENV = "FTCTL_WARM_ROOM"
 MAX_REQUEST = 1 << 20
 CONNECT_TIMEOUT_S = 2.0
 ANSWER_TIMEOUT_S = 180.0  # a request waits while the warm process still imports (seconds, not minutes)
@@ -186,8 +189,8 @@ def launch(
     global last_refusal
     env = dict(os.environ if env is None else env)
     address = env.get(ENV) or _started
-    if not address or not servable(command):
-        last_refusal = "no warm process" if not address else "not a module it serves"
+    if not address or address == OFF or not servable(command):
+        last_refusal = "not a module it serves" if address and address != OFF else "no warm process"
         return None
     request = {
         "executable": command[0],
@@ -253,7 +256,10 @@ def start(
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={k: v for k, v in (os.environ if env is None else env).items() if k != ENV},
+                env={
+                    **{k: v for k, v in (os.environ if env is None else env).items() if k != ENV},
+                    ROOM_ENV: "." * ENV_ROOM,
+                },  # fmt: skip
                 start_new_session=True,
                 cwd="/",
                 pass_fds=[listener.fileno()],
@@ -263,7 +269,8 @@ def start(
 
 
 def running() -> str | None:
-    """The address of a warm process this one may use: FTCTL_WARM's, or the one it started."""
+    """The address of a warm process this one may use: FTCTL_WARM's, or the one it started ("off" when
+    FTCTL_WARM says there is to be none)."""
     return os.environ.get(ENV) or _started
 
 
@@ -324,6 +331,7 @@ class _Warm:
     owner: tuple[int, int]
     idle_s: float
     title: tuple[int, int]  # where this process's arguments lie in its memory
+    environ_area: tuple[int, int]  # and its environment block
     env: dict[str, str]  # as it started, before the imports
     set_by_imports: dict[str, str]  # what the imports set (torch's inductor cache, MLflow's session)
     read_by_imports: frozenset[str]
@@ -352,6 +360,11 @@ class _Warm:
             return f"the environment differs in {', '.join(bound[:5])}"
         if len(_cmdline_bytes(request)) > self.title[1] - self.title[0]:
             return "the command line does not fit"
+        if (
+            len(_environ_bytes({**self.set_by_imports, **request.env}))
+            > self.environ_area[1] - self.environ_area[0]
+        ):
+            return "the environment does not fit"
         if request.nice < os.nice(0):
             return f"its niceness {request.nice} is below this process's {os.nice(0)}"
         if not set(request.cpus) & os.sched_getaffinity(0):
@@ -458,6 +471,9 @@ class _Warm:
         os.environ.clear()
         os.environ.update({**self.set_by_imports, **request.env})  # as a cold process's imports leave it
         _set_title(self.title, _cmdline_bytes(request))
+        # /proc/PID/environ shows the block the process started with: this one's, now the child's.
+        # Nothing points into it any more (clearing os.environ unset every variable it held).
+        _set_title(self.environ_area, _environ_bytes(dict(os.environ)))
         import random
 
         random.seed()
@@ -568,19 +584,24 @@ def _cmdline_bytes(request: _Request) -> bytes:
     return b"".join(os.fsencode(arg) + b"\0" for arg in argv)
 
 
-def _title_area() -> tuple[int, int]:
-    """Where this process's arguments lie in its memory (/proc/self/stat arg_start, arg_end)."""
+def _environ_bytes(env: dict[str, str]) -> bytes:
+    return b"".join(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env.items())
+
+
+def _areas() -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where this process's arguments and environment block lie in its memory (/proc/self/stat's
+    arg_start, arg_end, env_start, env_end)."""
     fields = Path("/proc/self/stat").read_bytes().rsplit(b")", 1)[1].split()
-    return int(fields[45]), int(fields[46])
+    return (int(fields[45]), int(fields[46])), (int(fields[47]), int(fields[48]))
 
 
-def _set_title(area: tuple[int, int], cmdline: bytes) -> None:
-    """Write `cmdline` (NUL-separated) over this process's arguments, padded with NULs: what
-    /proc/self/cmdline and `ps` show from now on (the kernel reads that memory)."""
+def _set_title(area: tuple[int, int], strings: bytes) -> None:
+    """Write `strings` (NUL-separated) over an area of `_areas()`, padded with NULs: what
+    /proc/self/cmdline (`ps`) or /proc/self/environ show from now on (the kernel reads that memory)."""
     import ctypes
 
     start, end = area
-    data = cmdline + b"\0" * (end - start - len(cmdline))
+    data = strings + b"\0" * (end - start - len(strings))
     ctypes.memmove(start, data, len(data))
 
 
@@ -643,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     pid, _, start = args.owner.partition(":")
     listener = socket.socket(fileno=args.fd)  # requests wait on it while the libraries load
+    os.environ.pop(ROOM_ENV, None)  # its space stays, for the children's environments
     began, env = time.monotonic(), dict(os.environ)
     with _recording_reads() as read:
         if args.no_preload:
@@ -667,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         wake,
         (int(pid), int(start or 0)),
         args.idle,
-        _title_area(),
+        *_areas(),
         env,
         set_by_imports,
         frozenset(read),
