@@ -291,3 +291,44 @@ print(warm.start(log=Path({str(tmp_path / "warm.log")!r})).pid, flush=True)
     )
     pid = int(done.stdout)
     wait_for(lambda: ended(pid), timeout_s=60, what="the warm process's end")
+
+
+def test_ftctl_run_starts_one_that_forks_its_endpoint_and_goes_with_it(
+    trained_ws: harness.Ftctl, tmp_path: Path
+) -> None:
+    """`ftctl run` with no warm process given starts its own when it will serve (or train), the
+    endpoint server is forked from it, and once the run is over the warm process is gone: the endpoint,
+    which is not tied to it, serves on until teardown."""
+    ws = trained_ws.copy(tmp_path / "ws")
+    ws.environ["FTCTL_WARM"] = ""  # none given: the run starts its own
+    run = subprocess.Popen(ws.argv("run", "--to", "deploy"), env=ws.env(), cwd=ws.root,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err
+    log = (ws.workspace / "warm.log").read_text()
+    assert "[ftctl warm] loaded in" in log and "-m ftctl.backends.local.server" in log, log
+    owned = f"--owner={run.pid}:"
+    wait_for(lambda: not any(owned in " ".join(procs._cmdline(int(p)) or []) for p in os.listdir("/proc")
+                             if p.isdigit()), timeout_s=30, what="the run's warm process's end")  # fmt: skip
+    server = ws.outputs("deploy")["process"]
+    assert procs.alive(server) and server["cmdline"][1:3] == ["-m", SERVER]
+    ws("teardown")
+    assert not procs.alive(server)
+
+
+def test_off_starts_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FTCTL_WARM=off: no warm process is started or asked; everything starts cold."""
+    import io
+
+    from ftctl.config import load_config
+    from ftctl.context import Context
+    from ftctl.ui import UI
+
+    monkeypatch.setenv(warm.ENV, warm.OFF)
+    monkeypatch.setattr(warm, "_started", None)
+    monkeypatch.setattr(warm, "start", lambda *a, **k: pytest.fail("a warm process was started"))
+    config = load_config(environ={}, backend="local")
+    ctx = Context(workspace=tmp_path / ".ftctl", config=config, ui=UI(err=io.StringIO()))
+    ctx.backend.warm_up(["submit", "deploy"])
+    assert warm.launch([sys.executable, "-m", TRAINER, "x"], stdio=[0, 1, 2]) is None
+    assert warm.last_refusal == "no warm process"

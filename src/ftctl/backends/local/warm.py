@@ -94,7 +94,8 @@ def environ(env: dict[str, str] | None = None) -> dict[str, str] | None:
     if _started is None:
         return env
     base = dict(os.environ if env is None else env)
-    base.setdefault(ENV, _started)
+    if not base.get(ENV):  # none named (or FTCTL_WARM set empty): this one's
+        base[ENV] = _started
     return base
 
 
@@ -539,6 +540,28 @@ class _Warm:
 
 
 @contextlib.contextmanager
+def _exit_if_ended(pid: int, start: int) -> Iterator[None]:
+    """Meanwhile, exit at once if the owner ends (an `ftctl run` with everything up to date, or
+    interrupted): no seconds of imports for nobody. The watching thread is gone before any fork."""
+    import threading
+
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.25):
+            if not _alive(pid, start):
+                os._exit(0)
+
+    watcher = threading.Thread(target=watch, name="ftctl-warm-owner", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+
+
+@contextlib.contextmanager
 def _recording_reads() -> Iterator[set[str]]:
     """The names of the environment variables Python code reads (os.environ, os.getenv) meanwhile."""
     read: set[str] = set()
@@ -666,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     listener = socket.socket(fileno=args.fd)  # requests wait on it while the libraries load
     os.environ.pop(ROOM_ENV, None)  # its space stays, for the children's environments
     began, env = time.monotonic(), dict(os.environ)
-    with _recording_reads() as read:
+    with _recording_reads() as read, _exit_if_ended(int(pid), int(start or 0)):
         if args.no_preload:
             for module in SERVED:
                 __import__(module)
