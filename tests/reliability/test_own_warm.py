@@ -332,3 +332,11 @@ def test_off_starts_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     ctx.backend.warm_up(["submit", "deploy"])
     assert warm.launch([sys.executable, "-m", TRAINER, "x"], stdio=[0, 1, 2]) is None
     assert warm.last_refusal == "no warm process"
+
+
+@pytest.mark.parametrize("address", ["x" * 300, "\udcff", " ", "ftctl-warm-0-nobody-listens"])
+def test_a_damaged_or_dead_address_starts_cold(address: str, tmp_path: Path) -> None:
+    """FTCTL_WARM too long for a socket address, not text, or naming nothing: started cold, never an error."""
+    env = env_for(address)
+    assert warm.launch([sys.executable, "-m", TRAINER, "x"], stdio=[0, 1, 2], env=env) is None
+    assert warm.last_refusal is not None and warm.last_refusal.startswith("the warm process did not answer")

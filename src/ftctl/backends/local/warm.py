@@ -21,11 +21,11 @@ What it will not do, so that a forked process never differs from a cold one:
 - serve another user (the peer's uid is checked on every connection; the address is abstract, so no
   file is written for it).
 
-Lifetime: a process started `--die-with-client` (a trainer, asked for by its job's supervisor) is sent
-SIGTERM when the connection to its supervisor closes, and gets SIGTERM from the kernel when the warm
-process ends (PR_SET_PDEATHSIG): exactly the cold trainer's tie to its supervisor. Endpoint servers are
-detached and outlive it. The warm process exits once it has no tied child left and its owner has ended,
-or it has been idle for `--idle` seconds, or on SIGTERM.
+Lifetime: a *tied* child (a trainer, asked for by its job's supervisor; a calibration) is sent SIGTERM
+when the connection to the process that asked for it closes, and gets SIGTERM from the kernel when the
+warm process ends (PR_SET_PDEATHSIG): the cold trainer's tie to its supervisor. Endpoint servers are not
+tied and outlive it. The warm process exits once it has no tied child left and its owner has ended (at
+once, if that happens while it still imports), or it has been idle for `--idle` seconds, or on SIGTERM.
 
 Protocol (one SOCK_SEQPACKET connection per process): the client sends one JSON request with its
 descriptors attached (SCM_RIGHTS); the answer is {"pid": N} or {"refused": reason}; a tied child's exit
@@ -280,8 +280,10 @@ def running() -> str | None:
 
 def preload() -> None:
     """Import what the served modules import when they run (they import it lazily, in functions)."""
+    import mlflow  # noqa: F401
+    import peft  # noqa: F401
     import torch  # noqa: F401
-    import transformers
+    from peft import LoraConfig, PeftModel, get_peft_model  # noqa: F401
     from transformers import (  # noqa: F401
         AutoModelForCausalLM,
         AutoTokenizer,
@@ -292,11 +294,6 @@ def preload() -> None:
     from transformers.models.llama import modeling_llama  # noqa: F401  (SmolLM2)
     from transformers.models.phi3 import modeling_phi3  # noqa: F401  (the built-in model)
     from transformers.trainer_callback import PrinterCallback  # noqa: F401
-
-    transformers.utils.logging.get_logger  # noqa: B018  (loaded)
-    import mlflow  # noqa: F401
-    import peft  # noqa: F401
-    from peft import LoraConfig, PeftModel, get_peft_model  # noqa: F401
 
     for module in SERVED:
         __import__(module)
