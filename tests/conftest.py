@@ -102,8 +102,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """In a run spread over processes, start building the snapshots the selected tests need in the
-    background (tests/snapshots.py), so that no worker waits idle for another to build them."""
+    """Start this process's warm process when integration tests are selected (_start_warm); and, in a
+    run spread over processes, start building the snapshots the selected tests need in the background
+    (tests/snapshots.py), so that no worker waits idle for another to build them."""
     if session.config.option.collectonly:
         return
     factory: pytest.TempPathFactory = session.config._tmp_path_factory  # type: ignore[attr-defined]

@@ -43,9 +43,11 @@ def ended(pid: int) -> bool:
 
 
 def start_warm(tmp: Path) -> warm.Started:
-    started = warm.start(env=harness.clean_environ(), idle_s=600, log=tmp / "warm.log", preload=False)
-    warm._started = None  # this test process asks it only through the environment it names
-    return started
+    before = warm._started
+    try:
+        return warm.start(env=harness.clean_environ(), idle_s=600, log=tmp / "warm.log", preload=False)
+    finally:
+        warm._started = before  # the tests ask theirs by its address; this process keeps the suite's
 
 
 @pytest.fixture(scope="module")

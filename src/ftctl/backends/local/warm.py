@@ -636,7 +636,8 @@ def _run_child(request: _Request) -> None:
     import threading
     import traceback
 
-    sys.argv = [request.module, *request.args]
+    sys.argv = [request.module, *request.args]  # runpy puts the module's file first, as `-m` does
+    sys.orig_argv = [request.executable, "-m", request.module, *request.args]
     sys.modules.pop(request.module, None)  # run fresh as __main__, as `python -m` does
     code: int = 0
     interrupted = False
