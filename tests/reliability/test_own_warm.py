@@ -21,6 +21,8 @@ import pytest
 import harness
 from ftctl.backends.local import procs, warm
 
+from .conftest import proc_state
+
 pytestmark = pytest.mark.integration
 
 SERVER = "ftctl.backends.local.server"
@@ -35,11 +37,7 @@ def wait_for(predicate, timeout_s: float = 30.0, what: str = "it") -> None:  # t
 
 
 def ended(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state in ("Z", "X")
+    return proc_state(pid) in ("Z", "X", "gone")
 
 
 def start_warm(tmp: Path) -> warm.Started:
