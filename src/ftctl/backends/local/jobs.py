@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ftctl.backends.local import live, procs, warm
+from ftctl.backends.local import live, procs
 from ftctl.state import atomic_write_text, now_iso
 
 QUEUED, RUNNING, COMPLETED, FAILED = "queued", "running", "completed", "failed"
@@ -309,6 +309,8 @@ def _die_with(parent: int) -> Callable[[], None]:
 
 def _supervise(job_dir: Path) -> int:
     """The supervisor: start the trainer, record it, wait, record how it ended."""
+    from ftctl.backends.local import warm  # here: `ftctl status` reads jobs, and needs none of it
+
     job = Job(job_dir)
     workspace = job.workspace()
     me = procs.identity(os.getpid())
