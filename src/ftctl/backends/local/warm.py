@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ftctl.backends.local import procs
+
 ENV = "FTCTL_WARM"
 OFF = "off"  # FTCTL_WARM=off: no warm process, everything starts cold
 MODULE = "ftctl.backends.local.warm"
@@ -131,7 +133,7 @@ class WarmChild:
             if self.returncode is not None:
                 return
         # The warm process ended first (no exit will be reported): follow the pid itself.
-        if not _running(self.pid):
+        if not _alive(self.pid):
             # A tied child got SIGTERM from the kernel as the warm process ended; of a detached one, the
             # exit status went to whoever adopted it: 1, ended for a reason not known here.
             self.returncode = -signal.SIGTERM if self.tied else 1
@@ -163,14 +165,6 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
 
 
 def launch(
@@ -238,8 +232,6 @@ def start(
     over); requests wait while the libraries load. `preload=False` imports only ftctl's served modules
     (their libraries then load in each child, as in a cold start): for tests of the process mechanics."""
     global _started
-    from ftctl.backends.local import procs
-
     address = f"ftctl-warm-{os.getuid()}-{secrets.token_hex(8)}"
     me = procs.identity(os.getpid()) or {"pid": os.getpid()}
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as listener:
@@ -591,12 +583,12 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _alive(pid: int, start: int) -> bool:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
+def _alive(pid: int, start: int = 0) -> bool:
+    """Whether `pid` runs (not a zombie), and still with kernel start time `start` when one is given."""
+    fields = procs._stat(pid)
+    if not fields:
         return False
-    return fields[0] not in (b"Z", b"X") and (not start or int(fields[19]) == start)
+    return fields[0] not in ("Z", "X") and (not start or int(fields[19]) == start)
 
 
 def _cmdline_bytes(request: _Request) -> bytes:
