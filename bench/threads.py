@@ -18,12 +18,14 @@ of 2 after a warm-up step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from common import alternate, stats, table, write_result
@@ -33,10 +35,11 @@ import json, os, sys, time, statistics
 from pathlib import Path
 model_dir, batch, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 load = os.getloadavg()[0]
-chosen = None
+chosen = reason = None
 if mode == "chosen":
     from ftctl import threads
-    chosen = threads.apply().threads
+    choice = threads.apply()
+    chosen, reason = choice.threads, choice.reason
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from peft import LoraConfig, get_peft_model
@@ -66,7 +69,7 @@ def step():
 step()
 train_s = statistics.median(step() for _ in range(2))
 print(json.dumps({"decode_s": decode_s, "train_s": train_s, "threads": torch.get_num_threads(),
-                  "chosen": chosen, "load": load}))
+                  "chosen": chosen, "reason": reason, "load": load}))
 """
 
 MODES = {"omp1": "OMP_NUM_THREADS=1", "default": "torch's default", "chosen": "ftctl's choice"}
@@ -107,42 +110,38 @@ def model_dirs(names: list[str], cache: Path | None) -> dict[str, tuple[Path, in
     return found
 
 
-def main(repetitions: int, names: list[str], cache: Path | None = None) -> dict:
+# Other work beside the contenders, for a load that is known rather than whatever the machine has:
+# processes that spin all the time, or for 100 ms of every 200 ms.
+SPIN = "while True: pass"
+HALF = "import time\nwhile True:\n    end = time.perf_counter() + 0.1\n    while time.perf_counter() < end: pass\n    time.sleep(0.1)"
+BACKGROUNDS = {"none": [], "1 busy": [SPIN], "1 half-busy": [HALF], "2 busy": [SPIN, SPIN]}
+
+
+@contextlib.contextmanager
+def background(name: str) -> Iterator[None]:
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for code in BACKGROUNDS[name]]
+    try:
+        time.sleep(1.0 if procs else 0.0)  # running before the first contender starts
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def main(
+    repetitions: int, names: list[str], cache: Path | None = None, loads: list[str] | None = None
+) -> dict:
     rows: list[list[str]] = []
     results: dict[str, dict] = {}
-    for label, (folder, batch) in model_dirs(names, cache).items():
-        samples: dict[str, list[dict]] = {mode: [] for mode in MODES}
-
-        def contender(mode: str, folder: Path, batch: int, kept: list[dict]) -> Callable[[], float]:
-            def once() -> float:
-                result = run_worker(folder, batch, mode)
-                kept.append(result)
-                return float(result["train_s"])
-
-            return once
-
-        alternate({mode: contender(mode, folder, batch, samples[mode]) for mode in MODES}, repetitions)
-        results[label] = samples
-        chosen_threads = sorted({s["threads"] for s in samples["chosen"]})
-        loads = [s["load"] for mode in MODES for s in samples[mode]]
-        for measure, key, unit in (("decode", "decode_s", "ms/token"), ("train step", "train_s", "s/step")):
-            medians = {mode: stats([s[key] for s in samples[mode]])["median"] for mode in MODES}
-            scale = 1000 if unit == "ms/token" else 1
-            rows.append(
-                [
-                    label,
-                    measure,
-                    *(f"{medians[mode] * scale:.1f}" for mode in MODES),
-                    unit,
-                    "/".join(map(str, chosen_threads)),
-                    f"{medians['omp1'] / medians['chosen']:.2f}x",
-                    f"{medians['default'] / medians['chosen']:.2f}x",
-                    f"{min(loads):.1f}-{max(loads):.1f}",
-                ]
-            )
+    dirs = model_dirs(names, cache)
+    for load_name in loads or ["machine"]:
+        with contextlib.nullcontext() if load_name == "machine" else background(load_name):
+            for label, (folder, batch) in dirs.items():
+                rows.extend(_measure(label, folder, batch, repetitions, load_name, results))
     header = [
         "model", "measure", "OMP 1", "default", "chosen", "unit", "chosen threads",
-        "OMP 1 / chosen", "default / chosen", "load (1 min)",
+        "OMP 1 / chosen", "default / chosen", "other work", "load (1 min)",
     ]  # fmt: skip
     text = table(rows, header)
     print(text)
@@ -155,6 +154,43 @@ def main(repetitions: int, names: list[str], cache: Path | None = None) -> dict:
     return data
 
 
+def _measure(
+    label: str, folder: Path, batch: int, repetitions: int, load_name: str, results: dict[str, dict]
+) -> list[list[str]]:
+    rows: list[list[str]] = []
+    samples: dict[str, list[dict]] = {mode: [] for mode in MODES}
+
+    def contender(mode: str, folder: Path, batch: int, kept: list[dict]) -> Callable[[], float]:
+        def once() -> float:
+            result = run_worker(folder, batch, mode)
+            kept.append(result)
+            return float(result["train_s"])
+
+        return once
+
+    alternate({mode: contender(mode, folder, batch, samples[mode]) for mode in MODES}, repetitions)
+    results[f"{label}, {load_name}"] = samples
+    chosen_threads = sorted({s["threads"] for s in samples["chosen"]})
+    loads = [s["load"] for mode in MODES for s in samples[mode]]
+    for measure, key, unit in (("decode", "decode_s", "ms/token"), ("train step", "train_s", "s/step")):
+        medians = {mode: stats([s[key] for s in samples[mode]])["median"] for mode in MODES}
+        scale = 1000 if unit == "ms/token" else 1
+        rows.append(
+            [
+                label,
+                measure,
+                *(f"{medians[mode] * scale:.{1 if scale > 1 else 2}f}" for mode in MODES),
+                unit,
+                "/".join(map(str, chosen_threads)),
+                f"{medians['omp1'] / medians['chosen']:.2f}x",
+                f"{medians['default'] / medians['chosen']:.2f}x",
+                load_name,
+                f"{min(loads):.1f}-{max(loads):.1f}",
+            ]
+        )
+    return rows
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repetitions", type=int, default=3)
@@ -162,5 +198,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--model-cache", type=Path, help="where SmolLM2 is converted (default: a temp folder)"
     )
+    parser.add_argument(
+        "--loads",
+        nargs="*",
+        choices=["machine", *BACKGROUNDS],
+        default=["machine"],
+        help="other work to run beside the contenders (machine: none added, whatever the machine has)",
+    )
     args = parser.parse_args()
-    main(args.repetitions, args.models, args.model_cache)
+    main(args.repetitions, args.models, args.model_cache, args.loads)

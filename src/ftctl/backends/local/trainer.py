@@ -296,6 +296,9 @@ def _make_callback(emit: Callable[[Event], None], log_metrics: Callable[[dict, i
             self.last_tokens = state.num_input_tokens_seen or 0
 
         def on_step_end(self, args, state, control, **kwargs):
+            changed = threads.adapt()  # other processes' load moved: torch's thread count follows it
+            if changed is not None and state.is_world_process_zero:
+                emit({"type": "phase", "message": f"step {state.global_step}: {changed.describe()}"})
             if state.max_steps and state.global_step >= state.max_steps:
                 control.should_log = True  # always report the last step
             return control
@@ -1056,6 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
         help="use DeepSpeed ZeRO at this stage (multi-process launches only)",
     )
     args = parser.parse_args(argv)
+    threads.begin()  # measures the machine's other load while the job loads (ftctl.threads)
     # OpenMP's wait policy is left to the user: passive waiting (OMP_WAIT_POLICY=PASSIVE) protects a
     # CPU shared with other busy processes, but on an idle 2-core machine it made training 1.8x slower
     # (4,800 -> 2,700 tokens/s on the tiny model), so ftctl keeps the default.

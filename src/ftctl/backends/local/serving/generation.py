@@ -10,6 +10,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftctl import threads
 from ftctl.backends.local.serving.request import (
     MIN_SAMPLING_TEMPERATURE,
     PROMPT_CHARS_SLACK,
@@ -235,6 +236,9 @@ class Generator:
         if not self._lock.acquire(timeout=wait):
             raise GenerationTimeout("timed out waiting for the model")
         try:
+            changed = threads.adapt()  # on the model thread: torch's thread count is per OpenMP thread
+            if changed is not None:
+                log.info(changed.describe())
             prompts = [self.prompt(conv) for conv in conversations]
             generation_config = self._generation_config(params)
             if params.get("seed") is not None:
