@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ftctl import exiting
 from ftctl.backends.local import procs
 
 ENV = "FTCTL_WARM"
@@ -620,12 +621,9 @@ def _set_title(area: tuple[int, int], strings: bytes) -> None:
 def _run_child(request: _Request) -> None:
     """Run the request's module as __main__, as `python -m` does, and exit as Python would.
 
-    The end is Python's orderly exit (waiting for non-daemon threads, atexit, flushed streams) but not
-    its teardown of every module, which in a forked child would write to (so copy) the warm process's
-    memory page by page: 0.4 s a process. multiprocessing's forked children end the same way."""
-    import atexit
+    The end is Python's orderly exit without its teardown of every module (ftctl.exiting), which in a
+    forked child would write to (so copy) the warm process's memory page by page: 0.4 s a process."""
     import runpy
-    import threading
     import traceback
 
     sys.argv = [request.module, *request.args]  # runpy puts the module's file first, as `-m` does
@@ -636,33 +634,14 @@ def _run_child(request: _Request) -> None:
     try:
         runpy.run_module(request.module, run_name="__main__", alter_sys=True)
     except SystemExit as exc:
-        code = _exit_code(exc.code)
+        code = exiting.exit_code(exc.code)
     except KeyboardInterrupt:
         traceback.print_exc()
         interrupted = True
     except BaseException:  # noqa: BLE001  (reported as Python reports it, then exit 1)
         traceback.print_exc()
         code = 1
-    shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is not None:
-        shutdown()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    if interrupted:  # as Python does: end by the signal itself
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-    os._exit(code)
-
-
-def _exit_code(value: object) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, int):
-        return value & 0xFF
-    print(value, file=sys.stderr)
-    return 1
+    exiting.exit_now(code, interrupted=interrupted)
 
 
 def main(argv: list[str] | None = None) -> int:
