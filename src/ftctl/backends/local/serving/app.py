@@ -100,8 +100,8 @@ def _load_model(app: Any, gen: Generator, model_dir: Path, device: str) -> None:
     started = time.monotonic()
     log.info("loading the model from %s (device %s)", model_dir, device)
     try:
-        log.info(threads.apply().describe())  # before the first torch call (FTCTL_THREADS, cores, load)
         gen.load()
+        log.info(threads.apply().describe())  # what the model thread chose (FTCTL_THREADS, cores, load)
     except Exception as exc:  # reported by /health/ready and by the process exit code
         message = str(exc) if isinstance(exc, FtctlError) else f"{type(exc).__name__}: {exc}"
         log.error("could not load the model: %s", message)

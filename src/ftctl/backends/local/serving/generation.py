@@ -120,6 +120,9 @@ class Generator:
             longest = max((len(token) for token in tokenizer.get_vocab()), default=1)
             self.max_prompt_chars = self.max_positions * max(1, longest) * PROMPT_CHARS_SLACK
         self.tokenizer = tokenizer
+        # torch's thread count, chosen here on the model thread, where every torch call runs (OpenMP's
+        # count is per thread) and after the load, which the measurement overlaps (ftctl.threads)
+        threads.apply()
         self.model = model  # last: `loaded` turns true only when everything above is in place
 
     def stop(self) -> None:
