@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from ftctl.backends.local import batching
 from ftctl.backends.local.batching import BatchingGenerator, Timeout
 
 
@@ -111,3 +112,43 @@ def test_timeout_and_cancel_when_nobody_waits() -> None:
     cancel = inner.cancels[0]
     assert cancel is not None and cancel.is_set()
     inner.release.set()
+
+
+class Timed:
+    """Takes `seconds` per call; records how many conversations each call had."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.sizes: list[int] = []
+
+    def generate(self, conversations, params, *, deadline=None, cancel=None):  # type: ignore[no-untyped-def]
+        self.sizes.append(len(conversations))
+        time.sleep(self.seconds)
+        return [f"re: {c[-1]['content']}" for c in conversations]
+
+
+def test_the_clients_of_a_batch_sending_again_share_the_next_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four clients that each send their next request as soon as their reply comes: the next call waits
+    for the ones expected (the last batch's and the queued) instead of starting on the first to arrive."""
+    monkeypatch.setattr(batching, "GATHER_MAX_S", 1.0)  # the window is then a quarter of the call: 0.2 s
+    inner = Timed(0.8)
+    batcher = BatchingGenerator(inner, max_batch_size=16)
+    gate = threading.Barrier(4)
+    replies: dict[int, list[list[str]]] = {n: [] for n in range(4)}
+
+    def client(n: int) -> None:
+        gate.wait()
+        time.sleep(0.05 * n)  # round 1: the first alone, then the other three queue behind it
+        replies[n].append(batcher.generate([conv(f"c{n} r1")], {}))
+        time.sleep(0.01 * n)  # round 2: each sends again on its reply (clients 1-3 10 ms apart)
+        replies[n].append(batcher.generate([conv(f"c{n} r2")], {}))
+
+    clients = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(30)
+    assert replies == {n: [[f"re: c{n} r1"], [f"re: c{n} r2"]] for n in range(4)}
+    # client 0 alone; then the three that queued behind it and client 0's second request, which the call
+    # waits for (without waiting: 3, then 1); then the second requests of clients 1-3, together
+    assert inner.sizes == [1, 4, 3]

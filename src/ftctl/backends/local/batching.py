@@ -7,6 +7,13 @@ model on a CPU (or any model on a GPU) gains most of its throughput.
 
 Requests that cannot share a batch go straight to the generator: a fixed `seed` (its sampling must not
 depend on its neighbours) and streaming.
+
+Clients that wait for their reply before sending the next request all send again the moment a batch
+ends, a millisecond or so apart. Taking only the first of them would alternate a batch of one with a
+batch of the rest, each costing about as much as a full one. So the next batch waits, for at most a
+quarter of the last batch's time (and GATHER_MAX_S), until as many conversations are queued as there
+were when the last batch ended (its own and those that queued meanwhile). After a batch of one with
+none queued, nothing waits: a lone client pays no latency for it.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ class _Inner(Protocol):
         deadline: float | None = None,
         cancel: threading.Event | None = None,
     ) -> list[str]: ...
+
+
+GATHER_MAX_S = 0.02  # the longest a batch waits for the clients of the one before to send again
 
 
 class Timeout(TimeoutError):
@@ -69,6 +79,8 @@ class BatchingGenerator:
         self._worker: threading.Thread | None = None
         self._running: list[_Pending] = []  # the batch being generated now
         self._running_cancel = threading.Event()  # set when every request in it gave up
+        self._expected = 0  # conversations the next batch waits for: the last batch's and the queued
+        self._last_seconds = 0.0  # how long the last generate call took
 
     def generate(
         self,
@@ -102,6 +114,7 @@ class BatchingGenerator:
         with self._cond:
             while not self._queue:
                 self._cond.wait()
+            self._gather()
             first = self._queue.popleft()
             batch, size = [first], len(first.conversations)
             for item in list(self._queue):
@@ -110,6 +123,18 @@ class BatchingGenerator:
                     batch.append(item)
                     size += len(item.conversations)
         return batch
+
+    def _gather(self) -> None:
+        """Wait (holding the condition) for the last batch's clients to send again; see the module."""
+        expected = min(self._expected, self.max_batch_size)
+        if expected < 2:
+            return
+        deadline = time.monotonic() + min(GATHER_MAX_S, self._last_seconds / 4)
+        while sum(len(item.conversations) for item in self._queue) < expected:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
 
     def _run(self) -> None:
         while True:
@@ -123,6 +148,7 @@ class BatchingGenerator:
             with self._cond:
                 self._running = batch
                 self._running_cancel = cancel = threading.Event()
+            started = time.monotonic()
             try:
                 replies = self.inner.generate(
                     conversations, batch[0].params, deadline=deadline, cancel=cancel
@@ -135,6 +161,11 @@ class BatchingGenerator:
             finally:
                 with self._cond:
                     self._running = []
+                    queued = sum(len(item.conversations) for item in self._queue)
+                    self._expected, self._last_seconds = (
+                        len(conversations) + queued,
+                        time.monotonic() - started,
+                    )
             start = 0
             for item in batch:
                 item.result = replies[start : start + len(item.conversations)]
