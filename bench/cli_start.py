@@ -45,7 +45,13 @@ def main(repetitions: int = 10) -> dict:
     text = table(rows, ["command", "median", "min", "max", "vs import azure.ai.ml"])
     print(text)
     write_result(
-        "cli_start", {"repetitions": repetitions, "results": results, "table": text, "goal": "--help, status <= 0.10x; metrics < 0.5 s"}
+        "cli_start",
+        {
+            "repetitions": repetitions,
+            "results": results,
+            "table": text,
+            "goal": "--help, status <= 0.10x; metrics < 0.5 s",
+        },
     )
     return results
 
