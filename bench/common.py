@@ -54,6 +54,9 @@ def machine() -> dict[str, Any]:
         "ram_gib": round(ram, 1),
         "gpu": None,
         "versions": versions,
+        # 1, 5 and 15-minute load averages when the result was written: the benchmark's own processes
+        # count too, so on 2 cores a load well above ~1.5 means other work shared the machine
+        "load": [round(x, 2) for x in os.getloadavg()],
     }
 
 

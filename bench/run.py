@@ -41,8 +41,9 @@ def update_readme() -> None:
         machine = data["machine"]
         block = (
             f"<!-- {name}:start -->\n{data['table']}\n\n"
-            f"_{machine['date']}, {machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']} GiB; "
-            f"goal: {data.get('goal', '')}_\n<!-- {name}:end -->"
+            f"_{machine['date']}, {machine['cpu']}, {machine['cores']} cores, {machine['ram_gib']} GiB"
+            + (f", load {'/'.join(map(str, machine['load']))} (1/5/15 min)" if machine.get("load") else "")
+            + f"; goal: {data.get('goal', '')}_\n<!-- {name}:end -->"
         )
         text = re.sub(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", lambda _, b=block: b, text, flags=re.S)
     readme.write_text(text)

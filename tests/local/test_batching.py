@@ -130,8 +130,8 @@ class Timed:
 def test_the_clients_of_a_batch_sending_again_share_the_next_call(monkeypatch: pytest.MonkeyPatch) -> None:
     """Four clients that each send their next request as soon as their reply comes: the next call waits
     for the ones expected (the last batch's and the queued) instead of starting on the first to arrive."""
-    monkeypatch.setattr(batching, "GATHER_MAX_S", 1.0)  # the window is then a quarter of the call: 0.2 s
-    inner = Timed(0.8)
+    monkeypatch.setattr(batching, "GATHER_MAX_S", 1.0)  # the window is then a quarter of the call: 0.1 s
+    inner = Timed(0.4)
     batcher = BatchingGenerator(inner, max_batch_size=16)
     gate = threading.Barrier(4)
     replies: dict[int, list[list[str]]] = {n: [] for n in range(4)}
