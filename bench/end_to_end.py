@@ -68,7 +68,7 @@ def main(repetitions: int) -> dict:
     text = table(rows, ["how", "median", "min", "max", "÷ ftctl run"])
     print(text)
     write_result(
-        "end_to_end", {"repetitions": repetitions, "results": results, "table": text, "goal": "<= 30 s"}
+        "end_to_end", {"repetitions": repetitions, "results": results, "table": text, "goal": "<= 20 s"}
     )
     shutil.rmtree(scratch, ignore_errors=True)
     return results
