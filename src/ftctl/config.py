@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -36,7 +35,6 @@ from pydantic import (
     field_validator,
 )
 from pydantic_core import PydanticCustomError
-from yaml.constructor import ConstructorError, SafeConstructor
 
 from ftctl.backends import DEFAULT as DEFAULT_BACKEND
 from ftctl.backends import NAMES as BACKENDS
@@ -47,11 +45,9 @@ TINY_MODEL = "ftctl/tiny-phi3-chat"
 # The notebook refuses these SKUs when the model carries no finetune allow-list.
 NOTEBOOK_DENY_LIST = ["standard_nc6", "standard_nc12", "standard_nc24", "standard_nc24r"]
 
-# --- bounds of the YAML that is read -----------------------------------------------------------------
-# A config is a few KiB with a few hundred values, nested three levels (section, key, list item).
+# --- bounds of the YAML that is read (the rest: ftctl.config_yaml) -----------------------------------
+
 YAML_MAX_BYTES = 1 << 20  # larger: not a config (a dataset given as --config?); read no further
-YAML_MAX_NODES = 10_000  # keys and values once every alias is replaced by its anchor's content
-YAML_MAX_DEPTH = 20  # nesting levels
 
 # --- bounds of the values (see each Field's description) -------------------------------------------
 MAX_WAIT_S = 7 * 24 * 3600  # any timeout, delay or interval in seconds: longer is a unit mistake
@@ -521,124 +517,6 @@ def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-# --- reading YAML within bounds --------------------------------------------------------------------
-
-
-class _Refused(Exception):
-    """The YAML is well-formed but beyond the bounds (or unreadable as a value): `problem` at `key`
-    (a key path, "" at the top) on `line` (1-based) of the text."""
-
-    def __init__(self, problem: str, key: str, line: int) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.key = key
-        self.line = line
-
-
-class _Unreadable(_Refused):
-    """A scalar that no constructor can build (`2024-13-45`, `!!float lots`)."""
-
-
-class _Loader(yaml.CSafeLoader if yaml.__with_libyaml__ else yaml.SafeLoader):  # type: ignore[misc]
-    """PyYAML's safe loader (libyaml's parser when present: faster, and it stops at 1000 nesting
-    levels itself). A value a constructor cannot build is a ConstructorError at its line, never a
-    ValueError from deep inside PyYAML."""
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep)
-        except (ValueError, OverflowError) as exc:
-            kind = str(node.tag).rsplit(":", 1)[-1]
-            raise ConstructorError(
-                None, None, f"cannot read {_short(node.value)} as {kind} ({exc})", node.start_mark
-            ) from None
-
-
-def _construct_int(loader: SafeConstructor, node: yaml.ScalarNode) -> Any:
-    try:
-        return loader.construct_yaml_int(node)
-    except ValueError:  # more digits than int() reads from text (4300), or `!!int twelve`
-        return loader.construct_scalar(node)  # the text: the model refuses it for what it is
-
-
-_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
-
-
-def _measure(root: yaml.Node) -> dict[str, int]:
-    """Key path -> line of every mapping key in the document, checking on the way that the document,
-    with every alias replaced by its anchor's content, stays within YAML_MAX_NODES values and
-    YAML_MAX_DEPTH levels and contains no alias to itself. The walk stops at the first value past a
-    bound, so its cost is bounded too, whatever the aliases would expand to."""
-    lines: dict[str, int] = {}
-    seen: set[int] = set()
-    open_nodes: set[int] = set()  # on the path from the root: meeting one again is a cycle
-    count = 0
-
-    def visit(node: yaml.Node, depth: int, path: str, where: tuple[str, int]) -> None:
-        nonlocal count
-        if id(node) in open_nodes:
-            raise _Refused("this value contains itself (a recursive alias)", *where)
-        count += 1
-        if count > YAML_MAX_NODES:
-            if len(seen) < count - 1:
-                problem = f"aliases expand to more than {YAML_MAX_NODES} values (a YAML bomb?)"
-            else:
-                problem = f"more than {YAML_MAX_NODES} values; a config has a few hundred"
-            raise _Refused(problem, *where)
-        if depth > YAML_MAX_DEPTH:
-            raise _Refused(f"nested more than {YAML_MAX_DEPTH} levels deep", *where)
-        seen.add(id(node))
-        if isinstance(node, yaml.ScalarNode):
-            return
-        open_nodes.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                visit(key_node, depth + 1, path, where)
-                name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
-                sub = f"{path}.{name}" if path else name
-                line = key_node.start_mark.line + 1
-                lines[sub] = line
-                # Errors name at most section.key: deeper paths inside an expansion say little.
-                visit(value_node, depth + 1, sub, (sub, line) if sub.count(".") < 2 else where)
-        else:
-            for item in node.value:
-                visit(item, depth + 1, path, where)
-        open_nodes.discard(id(node))
-
-    visit(root, 0, "", ("", root.start_mark.line + 1))
-    return lines
-
-
-def _load_yaml(text: str) -> tuple[Any, dict[str, int]]:
-    """One YAML document: (its value, key path -> line). Raises yaml.YAMLError for malformed YAML,
-    _Refused for YAML beyond the bounds and _Unreadable for a value no constructor can build."""
-    loader = _Loader(text)
-    try:
-        try:
-            node = loader.get_single_node()
-        except RecursionError:  # the pure-Python parser, without libyaml's own depth limit
-            raise _Refused(f"nested more than {YAML_MAX_DEPTH} levels deep", "", 1) from None
-        if node is None:
-            return None, {}
-        lines = _measure(node)
-        try:
-            return loader.construct_document(node), lines
-        except yaml.MarkedYAMLError as exc:
-            if exc.problem_mark is None:
-                raise
-            line = exc.problem_mark.line + 1
-            keys = [key for key, at in lines.items() if at == line]
-            key = max(keys, key=lambda k: k.count("."), default="")
-            raise _Unreadable(exc.problem or "invalid value", key, line) from None
-    finally:
-        loader.dispose()
-
-
 def parse_override(text: str, origin: str = "--set") -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
@@ -646,13 +524,15 @@ def parse_override(text: str, origin: str = "--set") -> tuple[str, Any]:
         raise ConfigError(f"{origin} {text!r}: expected key.path=value, e.g. finetune.learning_rate=1e-4")
     if not raw.strip():
         return key, None
+    from ftctl import config_yaml
+
     try:
-        value, _ = _load_yaml(raw)
-    except _Unreadable:
+        value, _ = config_yaml.load(raw)
+    except config_yaml.Unreadable:
         value = raw
-    except _Refused as exc:
+    except config_yaml.Refused as exc:
         raise ConfigError(f"invalid config: {key} (from {origin}): {exc.problem}") from None
-    except yaml.YAMLError:
+    except config_yaml.Malformed:
         value = raw
     return key, value
 
@@ -685,12 +565,14 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    from ftctl import config_yaml
+
     try:
-        data, lines = _load_yaml(text)
-    except _Refused as exc:
+        data, lines = config_yaml.load(text)
+    except config_yaml.Refused as exc:
         where = f"{path}:{exc.line}: {exc.key}" if exc.key else f"{path}:{exc.line}"
         raise ConfigError(f"{where}: {exc.problem}") from None
-    except yaml.YAMLError as exc:
+    except config_yaml.Malformed as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or "invalid YAML"
@@ -795,6 +677,8 @@ def validate_layer(data: Mapping[str, Any], origin: str) -> Config:
 
 
 def _describe(exc: ValidationError, path: Path | None, lines: dict[str, int], origins: dict[str, str]) -> str:
+    from ftctl.config_yaml import short  # an error's path: PyYAML's import is no cost here
+
     messages = []
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"])
@@ -807,7 +691,7 @@ def _describe(exc: ValidationError, path: Path | None, lines: dict[str, int], or
         else:
             problem = err["msg"].removeprefix("Value error, ")
             if "input" in err and not isinstance(err["input"], dict | list):
-                problem += f" (got {_short(err['input'])})"
+                problem += f" (got {short(err['input'])})"
         if origin is not None:
             where = f"{key} (from {origin})"
         elif path is not None:
