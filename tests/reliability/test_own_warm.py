@@ -340,3 +340,17 @@ def test_a_damaged_or_dead_address_starts_cold(address: str, tmp_path: Path) -> 
     env = env_for(address)
     assert warm.launch([sys.executable, "-m", TRAINER, "x"], stdio=[0, 1, 2], env=env) is None
     assert warm.last_refusal is not None and warm.last_refusal.startswith("the warm process did not answer")
+
+
+def test_imports_run_without_collections_and_leave_them_on_for_the_children() -> None:
+    import gc
+
+    frozen = gc.get_freeze_count()
+    try:
+        with warm._frozen_after():
+            assert not gc.isenabled()
+            made = [[] for _ in range(1000)]
+        assert gc.isenabled()  # a forked child collects as a cold one does
+        assert gc.get_freeze_count() >= frozen + len(made)  # what the imports made: out of the way
+    finally:
+        gc.unfreeze()
