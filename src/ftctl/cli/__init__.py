@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import gc
 import sys
 
-from ftctl import exiting
+from ftctl import collector, exiting
 
 
 def main() -> None:
@@ -18,11 +17,7 @@ def main() -> None:
     exit 130, no traceback): nothing has been read or written yet. Python 3.11 reports a KeyboardInterrupt
     that lands in a class's `__set_name__` (functools.cached_property does that work, e.g. in the
     standard library's ipaddress) as a RuntimeError, so the interrupt is looked for along the chain."""
-    # Fewer cyclic collections: ftctl's commands import large libraries (MLflow, transformers) that
-    # allocate hundreds of thousands of objects which all stay, and each collection of the default
-    # 700-allocation generation rescans them. With 50,000 `ftctl auth --force` took 2.45 s instead of
-    # 2.72 (mypy does the same for its start-up). Garbage with cycles is still collected, later.
-    gc.set_threshold(50_000, 20, 20)
+    collector.fewer_collections()  # the imports ahead allocate much that stays (ftctl.collector)
     try:
         from ftctl.cli.app import main as run
     except BaseException as exc:

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ftctl import threads
+from ftctl import collector, threads
 from ftctl.backends.local.serving.app import ServerOptions, create_app, set_key
 from ftctl.errors import FtctlError
 from ftctl.models.layout import resolve_hf_dir
@@ -208,6 +208,7 @@ def _stop_at(when: float, stop: Callable[[], None]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    collector.fewer_collections()  # started cold, it imports torch and transformers (ftctl.collector)
     threads.begin()  # measures the machine's other load while the server starts (ftctl.threads)
     logging.basicConfig(
         stream=sys.stderr,

@@ -45,7 +45,7 @@ from urllib.parse import unquote
 
 from pydantic import ValidationError
 
-from ftctl import threads
+from ftctl import collector, threads
 from ftctl.backends.local import checkpoints
 from ftctl.backends.local.checkpoints import Checkpoint
 from ftctl.config import FinetuneSection
@@ -1059,6 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
         help="use DeepSpeed ZeRO at this stage (multi-process launches only)",
     )
     args = parser.parse_args(argv)
+    collector.fewer_collections()  # started cold, it imports torch, transformers, MLflow (ftctl.collector)
     threads.begin()  # measures the machine's other load while the job loads (ftctl.threads)
     # OpenMP's wait policy is left to the user: passive waiting (OMP_WAIT_POLICY=PASSIVE) protects a
     # CPU shared with other busy processes, but on an idle 2-core machine it made training 1.8x slower
