@@ -248,3 +248,17 @@ def test_a_forked_child_chooses_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(threads.ENV, "3")
     monkeypatch.setattr(threads, "_set_torch", lambda n: None)
     assert threads.apply().threads == 3  # not the parent's (another pid's) 7
+
+
+@pytest.mark.parametrize("cpu_stat", ["", "usage_usec lots\n", "user_usec 5\n"])
+def test_a_quota_whose_usage_cannot_be_read_falls_back_to_the_load_average(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_stat: str
+) -> None:
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    (tmp_path / "cpu.stat").write_text(cpu_stat)
+    monkeypatch.setattr(threads, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
+    monkeypatch.setattr(threads, "CGROUP_CPU_STAT", tmp_path / "cpu.stat")
+    monkeypatch.setattr(threads, "load_average", lambda: 0.2)
+    assert threads.read_counters() is None
+    choice = threads.choose({})
+    assert (choice.threads, choice.reason) == (1, "1 core, load 0.2")

@@ -191,7 +191,7 @@ def choose(environ: dict[str, str] | None = None, since: Reading | None = None) 
     start = since or read_counters()
     if start is None:
         load = load_average()
-        return Choice(choose_for(cores, load), f"{cores} cores, load {load:.1f}", automatic=True)
+        return Choice(choose_for(cores, load), f"{_cores(cores)}, load {load:.1f}", automatic=True)
     time.sleep(max(0.0, start.wall + SAMPLE_S - time.monotonic()))
     now = read_counters()
     busy = others_busy(start, now) if now is not None else load_average()
@@ -199,7 +199,11 @@ def choose(environ: dict[str, str] | None = None, since: Reading | None = None) 
 
 
 def _reason(cores: int, busy: float) -> str:
-    return f"{cores} cores, {busy:.1f} busy with other work"
+    return f"{_cores(cores)}, {busy:.1f} busy with other work"
+
+
+def _cores(count: int) -> str:
+    return f"{count} core" if count == 1 else f"{count} cores"
 
 
 # --- this process ------------------------------------------------------------------------------------
