@@ -181,13 +181,18 @@ def _start_job(ctx: Context, call: StageCall) -> Job:
 def _resumable(ctx: Context, call: StageCall, outputs: dict[str, Any]) -> tuple[Job, Checkpoint] | None:
     """The failed job of `outputs` and its last complete checkpoint, when the job submit would start
     now is the same (model, data, parameters, command) and `--restart` was not given."""
-    from ftctl.backends.local import checkpoints
+    from ftctl.backends.local import checkpoints, procs
     from ftctl.backends.local.jobs import FAILED, trainer_error_type
 
     if not outputs.get("job_dir"):
         return None
     job = _job(outputs)
-    if job.status().get("state") != FAILED or job.running():
+    if job.status().get("state") != FAILED:
+        return None
+    # The supervisor records the end as its last act and exits a moment later; a killed trainer forked
+    # by the warm process is reaped by it. A submit right after the record (CI once caught `run` at that
+    # moment: it re-attached to the failed job instead of resuming it) waits for them, briefly.
+    if not all(procs.wait_ended(ident, 5.0) for ident in job.processes().values()):
         return None
     if trainer_error_type(job) == "TrainingDiverged":  # it would diverge again
         return None
