@@ -161,3 +161,35 @@ def test_restart_or_changed_settings_start_a_new_job(
         assert "resuming" not in out
     finally:
         ws("reset", "submit", code=None)  # stops the new job's trainer
+
+
+@pytest.mark.integration
+def test_a_failed_job_whose_supervisor_is_still_exiting_is_waited_for(
+    prepared_ws: Ftctl, tmp_path: Path
+) -> None:
+    """The supervisor records "failed" as its last act and exits a moment later. `ftctl submit` in that
+    moment (CI once caught `ftctl run` there) re-attaches to the attempt, sees the job recorded failed,
+    and waits for the supervisor before deciding on the checkpoint; it used to take the job for running
+    and report its failure without looking at the checkpoint."""
+    import subprocess
+
+    from ftctl.backends.local import procs
+
+    ws = prepared_ws.copy(tmp_path / "ws")
+    old = _failed_job_with_a_checkpoint(ws)
+    exiting = subprocess.Popen(["sleep", "3"])  # the supervisor, on its way out (the wait is up to 5 s)
+    try:
+        status = json.loads((old / "status.json").read_text())
+        status["supervisor"] = procs.started_identity(exiting.pid, exiting)
+        (old / "status.json").write_text(json.dumps(status))
+        state = ws.state()  # the attempt that started the job is still recorded as running
+        state["stages"]["submit"].update(status="running", ended_at=None, error=None)
+        (ws.workspace / "state.json").write_text(json.dumps(state))
+        out = ws("submit", code=None).stderr
+        assert "re-attaching" in out, out
+        # it waited, then decided on the checkpoint (another resume key: not this job's to resume)
+        assert f"job {old.name} has a checkpoint, but the model, data or parameters changed" in out, out
+    finally:
+        exiting.kill()
+        exiting.wait()
+        ws("reset", "submit", code=None)
