@@ -36,6 +36,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ftctl import pydantic_plugins
 from ftctl.backends import DEFAULT as DEFAULT_BACKEND
 from ftctl.backends import NAMES as BACKENDS
 from ftctl.constants import SAMPLE_DATASET
@@ -78,6 +79,9 @@ def _kind(annotation: Any) -> str | None:
         return None
     (only,) = args
     return {int: "int", float: "float", bool: "bool"}.get(only)
+
+
+pydantic_plugins.suspend()  # until resume() below: ftctl.pydantic_plugins
 
 
 class Section(BaseModel):
@@ -458,6 +462,8 @@ class Config(Section):
     score: ScoreSection = Field(default_factory=ScoreSection)
     azureml: AzureMLSection = Field(default_factory=AzureMLSection)
 
+
+pydantic_plugins.resume()
 
 WORKSPACE_CONFIG = "config.yaml"  # the workspace's own settings, under the workspace folder
 

@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from ftctl import pydantic_plugins
+
 
 def _iso_time(value: str | None) -> str | None:
     """An ISO 8601 time with its UTC offset: ftctl compares times with now (UTC), which a time
@@ -29,6 +31,9 @@ def _iso_time(value: str | None) -> str | None:
 
 IsoTime = Annotated["str | None", AfterValidator(_iso_time)]
 Count = Annotated[int, Field(ge=0)]
+
+
+pydantic_plugins.suspend()  # until resume() below: ftctl.pydantic_plugins
 
 
 class _Outputs(BaseModel):
@@ -203,6 +208,9 @@ class StageRecord(BaseModel):
     # Signatures of the files a stage produced, taken when it succeeded (DVC's `outs`).
     output_signatures: dict[str, str] = {}
     error: StageError | None = None
+
+
+pydantic_plugins.resume()
 
 
 def _where(error: Any) -> str:
