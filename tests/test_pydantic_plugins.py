@@ -19,8 +19,8 @@ after_ftctl = loader._plugins
 import pydantic
 class Later(pydantic.BaseModel):
     x: int = 0
-print(json.dumps({"searched_for_ftctl": after_ftctl is not None, "searched_later": loader._plugins is not None,
-                  "env": os.environ.get("PYDANTIC_DISABLE_PLUGINS")}))
+seen = {"searched_for_ftctl": after_ftctl is not None, "searched_later": loader._plugins is not None}
+print(json.dumps({**seen, "env": os.environ.get("PYDANTIC_DISABLE_PLUGINS")}))
 """
 
 

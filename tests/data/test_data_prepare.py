@@ -379,3 +379,17 @@ def test_parallel_failure_leaves_nothing(tmp_path, write_hub_layout, make_chat, 
     with pytest.raises(DataError, match="test_sft"):
         prepare(str(src), out)
     assert _listing(out) == []
+
+
+def test_shares_give_this_process_the_biggest_split_and_the_helpers_a_late_start() -> None:
+    """A large parquet dataset is shared between this process and helpers that start HELPER_START_ROWS
+    rows late: biggest split first, each to whoever would finish first (10 % ultrachat scale: 25.6k +
+    2.3k rows here, 20.8k + 2.8k in the helper)."""
+    import ftctl.data.prepare as module
+
+    ten_pc = {"train_sft": 20_786, "test_sft": 2_311, "train_gen": 25_603, "test_gen": 2_830}
+    assert module._shares(ten_pc, 1) == (["train_gen", "test_sft"], ["train_sft", "test_gen"])
+    # a helper is worth its start only when this process would otherwise still be busy
+    assert module._shares({"a": 9_000, "b": 1_000}, 1) == (["a"], ["b"])
+    assert module._shares({"a": 3_000, "b": 1_000}, 1) == (["a", "b"], [])
+    assert module._shares({"a": 10, "b": 10, "c": 10}, 0) == (["a", "b", "c"], [])

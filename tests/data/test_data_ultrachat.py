@@ -74,3 +74,49 @@ def test_last_user_turn():
     assert last_user_turn([S, U]) == [S, U]
     assert last_user_turn([S, A]) == []
     assert last_user_turn([]) == []
+
+
+def _variants() -> list[object]:
+    """Records near the common one, each changed in one way check_record looks at."""
+    import itertools
+    from collections import OrderedDict
+
+    base = {
+        "prompt": "p",
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}],
+    }
+    contents = ["Yo", " Yo", "\u3000", " ", "", "\tx", None, 7, ["Yo"]]
+    roles = ["assistant", "user", "system", "tool", None, "Assistant", 1]
+    extras: list[dict[str, object]] = [{}, {"weight": 0}, {"weight": 1}, {"weight": True}, {"name": "n"}]
+    out: list[object] = [
+        base,
+        None,
+        [],
+        "text",
+        {"messages": None},
+        {"prompt": "p"},
+        {"messages": base["messages"][:1]},
+    ]
+    for content, role, extra in itertools.product(contents, roles, extras):
+        out.append(
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": role, "content": content, **extra}]}
+        )
+    out.append({"messages": tuple(base["messages"])})
+    out.append({"messages": [OrderedDict(m) for m in base["messages"]]})
+    out.append(OrderedDict(base))
+    out.append({"messages": [{"role": "user"}, {"content": "x"}]})
+    out.append({"messages": [{"role": "user", "content": "Hi"}, "assistant"]})
+    return out
+
+
+def test_the_fast_check_agrees_with_the_full_one(monkeypatch) -> None:
+    """check_record vouches for the common record quickly (ultrachat._plainly_valid); on every variant
+    its answer, reason included, is the one the full checks give."""
+    from ftctl.data import ultrachat
+
+    records = _variants()
+    fast = [ultrachat.check_record(r) for r in records]
+    monkeypatch.setattr(ultrachat, "_plainly_valid", lambda record: False)
+    full = [ultrachat.check_record(r) for r in records]
+    assert fast == full
+    assert fast.count(None) > 10 and len(set(fast)) > 8  # both kinds, many reasons

