@@ -113,3 +113,25 @@ def test_file_signature_tracks_content(tmp_path: Path) -> None:
     assert file_signature(path) != first
     assert file_signature(tmp_path / "missing") == "missing"
     assert file_signature(tmp_path).startswith("tree:")
+
+
+def test_a_zombie_is_not_alive() -> None:
+    """An ended process not yet collected by its parent is not alive: its temp files may go."""
+    import time
+
+    from ftctl.state import pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        assert pid_alive(child.pid) or child.poll() is not None  # running, or already ended
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{child.pid}/stat").exists() and time.monotonic() < deadline:
+            if Path(f"/proc/{child.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z":
+                break  # ended, not collected (no wait() yet): a zombie
+            time.sleep(0.01)
+        else:
+            pytest.skip("no /proc here to see the zombie")
+        assert not pid_alive(child.pid)
+    finally:
+        child.wait()
+    assert pid_alive(os.getpid())

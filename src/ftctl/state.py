@@ -334,6 +334,9 @@ def stage_digest(rec: dict[str, Any]) -> str:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` runs. A zombie does not: it has ended, and only waits for its parent (or,
+    orphaned, for init) to collect its status; it writes nothing more. Found by killing prepare-data: its
+    helper ended at once but stayed a zombie for a second, and the next run kept the helper's temp file."""
     if pid <= 0:
         return False
     try:
@@ -341,8 +344,16 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        raw = Path(f"/proc/{int(pid)}/stat").read_bytes()
+    except OSError:
+        return False  # no /proc (macOS), or it has just gone: not known to be a zombie
+    return raw[raw.rfind(b")") + 2 :][:1] in (b"Z", b"X")  # the state, after the (command name)
 
 
 def lock_is_free(workspace: Path) -> bool:

@@ -339,3 +339,65 @@ def test_sigint_to_a_running_prepare_leaves_nothing(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 130, stderr.decode()
     assert_untouched(out)
+
+
+def _hub_layout(root: Path, splits: dict[str, range]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "data").mkdir(parents=True)
+    for split, rows in splits.items():
+        table = pa.Table.from_pylist([record(i) for i in rows])
+        pq.write_table(table, root / "data" / f"{split}-00000-of-00001.parquet")
+    return root
+
+
+def test_a_killed_prepare_leaves_no_helper_process_behind(tmp_path: Path) -> None:
+    """Found by killing `ftctl prepare-data` (SIGKILL) on a 10 % ultrachat: the helper process that
+    wrote a share of the splits outlived it, idle, forever; its temp files, those of a live process,
+    were never cleaned up. A helper now ends when the process that started it does."""
+    src = _hub_layout(tmp_path / "src", {"train_sft": range(2000), "test_sft": range(5000, 5300)})
+    out = tmp_path / "out"
+    out.mkdir()
+    script = textwrap.dedent(
+        f"""
+        import time
+        import ftctl.data.prepare as module
+        import ftctl.data.writer as writer
+        module.PARALLEL_MIN_ROWS, module.HELPER_START_ROWS = 10, 0  # test_sft goes to a helper
+        real = writer.check_record
+        def slow(record):  # this process's split (train_sft) is written slowly; the helper's is not
+            time.sleep(0.002)
+            return real(record)
+        writer.check_record = slow
+        module.prepare({str(src)!r}, module.Path({str(out)!r}))
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    helper = None
+    try:
+        deadline = time.monotonic() + 60
+        while helper is None and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            pids = {int(p.name.split(".")[3]) for p in out.glob(".*.jsonl.*.tmp")}
+            helper = next(iter(pids - {proc.pid}), None)
+            time.sleep(0.01)
+        assert helper is not None, "no helper wrote a temp file"
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    from ftctl.state import pid_alive
+
+    deadline = time.monotonic() + 15
+    while pid_alive(helper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = pid_alive(helper)
+    if alive:
+        os.kill(helper, signal.SIGKILL)
+    assert not alive, "the helper outlived the prepare that started it"
+    report = prepare(str(src), out)  # the next run removes what the dead ones left
+    assert {s.name: s.rows_written for s in report.splits} == {"train_sft": 2000, "test_sft": 300}
+    assert sorted(p.name for p in out.iterdir()) == ["test_sft.jsonl", "train_sft.jsonl"]

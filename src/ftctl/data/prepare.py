@@ -44,6 +44,7 @@ import random
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -626,7 +627,12 @@ def _write_shared(
             where = (source.dataset, source.kind, source.subset, source.revision, source.engine)
             # spawn, not fork: the caller may hold threads (MLflow, torch) that a fork would copy mid-state.
             helpers = min(len(theirs), _cores() - 1)
-            pool = ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("spawn"))
+            pool = ProcessPoolExecutor(
+                helpers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_end_with_parent,
+                initargs=(os.getpid(),),
+            )
             futures = [
                 pool.submit(_write_one_in_worker, (*where, s, pc, str(download_dir), spec)) for s in theirs
             ]
@@ -649,6 +655,20 @@ def _write_shared(
     if pool is not None:
         pool.shutdown()
     return results
+
+
+def _end_with_parent(parent: int) -> None:
+    """A helper's first act: watch the process that started it and end when it has gone. Killed (SIGKILL
+    leaves no time to stop helpers), it would otherwise leave its helpers waiting for work forever, and
+    their temp files, those of live processes, where no later run removes them
+    (tests/reliability/test_data_output.py)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="ftctl-helper-parent", daemon=True).start()
 
 
 def _abandon(
