@@ -12,6 +12,8 @@ Import directions (walked with `ast`, so a lazy import inside a function counts 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,15 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, prepared_ws: Ftctl) -> P
 def test_help_and_status_import_nothing_heavy(workspace: Path, args: list[str]) -> None:
     done, imported = Ftctl(workspace.parent).imports(*args, of=HEAVY)
     assert not imported, done.stdout[-2000:]
+
+
+def test_the_liveness_probe_imports_no_http_client() -> None:
+    """`ftctl status` asks whether a recorded endpoint's port is open (probe.port_is_open); urllib.request
+    and http.client (with ssl and email) cost ~45 ms of its ~300 and are imported only to poll an endpoint
+    that starts (deploy) or to check a key."""
+    code = (
+        "import sys; from ftctl.backends.local.serving import probe; "
+        "print(sorted(m for m in ('urllib.request', 'http.client', 'ssl') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

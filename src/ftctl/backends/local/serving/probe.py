@@ -7,14 +7,9 @@ import errno
 import json
 import socket
 import time
-import urllib.error
-import urllib.request
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ftctl.errors import StageFailed
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 
 
 def port_is_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
@@ -43,6 +38,9 @@ def wait_until_ready(url: str, timeout_s: float, proc: Any = None) -> None:
     or /score is accepted too). If `proc` (a subprocess.Popen) exits first, or the server reports that
     the model failed to load, or `timeout_s` passes, raises StageFailed. Proxies are bypassed.
     """
+    import urllib.error  # here, not at the top: `ftctl status` asks only port_is_open (~35 ms of imports)
+    import urllib.request
+
     base = url.rstrip("/")
     for suffix in ("/health/ready", "/score"):
         if base.endswith(suffix):
@@ -96,6 +94,9 @@ def wait_until_ready(url: str, timeout_s: float, proc: Any = None) -> None:
 
 def key_accepted(url: str, key: str, timeout_s: float = 2.0) -> bool:
     """Whether the endpoint at `url` (its base URL) accepts `key` (GET /v1/models answers 200)."""
+    import urllib.error
+    import urllib.request
+
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     headers = {"Authorization": f"Bearer {key}"}
     request = urllib.request.Request(url.rstrip("/") + "/v1/models", headers=headers)
