@@ -28,7 +28,8 @@ succeeded; an output path that is a symlink is replaced, never written through. 
 arrives while the files are moved into place waits until all of them are.
 
 Where the records come from is ftctl.data.sources; how one split is written, ftctl.data.writer. This
-module decides which splits, writes them (in worker processes for large ones), and commits them.
+module decides which splits, writes them (a large parquet dataset shared with helper processes, one
+per other core), and commits them.
 
 `datasets` and pyarrow are imported inside functions: importing this module stays cheap.
 """
@@ -385,7 +386,7 @@ DETECT_LIMIT = 100  # records read to find the format before the split is read a
 
 @dataclass(frozen=True)
 class _Spec:
-    """How a split's records are read and written (picklable: it goes to worker processes)."""
+    """How a split's records are read and written (picklable: it goes to helper processes)."""
 
     format: str = formats.AUTO
     columns: tuple[tuple[str, str], ...] = ()
