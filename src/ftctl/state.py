@@ -349,11 +349,18 @@ def pid_alive(pid: int) -> bool:
 
 
 def _zombie(pid: int) -> bool:
+    fields = proc_stat(pid)  # None: no /proc (macOS), or it has just gone: not known to be a zombie
+    return fields is not None and fields[:1] in (["Z"], ["X"])
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat from the state on (field 3), or None when there is no such pid."""
     try:
         raw = Path(f"/proc/{int(pid)}/stat").read_bytes()
-    except OSError:
-        return False  # no /proc (macOS), or it has just gone: not known to be a zombie
-    return raw[raw.rfind(b")") + 2 :][:1] in (b"Z", b"X")  # the state, after the (command name)
+    except (OSError, ValueError):
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces and parentheses itself.
+    return raw[raw.rfind(b")") + 2 :].decode("ascii", "replace").split()
 
 
 def lock_is_free(workspace: Path) -> bool:

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from ftctl.state import proc_stat as _stat  # the fields of /proc/<pid>/stat (state first)
+
 Identity = dict[str, Any]
 
 
@@ -98,16 +100,6 @@ def _boot_id() -> str | None:
         return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
     except OSError:
         return None
-
-
-def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat from the state on (field 3), or None when there is no such pid."""
-    try:
-        raw = Path(f"/proc/{int(pid)}/stat").read_bytes()
-    except (OSError, ValueError):
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces and parentheses itself.
-    return raw[raw.rfind(b")") + 2 :].decode("ascii", "replace").split()
 
 
 def _other_threads(pid: int) -> bool:
