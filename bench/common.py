@@ -140,5 +140,13 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
 
 
 def ftctl_command() -> list[str]:
+    """How to start ftctl, with its bytecode compiled first: a regular `pip install` compiles it at install
+    time, but an editable one has none until an import writes it, and under PYTHONDONTWRITEBYTECODE=1 none
+    ever does (each start compiled ftctl's modules again: ~20 ms of a 200 ms `ftctl status`)."""
+    import compileall
+
+    import ftctl
+
+    compileall.compile_dir(Path(ftctl.__file__).parent, quiet=1)
     exe = Path(sys.executable).with_name("ftctl")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "ftctl"]

@@ -25,6 +25,7 @@ import typer.core
 
 from ftctl import __version__
 from ftctl.backends import DEFAULT, NAMES
+from ftctl.cli import help as cli_help
 from ftctl.errors import FtctlError
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="ftctl",
+    cls=cli_help.Group,  # help drawn without importing Rich (ftctl.cli.help)
     help=(
         "Fine-tune a chat model, stage by stage: auth, pick-model, check-compute, prepare-data, submit, "
         "register, deploy, score, teardown. `ftctl run` runs them all, skipping what is up to date."
@@ -288,7 +290,7 @@ def command(
             **{k: v for k, v in body.__annotations__.items() if k not in (first.name, "return")},
             **{param.name: param.annotation for param in _COMMON},
         }
-        app.command(name, rich_help_panel=panel, help=reflow(body.__doc__))(wrapper)
+        app.command(name, cls=cli_help.Command, rich_help_panel=panel, help=reflow(body.__doc__))(wrapper)
         return body
 
     return decorate
