@@ -29,6 +29,13 @@ def main() -> None:
         run()
     except SystemExit as exc:
         code = exiting.exit_code(exc.code)
+    except OSError as exc:
+        if exc.filename is not None or "--debug" in sys.argv:  # a file's error, outside every command
+            raise
+        # What a command writes goes through its error handling; the help and the usage text (`--help >
+        # /dev/full`) are written before any command runs.
+        print(f"error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        code = 1
     else:
         code = 0
     exiting.exit_now(code)

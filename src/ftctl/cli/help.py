@@ -15,6 +15,7 @@ import inspect
 import os
 import re
 import shutil
+import sys
 import textwrap
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -38,6 +39,8 @@ TOKEN = re.compile(
     r"(?<![\w-])(?P<option>--[\w-]+)(?![\w-])|(?<![\w-])(?P<switch>-\w)(?![\w-])|(?P<type><[^>\s]+>)"
 )
 EXTRAS = re.compile(r"\s+(\[[^\]]*\])$")  # Click's "[env var: X; default: Y]" at the end of a help text
+BOX = "╭─╮│╰╯"
+ASCII_BOX = "+-+|++"  # for an output whose encoding has no box-drawing characters (as Rich does)
 MIN_HELP_WIDTH = 20  # a narrower terminal gets a panel wider than itself rather than one word per line
 
 
@@ -60,10 +63,11 @@ class Group(typer.core.TyperGroup):
 
 
 class Painter:
-    """ANSI colours, or none."""
+    """ANSI colours (or none), and the box characters the output can show."""
 
-    def __init__(self, color: bool) -> None:
+    def __init__(self, color: bool, box: str = BOX) -> None:
         self.color = color
+        self.box = box
 
     def __call__(self, text: str, style: str) -> str:
         return f"\x1b[{STYLES[style]}m{text}\x1b[0m" if self.color and text else text
@@ -81,7 +85,8 @@ class Painter:
 
 def render(command: Any, ctx: Any) -> str:
     width = terminal_width()
-    paint = Painter(color=not os.environ.get("NO_COLOR"))
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    paint = Painter(color=not os.environ.get("NO_COLOR"), box=BOX if can_encode(BOX, encoding) else ASCII_BOX)
     usage = " ".join(command.get_usage(ctx).split()).removeprefix("Usage: ")
     lines = ["", f" {paint('Usage:', 'usage')} {paint.tokens(usage, 'bold')}", ""]
     if command.help:
@@ -95,7 +100,16 @@ def render(command: Any, ctx: Any) -> str:
             "",
             *(f" {paint.tokens(line)}" for line in wrap_lines(inspect.cleandoc(command.epilog), width - 2)),
         ]
-    return "\n".join(lines) + "\n"
+    # A character the output's encoding lacks (in a help text) becomes "?" rather than a traceback.
+    return ("\n".join(lines) + "\n").encode(encoding, errors="replace").decode(encoding)
+
+
+def can_encode(text: str, encoding: str) -> bool:
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
 
 
 def terminal_width() -> int:
@@ -198,9 +212,10 @@ def panel(title: str, rows: Sequence[Row], width: int, paint: Painter) -> list[s
     fixed = sum(widths.values()) + 2 * len(used)
     help_width = max(width - 4 - fixed, MIN_HELP_WIDTH)
     inner = fixed + help_width
-    top = f"╭─ {title} " + "─" * max(inner + 4 - len(title) - 5, 0) + "╮"
+    corner, rule, corner_right, side, bottom, bottom_right = tuple(paint.box)
+    top = f"{corner}{rule} {title} " + rule * max(inner + 4 - len(title) - 5, 0) + corner_right
     lines = [paint(top[:3], "dim") + title + paint(top[3 + len(title) :], "dim")]
-    edge = paint("│", "dim")
+    edge = paint(side, "dim")
     for cells, text in rows:
         for k, line in enumerate(wrap_help(text, help_width)):
             left = "".join(
@@ -213,7 +228,7 @@ def panel(title: str, rows: Sequence[Row], width: int, paint: Painter) -> list[s
                 for i in used
             )
             lines.append(f"{edge} {left}{highlight_help(line, paint)}{' ' * (help_width - len(line))} {edge}")
-    lines.append(paint("╰" + "─" * (inner + 2) + "╯", "dim"))
+    lines.append(paint(bottom + rule * (inner + 2) + bottom_right, "dim"))
     return lines
 
 

@@ -1,0 +1,45 @@
+"""Found by trying `--help` as a hostile user would:
+- on a terminal whose encoding has no box-drawing characters (PYTHONIOENCODING=latin-1, an old locale),
+  ftctl's own help renderer ended in a UnicodeEncodeError traceback where Typer's Rich help had drawn
+  ASCII boxes. The help must print, whatever the output encoding;
+- `ftctl --help > /dev/full` ended in an OSError traceback (with Rich's help too): one line and exit 1,
+  as a command's own output error is."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness import Ftctl
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "ascii", "cp1252", "utf-8"])
+def test_help_prints_in_any_output_encoding(ftctl: Ftctl, encoding: str) -> None:
+    env = {**ftctl.env(), "PYTHONIOENCODING": encoding, "COLUMNS": "90"}
+    for args in (["--help"], ["config", "--help"], []):
+        done = subprocess.run(
+            [sys.executable, "-m", "ftctl", *args], capture_output=True, env=env, cwd=ftctl.root
+        )
+        assert done.returncode == (2 if not args else 0), done.stderr.decode(errors="replace")
+        assert b"Traceback" not in done.stderr, done.stderr.decode(errors="replace")
+        shown = done.stdout.decode(encoding)
+        assert "Usage: ftctl" in shown and "Options" in shown
+        boxed = [line for line in shown.splitlines() if line.startswith(("╭", "+-"))]
+        assert boxed, shown
+        if encoding != "utf-8":
+            assert all(line.startswith("+-") for line in boxed), boxed[0]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_help_to_a_full_device_is_one_line_and_exit_1(ftctl: Ftctl) -> None:
+    for args in (["--help"], ["submit", "--help"], []):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [sys.executable, "-m", "ftctl", *args], stdout=full, stderr=subprocess.PIPE, text=True,
+                env=ftctl.env(), cwd=ftctl.root,
+            )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        assert done.stderr == "error: cannot write the output: No space left on device\n", done.stderr
