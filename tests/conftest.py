@@ -91,8 +91,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def compile_ftctl() -> None:
-    """ftctl's bytecode, written once before the tests start the first of their ~1,500 ftctl processes.
-    An editable install has none until a first import writes it, and under PYTHONDONTWRITEBYTECODE=1 (set
+    """ftctl's bytecode, written once before the tests start the hundreds of ftctl processes they run. An
+    editable install has none until a first import writes it, and under PYTHONDONTWRITEBYTECODE=1 (set
     on some CI machines, and this one) no import ever does: every process compiled ftctl's modules from
     source again (measured: `ftctl status` 218 -> 199 ms on a 2-core machine). A regular `pip install`
     compiles them at install time, so this is what users run."""
