@@ -46,15 +46,18 @@ ASCII_BOX = "+-+|++"  # for an output whose encoding has no box-drawing characte
 MIN_HELP_WIDTH = 20  # a narrower terminal gets a panel wider than itself rather than one word per line
 
 
-class Command(typer.core.TyperCommand):
+class DrawnHelp:
+    """Put first among a Typer command class's bases: its help is drawn here."""
+
     def format_help(self, ctx: Any, formatter: Any) -> None:
         formatter.write(render(self, ctx))
 
 
-class Group(typer.core.TyperGroup):
-    def format_help(self, ctx: Any, formatter: Any) -> None:
-        formatter.write(render(self, ctx))
+class Command(DrawnHelp, typer.core.TyperCommand):
+    pass
 
+
+class Group(DrawnHelp, typer.core.TyperGroup):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         # `ftctl` alone: the help on stdout and exit 2, as Typer's Rich help does (its error handler
         # prints nothing for this case: it expects the help printed already).
