@@ -3,7 +3,9 @@
   ftctl's own help renderer ended in a UnicodeEncodeError traceback where Typer's Rich help had drawn
   ASCII boxes. The help must print, whatever the output encoding;
 - `ftctl --help > /dev/full` ended in an OSError traceback (with Rich's help too): one line and exit 1,
-  as a command's own output error is."""
+  as a command's own output error is;
+- COLUMNS=99999999999 (or TERMINAL_WIDTH) ended in a MemoryError traceback (with Rich's help too): the
+  boxes were drawn that wide. The help is drawn at most MAX_WIDTH wide."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import sys
 
 import pytest
 
+from ftctl.cli.help import MAX_WIDTH
 from harness import Ftctl
 
 
@@ -43,3 +46,15 @@ def test_help_to_a_full_device_is_one_line_and_exit_1(ftctl: Ftctl) -> None:
             )  # fmt: skip
         assert done.returncode == 1, done.stderr
         assert done.stderr == "error: cannot write the output: No space left on device\n", done.stderr
+
+
+@pytest.mark.parametrize("variable", ["COLUMNS", "TERMINAL_WIDTH"])
+def test_a_huge_terminal_width_draws_the_help_at_most_max_width_wide(ftctl: Ftctl, variable: str) -> None:
+    env = {**ftctl.env(), variable: "99999999999"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ftctl", "--help"], capture_output=True, text=True, env=env, cwd=ftctl.root,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    widths = [len(line) for line in done.stdout.splitlines()]
+    assert max(widths) == MAX_WIDTH, max(widths)  # the panels fill it, no line is wider

@@ -43,6 +43,7 @@ TOKEN = re.compile(
 EXTRAS = re.compile(r"\s+(\[[^\]]*\])$")  # Click's "[env var: X; default: Y]" at the end of a help text
 BOX = "╭─╮│╰╯"
 ASCII_BOX = "+-+|++"  # for an output whose encoding has no box-drawing characters (as Rich does)
+MAX_WIDTH = 1000  # wider than any terminal; COLUMNS=99999999999 drew boxes until memory ran out
 MIN_HELP_WIDTH = 20  # a narrower terminal gets a panel wider than itself rather than one word per line
 
 
@@ -118,9 +119,11 @@ def can_encode(text: str, encoding: str) -> bool:
 
 
 def terminal_width() -> int:
-    """Typer's: TERMINAL_WIDTH if set, else the terminal's (COLUMNS, or 80 when not a terminal)."""
+    """Typer's: TERMINAL_WIDTH if set, else the terminal's (COLUMNS, or 80 when not a terminal); at most
+    MAX_WIDTH."""
     given = os.environ.get("TERMINAL_WIDTH", "")
-    return int(given) if given.isdigit() and int(given) > 0 else shutil.get_terminal_size((80, 24)).columns
+    width = int(given) if given.isdigit() and int(given) > 0 else shutil.get_terminal_size((80, 24)).columns
+    return min(width, MAX_WIDTH)
 
 
 def wrap_lines(text: str, width: int, *, break_words: bool = False) -> list[str]:
