@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ftctl import collector, exiting
@@ -17,6 +18,7 @@ def main() -> None:
     exit 130, no traceback): nothing has been read or written yet. Python 3.11 reports a KeyboardInterrupt
     that lands in a class's `__set_name__` (functools.cached_property does that work, e.g. in the
     standard library's ipaddress) as a RuntimeError, so the interrupt is looked for along the chain."""
+    _open_closed_standard_streams()
     collector.fewer_collections()  # the imports ahead allocate much that stays (ftctl.collector)
     try:
         from ftctl.cli.app import main as run
@@ -39,6 +41,22 @@ def main() -> None:
     else:
         code = 0
     exiting.exit_now(code)
+
+
+def _open_closed_standard_streams() -> None:
+    """A standard stream the caller closed (`ftctl status >&-`) is opened on /dev/null: what the caller
+    discards, every command can still write (status failed on `None.isatty()`), and no file ftctl opens
+    later (the state file, a log) gets descriptor 0, 1 or 2, where what ftctl or a process it starts
+    prints would be written into it."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - for the process's life
 
 
 def _interrupted(exc: BaseException) -> bool:
