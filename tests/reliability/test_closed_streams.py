@@ -3,7 +3,8 @@
 'NoneType' object has no attribute 'isatty'" and exit 1. A closed standard stream is what the caller
 wants to discard: ftctl now opens /dev/null in its place first, so every command runs as with `>
 /dev/null`, and no file ftctl opens (the state file, a log) can land on descriptor 1 or 2, where
-anything printed, by ftctl or a process it starts, would be written into it."""
+anything printed, by ftctl or a process it starts, would be written into it. A closed stdin stays
+closed (commands that read it say so: tests/reliability/test_workspace_bounds.py); the others run."""
 
 from __future__ import annotations
 

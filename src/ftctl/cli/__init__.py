@@ -44,11 +44,11 @@ def main() -> None:
 
 
 def _open_closed_standard_streams() -> None:
-    """A standard stream the caller closed (`ftctl status >&-`) is opened on /dev/null: what the caller
-    discards, every command can still write (status failed on `None.isatty()`), and no file ftctl opens
-    later (the state file, a log) gets descriptor 0, 1 or 2, where what ftctl or a process it starts
-    prints would be written into it."""
-    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+    """An output the caller closed (`ftctl status >&-`) is opened on /dev/null: what the caller discards,
+    every command can still write (status failed on `None.isatty()`), and no file ftctl opens later (the
+    state file, a log) gets descriptor 1 or 2, where what ftctl or a process it starts prints would be
+    written into it. A closed stdin stays closed: the commands that read it say so (exit 2)."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
         try:
             os.fstat(fd)
         except OSError:
@@ -56,7 +56,7 @@ def _open_closed_standard_streams() -> None:
             if opened != fd:
                 os.dup2(opened, fd)
                 os.close(opened)
-            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - for the process's life
+            setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115 - for the process's life
 
 
 def _interrupted(exc: BaseException) -> bool:
