@@ -46,6 +46,14 @@ def test_help_to_a_full_device_is_one_line_and_exit_1(ftctl: Ftctl) -> None:
             )  # fmt: skip
         assert done.returncode == 1, done.stderr
         assert done.stderr == "error: cannot write the output: No space left on device\n", done.stderr
+    for debug in (["--debug", "--help"], ["--help"]):  # the traceback, when asked for (flag or variable)
+        env = {**ftctl.env(), "FTCTL_DEBUG": "1"} if debug == ["--help"] else ftctl.env()
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [sys.executable, "-m", "ftctl", *debug], stdout=full, stderr=subprocess.PIPE, text=True,
+                env=env, cwd=ftctl.root,
+            )  # fmt: skip
+        assert done.returncode == 1 and "Traceback" in done.stderr and "OSError" in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("variable", ["COLUMNS", "TERMINAL_WIDTH"])

@@ -32,7 +32,7 @@ def main() -> None:
     except SystemExit as exc:
         code = exiting.exit_code(exc.code)
     except OSError as exc:
-        if exc.filename is not None or "--debug" in sys.argv:  # a file's error, outside every command
+        if exc.filename is not None or _debug():  # a file's error, outside every command
             raise
         # What a command writes goes through its error handling; the help and the usage text (`--help >
         # /dev/full`) are written before any command runs.
@@ -41,6 +41,12 @@ def main() -> None:
     else:
         code = 0
     exiting.exit_now(code)
+
+
+def _debug() -> bool:
+    """--debug or FTCTL_DEBUG (as Typer reads a flag's variable), for an error outside every command."""
+    given = os.environ.get("FTCTL_DEBUG", "").strip().lower()
+    return "--debug" in sys.argv or given in ("1", "true", "t", "yes", "y", "on")
 
 
 def _open_closed_standard_streams() -> None:
