@@ -3,6 +3,10 @@
 The notebook's path, per split: `datasets.load_dataset(DIR, split="<split>[0%:100%]").to_json(...)`
 (with a fresh datasets cache each time, as a first run has). ftctl validates every record as well.
 
+Every run starts after an `os.sync()` (not timed): ftctl fsyncs what it writes, the notebook's path
+does not, and at full size its ~3 GB of cache and JSON were still being written back to the disk during
+the ftctl run that followed it (12.6 s such a run, ~10 s one after a sync).
+
     python bench/prepare_data.py DATASET_DIR [--repetitions 3] [--result prepare_data_10pc]
 """
 
@@ -39,6 +43,7 @@ def main(dataset: Path, repetitions: int, result: str = "prepare_data", goal: st
 
     def run_ftctl() -> float:
         shutil.rmtree(workspace / "data", ignore_errors=True)
+        os.sync()
         command = [*ftctl, "--set", f"data.dataset={dataset}", "prepare-data", "--split-pc", "100", "--force"]
         elapsed, peak = peak_rss_of(command, env=env)
         rss["ftctl prepare-data"].append(peak)
@@ -50,6 +55,7 @@ def main(dataset: Path, repetitions: int, result: str = "prepare_data", goal: st
         for path in (out, cache):
             shutil.rmtree(path, ignore_errors=True)
         out.mkdir()
+        os.sync()
         elapsed, peak = peak_rss_of(
             [sys.executable, "-c", NOTEBOOK, str(dataset), str(out)],
             env={**env, "HF_DATASETS_CACHE": str(cache)},

@@ -115,6 +115,39 @@ def test_file_signature_tracks_content(tmp_path: Path) -> None:
     assert file_signature(tmp_path).startswith("tree:")
 
 
+def test_a_writers_digest_stands_only_for_the_file_it_wrote(tmp_path: Path) -> None:
+    """A writer that hashed what it wrote (prepare-data's splits) vouches for the file's signature, which
+    is then not read again; a file changed since (its size or mtime), or another file put in its place,
+    is hashed as usual."""
+    import hashlib
+
+    from ftctl.state import vouch_digest
+
+    def sha(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def identity(path: Path) -> tuple[int, int, int]:
+        now = path.stat()
+        return (now.st_ino, now.st_size, now.st_mtime_ns)
+
+    kept, grown, replaced = (tmp_path / name for name in ("kept", "grown", "replaced"))
+    for path in (kept, grown, replaced):
+        path.write_bytes(b"as written\n")
+    written = {path: identity(path) for path in (kept, grown, replaced)}
+    with grown.open("ab") as handle:  # appended to after its writer closed it
+        handle.write(b"more\n")
+    other = tmp_path / "other"
+    other.write_bytes(b"as written\n")
+    other.replace(replaced)  # the same bytes, another file (inode)
+    for path in (kept, grown, replaced):
+        vouch_digest(path, written[path], "sha256:the writer's")
+    assert file_signature(kept) == "sha256:the writer's"  # taken as is: not read
+    assert file_signature(grown) == sha(b"as written\nmore\n")
+    assert file_signature(replaced) == sha(b"as written\n")
+    vouch_digest(tmp_path / "missing", written[kept], "sha256:the writer's")
+    assert file_signature(tmp_path / "missing") == "missing"
+
+
 def test_a_zombie_is_not_alive() -> None:
     """An ended process not yet collected by its parent is not alive: its temp files may go."""
     import time

@@ -315,10 +315,30 @@ def file_signature(path: Path) -> str:
         return f"special:{stat.S_IFMT(st.st_mode):o}"
     if st.st_size > HASH_LIMIT:
         return f"stat:{st.st_size}:{st.st_mtime_ns}"
-    key = (str(path.absolute()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key = _signature_key(path, st)
     if key not in _signatures:
         _signatures[key] = file_digest(path)
     return _signatures[key]
+
+
+def vouch_digest(path: Path, written: tuple[int, int, int] | None, content: str) -> None:
+    """Take `content` ("sha256:...") as the signature of the file at `path` if it is still the file it was
+    computed for: the same inode, size and mtime as when its writer closed it (`written`). A writer that
+    hashed what it wrote spares reading it again (prepare-data's splits: ~0.3 s a run at a tenth of
+    ultrachat_200k)."""
+    if written is None:
+        return
+    try:
+        now = path.stat()
+    except OSError:
+        return
+    same = stat.S_ISREG(now.st_mode) and (now.st_ino, now.st_size, now.st_mtime_ns) == written
+    if same and now.st_size <= HASH_LIMIT:  # a bigger file's signature is its size and mtime
+        _signatures[_signature_key(path, now)] = content
+
+
+def _signature_key(path: Path, st: os.stat_result) -> tuple[str, int, int, int, int]:
+    return (str(path.absolute()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def digest(obj: Any) -> str:

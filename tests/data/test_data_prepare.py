@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -355,12 +358,17 @@ def test_source_kind(tmp_path, monkeypatch):
     assert source_kind(str(sample.default_output_dir())) == "hub-layout"
 
 
-def test_parallel_writer_matches_sequential(tmp_path, monkeypatch):
-    """Large parquet datasets are written by one worker process per core: same bytes."""
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_parallel_writer_matches_sequential(tmp_path, monkeypatch, method):
+    """Large parquet datasets are shared with a helper process per other core, forked where this process
+    runs no other thread, else spawned: the same bytes either way."""
     sequential = prepare(SAMPLE_DATASET, tmp_path / "seq")
     import ftctl.data.prepare as module
 
     monkeypatch.setattr(module, "PARALLEL_MIN_ROWS", 10)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    late = 0 if method == "fork" else module.HELPER_START_ROWS
+    monkeypatch.setattr(module, "_helper_start", lambda: (method, late))
     parallel = prepare(SAMPLE_DATASET, tmp_path / "par")
     assert [(s.name, s.rows_written, s.sha256) for s in parallel.splits] == [
         (s.name, s.rows_written, s.sha256) for s in sequential.splits
@@ -368,10 +376,13 @@ def test_parallel_writer_matches_sequential(tmp_path, monkeypatch):
     assert _listing(tmp_path / "par") == sorted(f"{s}.jsonl" for s in SAMPLE_SIZES)
 
 
-def test_parallel_failure_leaves_nothing(tmp_path, write_hub_layout, make_chat, monkeypatch):
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_parallel_failure_leaves_nothing(tmp_path, write_hub_layout, make_chat, monkeypatch, method):
     import ftctl.data.prepare as module
 
     monkeypatch.setattr(module, "PARALLEL_MIN_ROWS", 10)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(module, "_helper_start", lambda: (method, 0))
     src = write_hub_layout({"train_sft": [make_chat(i) for i in range(30)], "test_sft": [make_chat(99)] * 5})
     next((src / "data").glob("test_sft-*.parquet")).write_bytes(b"PAR1 broken PAR1")
     out = tmp_path / "out"
@@ -382,14 +393,37 @@ def test_parallel_failure_leaves_nothing(tmp_path, write_hub_layout, make_chat, 
 
 
 def test_shares_give_this_process_the_biggest_split_and_the_helpers_a_late_start() -> None:
-    """A large parquet dataset is shared between this process and helpers that start HELPER_START_ROWS
-    rows late: biggest split first, each to whoever would finish first (10 % ultrachat scale: 25.6k +
-    2.3k rows here, 20.8k + 2.8k in the helper)."""
+    """A large parquet dataset is shared between this process and helpers that start `start_rows` rows
+    late (HELPER_START_ROWS when spawned, 0 when forked): biggest split first, each to whoever would
+    finish first (10 % ultrachat scale)."""
     import ftctl.data.prepare as module
 
+    late = module.HELPER_START_ROWS
     ten_pc = {"train_sft": 20_786, "test_sft": 2_311, "train_gen": 25_603, "test_gen": 2_830}
-    assert module._shares(ten_pc, 1) == (["train_gen", "test_sft"], ["train_sft", "test_gen"])
-    # a helper is worth its start only when this process would otherwise still be busy
-    assert module._shares({"a": 9_000, "b": 1_000}, 1) == (["a"], ["b"])
-    assert module._shares({"a": 3_000, "b": 1_000}, 1) == (["a", "b"], [])
-    assert module._shares({"a": 10, "b": 10, "c": 10}, 0) == (["a", "b", "c"], [])
+    # spawned: 25.6k + 2.3k rows here, 20.8k + 2.8k in the helper
+    assert module._shares(ten_pc, 1, late) == (["train_gen", "test_sft"], ["train_sft", "test_gen"])
+    # forked, it starts at once: 25.6k here, 25.9k there
+    assert module._shares(ten_pc, 1, 0) == (["train_gen"], ["train_sft", "test_gen", "test_sft"])
+    # a spawned helper is worth its start only when this process would otherwise still be busy
+    assert module._shares({"a": 9_000, "b": 1_000}, 1, late) == (["a"], ["b"])
+    assert module._shares({"a": 3_000, "b": 1_000}, 1, late) == (["a", "b"], [])
+    assert module._shares({"a": 3_000, "b": 1_000}, 1, 0) == (["a"], ["b"])
+    assert module._shares({"a": 10, "b": 10, "c": 10}, 0, late) == (["a", "b", "c"], [])
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("", "fork"),
+        ("import threading; threading.Thread(target=threading.Event().wait, daemon=True).start()", "spawn"),
+        ("import types; sys.modules['torch'] = types.ModuleType('torch')", "spawn"),
+    ],
+    ids=["alone", "another-thread", "torch-loaded"],
+)
+def test_helpers_are_forked_only_from_a_process_with_no_other_thread_and_no_torch(setup, expected):
+    """A fork copies every lock as it stands, those another thread holds too (MLflow's, torch's pools):
+    the helper is forked (it starts at once, pyarrow imported) only where no other Python thread runs and
+    torch is not loaded; otherwise spawned."""
+    code = f"import sys, pyarrow; {setup}\nfrom ftctl.data import prepare as p; print(p._helper_start()[0])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == (expected if sys.platform == "linux" else "spawn")

@@ -56,6 +56,8 @@ class SplitReport:
     where: str = ""  # what the line numbers count in: `<where>:<line>` (a file, <split>.jsonl, a split)
     format: str | None = None  # the format the records were read as (ftctl.data.formats)
     detected_at: int | None = None  # the line the format was detected from (None: forced, or not found)
+    # (inode, size, mtime in ns) of the temp file as its writer closed it: `sha256` is that file's hash
+    written: tuple[int, int, int] | None = None
     duplicates: list[tuple[int, int]] = field(default_factory=list)  # (line, line of its first copy)
     overlap: list[tuple[int, int]] = field(default_factory=list)  # (line, line of the train record)
     refused: list[Dropped] = field(default_factory=list)  # weight 0 where the backend cannot honour it
@@ -112,6 +114,7 @@ class SplitWriter:
         self._pending: list[bytes] = []  # lines not yet written: written and hashed ~1 MiB at a time
         self._pending_bytes = 0
         self.bytes = 0
+        self.written: tuple[int, int, int] | None = None
         self.rows_read = 0
         self.rows_written = 0
         self.dropped: list[Dropped] = []
@@ -191,9 +194,11 @@ class SplitWriter:
             try:
                 self._fh.flush()
                 os.fsync(self._fh.fileno())
+                done = os.fstat(self._fh.fileno())
                 self._fh.close()
             except OSError as exc:
                 raise self._failed(exc) from None
+            self.written = (done.st_ino, done.st_size, done.st_mtime_ns)
 
     def _failed(self, exc: OSError) -> DataError:
         return DataError(
@@ -221,6 +226,7 @@ class SplitWriter:
             duplicates=self.duplicates,
             overlap=self.overlap,
             refused=self.refused,
+            written=self.written,
         )
 
 
