@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ftctl.config import Config, LoadedConfig
-from ftctl.state import StateStore
+from ftctl.state import StateStore, keep_signatures_in
 from ftctl.ui import UI
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ class Context:
     command: str = "ftctl"
     # What the caller injects into the backend's handles (tests: Azure ML's transport and credential).
     backend_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        keep_signatures_in(self.workspace)  # the content hashes of unchanged files, between commands
 
     @property
     def cfg(self) -> Config:

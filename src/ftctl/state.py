@@ -121,8 +121,9 @@ def make_dirs(path: Path, root: Path, mode: int = 0o777, new: bool = False) -> P
     return path
 
 
-def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write `text` to `path` so that readers see the old or the new file, never a partial one.
+def atomic_write_text(path: Path, text: str, mode: int = 0o644, durable: bool = True) -> None:
+    """Write `text` to `path` so that readers see the old or the new file, never a partial one; with
+    `durable`, on the disk before this returns (a cache need not be).
 
     The temp file gets a fresh name, created exclusively and without following links; a `path` that is
     a symbolic link is refused (StateError naming it), never written through."""
@@ -132,13 +133,16 @@ def atomic_write_text(path: Path, text: str, mode: int = 0o644) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+    if not durable:
+        return
     with contextlib.suppress(OSError):
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -275,6 +279,75 @@ def file_digest(path: Path) -> str:
 _signatures: dict[tuple[str, int, int, int, int], str] = {}  # one hash per file and process
 
 
+class SignatureCache:
+    """Content hashes kept between commands in <workspace>/signatures.json, like DVC's cache of file
+    hashes: `ftctl status` re-hashed the same model and data files on every call (~30 ms of ~230 in the
+    quickstart workspace; a user's data files of up to 64 MiB each cost more).
+
+    An entry is `path -> [inode, size, mtime_ns, ctime_ns, digest]`, used only while all four still
+    match the file. No writer can keep all four while changing the content: a write moves mtime and
+    ctime (which no one can set back), a new file has a new ctime. A file whose ctime is within
+    RACY_NS of the moment it was hashed is not kept (a change within the same timestamp tick of a
+    coarse clock could otherwise leave mtime and ctime as they were). The file is a cache: written
+    without fsync, read only when it is a regular file under MAX_BYTES that parses, and rewritten
+    whole (last writer wins; a lost entry is hashed again). It is written only into a workspace that
+    exists, and a workspace that cannot be written (read-only, another user's) just keeps none."""
+
+    NAME = "signatures.json"
+    MAX_ENTRIES = 4096
+    MAX_BYTES = 4 * 1024 * 1024
+    RACY_NS = 2_000_000_000
+
+    def __init__(self, workspace: Path) -> None:
+        self.path = workspace / self.NAME
+        self._entries: dict[str, list[Any]] | None = None
+        self._dirty = False
+
+    def _load(self) -> dict[str, list[Any]]:
+        if self._entries is None:
+            self._entries = {}
+            with contextlib.suppress(OSError, ValueError, StateError, RecursionError):
+                data = json.loads(read_text_nofollow(self.path, self.MAX_BYTES))
+                files = data.get("files") if isinstance(data, dict) and data.get("version") == 1 else None
+                if isinstance(files, dict):
+                    self._entries = files
+        return self._entries
+
+    def get(self, key: tuple[str, int, int, int, int]) -> str | None:
+        entry = self._load().get(key[0])
+        if isinstance(entry, list) and len(entry) == 5 and entry[:4] == list(key[1:]):
+            return entry[4] if isinstance(entry[4], str) else None
+        return None
+
+    def put(self, key: tuple[str, int, int, int, int], digest: str, hashed_at_ns: int) -> None:
+        if hashed_at_ns - key[4] < self.RACY_NS:
+            return
+        entries = self._load()
+        entries.pop(key[0], None)  # to the end: the oldest entries go first
+        entries[key[0]] = [*key[1:], digest]
+        while len(entries) > self.MAX_ENTRIES:
+            del entries[next(iter(entries))]
+        self._dirty = True
+
+    def save(self) -> None:
+        if not self._dirty or not self.path.parent.is_dir():
+            return
+        self._dirty = False
+        text = json.dumps({"version": 1, "files": self._entries}, separators=(",", ":"))
+        with contextlib.suppress(OSError, StateError):
+            atomic_write_text(self.path, text, durable=False)
+
+
+_cache: SignatureCache | None = None
+
+
+def keep_signatures_in(workspace: Path) -> None:
+    """Keep the content hashes file_signature computes in `workspace` (SignatureCache), from now on."""
+    global _cache
+    if _cache is None or _cache.path.parent != workspace:
+        _cache = SignatureCache(workspace)
+
+
 def _tree_files(root: Path, limit: int) -> list[Path]:
     """Up to `limit` + 1 regular files under `root` (links to folders not followed), sorted."""
     found: list[Path] = []
@@ -293,7 +366,7 @@ def _tree_signature(path: Path) -> str:
     files = _tree_files(path, TREE_MAX_FILES)
     if len(files) > TREE_MAX_FILES:  # no model folder is that large: not hashed, and it says so
         return f"tree:over {TREE_MAX_FILES} files"
-    parts = [f"{p.relative_to(path)}={file_signature(p)}" for p in files]
+    parts = [f"{p.relative_to(path)}={_signature(p)}" for p in files]
     return "tree:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -302,7 +375,16 @@ def file_signature(path: Path) -> str:
     'missing' when absent. Nothing else is opened: a FIFO or a device (a link to /dev/zero) is named by
     its kind, so no read can block or go on for ever.
 
-    Computed once per process for a file whose inode, size, mtime and ctime have not changed."""
+    Computed once per process for a file whose inode, size, mtime and ctime have not changed, and kept
+    between commands in the workspace's SignatureCache (keep_signatures_in)."""
+    try:
+        return _signature(path)
+    finally:
+        if _cache is not None:
+            _cache.save()
+
+
+def _signature(path: Path) -> str:
     try:
         st = path.stat()
     except (FileNotFoundError, NotADirectoryError):
@@ -317,7 +399,13 @@ def file_signature(path: Path) -> str:
         return f"stat:{st.st_size}:{st.st_mtime_ns}"
     key = _signature_key(path, st)
     if key not in _signatures:
-        _signatures[key] = file_digest(path)
+        kept = _cache.get(key) if _cache is not None else None
+        if kept is None:
+            hashed_at = time.time_ns()
+            kept = file_digest(path)
+            if _cache is not None:
+                _cache.put(key, kept, hashed_at)
+        _signatures[key] = kept
     return _signatures[key]
 
 
