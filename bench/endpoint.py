@@ -1,6 +1,9 @@
 """Endpoint: requests/s and p50/p95 latency at 1, 4 and 16 concurrent clients, max_new_tokens 32,
 ftctl's local endpoint against `mlflow models serve` of the same registered model; plus the p50
-overhead of ftctl's endpoint over a bare `model.generate` of the same request (1 client).
+overhead of ftctl's endpoint over a bare `model.generate` of the same request (1 client). The bare
+generate is measured in each repetition right after the 1-client round (median of those): measured once
+at the end, it ran at another moment of a machine whose speed drifted (bare p50 13 to 21 ms within the
+hour), and the overhead swung with it (2.1 to 7.2 ms for the same server code).
 
     python bench/endpoint.py [--requests 48] [--repetitions 2]
 """
@@ -151,6 +154,7 @@ def main(requests: int, repetitions: int) -> dict:
             for _ in range(3):
                 _post(url, body, headers)
         results: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in contenders}
+        bares: list[float] = []
         for _ in range(repetitions):
             for clients in (1, 4, 16):
                 for name, (url, body, headers) in contenders.items():
@@ -158,11 +162,13 @@ def main(requests: int, repetitions: int) -> dict:
                     results[name].setdefault(str(clients), []).append(
                         load(url, body, headers, clients, total)
                     )
+                if clients == 1:  # beside the 1-client round it is compared with, as the machine is now
+                    bares.append(bare_generate_p50(model_dir))
     finally:
         serve.terminate()
         serve.wait()
         run_measured([*ftctl, "teardown"])
-    bare = bare_generate_p50(model_dir)
+    bare = statistics.median(bares)
 
     summary: dict[str, dict[str, dict[str, float]]] = {}
     rows = []
