@@ -188,9 +188,15 @@ class UI:
         return Console(file=self.err, highlight=False, force_terminal=True)
 
     @contextlib.contextmanager
-    def progress(self, description: str, total: float | None = None, unit: str = "") -> Iterator[Progress]:
+    def progress(
+        self, description: str, total: float | None = None, unit: str = "", ticked: bool = False
+    ) -> Iterator[Progress]:
         """A task with a count (steps, rows): a live bar with the count, `info`, ETA and elapsed time on
-        a terminal; one plain line per `update` otherwise. Nesting draws the inner one as plain lines."""
+        a terminal; one plain line per `update` otherwise. Nesting draws the inner one as plain lines.
+
+        `ticked`: the caller updates the bar several times a second, from the thread doing the work, and
+        the bar is drawn only then: no drawing thread runs beside it (prepare-data forks its helper only
+        from a process with no other thread)."""
         task = Progress(self, description, total, unit)
         if not self.live or self._console is not None:
             yield task
@@ -215,7 +221,12 @@ class UI:
             TimeElapsedColumn(),
         ]
         with RichProgress(
-            *columns, console=console, transient=False, refresh_per_second=8, redirect_stdout=False
+            *columns,
+            console=console,
+            transient=False,
+            refresh_per_second=8,
+            redirect_stdout=False,
+            auto_refresh=not ticked,
         ) as bar:
             task._rich = bar
             task._task = bar.add_task(description, total=total, info="")

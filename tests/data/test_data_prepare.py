@@ -376,6 +376,29 @@ def test_parallel_writer_matches_sequential(tmp_path, monkeypatch, method):
     assert _listing(tmp_path / "par") == sorted(f"{s}.jsonl" for s in SAMPLE_SIZES)
 
 
+@pytest.mark.parametrize("method", [None, "fork", "spawn"], ids=["alone", "forked", "spawned"])
+def test_rows_read_are_told_as_they_go_and_in_full_at_the_end(tmp_path, monkeypatch, method):
+    """prepare's `rows` callback hears the rows read so far, a helper's as well as this process's, while
+    it reads (a live count for a long read) and the total at the end."""
+    import ftctl.data.prepare as module
+    import ftctl.data.sources as sources
+
+    monkeypatch.setattr(sources, "COUNT_EVERY", 5)
+    monkeypatch.setattr(module, "REPORT_S", 0.0)  # every count is told
+    if method is not None:
+        monkeypatch.setattr(module, "PARALLEL_MIN_ROWS", 10)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        monkeypatch.setattr(module, "_helper_start", lambda: (method, 0))
+    told: list[int] = []
+    report = prepare(SAMPLE_DATASET, tmp_path / "out", rows=told.append)
+    total = sum(split.rows_read for split in report.splits)
+    assert told[-1] == total == sum(SAMPLE_SIZES.values())
+    assert told == sorted(told) and len(set(told)) > 3, told  # rising, in steps, not once at the end
+    if method is not None:  # the helper's splits are counted too, not only this process's
+        here = max(SAMPLE_SIZES.values())
+        assert total > here
+
+
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_parallel_failure_leaves_nothing(tmp_path, write_hub_layout, make_chat, monkeypatch, method):
     import ftctl.data.prepare as module

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -164,3 +167,24 @@ def test_submit_in_a_terminal_draws_a_live_bar(trained) -> None:
     assert re.search(r"training ━+ 8/8 steps +loss \d\.\d{4}", screen)
     assert "eval_loss " in screen and "  done: train_loss" in screen
     assert "training: 4/8 steps" not in screen  # no plain progress lines on a terminal
+
+
+@pytest.mark.parametrize(("ticked", "threads"), [(True, 1), (False, 2)])
+def test_a_ticked_bar_is_drawn_by_its_caller_with_no_thread_beside_it(ticked: bool, threads: int) -> None:
+    """prepare-data's bar is ticked: drawn when its caller updates it, with no drawing thread (its helper
+    is forked only from a process with no other thread); other bars keep Rich's refresh thread."""
+    code = f"""
+import io, threading
+from ftctl.ui import UI
+class Terminal(io.StringIO):
+    def isatty(self): return True
+err = Terminal()
+with UI(err=err).progress("reading", unit="rows", ticked={ticked}) as bar:
+    bar.update(256, quiet=True)
+    print(threading.active_count())
+assert "256" in err.getvalue()
+"""
+    env = {**os.environ, "TERM": "xterm-256color"}
+    env.pop("FTCTL_PROGRESS", None)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert int(done.stdout.strip()) == threads, done.stderr

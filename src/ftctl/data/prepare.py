@@ -243,6 +243,7 @@ def prepare(
     options: PrepareOptions | None = None,
     *,
     progress: Callable[[str], None] | None = None,
+    rows: Callable[[int], None] | None = None,
 ) -> PrepareReport:
     """Write `<download_dir>/<split>.jsonl` for every split of `dataset` (or those `options` name).
 
@@ -250,7 +251,8 @@ def prepare(
     and replaces the output files only once all splits were read and the train split has at least
     `min_train_rows` valid rows (and never none); see PrepareOptions. Raises DataError for unusable
     input, or a download folder that cannot be written; nothing is written then. `progress` receives a
-    line per split written.
+    line per split written; `rows`, the number of rows read so far (helpers' included), at most every
+    REPORT_S while reading and once at the end.
     """
     opts = options or PrepareOptions()
     if opts.engine not in ("arrow", "datasets"):
@@ -262,6 +264,8 @@ def prepare(
     pc = _check_split_pc(opts.split_pc)
     kind = source_kind(dataset)
     source = Source(dataset, kind, opts.subset, opts.revision, opts.engine)
+    tally = _Tally(rows)
+    source.counted = tally
     say = progress or (lambda _line: None)
     if kind == SOURCE_HUB:
         _check_hub_reachable(dataset, say)
@@ -288,6 +292,7 @@ def prepare(
                 for report, tmp in written:
                     done[report.name] = (report, tmp)
                     say(f"{report.name}: {report.rows_written} rows, {len(report.dropped)} dropped")
+        tally.tell(final=True)
         _check_train_rows(source, done[opts.train_split][0], opts)
         _check_refused([done[split][0] for split in wanted])
         _commit([done[split] for split in wanted])
@@ -341,6 +346,30 @@ def _check_refused(reports: Sequence[SplitReport]) -> None:
         hint="remove the weight 0 turns (or their weight, to train on them), or use the local backend, "
         "which honours weight 0",
     )
+
+
+REPORT_S = 0.1  # how often prepare's `rows` callback hears the count, at most
+
+
+class _Tally:
+    """Rows read so far by one prepare(): this process's (it is its Source's `counted`) and its helpers'
+    (`helpers`, a shared counter they add to), told to `report` at most every REPORT_S."""
+
+    def __init__(self, report: Callable[[int], None] | None) -> None:
+        self.report = report
+        self.here = 0
+        self.helpers: Any = None  # a multiprocessing.Value, while helpers write
+        self._due = 0.0
+
+    def __call__(self, rows: int) -> None:
+        self.here += rows
+        self.tell()
+
+    def tell(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if self.report is not None and (final or now >= self._due):
+            self._due = now + REPORT_S
+            self.report(self.here + (self.helpers.value if self.helpers is not None else 0))
 
 
 def _commit(files: Sequence[tuple[SplitReport, Path]]) -> None:
@@ -483,6 +512,8 @@ def _write_one_in_worker(
 ) -> tuple[SplitReport, Path]:
     dataset, kind, subset, revision, engine, split, pc, download_dir, spec = args
     source = Source(dataset, kind, subset, revision, engine)
+    if _helper_rows is not None:
+        source.counted = _count_in_helper
     report, tmp, _ = _write_one(source, split, pc, Path(download_dir), spec)
     return report, tmp
 
@@ -643,15 +674,18 @@ def _write_shared(
     results: dict[str, tuple[SplitReport, Path]] = {}
     futures: list[Future[tuple[SplitReport, Path]]] = []
     pool = None
+    tally = source.counted if isinstance(source.counted, _Tally) else _Tally(None)
     try:
         if theirs:
             where = (source.dataset, source.kind, source.subset, source.revision, source.engine)
             helpers = min(len(theirs), _cores() - 1)
+            context = multiprocessing.get_context(method)
+            tally.helpers = context.Value("q", 0)
             pool = ProcessPoolExecutor(
                 helpers,
-                mp_context=multiprocessing.get_context(method),
-                initializer=_end_with_parent,
-                initargs=(os.getpid(),),
+                mp_context=context,
+                initializer=_start_helper,
+                initargs=(os.getpid(), tally.helpers),
             )
             futures = [
                 pool.submit(_write_one_in_worker, (*where, s, pc, str(download_dir), spec)) for s in theirs
@@ -659,12 +693,14 @@ def _write_shared(
         for split in mine:
             report, tmp, _ = _write_one(source, split, pc, download_dir, spec)
             results[split] = (report, tmp)
-        if futures:
-            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        pending = set(futures)
+        while pending:  # the helpers' rows go on being told while this process waits for them
+            finished, pending = wait(pending, timeout=REPORT_S, return_when=FIRST_EXCEPTION)
+            tally.tell()
             failed = next((f for f in finished if f.exception() is not None), None)
             if failed is not None:
                 raise failed.exception()  # type: ignore[misc]
-            results.update((f.result()[0].name, f.result()) for f in futures)
+        results.update((f.result()[0].name, f.result()) for f in futures)
     except BaseException:  # a split failed, or KeyboardInterrupt: stop the helpers, delete what was written
         for _, tmp in results.values():
             with contextlib.suppress(OSError):
@@ -677,11 +713,21 @@ def _write_shared(
     return results
 
 
-def _end_with_parent(parent: int) -> None:
-    """A helper's first act: watch the process that started it and end when it has gone. Killed (SIGKILL
-    leaves no time to stop helpers), it would otherwise leave its helpers waiting for work forever, and
-    their temp files, those of live processes, where no later run removes them
-    (tests/reliability/test_data_output.py)."""
+_helper_rows: Any = None  # in a helper process: the counter its rows read are added to (_start_helper)
+
+
+def _count_in_helper(rows: int) -> None:
+    with _helper_rows.get_lock():
+        _helper_rows.value += rows
+
+
+def _start_helper(parent: int, rows: Any) -> None:
+    """A helper's first act: keep the counter its rows go to, and watch the process that started it and
+    end when it has gone. Killed (SIGKILL leaves no time to stop helpers), it would otherwise leave its
+    helpers waiting for work forever, and their temp files, those of live processes, where no later run
+    removes them (tests/reliability/test_data_output.py)."""
+    global _helper_rows
+    _helper_rows = rows
 
     def watch() -> None:
         while os.getppid() == parent:

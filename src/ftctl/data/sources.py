@@ -14,7 +14,7 @@ import contextlib
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +91,17 @@ def hub_layout_splits(folder: Path) -> dict[str, list[Path]]:
 
 
 ROW_GROUP_LIMIT = 256 * 1024 * 1024  # bigger row groups are read in batches to bound memory
+
+
+def _counting(rows: Iterator[tuple[int, Any]], counted: Callable[[int], None]) -> Iterator[tuple[int, Any]]:
+    handed = 0
+    for row in rows:
+        yield row
+        handed += 1
+        if handed == COUNT_EVERY:
+            counted(handed)
+            handed = 0
+    counted(handed)
 
 
 def parquet_rows(paths: Sequence[Path]) -> int:
@@ -326,8 +337,12 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+COUNT_EVERY = 256  # rows a Source hands out between two calls of its `counted`
+
+
 class Source:
-    """Split names and row readers for one dataset."""
+    """Split names and row readers for one dataset. `counted`, when set, hears how many rows `rows`
+    has handed out, every COUNT_EVERY rows and at the end of a split (progress for a long read)."""
 
     def __init__(
         self, dataset: str, kind: str, subset: str | None, revision: str | None, engine: str = "arrow"
@@ -337,6 +352,7 @@ class Source:
         self.engine = engine
         self.subset = subset
         self.revision = revision
+        self.counted: Callable[[int], None] | None = None
         if kind == SOURCE_SAMPLE:
             self.location = str(sample_dataset_dir())
         elif kind in (SOURCE_HUB_LAYOUT, SOURCE_JSONL_DIR, SOURCE_FILE):
@@ -402,6 +418,10 @@ class Source:
         return [str(n) for n in names]
 
     def rows(self, split: str, split_pc: float) -> Iterator[tuple[int, Any]]:
+        rows = self._rows(split, split_pc)
+        return rows if self.counted is None else _counting(rows, self.counted)
+
+    def _rows(self, split: str, split_pc: float) -> Iterator[tuple[int, Any]]:
         if self.kind == SOURCE_FILE:
             yield from read_file(Path(self.location), split_pc)
             return

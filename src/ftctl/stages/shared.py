@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import ftctl
 from ftctl.config import TINY_MODEL, FinetuneSection
 from ftctl.constants import SAMPLE_DATASET
-from ftctl.errors import ConfigError, UsageError
+from ftctl.errors import ConfigError, DataError, UsageError
 from ftctl.models.smollm2 import NAME as SMOLLM2
 from ftctl.records import StateView
 from ftctl.scoring import build_request, expected_reply, parse_response, pick_conversation
@@ -292,20 +292,24 @@ def prepare_run(ctx: Context, call: StageCall) -> Outputs:
     into the train and test splits (data.test_pc, data.seed); duplicates and overlap are reported."""
     from ftctl.data.formats import NAMES
     from ftctl.data.prepare import PrepareOptions, format_checks, format_dropped, prepare
+    from ftctl.data.sources import SOURCE_HUB, source_kind
 
     cfg = ctx.cfg.data
     out_dir = make_dirs(ctx.data_dir(), ctx.workspace)
     ctx.ui.info(f"  {cfg.dataset} -> {out_dir} ({cfg.split_pc:g}% of each split)")
-    with ctx.ui.progress("reading and validating", unit="rows") as bar:
-        rows = 0
+    # Drawn as rows are counted, with no drawing thread (a helper is forked only from a process with no
+    # other thread); a hub download counts no row for minutes, so its bar keeps Rich's thread.
+    try:
+        ticked = source_kind(cfg.dataset) != SOURCE_HUB
+    except DataError:  # prepare() says what is wrong, after what it checks first
+        ticked = True
+    with ctx.ui.progress("reading and validating", unit="rows", ticked=ticked) as bar:
 
         def progress(line: str) -> None:  # "<split>: N rows, M dropped" once a split is done
-            nonlocal rows
             bar.log(f"  {line}")
-            found = re.match(r"\S+: (\d+) (rows|records)", line)
-            if found:
-                rows += int(found.group(1))
-                bar.update(rows, quiet=True)
+
+        def rows(read: int) -> None:  # rows read so far, ~10 times a second (the bar's only drawing)
+            bar.update(read, quiet=True)
 
         report = prepare(
             cfg.dataset,
@@ -325,6 +329,7 @@ def prepare_run(ctx: Context, call: StageCall) -> Outputs:
                 weights=ctx.backend.has("loss_weights"),
             ),
             progress=progress,
+            rows=rows,
         )
     formats = {split.format for split in report.splits if split.format}
     if report.checked or formats != {"openai"}:  # the user's own data (ultrachat's output stays as it was)
