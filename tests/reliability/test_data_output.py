@@ -401,3 +401,55 @@ def test_a_killed_prepare_leaves_no_helper_process_behind(tmp_path: Path) -> Non
     report = prepare(str(src), out)  # the next run removes what the dead ones left
     assert {s.name: s.rows_written for s in report.splits} == {"train_sft": 2000, "test_sft": 300}
     assert sorted(p.name for p in out.iterdir()) == ["test_sft.jsonl", "train_sft.jsonl"]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_helper_killed_midway_is_a_clear_failure_that_leaves_nothing(tmp_path: Path, method: str) -> None:
+    """Found by SIGKILLing the helper of a full-size prepare-data (as the kernel's OOM killer would):
+    "unexpected BrokenProcessPool: A process in the process pool was terminated abruptly...". It is now
+    a failure that says which splits the helper was writing; no temp file is left, none of the old
+    outputs is touched."""
+    src = _hub_layout(tmp_path / "src", {"train_sft": range(2000), "test_sft": range(5000, 5300)})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train_sft.jsonl").write_text("old train\n")
+    script = textwrap.dedent(
+        f"""
+        import time
+        import ftctl.data.prepare as module
+        import ftctl.data.writer as writer
+        from ftctl.errors import FtctlError
+        module.PARALLEL_MIN_ROWS = 10
+        module._helper_start = lambda: ({method!r}, 0)  # test_sft goes to the helper
+        real = writer.check_record
+        def slow(record):  # both processes write slowly: the helper is killed while it writes
+            time.sleep(0.002)
+            return real(record)
+        writer.check_record = slow
+        try:
+            module.prepare({str(src)!r}, module.Path({str(out)!r}))
+        except FtctlError as exc:
+            print(type(exc).__name__, exc.exit_code, exc.message, "|", exc.hint)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        helper = None
+        deadline = time.monotonic() + 60
+        while helper is None and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            pids = {int(p.name.split(".")[3]) for p in out.glob(".*.jsonl.*.tmp")}
+            helper = next(iter(pids - {proc.pid}), None)
+            time.sleep(0.01)
+        assert helper is not None, "no helper wrote a temp file"
+        os.kill(helper, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    said = stdout.decode()
+    assert said.startswith("StageFailed 1 "), (said, stderr.decode()[-2000:])
+    assert "test_sft" in said and "ended abruptly" in said and "BrokenProcessPool" not in said
+    assert sorted(p.name for p in out.iterdir()) == ["train_sft.jsonl"]
+    assert (out / "train_sft.jsonl").read_text() == "old train\n"

@@ -699,7 +699,7 @@ def _write_shared(
             tally.tell()
             failed = next((f for f in finished if f.exception() is not None), None)
             if failed is not None:
-                raise failed.exception()  # type: ignore[misc]
+                raise _helper_failure(failed.exception(), theirs)  # type: ignore[arg-type]
         results.update((f.result()[0].name, f.result()) for f in futures)
     except BaseException:  # a split failed, or KeyboardInterrupt: stop the helpers, delete what was written
         for _, tmp in results.values():
@@ -711,6 +711,20 @@ def _write_shared(
     if pool is not None:
         pool.shutdown()
     return results
+
+
+def _helper_failure(exc: BaseException, splits: Sequence[str]) -> BaseException:
+    """What a helper's failure is to the user: its own error, or, for a helper that died (SIGKILL, the
+    kernel's OOM killer; concurrent.futures says "BrokenProcessPool"), which splits it was writing."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    if not isinstance(exc, BrokenProcessPool):
+        return exc
+    return StageFailed(
+        f"the helper process writing {', '.join(splits)} ended abruptly (killed, or out of memory?); "
+        "nothing was written",
+        hint="if memory is short, stop what else runs",
+    )
 
 
 _helper_rows: Any = None  # in a helper process: the counter its rows read are added to (_start_helper)
