@@ -341,6 +341,19 @@ def test_sigint_to_a_running_prepare_leaves_nothing(tmp_path: Path) -> None:
     assert_untouched(out)
 
 
+def _helper_writing(proc: subprocess.Popen[bytes], out: Path) -> int:
+    """The pid of a helper of `proc` once it writes a temp file into `out` (its name holds the pid)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        pids = {int(p.name.split(".")[3]) for p in out.glob(".*.jsonl.*.tmp")}
+        helper = next(iter(pids - {proc.pid}), None)
+        if helper is not None:
+            return helper
+        time.sleep(0.01)
+    raise AssertionError("no helper wrote a temp file")
+
+
 def _hub_layout(root: Path, splits: dict[str, range]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -374,15 +387,8 @@ def test_a_killed_prepare_leaves_no_helper_process_behind(tmp_path: Path) -> Non
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    helper = None
     try:
-        deadline = time.monotonic() + 60
-        while helper is None and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.communicate()
-            pids = {int(p.name.split(".")[3]) for p in out.glob(".*.jsonl.*.tmp")}
-            helper = next(iter(pids - {proc.pid}), None)
-            time.sleep(0.01)
-        assert helper is not None, "no helper wrote a temp file"
+        helper = _helper_writing(proc, out)
         proc.kill()
         proc.wait()
     finally:
@@ -434,15 +440,7 @@ def test_a_helper_killed_midway_is_a_clear_failure_that_leaves_nothing(tmp_path:
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        helper = None
-        deadline = time.monotonic() + 60
-        while helper is None and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.communicate()
-            pids = {int(p.name.split(".")[3]) for p in out.glob(".*.jsonl.*.tmp")}
-            helper = next(iter(pids - {proc.pid}), None)
-            time.sleep(0.01)
-        assert helper is not None, "no helper wrote a temp file"
-        os.kill(helper, signal.SIGKILL)
+        os.kill(_helper_writing(proc, out), signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
