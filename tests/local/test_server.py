@@ -228,6 +228,34 @@ def test_deployment_header_is_echoed(client: TestClient) -> None:
     assert "azureml-model-deployment" not in _score(client, build_request(CONV, GREEDY)).headers
 
 
+def _model_ms(response: Any) -> float:
+    name, _, duration = response.headers["server-timing"].partition(";dur=")
+    assert name == "model"
+    return float(duration)
+
+
+def test_replies_report_the_model_time(client: TestClient) -> None:
+    """Server-Timing: the model thread's share of the request, so a client can tell the endpoint's own
+    time (HTTP, JSON, the key, batching) from the model's (bench/endpoint.py measures it this way)."""
+    started = time.perf_counter()
+    response = _score(client, build_request(CONV, GREEDY))
+    wall_ms = (time.perf_counter() - started) * 1000
+    assert response.status_code == 200
+    assert 0 < _model_ms(response) < wall_ms
+    several = {"input_data": {"input_string": [CONV, CONV], "parameters": GREEDY}}
+    assert _model_ms(_score(client, several)) > 0
+    assert "server-timing" not in _score(client, {"inputs": "x"}).headers  # no model time on an error
+
+
+def test_a_batched_share_keeps_its_batch_time() -> None:
+    from ftctl.backends.local.serving.generation import Replies
+
+    replies = Replies(["a", "b", "c"], model_s=0.25)
+    share = replies[1:3]
+    assert share == ["b", "c"] and share.model_s == 0.25
+    assert replies[0] == "a" and json.dumps({"output": replies}) == '{"output": ["a", "b", "c"]}'
+
+
 def test_key_never_logged(
     client: TestClient, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:

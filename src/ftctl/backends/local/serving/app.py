@@ -180,7 +180,10 @@ async def _score_reply(
     several: bool,
     timeout_s: float,
 ) -> Any:
-    """The /score answer: {"output": the reply, or the list of them when `several`}, or 504, 400 or 500."""
+    """The /score answer: {"output": the reply, or the list of them when `several`}, or 504, 400 or 500.
+
+    A reply carries `Server-Timing: model;dur=<ms>`, the model thread's time on the generate call that
+    made it (a batch's, when it was batched): the rest of the request's time is the endpoint's own."""
     cancel = threading.Event()
     deadline = time.monotonic() + timeout_s
     try:
@@ -196,9 +199,11 @@ async def _score_reply(
     except Exception as exc:
         log.exception("generation failed")
         return _error(500, f"generation failed: {type(exc).__name__}: {exc}")
-    if several:
-        return {"output": replies}
-    return {"output": replies[0]}
+    from fastapi.responses import JSONResponse
+
+    timing = getattr(replies, "model_s", None)
+    headers = {"Server-Timing": f"model;dur={timing * 1000:.2f}"} if timing is not None else None
+    return JSONResponse({"output": list(replies) if several else replies[0]}, headers=headers)
 
 
 def _add_health_routes(app: Any, gen: Generator, served_name: str) -> None:

@@ -28,6 +28,20 @@ log = logging.getLogger("ftctl.server")
 END_TOKEN = "<|end|>"
 
 
+class Replies(list):  # type: ignore[type-arg]
+    """The replies of one generate call, and `model_s`: the seconds the model thread spent on them
+    (templates, tokenizing, `model.generate`, decoding), which the endpoint reports in its
+    Server-Timing header. A slice (a batched request's share) keeps the call's `model_s`."""
+
+    def __init__(self, replies: list[str], model_s: float) -> None:
+        super().__init__(replies)
+        self.model_s = model_s
+
+    def __getitem__(self, index: Any) -> Any:
+        item = super().__getitem__(index)
+        return Replies(item, self.model_s) if isinstance(index, slice) else item
+
+
 class Generator:
     """Loads a causal LM + tokenizer and turns conversations into replies.
 
@@ -238,6 +252,7 @@ class Generator:
         wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._lock.acquire(timeout=wait):
             raise GenerationTimeout("timed out waiting for the model")
+        started = time.perf_counter()
         try:
             changed = threads.adapt()  # on the model thread: torch's thread count is per OpenMP thread
             if changed is not None:
@@ -252,7 +267,7 @@ class Generator:
                     batch = prompts[start : start + self.max_batch_size]
                     criterion = self._criterion_class(deadline, events)
                     replies.extend(self._generate_batch(batch, generation_config, criterion, streamer))
-            return replies
+            return Replies(replies, time.perf_counter() - started)
         finally:
             self._lock.release()
 
