@@ -149,6 +149,14 @@ def test_the_served_model_its_bare_name_or_none_is_answered(client: TestClient, 
     assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
 
 
+def test_a_completion_reports_the_model_time(client: TestClient) -> None:
+    """As /score's replies do: Server-Timing names the model's share of the request."""
+    response = complete(client)
+    name, _, duration = response.headers["server-timing"].partition(";dur=")
+    assert response.status_code == 200 and name == "model" and float(duration) > 0
+    assert "server-timing" not in complete(client, model="gpt-4o").headers
+
+
 def test_models_lists_the_served_id(client: TestClient) -> None:
     listed = client.get("/v1/models", headers=AUTH).json()["data"]
     assert [m["id"] for m in listed] == [SERVED]

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ftctl.backends.local.serving.app import log, read_body
-from ftctl.backends.local.serving.generation import Generator
+from ftctl.backends.local.serving.generation import Generator, server_timing
 from ftctl.backends.local.serving.request import (
     BadRequest,
     GenerationTimeout,
@@ -296,6 +296,7 @@ class _Generation:
         self.last_token: int | None = None
         self.error: BaseException | None = None
         self.text = ""
+        self.model_s: float | None = None  # the model thread's time (Server-Timing), once generated
         self.cancel = threading.Event()
         self.done = threading.Event()
         self.streamer = _Streamer(
@@ -320,9 +321,10 @@ class _Generation:
         """The worker: generate, record the text or the error, always end the stream."""
         try:
             deadline = time.monotonic() + self.timeout_s
-            self.text = self.gen.generate(
+            replies = self.gen.generate(
                 [self.messages], self.settings, deadline=deadline, cancel=self.cancel, streamer=self.streamer
-            )[0]
+            )
+            self.text, self.model_s = replies[0], getattr(replies, "model_s", None)
         except BaseException as exc:  # handed to the request handler
             self.error = exc
             self.streamer.end()
@@ -472,7 +474,9 @@ async def _complete(generation: _Generation, parsed: dict[str, Any], reply: _Rep
         log.error("generation failed: %r", generation.error)
         return _error(500, f"generation failed: {type(generation.error).__name__}", "server_error")
     generation.apply_stop()
-    return reply.completion(generation)
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(reply.completion(generation), headers=server_timing(generation.model_s))
 
 
 def _events(generation: _Generation, reply: _Reply, include_usage: bool, timeout_s: float) -> Iterator[str]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ftctl import threads
 from ftctl.backends.local.batching import BatchingGenerator
-from ftctl.backends.local.serving.generation import Generator
+from ftctl.backends.local.serving.generation import Generator, server_timing
 from ftctl.backends.local.serving.request import (
     BadRequest,
     GenerationTimeout,
@@ -201,8 +201,7 @@ async def _score_reply(
         return _error(500, f"generation failed: {type(exc).__name__}: {exc}")
     from fastapi.responses import JSONResponse
 
-    timing = getattr(replies, "model_s", None)
-    headers = {"Server-Timing": f"model;dur={timing * 1000:.2f}"} if timing is not None else None
+    headers = server_timing(getattr(replies, "model_s", None))
     return JSONResponse({"output": list(replies) if several else replies[0]}, headers=headers)
 
 

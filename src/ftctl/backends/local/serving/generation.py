@@ -42,6 +42,11 @@ class Replies(list):  # type: ignore[type-arg]
         return Replies(item, self.model_s) if isinstance(index, slice) else item
 
 
+def server_timing(model_s: float | None) -> dict[str, str] | None:
+    """The reply headers that report the model's time (`Server-Timing: model;dur=<ms>`), if known."""
+    return None if model_s is None else {"Server-Timing": f"model;dur={model_s * 1000:.2f}"}
+
+
 class Generator:
     """Loads a causal LM + tokenizer and turns conversations into replies.
 
