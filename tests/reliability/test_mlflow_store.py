@@ -15,6 +15,7 @@ import contextlib
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -126,3 +127,51 @@ def test_metrics_read_the_store_under_a_percent_encoded_path(tmp_path: Path) -> 
         )
     found = read_store(db, "r1")
     assert found is not None and found.run_name == "job" and found.steps[0]["step"] == 1
+
+
+def _dies_in_mlflow_migrations(cwd: Path, then: str) -> subprocess.CompletedProcess[str]:
+    """Python code `then` run in a process that dies (as on SIGKILL: no cleanup) in the middle of MLflow's
+    migrations of a new store: at its first statement on an `_alembic_tmp_` table, the state a kill of
+    `ftctl auth` 2.3-2.7 s in had left."""
+    code = (
+        "import os, sys\n"
+        "from sqlalchemy import event\n"
+        "from sqlalchemy.engine import Engine\n"
+        "def die(conn, cursor, statement, *args):\n"
+        "    if '_alembic_tmp_' in statement:\n"
+        "        os._exit(9)\n"
+        "event.listen(Engine, 'before_cursor_execute', die)\n"
+    ) + then
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTCTL_", "MLFLOW_"))}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_auth_killed_while_mlflow_builds_its_store_is_recovered_by_the_next_run(tmp_path: Path) -> None:
+    """Before the fix the store was built in place: a kill left it half-made and every later command
+    failed ("table _alembic_tmp_experiments already exists", exit 1), `reset --all` included."""
+    auth = "from ftctl.cli.app import main\nsys.argv = ['ftctl', 'auth']\nmain()\n"
+    assert _dies_in_mlflow_migrations(tmp_path, auth).returncode == 9
+    done = ftctl(tmp_path, "auth", timeout=120)
+    assert done.returncode == 0, done.stderr
+    workspace = tmp_path / ".ftctl"
+    with contextlib.closing(sqlite3.connect(workspace / "mlflow.db")) as db:
+        assert db.execute("select version_num from alembic_version").fetchone()
+        assert db.execute("select name from experiments").fetchall() == [("Default",)]
+    assert not [p.name for p in workspace.iterdir() if p.name.startswith(".mlflow.db")]
+
+
+def test_a_store_an_older_ftctl_left_half_made_is_one_line_with_what_to_do(tmp_path: Path) -> None:
+    """A store whose tables MLflow created but never finished migrating (killed mid-way by an ftctl
+    from before the fix, or during an MLflow upgrade) is named as such, with the way out."""
+    workspace = tmp_path / ".ftctl"
+    workspace.mkdir()
+    in_place = (
+        "from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore\n"
+        f"SqlAlchemyStore('sqlite:///{workspace / 'mlflow.db'}', '{workspace.as_uri()}')\n"
+    )
+    assert _dies_in_mlflow_migrations(tmp_path, in_place).returncode == 9
+    done = ftctl(tmp_path, "auth", timeout=120)
+    one_line_error(done, 2, "half-made")
+    assert "mv " in done.stderr and "mlflow.db" in done.stderr

@@ -21,7 +21,7 @@ from types import ModuleType
 from urllib.parse import quote, unquote, urlparse
 
 from ftctl.errors import FtctlError, StageFailed, StateError, UsageError
-from ftctl.state import atomic_write_text, make_dirs
+from ftctl.state import atomic_write_text, make_dirs, pid_alive
 
 # SQLite (its unix file layer) opens paths of at most 512 bytes, its `-journal` file's included: the
 # store's own path may have at most 504. Past that MLflow retries for about 110 s, then fails.
@@ -29,6 +29,20 @@ SQLITE_MAX_PATH_BYTES = 512 - len("-journal")
 STORE_TIMEOUT_S = 5.0  # how long a command waits for another process's lock on mlflow.db
 REGISTRY_PROBE_S = 0.5  # how long `status` waits for it
 RETRAIN = "ftctl run --from submit --to register --force"  # a new store's runs and registry, from scratch
+
+
+STORE_BUILD_PREFIX = ".mlflow.db."  # + <pid>.tmp: a new store while MLflow builds its tables
+
+
+def sqlite_uri(db: Path) -> str:
+    """The SQLite store's URI. SQLAlchemy ends the path at a `?` and decodes `%XX` in it, so a path
+    holding either is percent-encoded; it is then spelled `sqlite+pysqlite:///`, because MLflow creates
+    the parent folder of whatever follows a literal `sqlite:///` without decoding it (a stray, encoded
+    copy of the path). Other paths keep the plain form ftctl always recorded."""
+    path = str(db)
+    if "?" not in path and "%" not in path:
+        return f"sqlite:///{path}"
+    return "sqlite+pysqlite:///" + quote(path, safe="/")
 
 
 class LocalWorkspace:
@@ -41,14 +55,7 @@ class LocalWorkspace:
 
     @property
     def tracking_uri(self) -> str:
-        """The SQLite store's URI. SQLAlchemy ends the path at a `?` and decodes `%XX` in it, so a path
-        holding either is percent-encoded; it is then spelled `sqlite+pysqlite:///`, because MLflow
-        creates the parent folder of whatever follows a literal `sqlite:///` without decoding it (a
-        stray, encoded copy of the path). Other paths keep the plain form ftctl always recorded."""
-        path = str(self.mlflow_db)
-        if "?" not in path and "%" not in path:
-            return f"sqlite:///{path}"
-        return "sqlite+pysqlite:///" + quote(path, safe="/")
+        return sqlite_uri(self.mlflow_db)
 
     @property
     def artifacts_dir(self) -> Path:
@@ -125,6 +132,13 @@ class LocalWorkspace:
                 hint=f"restore it from a backup, or move it aside (mv {db} {db}.corrupt) and run "
                 f"`{RETRAIN}` to train and register again",
             )
+        if ("table " in lowered and "already exists" in lowered) or "duplicate column name" in lowered:
+            return StateError(
+                f"MLflow's store {db} is half-made ({said}): a command was stopped while MLflow created or "
+                "upgraded its tables",
+                hint=f"move it aside (mv {db} {db}.half-made), then `ftctl auth`; if it held runs and models "
+                f"you need, `{RETRAIN}` trains and registers again",
+            )
         if "unable to open" in lowered:
             return UsageError(
                 f"cannot open MLflow's store {db} ({said})",
@@ -191,12 +205,29 @@ class LocalWorkspace:
 
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
-        if new:  # created here, so that its Default experiment keeps its artifacts in the workspace too
-            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-            # (MLflow's own default for them: <current folder>/mlruns)
-            SqlAlchemyStore(self.tracking_uri, self.artifacts_dir.as_uri())
+        if new:
+            self._build_store()
         return mlflow
+
+    def _build_store(self) -> None:
+        """Build MLflow's tables in a file of its own and only then move it into place: killed half-way,
+        MLflow's migrations leave a store no later command can open ("duplicate column name: step").
+        Built here, so that its Default experiment keeps its artifacts in the workspace too (MLflow's own
+        default for them: <current folder>/mlruns)."""
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        for stale in self.root.glob(f"{STORE_BUILD_PREFIX}*.tmp*"):  # of a builder that died
+            pid = stale.name[len(STORE_BUILD_PREFIX) :].split(".", 1)[0]
+            if not (pid.isdigit() and pid_alive(int(pid))):
+                stale.unlink(missing_ok=True)
+        building = self.root / f"{STORE_BUILD_PREFIX}{os.getpid()}.tmp"
+        building.unlink(missing_ok=True)
+        try:
+            SqlAlchemyStore(sqlite_uri(building), self.artifacts_dir.as_uri()).engine.dispose()
+            os.replace(building, self.mlflow_db)
+        finally:
+            for path in (building, building.with_name(building.name + "-journal")):
+                path.unlink(missing_ok=True)
 
     def relocate(self, old: str, new: str) -> None:
         """The artifact locations MLflow stored in mlflow.db (absolute: an experiment's, a run's, a
