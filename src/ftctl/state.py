@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ftctl.errors import LockTimeout, StateError
 
@@ -88,6 +88,26 @@ def read_text_nofollow(path: Path, limit: int | None = None) -> str:
         if limit is not None and info.st_size > limit:
             raise TooLarge(f"{info.st_size:,} bytes, over {limit:,}")
         return handle.read().decode("utf-8")
+
+
+def open_log(path: Path) -> BinaryIO:
+    """The regular file `path`, opened to append to (created if missing), without following a symbolic
+    link: a link or a FIFO, device or folder in its place is a StateError naming it. For the logs of the
+    processes ftctl starts, which outlive the command that opened them."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            _refuse_link(path)
+        if exc.errno != errno.ENXIO:  # a FIFO nobody reads
+            raise
+        fd = -1
+    if fd < 0 or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd >= 0:
+            os.close(fd)
+        raise StateError(f"{path} is not a regular file; ftctl writes its logs only to regular files")
+    return os.fdopen(fd, "ab")
 
 
 def make_dirs(path: Path, root: Path, mode: int = 0o777, new: bool = False) -> Path:

@@ -102,6 +102,22 @@ def test_keys_are_never_written_through_links(tmp_path: Path, outside: Path) -> 
     assert json.loads((outside / "precious.json").read_text())["run_id"] == "not yours"
 
 
+def test_process_logs_are_never_written_through_links(tmp_path: Path, outside: Path) -> None:
+    """An endpoint's server.log (its folder outlives a `deploy --force`) and the warm process's
+    warm.log: before the fix, a link in their place had the server or the warm process append to the
+    file it pointed to."""
+    from ftctl.backends.local import procs, warm
+
+    ws = ws_at(tmp_path)
+    (ws / "server.log").symlink_to(outside / "precious.json")
+    (ws / "warm.log").symlink_to(outside / "precious.json")
+    with pytest.raises(StateError, match="server.log is a symbolic link"):
+        procs.spawn([sys.executable, "-c", "print('written')"], ws / "server.log")
+    with pytest.raises(StateError, match="warm.log is a symbolic link"):
+        warm.start(log=ws / "warm.log", preload=False)
+    assert json.loads((outside / "precious.json").read_text())["run_id"] == "not yours"
+
+
 # --- any character in the workspace path -------------------------------------------------------------
 
 MLFLOW_FLOW = r"""

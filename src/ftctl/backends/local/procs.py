@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from ftctl.state import open_log
 from ftctl.state import proc_stat as _stat  # the fields of /proc/<pid>/stat (state first)
 
 Identity = dict[str, Any]
@@ -56,7 +57,7 @@ def spawn(
 
     env = warm.environ(env)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+    with open_log(log_path) as log, open(os.devnull, "rb") as devnull:
         forked = None
         if preexec_fn is None:
             stdio = [devnull.fileno(), log.fileno(), log.fileno()]

@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 
 from ftctl import exiting
 from ftctl.backends.local import procs
+from ftctl.state import open_log
 
 ENV = "FTCTL_WARM"
 OFF = "off"  # FTCTL_WARM=off: no warm process, everything starts cold
@@ -244,7 +245,7 @@ def start(
                    *([] if preload else ["--no-preload"]), "--room=" + "." * ROOM]  # fmt: skip
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log or os.devnull, "ab") as out:
+        with open_log(log) if log is not None else open(os.devnull, "ab") as out:
             process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
