@@ -253,6 +253,30 @@ def test_a_refused_dataset_then_a_good_one(ws: Workspace, tmp_path: Path) -> Non
     assert len((ws.ws / "data" / "train_sft.jsonl").read_text().splitlines()) == 12
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_dataset_file_that_is_no_regular_file_is_refused_at_once(
+    kind: str, ws: Workspace, tmp_path: Path
+) -> None:
+    """A .jsonl that is a FIFO blocked prepare-data for ever; a link to /dev/zero kept it at 100% CPU for
+    10 minutes. Run in a process of its own with a time limit, so that a regression fails, not hangs."""
+    import subprocess
+    import sys
+
+    dataset = tmp_path / "data.jsonl"
+    if kind == "fifo":
+        os.mkfifo(dataset)
+    else:
+        dataset.symlink_to("/dev/zero")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FTCTL_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "ftctl", "--workspace", str(ws.ws), "prepare-data", "--force", "--dataset",
+         str(dataset)],
+        capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"{dataset}: is not a regular file" in done.stderr and "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_bad_input(case: Case, ws: Workspace, tmp_path: Path) -> None:
     args = case.make(tmp_path)

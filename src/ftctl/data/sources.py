@@ -174,6 +174,11 @@ def source_kind(dataset: str) -> str:
         raise DataError("no dataset given", hint=f"name a hub dataset, a local folder or {SAMPLE_DATASET}")
     path = Path(dataset).expanduser()
     if path.exists():
+        if not path.is_dir() and not path.is_file():  # a FIFO would block the read, /dev/zero never end
+            raise DataError(
+                f"{path}: is not a regular file (a FIFO, a device or a socket)",
+                hint="give a data file, or a folder of <split>.jsonl files or of a hub-layout data/ folder",
+            )
         if not path.is_dir():
             if path.suffix.lower() in FILE_TYPES:
                 return SOURCE_FILE
