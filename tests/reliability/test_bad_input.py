@@ -119,6 +119,14 @@ def argv(*args: str) -> Callable[[Path], list[str]]:
     return lambda root: list(args)
 
 
+def held_out_all_bad(root: Path) -> list[str]:
+    """A good train split beside a test split none of whose records is valid: before the fix prepare-data
+    passed (`test_sft: 0 rows, 24 dropped`) and the gate, with no held-out loss, registered the model."""
+    folder = jsonl_dir(root, "src", [line(good(i)) for i in range(12)])
+    (folder / "test_sft.jsonl").write_bytes(b"{not json\n" * 4)
+    return ["prepare-data", "--force", "--dataset", str(folder)]
+
+
 def empty_dir(root: Path) -> list[str]:
     (root / "src").mkdir()
     return ["prepare-data", "--force", "--dataset", str(root / "src")]
@@ -160,6 +168,9 @@ CASES = [
     Case("blank-lines-only", ds(b"\n   \n\t\n"), 2, ["{src}/train_sft.jsonl: only 0 valid"], "failed"),
     Case("no-train-split", ds([line(good(i)) for i in range(12)], split="test_sft"), 2,
          ["the train split 'train_sft' is not among the splits (test_sft)"], "failed"),
+    Case("held-out-split-all-bad", held_out_all_bad, 2,
+         ["{src}/test_sft.jsonl: no valid held-out rows (4 read, 4 dropped)",
+          "test_sft.jsonl:1: invalid JSON"], "failed"),
     Case("empty-directory", empty_dir, 2, ["{src}: no dataset found there"], "failed"),
     Case("dataset-is-a-file", a_file, 2, ["{src}: is a file that is not .jsonl, .json, .csv or .parquet"],
          "failed"),

@@ -197,22 +197,47 @@ def _make_download_dir(download_dir: Path, splits: Iterable[str]) -> bool:
     return created_dir
 
 
+def _split_place(source: Source, split: str) -> str:
+    """Where a split's records came from, for a message: its file, or the dataset and the split."""
+    if source.kind == SOURCE_JSONL_DIR:
+        return str(Path(source.location) / f"{split}.jsonl")
+    if source.kind == SOURCE_FILE:
+        return source.dataset
+    return f"{source.label()} split {split}"
+
+
+def _dropped_lines(source: Source, report: SplitReport) -> str:
+    """The first dropped records (file:line and why), one per indented line: the caller's warnings about
+    them are never printed when the stage fails."""
+    found = format_dropped(PrepareReport(source.dataset, source.kind, [report]), limit=5)
+    return "".join(f"\n  {text}" for text in found)
+
+
+def _check_held_out_rows(
+    source: Source, done: dict[str, tuple[SplitReport, Path]], options: PrepareOptions
+) -> None:
+    """DataError when every record the held-out split selected was dropped: the held-out loss the quality
+    gate compares would be no number, and the gate would pass the model unchecked. (A split_pc that
+    selects none of its rows is the user's choice, and passes.)"""
+    test = done.get(options.test_split)
+    if test is None or test[0].rows_written > 0 or test[0].rows_read == 0:
+        return
+    report = test[0]
+    raise DataError(
+        f"{_split_place(source, options.test_split)}: no valid held-out rows ({report.rows_read} read, "
+        f"{len(report.dropped)} dropped); the quality gate's held-out loss needs at least 1"
+        + _dropped_lines(source, report),
+        hint="fix or replace the dropped records",
+    )
+
+
 def _check_train_rows(source: Source, train: SplitReport, options: PrepareOptions) -> None:
     """DataError naming the dropped records when the train split has too few valid rows."""
     needed = max(options.min_train_rows, 1)
     if train.rows_written >= needed:
         return
-    if source.kind == SOURCE_JSONL_DIR:
-        where = str(Path(source.location) / f"{options.train_split}.jsonl")
-    elif source.kind == SOURCE_FILE:
-        where = source.dataset
-    else:
-        where = f"{source.label()} split {options.train_split}"
-    # Name the dropped records (file:line and why) here too: the caller's warnings about them are never
-    # printed when the stage fails.
-    why = "".join(
-        f"\n  {text}" for text in format_dropped(PrepareReport(source.dataset, source.kind, [train]), limit=5)
-    )
+    where = _split_place(source, options.train_split)
+    why = _dropped_lines(source, train)
     hint = "fix or replace the dropped records, or raise data.split_pc"
     if options.format == formats.AUTO and train.detected_at is None and train.rows_written == 0:
         hint = (
@@ -294,6 +319,7 @@ def prepare(
                     say(f"{report.name}: {report.rows_written} rows, {len(report.dropped)} dropped")
         tally.tell(final=True)
         _check_train_rows(source, done[opts.train_split][0], opts)
+        _check_held_out_rows(source, done, opts)
         _check_refused([done[split][0] for split in wanted])
         _commit([done[split] for split in wanted])
     except BaseException:
