@@ -523,11 +523,43 @@ def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _not_utf8(text: str) -> str | None:
+    """Why `text` (from argv or the environment, where Python keeps each byte that is not UTF-8 as a
+    lone surrogate) is not valid UTF-8, e.g. "byte 0xff"; None when it is."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        if "\udc80" <= bad <= "\udcff":  # the byte itself, as os.fsdecode keeps it
+            return f"byte {ord(bad) - 0xDC00:#04x}"
+        return f"character {ascii(bad)}"
+
+
+def _shown(text: str) -> str:
+    """`text` printable whatever it holds: each byte that is not UTF-8 as \\xNN."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return ascii(text)[1:-1]
+
+
 def parse_override(text: str, origin: str = "--set") -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
+    bad = _not_utf8(origin)  # an environment variable's name
+    if bad is not None:
+        raise ConfigError(f"invalid config: {_shown(origin)}: the name is not valid UTF-8 ({bad})")
+    bad = _not_utf8(key)
+    if bad is not None:
+        raise ConfigError(
+            f"invalid config: {_shown(key)} (from {origin}): the key is not valid UTF-8 ({bad})"
+        )
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"{origin} {text!r}: expected key.path=value, e.g. finetune.learning_rate=1e-4")
+    bad = _not_utf8(raw)
+    if bad is not None:
+        raise ConfigError(f"invalid config: {key} (from {origin}): not valid UTF-8 ({bad})")
     if not raw.strip():
         return key, None
     from ftctl import config_yaml
@@ -537,7 +569,8 @@ def parse_override(text: str, origin: str = "--set") -> tuple[str, Any]:
     except config_yaml.Unreadable:
         value = raw
     except config_yaml.Refused as exc:
-        raise ConfigError(f"invalid config: {key} (from {origin}): {exc.problem}") from None
+        where = f"{key}.{exc.key}" if exc.key else key  # a key inside the value: {seed: 1, seed: 2}
+        raise ConfigError(f"invalid config: {where} (from {origin}): {exc.problem}") from None
     except config_yaml.Malformed:
         value = raw
     return key, value

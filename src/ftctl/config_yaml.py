@@ -17,6 +17,8 @@ Malformed = yaml.YAMLError  # what PyYAML raises for text that is not YAML
 YAML_MAX_NODES = 10_000  # keys and values once every alias is replaced by its anchor's content
 YAML_MAX_DEPTH = 20  # nesting levels
 
+MERGE_TAG = "tag:yaml.org,2002:merge"  # `<<: *anchor`: may appear more than once in a mapping
+
 
 def short(value: Any, limit: int = 40) -> str:
     """`value` as repr, cut to `limit` characters."""
@@ -67,7 +69,8 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 def _measure(root: yaml.Node) -> dict[str, int]:
     """Key path -> line of every mapping key in the document, checking on the way that the document,
     with every alias replaced by its anchor's content, stays within YAML_MAX_NODES values and
-    YAML_MAX_DEPTH levels and contains no alias to itself. The walk stops at the first value past a
+    YAML_MAX_DEPTH levels, contains no alias to itself and no mapping with a key twice (PyYAML would keep
+    the last value and lose the first without a word). The walk stops at the first value past a
     bound, so its cost is bounded too, whatever the aliases would expand to."""
     lines: dict[str, int] = {}
     seen: set[int] = set()
@@ -92,11 +95,18 @@ def _measure(root: yaml.Node) -> dict[str, int]:
             return
         open_nodes.add(id(node))
         if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}  # (tag, text) of each scalar key -> its line
             for key_node, value_node in node.value:
                 visit(key_node, depth + 1, path, where)
                 name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
                 sub = f"{path}.{name}" if path else name
                 line = key_node.start_mark.line + 1
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != MERGE_TAG:
+                    # PyYAML keeps the last of two equal keys: the first one's value would be lost.
+                    same = (str(key_node.tag), name)
+                    if same in first:
+                        raise Refused(f"duplicate key (first at line {first[same]})", sub, line)
+                    first[same] = line
                 lines[sub] = line
                 # Errors name at most section.key: deeper paths inside an expansion say little.
                 visit(value_node, depth + 1, sub, (sub, line) if sub.count(".") < 2 else where)

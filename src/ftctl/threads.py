@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,11 +170,27 @@ def choose_for(cores: int, load: float, current: int | None = None) -> int:
     return max(1, min(cores, int(idle + 0.5)))
 
 
-def _explicit(env: dict[str, str]) -> Choice | None:
+MAX_THREADS = 4096
+
+
+def check(environ: Mapping[str, str] | None = None) -> None:
+    """A UsageError (exit 2) naming FTCTL_THREADS when it is set to anything but 1..MAX_THREADS: every
+    command checks it up front (ftctl.cli.common.build_context), not only the trainer or endpoint that
+    reads it, long after the command started. Cheap: no torch, no measuring."""
+    _explicit(os.environ if environ is None else environ)
+
+
+def _explicit(env: Mapping[str, str]) -> Choice | None:
     explicit = env.get(ENV, "").strip()
     if explicit:
-        if not explicit.isdigit() or not 1 <= int(explicit) <= 4096:
-            raise UsageError(f"{ENV}={explicit!r}: expected a whole number of threads, 1..4096")
+        # ASCII digits only ("²" is a digit to str.isdigit, not to int()), few enough for int() to read.
+        if not (explicit.isascii() and explicit.isdigit() and len(explicit) <= 10) or not (
+            1 <= int(explicit) <= MAX_THREADS
+        ):
+            raise UsageError(
+                f"{ENV}={_shown(explicit)}: expected a whole number of threads, 1..{MAX_THREADS} "
+                "(or unset: chosen from the cores and their load)"
+            )
         return Choice(int(explicit), f"{ENV}={explicit}")
     for name in USER_ENV:
         if env.get(name, "").strip():
@@ -196,6 +213,14 @@ def choose(environ: dict[str, str] | None = None, since: Reading | None = None) 
     now = read_counters()
     busy = others_busy(start, now) if now is not None else load_average()
     return Choice(choose_for(cores, busy), _reason(cores, busy), automatic=True)
+
+
+def _shown(value: str) -> str:
+    """`value` as typed when it is plain text, else quoted and escaped (cut to 40 characters)."""
+    if value.isascii() and value.isprintable() and " " not in value and len(value) <= 40:
+        return value
+    shown = ascii(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
 def _reason(cores: int, busy: float) -> str:

@@ -154,6 +154,7 @@ def workspace_path(given: str) -> Path:
 
 
 def build_context(tctx: typer.Context, extra: Sequence[str] = ()) -> Context:
+    from ftctl import threads
     from ftctl.config import WORKSPACE_CONFIG, load_config
     from ftctl.context import Context
     from ftctl.errors import UsageError
@@ -162,6 +163,9 @@ def build_context(tctx: typer.Context, extra: Sequence[str] = ()) -> Context:
     opts = options(tctx)
     if opts.backend is not None and opts.backend not in NAMES:
         raise UsageError(f"--backend must be {' or '.join(NAMES)} (got {opts.backend!r})")
+    # Read by the trainer, the evaluation and the endpoint, long after the command started: a bad value
+    # is refused now (exit 2), before anything runs.
+    threads.check()
     workspace = workspace_path(opts.workspace)
     loaded = load_config(
         opts.config,
