@@ -22,7 +22,8 @@ Routes (the same `Authorization: Bearer <key>` as /score):
                              finish_reason; a usage chunk with stream_options.include_usage), then
                              `data: [DONE]`.
   GET  /v1/models            the one model served.
-Errors have OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+Errors have OpenAI's shape: {"error": {"message", "type", "param", "code"}}. A request body that has not
+all arrived within the request timeout is answered 408 (code "request_timeout") and its connection closed.
 
 Deliberately no `from __future__ import annotations`: FastAPI reads the handlers' annotations.
 """
@@ -36,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ftctl.backends.local.serving.app import log, read_body
+from ftctl.backends.local.serving.app import BodyTimeout, close_connection, log, read_body
 from ftctl.backends.local.serving.generation import Generator, server_timing
 from ftctl.backends.local.serving.request import (
     BadRequest,
@@ -387,9 +388,13 @@ def _refused_request(exc: BadRequest, parsed: dict[str, Any]) -> Any:
     return _error(400, _openai_names(str(exc), field), param=_openai_param(exc.param, field))
 
 
-async def _read_chat_request(request: Any, limit: int, model_name: str) -> dict[str, Any]:
-    """The parsed request (see parse_chat_request); _Answer with 413, 400 or 404 (another model)."""
-    raw = await read_body(request, limit)
+async def _read_chat_request(request: Any, limit: int, model_name: str, timeout_s: float) -> dict[str, Any]:
+    """The parsed request (see parse_chat_request); _Answer with 413, 400, 404 (another model), or 408
+    (the connection closed) when the body has not all arrived within `timeout_s` (see read_body)."""
+    try:
+        raw = await read_body(request, limit, timeout_s)
+    except BodyTimeout as exc:
+        raise _Answer(close_connection(_error(408, str(exc), code="request_timeout"))) from None
     if raw is None:
         raise _Answer(_error(413, f"the request body is over {limit} bytes"))
     try:
@@ -544,7 +549,9 @@ def add_openai_routes(
     async def chat_completions(request: Request) -> Any:
         try:
             _check_access(request, app, gen, authorized)
-            parsed = await _read_chat_request(request, app.state.max_body_bytes, model_name)
+            parsed = await _read_chat_request(
+                request, app.state.max_body_bytes, model_name, request_timeout_s
+            )
             generation = _new_generation(gen, parsed, request_timeout_s)
         except _Answer as answer:
             return answer.response

@@ -4,6 +4,7 @@ Run it as::
 
     python -m ftctl.backends.local.server --model-dir DIR --key-file FILE [--fd N | --port N]
         [--host 127.0.0.1] [--request-timeout-ms 90000] [--device cpu] [--max-batch-size 16]
+        [--max-connections N]
 
 Routes:
   GET  /health/live   200 {"status": "alive"} as soon as the server runs (no auth)
@@ -11,8 +12,10 @@ Routes:
                       (no auth; nothing reachable without the key names a filesystem path)
   POST /score         `Authorization: Bearer <key>`; body as in the notebook's sample_score.json.
                       One conversation -> {"output": "<text>"}; several -> {"output": ["<text>", ...]}.
-                      Errors -> {"error": "..."} with 400 (bad body), 401 (key), 413 (body too large),
-                      503 (not loaded yet), 504 (timed out) or 500 (a bug: no client input causes it).
+                      Errors -> {"error": "..."} with 400 (bad body), 401 (key), 408 (the body did not
+                      all arrive within the request timeout; the connection is closed), 413 (body too
+                      large), 503 (not loaded yet, or over --max-connections), 504 (timed out) or 500
+                      (a bug: no client input causes it).
   POST /v1/chat/completions, GET /v1/models
                       OpenAI-compatible (same key), non-streaming and streaming (SSE); see openai_compat.
 
@@ -52,6 +55,11 @@ log = logging.getLogger("ftctl.server")
 # What `ftctl deploy` writes on the --handoff-fd pipe once the state file records this server.
 HANDOFF_RECORDED = b"recorded"
 
+# The default bound on open connections (--max-connections; see connection_limit).
+MAX_CONNECTIONS = 1000
+# Seconds an idle keep-alive connection is kept after its last answer (uvicorn's default, made explicit).
+KEEP_ALIVE_S = 5
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -76,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=90000,
         help="answer 504 when a request takes longer (default 90000)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="open connections past which requests are answered 503 (default: half the process's "
+        f"file-descriptor limit, at most {MAX_CONNECTIONS})",
     )
     parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
     parser.add_argument("--model-name", default=None, help="the model id the OpenAI-compatible routes report")
@@ -126,6 +141,9 @@ def _refuse_start(args: argparse.Namespace) -> int | None:
     if args.max_batch_size < 1:
         log.error("--max-batch-size must be >= 1")
         return 2
+    if args.max_connections is not None and args.max_connections < 1:
+        log.error("--max-connections must be >= 1")
+        return 2
     return None
 
 
@@ -148,6 +166,29 @@ def _read_key(key_file: Path, folder_fd: int | None = None) -> str | None:
     return key
 
 
+def connection_limit(requested: int | None = None) -> int:
+    """The most open connections the server serves (uvicorn's `limit_concurrency`): `requested`, else half
+    the process's file-descriptor limit (RLIMIT_NOFILE), at most MAX_CONNECTIONS and at least 16.
+
+    uvicorn bounds nothing by default: every connection it accepts holds a descriptor until the client
+    or a timeout ends it, and a hostile client once held 19,900 of the server's 20,000 (uploads stalled
+    mid-body), past which the server could open neither a connection nor a file. With this bound, a
+    request on a connection past it is answered 503 at once and that connection closed, so the stalled
+    ones (let go at the request timeout, see read_body) cannot take every descriptor, and the other half
+    stays for the model, the tokenizer and the log. 1000 concurrent connections is far beyond what one
+    model (a generate call at a time, --max-batch-size conversations each) can serve usefully. Not
+    covered: uvicorn times out no connection before its first request (its keep-alive timer starts
+    after an answer), so connections that never send a byte stay open; they count toward the bound."""
+    if requested is not None:
+        return requested
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(16, min(MAX_CONNECTIONS, soft // 2))
+
+
 def _serve(args: argparse.Namespace, key: str) -> int:
     """Run the app with uvicorn until it stops: 0, or 1 if the model failed to load."""
     import uvicorn
@@ -161,7 +202,18 @@ def _serve(args: argparse.Namespace, key: str) -> int:
     app = create_app(args.model_dir, key=key, options=options)
     where: dict[str, Any] = {"fd": args.fd} if args.fd is not None else {"host": args.host, "port": args.port}
     config = uvicorn.Config(
-        app, **where, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=5
+        app,
+        **where,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        # Bounds on what clients can hold open (see connection_limit): past the limit a request is
+        # answered 503 and its connection closed; an idle keep-alive connection is closed after
+        # KEEP_ALIVE_S; a stalled request body is answered 408 at the request timeout (read_body).
+        # + 1: uvicorn counts the connection asking among the open ones (at `limit_concurrency` open, it
+        # refuses the last), so N lets N - 1 through
+        limit_concurrency=connection_limit(args.max_connections) + 1,
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     server = uvicorn.Server(config)
 
