@@ -17,6 +17,7 @@ import pty
 import re
 import select
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -337,3 +338,20 @@ def run_in_terminal(argv: list[str], env: dict[str, str], cwd: Path, timeout_s: 
     drawn = b"".join(chunks).decode("utf-8", "replace")
     assert proc.returncode == 0, drawn[-3000:]
     return drawn
+
+
+def spawn_server(
+    model_dir: Path, key_file: Path, log_path: Path, *extra: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A real endpoint process (ftctl.backends.local.server) on a 127.0.0.1 socket it inherits, as
+    `ftctl deploy` starts it, its output in `log_path`: the process and its port (not waited for)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "ftctl.backends.local.server", "--model-dir", str(model_dir),
+               "--key-file", str(key_file), "--fd", str(sock.fileno()), *extra]  # fmt: skip
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(command, pass_fds=[sock.fileno()], stdout=log_file, stderr=subprocess.STDOUT)
+    sock.close()  # the child holds the listening socket now
+    return proc, port

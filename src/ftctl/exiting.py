@@ -19,6 +19,30 @@ import threading
 from typing import NoReturn
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill PID`, `timeout`, a service manager or CI runner stopping ftctl), raised in the main
+    thread where Python raises KeyboardInterrupt for a Ctrl-C: being one, it takes every clean-up path a
+    Ctrl-C takes (temp files removed, helpers stopped, the lock released, a job left running in the
+    background), and the command ends "terminated", exit 143 (128 + 15)."""
+
+
+def raise_on_sigterm() -> None:
+    """From now on SIGTERM raises Terminated, unless something else already handles it."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def sigterm_as_default() -> None:
+    """SIGTERM ends this process at once again: for a process forked from ftctl's (a prepare-data
+    helper), which its parent stops with SIGTERM and which has nothing of its own to clean up."""
+    if signal.getsignal(signal.SIGTERM) is _terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def exit_code(value: object) -> int:
     """The status `SystemExit(value)` ends a process with (a message is printed and means 1)."""
     if value is None:

@@ -24,6 +24,7 @@ from ftctl.backends.local.serving.probe import port_is_open, wait_until_ready
 from ftctl.backends.local.serving.request import GenerationTimeout, normalize_parameters
 from ftctl.errors import StageFailed
 from ftctl.scoring import build_request, parse_response
+from harness import spawn_server
 
 KEY = "k3y-0123456789abcdef-secret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -304,30 +305,7 @@ def test_real_process_on_an_inherited_socket(tiny_model_dir: Path, tmp_path: Pat
     key_file.write_text(KEY + "\n")
     log_path = tmp_path / "server.log"
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    port = sock.getsockname()[1]
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ftctl.backends.local.server",
-                "--model-dir",
-                str(mlflow_dir),
-                "--key-file",
-                str(key_file),
-                "--fd",
-                str(sock.fileno()),
-                "--request-timeout-ms",
-                "30000",
-            ],
-            pass_fds=[sock.fileno()],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    sock.close()  # the child holds the listening socket now
+    proc, port = spawn_server(mlflow_dir, key_file, log_path, "--request-timeout-ms", "30000")
     try:
         wait_until_ready(f"http://127.0.0.1:{port}", 60, proc=proc)
         request = urllib.request.Request(

@@ -303,42 +303,81 @@ def test_keyboard_interrupt_in_the_parallel_writer_leaves_nothing(
     assert snapshot(out) == {}
 
 
-def test_sigint_to_a_running_prepare_leaves_nothing(tmp_path: Path) -> None:
-    """A real SIGINT (Ctrl-C) to a prepare-data process while it writes: exit, and no file left behind."""
-    src = source(tmp_path, train=400)
-    out = earlier_output(tmp_path)
-    script = textwrap.dedent(
-        f"""
-        import sys, time
-        import ftctl.data.prepare as module
-        import ftctl.data.writer as writer
-        real = writer.check_record
-        def slow(record):
-            time.sleep(0.005)
-            return real(record)
-        writer.check_record = slow
-        try:
-            module.prepare({str(src)!r}, module.Path({str(out)!r}))
-        except KeyboardInterrupt:
-            sys.exit(130)
-        sys.exit(0)
-        """
+SLOW_RECORDS = """
+import sys, time
+import ftctl.data.writer as writer
+real = writer.check_record
+def slow(record):
+    time.sleep(0.005)
+    return real(record)
+writer.check_record = slow
+"""
+
+
+def _signalled_while_writing(
+    then: str, out: Path, signum: int, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Python code `then` run after SLOW_RECORDS (5 ms a record) in a child process that gets `signum` once
+    it writes a temp file into `out`: its exit code and stderr."""
+    script = SLOW_RECORDS + textwrap.dedent(then)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
-        while not list(out.glob(".train_sft.jsonl.*.tmp")) and time.monotonic() < deadline:
+        while not list(out.glob(".*.jsonl.*.tmp")) and time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.01)
         time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, stderr.decode()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr.decode())
+
+
+def test_sigint_to_a_running_prepare_leaves_nothing(tmp_path: Path) -> None:
+    """A real SIGINT (Ctrl-C) to a prepare-data process while it writes: exit, and no file left behind."""
+    src = source(tmp_path, train=400)
+    out = earlier_output(tmp_path)
+    then = f"""
+import ftctl.data.prepare as module
+try:
+    module.prepare({str(src)!r}, module.Path({str(out)!r}))
+except KeyboardInterrupt:
+    sys.exit(130)
+sys.exit(0)
+"""
+    done = _signalled_while_writing(then, out, signal.SIGINT)
+    assert done.returncode == 130, done.stderr
     assert_untouched(out)
+
+
+def test_sigterm_to_prepare_data_cleans_up_as_ctrl_c_does(tmp_path: Path) -> None:
+    """`kill PID` (SIGTERM, what a service manager, `timeout` or a CI runner sends) to `ftctl prepare-data`
+    while it writes: exit 143 with one word, no temp file and the workspace lock free, as after a Ctrl-C.
+    Before the fix the process died where it stood (-15, no message), its temp file and lock left behind."""
+    from ftctl.state import lock_is_free
+
+    ws = tmp_path / "ws"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FTCTL_")}
+    ready = subprocess.run([sys.executable, "-m", "ftctl", "-w", str(ws), "run", "--to", "check-compute"],
+                           capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert ready.returncode == 0, ready.stderr
+    src = source(tmp_path, train=400)
+    then = f"""
+sys.argv = ["ftctl", "-w", {str(ws)!r}, "prepare-data", "--force", "--dataset", {str(src)!r}]
+from ftctl.cli import main
+main()
+"""
+    done = _signalled_while_writing(then, ws / "data", signal.SIGTERM, env)
+    assert done.returncode == 143, done.stderr
+    assert "terminated" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    time.sleep(0.5)  # a helper ends once it sees its parent gone
+    assert not [p.name for p in (ws / "data").glob(".*.tmp")], "temp files left"
+    assert lock_is_free(ws)
 
 
 def _helper_writing(proc: subprocess.Popen[bytes], out: Path) -> int:

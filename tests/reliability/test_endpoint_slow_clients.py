@@ -21,7 +21,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from ftctl.backends.local.serving.probe import wait_until_ready
+from harness import spawn_server
 
 pytestmark = pytest.mark.integration  # real server processes
 
@@ -69,30 +69,9 @@ def start_server(tmp_path: Path, *extra: str, timeout_s: float = TIMEOUT_S) -> I
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n")
     log_path = tmp_path / "server.log"
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ftctl.backends.local.server",
-                "--model-dir",
-                str(TINY_MODEL),
-                "--key-file",
-                str(key_file),
-                "--fd",
-                str(sock.fileno()),
-                f"--request-timeout-ms={round(timeout_s * 1000)}",
-                *extra,
-            ],
-            pass_fds=[sock.fileno()],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    sock.close()  # the child holds the listening socket now
+    proc, port = spawn_server(
+        TINY_MODEL, key_file, log_path, f"--request-timeout-ms={round(timeout_s * 1000)}", *extra
+    )
     try:
         wait_until_ready(f"http://127.0.0.1:{port}", 120, proc=proc)
         yield Server(proc, port, log_path)

@@ -19,14 +19,16 @@ def main() -> None:
     that lands in a class's `__set_name__` (functools.cached_property does that work, e.g. in the
     standard library's ipaddress) as a RuntimeError, so the interrupt is looked for along the chain."""
     _open_closed_standard_streams()
+    exiting.raise_on_sigterm()  # `kill PID` cleans up as a Ctrl-C does (exit 143)
     collector.fewer_collections()  # the imports ahead allocate much that stays (ftctl.collector)
     try:
         from ftctl.cli.app import main as run
     except BaseException as exc:
         if not _interrupted(exc):
             raise
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        terminated = _interrupted(exc, exiting.Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        sys.exit(143 if terminated else 130)
     try:
         run()
     except SystemExit as exc:
@@ -65,12 +67,12 @@ def _open_closed_standard_streams() -> None:
             setattr(sys, name, open(fd, "w", closefd=False))  # noqa: SIM115 - for the process's life
 
 
-def _interrupted(exc: BaseException) -> bool:
-    """True when `exc` is a KeyboardInterrupt, or was raised while handling or because of one."""
+def _interrupted(exc: BaseException, kind: type[BaseException] = KeyboardInterrupt) -> bool:
+    """True when `exc` is a KeyboardInterrupt (or `kind`), or was raised while handling or because of one."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, KeyboardInterrupt):
+        if isinstance(current, kind):
             return True
         seen.add(id(current))
         current = current.__cause__ or current.__context__

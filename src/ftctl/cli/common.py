@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 import typer.core
 
-from ftctl import __version__
+from ftctl import __version__, exiting
 from ftctl.backends import DEFAULT, NAMES
 from ftctl.cli import help as cli_help
 from ftctl.errors import FtctlError
@@ -199,9 +199,10 @@ def handle_errors(opts: Options) -> Iterator[None]:
                 json.dumps({"error": {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}})
             )
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (ftctl.exiting.Terminated)
+        terminated = isinstance(exc, exiting.Terminated)
+        typer.echo("terminated" if terminated else "interrupted", err=True)
+        raise typer.Exit(143 if terminated else 130) from None
     except BrokenPipeError:
         # `ftctl status | head -1`: the reader left. Point stdout at /dev/null so the interpreter's final
         # flush does not complain either, and exit quietly.

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ftctl import exiting
 from ftctl import state as st
 from ftctl.constants import SAMPLE_DATASET as SAMPLE_DATASET
 from ftctl.data import formats
@@ -768,6 +769,7 @@ def _start_helper(parent: int, rows: Any) -> None:
     removes them (tests/reliability/test_data_output.py)."""
     global _helper_rows
     _helper_rows = rows
+    exiting.sigterm_as_default()  # forked: its parent's SIGTERM handler, which is for the command
 
     def watch() -> None:
         while os.getppid() == parent:
