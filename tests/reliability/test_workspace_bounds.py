@@ -130,6 +130,18 @@ def test_a_workspace_that_is_a_file_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / "notes.txt").read_text() == "mine\n"
 
 
+@pytest.mark.parametrize("where", ["under-a-file", "name-too-long"])
+def test_a_workspace_path_that_cannot_be_a_folder_is_refused(tmp_path: Path, where: str) -> None:
+    """A path under a file (`-w /dev/null/x`, `-w notes.txt/ws`) and a folder name over 255 bytes were
+    exit 1 "unexpected NotADirectoryError" / "unexpected OSError" from deep inside a stage."""
+    (tmp_path / "notes.txt").write_text("mine\n")
+    given = "notes.txt/ws" if where == "under-a-file" else "w" * 300
+    err = one_line_error(ftctl(tmp_path, "-w", given, "auth"), 2)
+    assert "--workspace" in err
+    assert ("notes.txt" in err and "not a folder" in err) if where == "under-a-file" else "255 bytes" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 # --- reads that never end --------------------------------------------------------------------------
 
 

@@ -137,9 +137,13 @@ def options(tctx: typer.Context) -> Options:
     return obj
 
 
+NAME_MAX_BYTES = 255  # the longest name of a file or folder on Linux's and macOS's file systems
+
+
 def workspace_path(given: str) -> Path:
     """The workspace folder `--workspace` names, absolute; UsageError for an empty name (it would make
-    the current folder the workspace) or a path that exists and is not a folder."""
+    the current folder the workspace), a path that exists and is not a folder, a folder name too long
+    for a file system, or a path under a file."""
     from ftctl.errors import UsageError
 
     if not given.strip():
@@ -148,8 +152,17 @@ def workspace_path(given: str) -> Path:
             hint="leave it out for .ftctl in the current folder",
         )
     path = Path(given).expanduser().absolute()
+    long = next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX_BYTES), None)
+    if long is not None:  # before anything asks the file system about it: that is an OSError
+        raise UsageError(
+            f"--workspace {given[:40]}...: the folder name {long[:20]}... is longer than {NAME_MAX_BYTES} "
+            "bytes, the most a file system takes"
+        )
     if path.exists() and not path.is_dir():
         raise UsageError(f"--workspace {given}: {path} exists and is not a folder")
+    above = next((parent for parent in path.parents if parent.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UsageError(f"--workspace {given}: {above} is not a folder, so nothing can be made under it")
     return path
 
 
