@@ -9,6 +9,7 @@ again), and runs stages under the workspace lock, recording everything in the st
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -286,12 +287,19 @@ def summary(ctx: Context, stage: Stage, rec: dict[str, Any]) -> str:
 class Runner:
     """Runs stages under the workspace lock the caller holds, recording everything in the state file."""
 
-    def __init__(self, ctx: Context, options: RunOptions | None = None, check_backend: bool = True) -> None:
-        """check_backend=False (reset) accepts a workspace that holds another backend's run."""
+    def __init__(
+        self,
+        ctx: Context,
+        options: RunOptions | None = None,
+        check_backend: bool = True,
+        forgetting: Collection[str] = (),
+    ) -> None:
+        """check_backend=False (reset) accepts a workspace that holds another backend's run; the records
+        of the stages in `forgetting` (reset's) are not checked, so that a damaged one can be forgotten."""
         self.ctx = ctx
         self.options = options or RunOptions()
         self.store = ctx.state_store
-        self.state = self.store.load()
+        self.state = self.store.load(forgetting)
         backend = self.state.get("backend")
         if check_backend and backend and backend != ctx.backend_name:
             raise StateError(
@@ -525,14 +533,19 @@ class Runner:
 
     def reset(self, name: str | None) -> list[str]:
         """Forget a stage and everything downstream (or everything, with name=None)."""
+        from ftctl.records import check_record
+
         names = ORDER if name is None else [get_stage(name).name, *downstream(name)]
+        # A damaged record names nothing ftctl can act on: what it started is in the live records
+        # (`ftctl status` names it, `ftctl reset --all` stops it).
+        sound = [n for n in names if check_record(n, st.record(self.state, n)) is None]
         deploy = st.record(self.state, "deploy")
-        if "deploy" in names and deploy["outputs"] and self.alive("deploy"):
+        if "deploy" in sound and deploy["outputs"] and self.alive("deploy"):
             raise StateError(
                 "the endpoint started by deploy is still running; resetting would orphan it",
                 hint="run `ftctl teardown` first",
             )
-        for n in names:  # what they started (submit's training job) stops before its record goes
+        for n in sound:  # what they started (submit's training job) stops before its record goes
             outputs = st.record(self.state, n).get("outputs")
             if outputs:
                 impl(self.ctx, get_stage(n)).retire(self.ctx, outputs)
@@ -620,7 +633,8 @@ def reset(ctx: Context, name: str | None) -> list[str]:
             store.path.replace(store.path.with_suffix(".json.corrupt"))
             ctx.ui.info("moved the unreadable state file aside (state.json.corrupt); starting over")
             return list(ORDER)
-    names = Runner(ctx, check_backend=False).reset(name)
+    forgetting = [] if name is None else [get_stage(name).name, *downstream(name)]
+    names = Runner(ctx, check_backend=False, forgetting=forgetting).reset(name)
     if name is not None and "submit" in names:
         for stopped in backend.stop_live(("job",)):
             ctx.ui.info(f"stopped {stopped}")

@@ -20,7 +20,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -182,13 +182,14 @@ class StateStore:
     def exists(self) -> bool:
         return self.path.exists()
 
-    def load(self) -> dict[str, Any]:
-        """The current state; a fresh one if the workspace has none yet."""
+    def load(self, forgetting: Collection[str] = ()) -> dict[str, Any]:
+        """The current state; a fresh one if the workspace has none yet. The records of the stages in
+        `forgetting` are not checked: `ftctl reset STAGE` replaces them, damaged or not."""
         if not self.path.exists() and not self.path.is_symlink():
             return {"schema_version": SCHEMA_VERSION, "backend": None, "run_id": None, "stages": {}}
-        return self._checked(self.path)
+        return self._checked(self.path, forgetting)
 
-    def _checked(self, path: Path) -> dict[str, Any]:
+    def _checked(self, path: Path, forgetting: Collection[str] = ()) -> dict[str, Any]:
         """The state `path` holds, every record validated (StateError naming what is wrong)."""
         try:
             data = json.loads(read_text_nofollow(path, STATE_MAX_BYTES))
@@ -206,10 +207,10 @@ class StateStore:
                 f"{path} has schema version {version!r}; this ftctl reads version {SCHEMA_VERSION}",
                 hint="use the ftctl version that wrote it, or start over with `ftctl reset --all`",
             )
-        self._check_records(path, data)
+        self._check_records(path, data, forgetting)
         return data
 
-    def _check_records(self, path: Path, data: dict[str, Any]) -> None:
+    def _check_records(self, path: Path, data: dict[str, Any], forgetting: Collection[str] = ()) -> None:
         from ftctl.backends import NAMES
         from ftctl.records import check_record
 
@@ -218,7 +219,7 @@ class StateStore:
         if not isinstance(data.get("run_id"), str | None):
             raise self._corrupt(path, "has a run_id that is not a string")
         for stage, record in data["stages"].items():
-            problem = check_record(stage, record)
+            problem = None if stage in forgetting else check_record(stage, record)
             if problem:
                 raise StateError(
                     f"state file {path}: stage {stage}: {problem}",

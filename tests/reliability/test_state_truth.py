@@ -142,6 +142,11 @@ def test_a_damaged_record_is_exit_2_naming_stage_and_field(
     for command in (("status",), ("run",), (stage.replace("_", "-"),)):
         out = ran.run(*command, code=2)
         assert named in out.stderr and "Traceback" not in out.stderr, out.stderr
+    # The hint's way out works: `ftctl reset STAGE` forgets the damaged record (it failed the same way)
+    assert f"`ftctl reset {stage}`" in out.stderr, out.stderr
+    ran.run("reset", stage)
+    assert ran.state()["stages"][stage]["status"] == "pending"
+    ran.run("status")  # exit 0 (run checks it)
 
 
 def test_nan_in_the_state_file_is_refused_and_never_written(ran: Workspace) -> None:
