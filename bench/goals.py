@@ -37,6 +37,8 @@ ROWS: list[Row] = [
      lambda v: f"{v:.2f}x", lambda v: v >= 10),
     ("endpoint p50 overhead (latency - model time), 1 client", "endpoint", "< 5 ms",
      lambda r: r["overhead_p50_s"], lambda v: f"{v * 1000:.1f} ms", lambda v: v < 0.005),
+    ("endpoint p50 - bare `generate` in its own process", "endpoint", "< 5 ms",
+     lambda r: r["unpaired_overhead_p50_s"], lambda v: f"{v * 1000:.1f} ms", lambda v: v < 0.005),
     ("training tokens/s / TRL SFTTrainer (keep)", "train_throughput", ">= 2x",
      lambda r: r["results"]["ftctl submit"]["ratio_vs_trl"], lambda v: f"{v:.2f}x", lambda v: v >= 2),
 ]  # fmt: skip
