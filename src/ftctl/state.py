@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ftctl.errors import LockTimeout, StateError
+from ftctl.errors import LockTimeout, StateError, UsageError
 
 SCHEMA_VERSION = 1
 STATE_FILE = "state.json"
@@ -565,6 +565,12 @@ class WorkspaceLock:
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 _refuse_link(self.path)
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise UsageError(
+                    f"cannot write to the workspace {self.path.parent} ({exc.strerror}): ftctl keeps its "
+                    "lock and state there",
+                    hint="use a writable folder (--workspace, FTCTL_WORKSPACE); `ftctl status` reads it",
+                ) from None
             raise
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -140,6 +141,35 @@ def test_a_workspace_path_that_cannot_be_a_folder_is_refused(tmp_path: Path, whe
     assert "--workspace" in err
     assert ("notes.txt" in err and "not a folder" in err) if where == "under-a-file" else "255 bytes" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def _read_only(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`ftctl -w WS ARGS` with WS mounted read-only (a bind mount in a mount namespace of its own)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTCTL_", "MLFLOW_"))}
+    inner = f"mount --bind -o ro {shlex.quote(str(ws))} {shlex.quote(str(ws))} && exec " + shlex.join(
+        [sys.executable, "-m", "ftctl", "-w", str(ws), *args]
+    )
+    env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", inner], capture_output=True, text=True, timeout=LIMIT_S, env=env,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_a_read_only_workspace_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A workspace on a read-only mount: `status` answers; a command that must write says so in one
+    line, exit 2 (it was exit 1, "unexpected OSError: [Errno 30] Read-only file system: .../lock")."""
+    ws = tmp_path / "ws"
+    assert ftctl(tmp_path, "-w", str(ws), "run", "--to", "auth").returncode == 0
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount --bind -o ro {ws} {ws}"], capture_output=True
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"no mount namespace here: {probe.stderr.decode().strip()}")
+    assert _read_only(ws, "status").returncode == 0
+    for args in (("prepare-data",), ("reset", "--all")):
+        err = one_line_error(_read_only(ws, *args), 2)
+        assert str(ws) in err and "read-only" in err.lower(), err
 
 
 # --- reads that never end --------------------------------------------------------------------------
