@@ -234,7 +234,9 @@ class StalenessCheck:
     def _check(self, stage: Stage) -> Staleness:
         rec = st.record(self.state, stage.name)
         status = rec["status"]
-        carries_on = (stage.background or stage.live) and self.alive(stage)
+        # A job goes on without its ftctl (`submit --no-wait`, a Ctrl-C); a live stage's server does too,
+        # but not the stage: with nobody holding the lock, a `running` deploy is an interrupted one.
+        carries_on = stage.background and self.alive(stage)
         if status == st.RUNNING and self.unattended and not carries_on:
             ended = self.ctx.backend.ended_outcome(stage.name, rec.get("outputs") or {})
             if ended is not None:  # a job started with --no-wait that ended on its own

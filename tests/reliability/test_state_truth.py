@@ -121,6 +121,26 @@ def test_a_stage_whose_ftctl_died_is_interrupted_with_the_command_that_resumes_i
     assert "`ftctl score` resumes it" in ran.run("status").stdout
 
 
+def test_a_deploy_whose_ftctl_died_with_its_server_up_is_interrupted(ran: Workspace) -> None:
+    """ftctl killed after it recorded the server it started, before the stage ended: the record says
+    `running`, the server serves, and no ftctl holds the lock. Status said `running` for ever (a hostile
+    finding); it is `interrupted`, and `ftctl deploy` (what it names) takes the same server over."""
+    ran.restore("ran")
+    ran.run("deploy")
+    pid = endpoint_pid(ran)
+    assert pid is not None
+    try:
+        state = ran.state()
+        state["stages"]["deploy"]["status"] = "running"
+        (ran.ws / "state.json").write_text(json.dumps(state))
+        assert status(ran)["deploy"]["status"] == "interrupted"
+        assert "`ftctl deploy` resumes it" in ran.run("status").stdout
+        ran.run("deploy")
+        assert ran.record("deploy")["status"] == "succeeded" and endpoint_pid(ran) == pid
+    finally:
+        ran.run("teardown")
+
+
 @pytest.mark.parametrize(
     ("stage", "change", "named"),
     [
