@@ -43,6 +43,11 @@ def _terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def interrupted_as(terminated: bool) -> tuple[str, int]:
+    """What an interrupted command says and its exit code: SIGTERM's, else Ctrl-C's."""
+    return ("terminated", 143) if terminated else ("interrupted", 130)
+
+
 def exit_code(value: object) -> int:
     """The status `SystemExit(value)` ends a process with (a message is printed and means 1)."""
     if value is None:

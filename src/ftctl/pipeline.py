@@ -537,7 +537,7 @@ class Runner:
         """Forget a stage and everything downstream (or everything, with name=None)."""
         from ftctl.records import check_record
 
-        names = ORDER if name is None else [get_stage(name).name, *downstream(name)]
+        names = forgotten_by(name)
         # A damaged record names nothing ftctl can act on: what it started is in the live records
         # (`ftctl status` names it, `ftctl reset --all` stops it).
         sound = [n for n in names if check_record(n, st.record(self.state, n)) is None]
@@ -619,6 +619,11 @@ def _status_summary(ctx: Context, stage: Stage, rec: dict[str, Any], ev: Stalene
     return text
 
 
+def forgotten_by(name: str | None) -> list[str]:
+    """The stages `ftctl reset NAME` forgets: NAME and everything downstream (every stage for None)."""
+    return list(ORDER) if name is None else [get_stage(name).name, *downstream(name)]
+
+
 def reset(ctx: Context, name: str | None) -> list[str]:
     """`ftctl reset STAGE|--all` under the lock the caller holds. Never leaves a process ftctl started
     running unknown: --all stops every live job and endpoint first (also when the state file is
@@ -635,7 +640,7 @@ def reset(ctx: Context, name: str | None) -> list[str]:
             store.path.replace(store.path.with_suffix(".json.corrupt"))
             ctx.ui.info("moved the unreadable state file aside (state.json.corrupt); starting over")
             return list(ORDER)
-    forgetting = [] if name is None else [get_stage(name).name, *downstream(name)]
+    forgetting = [] if name is None else forgotten_by(name)  # --all: a damaged state was moved aside above
     names = Runner(ctx, check_backend=False, forgetting=forgetting).reset(name)
     if name is not None and "submit" in names:
         for stopped in backend.stop_live(("job",)):

@@ -26,9 +26,9 @@ def main() -> None:
     except BaseException as exc:
         if not _interrupted(exc):
             raise
-        terminated = _interrupted(exc, exiting.Terminated)
-        print("terminated" if terminated else "interrupted", file=sys.stderr)
-        sys.exit(143 if terminated else 130)
+        said, code = exiting.interrupted_as(_interrupted(exc, exiting.Terminated))
+        print(said, file=sys.stderr)
+        sys.exit(code)
     try:
         run()
     except SystemExit as exc:

@@ -213,9 +213,9 @@ def handle_errors(opts: Options) -> Iterator[None]:
             )
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (ftctl.exiting.Terminated)
-        terminated = isinstance(exc, exiting.Terminated)
-        typer.echo("terminated" if terminated else "interrupted", err=True)
-        raise typer.Exit(143 if terminated else 130) from None
+        said, code = exiting.interrupted_as(isinstance(exc, exiting.Terminated))
+        typer.echo(said, err=True)
+        raise typer.Exit(code) from None
     except BrokenPipeError:
         # `ftctl status | head -1`: the reader left. Point stdout at /dev/null so the interpreter's final
         # flush does not complain either, and exit quietly.
