@@ -515,6 +515,10 @@ def _try_flock(fd: int) -> bool:
 
 
 def describe_owner(owner: dict[str, Any]) -> str:
+    """Who holds the lock, as its owner record says; a holder that wrote none (an ftctl in the instant
+    after it took the lock, or another program) in words."""
+    if not owner.get("pid"):
+        return "a process that has not said which it is (an ftctl starting, or another program)"
     return (
         f"pid {owner.get('pid')} on {owner.get('host')}, `{owner.get('command')}`, "
         f"started {owner.get('started_at')}"

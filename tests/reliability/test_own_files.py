@@ -82,6 +82,26 @@ def test_a_lock_file_that_is_a_link_is_refused(tmp_path: Path, outside: Path) ->
     assert not (outside / "lockfile").exists()
 
 
+def test_a_lock_held_by_a_process_that_named_no_owner_is_described_in_words(tmp_path: Path) -> None:
+    """A holder that has not written who it is (an ftctl in the instant after it took the lock, or
+    another program): the wait and the timeout said "held by pid None on None, `None`, started None"."""
+    import fcntl
+
+    from ftctl.errors import LockTimeout
+
+    ws = ws_at(tmp_path)
+    fd = os.open(ws / "lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    said: list[str] = []
+    try:
+        with pytest.raises(LockTimeout) as raised:
+            WorkspaceLock(ws, "ftctl test", 0.3, notify=said.append).acquire()
+    finally:
+        os.close(fd)
+    for text in [*said, raised.value.message]:
+        assert "None" not in text and "a process that has not said which it is" in text, text
+
+
 def test_keys_are_never_written_through_links(tmp_path: Path, outside: Path) -> None:
     from ftctl.backends.local.workspace import LocalWorkspace
 
